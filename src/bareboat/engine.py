@@ -1,0 +1,1 @@
+"""The engine: containers, their lifecycle and state, behind every front end."""

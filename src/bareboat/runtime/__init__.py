@@ -1,0 +1,1 @@
+"""`bareboat-runtime`: the runc-compatible OCI runtime command line."""

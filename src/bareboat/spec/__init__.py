@@ -1,0 +1,1 @@
+"""bareboat.spec."""

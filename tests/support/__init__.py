@@ -1,0 +1,1 @@
+"""Helpers the tests share: image building, real servers they start and stop."""
