@@ -1,0 +1,68 @@
+"""The user's options for one container, parsed and validated once.
+
+Every front end (CLI flags, SDK keyword arguments, OCI annotations) turns what it was given
+into a `RunOptions`; the spec builder and the engine only ever see this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Isolation(StrEnum):
+    PROCESS = "process"
+    CONTAINER = "container"
+    MICROVM = "microvm"
+    WASM = "wasm"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """`-v SRC:DST[:ro]` (kind "bind") or `--tmpfs DST[:opts]` (kind "tmpfs")."""
+
+    destination: str
+    kind: str = "bind"
+    source: str = ""
+    readonly: bool = False
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """`-p [HOST_IP:]HOST_PORT:GUEST_PORT[/proto]`."""
+
+    host_port: int
+    guest_port: int
+    protocol: str = "tcp"
+    host_ip: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Rlimit:
+    type: str  # "RLIMIT_NOFILE"
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    isolation: Isolation = Isolation.CONTAINER
+    entrypoint: tuple[str, ...] | None = None  # --entrypoint overrides the image's
+    command: tuple[str, ...] | None = None  # CMD... overrides the image's cmd
+    env: tuple[str, ...] = ()  # K=V, applied over the image's env
+    workdir: str | None = None
+    user: str | None = None  # "uid[:gid]" or "name[:group]"
+    hostname: str | None = None
+    read_only: bool = False
+    mounts: tuple[Mount, ...] = ()
+    memory: int | None = None  # bytes
+    cpus: float | None = None
+    pids_limit: int | None = None
+    network: str = "none"  # none | host | user
+    publish: tuple[PortMapping, ...] = ()
+    tty: bool = False
+    interactive: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    rlimits: tuple[Rlimit, ...] = ()
+    name: str | None = None
