@@ -1,0 +1,274 @@
+"""Image config + user options -> an OCI runtime-spec `config.json` (as a dict).
+
+`build_spec` is a function of its inputs: the only thing it reads is the image's
+/etc/passwd and /etc/group (through `users`, and not even those when the caller passes a
+resolved `user`). Each part of the spec comes from a small function of its own, so the
+docker rules (argument overrides, env merge, mount order, limits) are tested as data;
+`write_bundle` is the one place that writes.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bareboat.errors import UsageError
+from bareboat.images.model import ImageConfig
+from bareboat.spec import defaults
+from bareboat.spec.options import Mount, RunOptions
+from bareboat.spec.users import User, resolve_user
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
+# Mounting over these would hide or replace the kernel filesystems the runtime sets up
+# (runc refuses some of them late, with an error that is hard to read).
+_RESERVED = ("/proc", "/sys")
+
+
+def process_args(config: ImageConfig, options: RunOptions) -> list[str]:
+    """Docker's rules: --entrypoint replaces the entrypoint and drops the image's cmd;
+    a CMD on the command line replaces the image's cmd."""
+    if options.entrypoint is not None:
+        entrypoint, cmd = options.entrypoint, options.command or ()
+    else:
+        entrypoint, cmd = config.entrypoint, options.command or config.cmd
+    args = [*entrypoint, *cmd]
+    if not args:
+        raise UsageError("no command specified")
+    if any("\0" in a for a in args):
+        raise UsageError("a command argument contains a NUL byte")
+    return args
+
+
+def _env_pairs(entries: Iterable[str], *, trusted: bool) -> Iterable[tuple[str, str | None]]:
+    """(key, value) pairs; value None means "unset" (a trusted entry without '=')."""
+    for entry in entries:
+        key, eq, value = entry.partition("=")
+        if not key or "\0" in entry:
+            # Untrusted image env is dropped quietly; runc would refuse the whole spec.
+            if trusted:
+                raise UsageError(f"invalid environment variable {entry!r}")
+            continue
+        if eq:
+            yield key, value
+        elif trusted:
+            yield key, None
+        # An image entry without '=' means nothing to execve: drop it.
+
+
+def merge_env(config: ImageConfig, options: RunOptions, *, hostname: str, home: str) -> list[str]:
+    """Docker's order: PATH, HOSTNAME (and TERM with a tty) as defaults, then the image's
+    env, then the user's `-e` by key (a bare key unsets), and HOME last if still unset."""
+    env: dict[str, str] = {"PATH": defaults.DEFAULT_PATH, "HOSTNAME": hostname}
+    if options.tty:
+        env["TERM"] = "xterm"
+    for key, value in _env_pairs(config.env, trusted=False):
+        if value is not None:
+            env[key] = value
+    for key, value in _env_pairs(options.env, trusted=True):
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    env.setdefault("HOME", home)
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def working_dir(config: ImageConfig, options: RunOptions) -> str:
+    if options.workdir:
+        if not options.workdir.startswith("/"):
+            raise UsageError(
+                f"the working directory {options.workdir!r} is invalid: "
+                "it needs to be an absolute path"
+            )
+        wd = options.workdir
+    else:
+        # Image configs may carry a relative WorkingDir; docker reads it from /.
+        wd = "/" + (config.workdir or "").lstrip("/")
+    return "/" + posixpath.normpath(wd).lstrip("/")
+
+
+def _user_mount(m: Mount) -> dict[str, Any]:
+    if m.kind == "bind":
+        if not m.source.startswith("/"):
+            raise UsageError(f"bind mount source {m.source!r} must be an absolute host path")
+        options = ["rbind", "rprivate", *m.options]
+        options.append("ro" if m.readonly else "rw")
+        return {
+            "destination": m.destination,
+            "type": "bind",
+            "source": m.source,
+            "options": options,
+        }
+    if m.kind == "tmpfs":
+        given = set(m.options)
+        # Docker's --tmpfs defaults, each dropped when the user asked for the opposite.
+        base = [o for o in ("nosuid", "nodev", "noexec") if o[2:] not in given]
+        options = [*base, *m.options]
+        if m.readonly:
+            options.append("ro")
+        return {
+            "destination": m.destination,
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": options,
+        }
+    raise UsageError(f"unsupported mount kind {m.kind!r} at {m.destination}")
+
+
+def build_mounts(options: RunOptions) -> list[dict[str, Any]]:
+    """The kernel filesystems, then the user's mounts, parents before children.
+
+    A user mount at the same destination as a default one (say `--tmpfs /dev/shm`) replaces
+    it, as in docker; two user mounts at one destination are an error.
+    """
+    seen: set[str] = set()
+    for m in options.mounts:
+        dest = m.destination
+        if not dest.startswith("/") or "\0" in dest:
+            raise UsageError(f"mount destination {dest!r} must be an absolute path")
+        if dest != "/" + posixpath.normpath(dest).lstrip("/") or dest == "/":
+            raise UsageError(f"invalid mount destination {dest!r}")
+        if any(dest == r or dest.startswith(r + "/") for r in _RESERVED):
+            raise UsageError(f"cannot mount over {dest}: it is reserved for the kernel's files")
+        if dest in seen:
+            raise UsageError(f"duplicate mount point: {dest}")
+        seen.add(dest)
+    mounts = [m for m in defaults.base_mounts() if m["destination"] not in seen]
+    # Sort by depth (stable): /data before /data/sub whatever order the flags came in.
+    user = sorted(options.mounts, key=lambda m: m.destination.count("/"))
+    return mounts + [_user_mount(m) for m in user]
+
+
+def build_rlimits(options: RunOptions, *, nofile: int) -> list[dict[str, Any]]:
+    """RLIMIT_NOFILE at `nofile` (soft and hard), then the user's limits by type."""
+    limits = {"RLIMIT_NOFILE": (nofile, nofile)}
+    for r in options.rlimits:
+        if r.soft > r.hard:
+            raise UsageError(f"rlimit {r.type}: the soft limit is above the hard limit")
+        limits[r.type] = (r.soft, r.hard)
+    return [{"type": t, "hard": hard, "soft": soft} for t, (soft, hard) in limits.items()]
+
+
+def build_resources(options: RunOptions) -> dict[str, Any]:
+    res: dict[str, Any] = {"devices": defaults.device_rules()}
+    if options.memory is not None:
+        if options.memory <= 0:
+            raise UsageError(f"invalid memory limit {options.memory}")
+        # swap == limit: no swap on top of the memory limit, so --memory is a hard cap.
+        res["memory"] = {"limit": options.memory, "swap": options.memory}
+    if options.cpus is not None:
+        if not 0.01 <= options.cpus <= 1024:
+            raise UsageError(f"invalid --cpus {options.cpus}: must be from 0.01 to 1024")
+        period = 100_000
+        res["cpu"] = {"quota": round(options.cpus * period), "period": period}
+    if options.pids_limit is not None:
+        if options.pids_limit <= 0:
+            raise UsageError(f"invalid --pids-limit {options.pids_limit}")
+        res["pids"] = {"limit": options.pids_limit}
+    return res
+
+
+def build_namespaces(options: RunOptions) -> list[dict[str, str]]:
+    kinds = ["pid", "ipc", "mount", "cgroup"]
+    if options.network not in ("none", "host", "user"):
+        raise UsageError(f"invalid network {options.network!r}: expected none, host or user")
+    if options.network != "host":
+        # Host networking keeps the host's UTS namespace too, and so its hostname (docker).
+        kinds += ["uts", "network"]
+    return [{"type": k} for k in kinds]
+
+
+def container_hostname(options: RunOptions, container_id: str) -> str | None:
+    """The hostname to set, or None where the container shares the host's (host network)."""
+    if options.network == "host":
+        if options.hostname:
+            raise UsageError("conflicting options: --hostname and --network host")
+        return None
+    hostname = options.hostname or container_id[:12]
+    if not _HOSTNAME_RE.match(hostname):
+        raise UsageError(f"invalid hostname {hostname!r}: letters, digits, '.' and '-' only")
+    return hostname
+
+
+def build_spec(
+    config: ImageConfig,
+    options: RunOptions,
+    *,
+    rootfs: Path,
+    container_id: str,
+    root_path: str | None = None,
+    user: User | None = None,
+    cgroups_path: str | None = None,
+    nofile: int | None = None,
+) -> dict[str, Any]:
+    """The runtime-spec 1.0.2 config for running `config` with `options`.
+
+    `rootfs` is the image's root filesystem, where the user is resolved; `root_path` is
+    what goes in `root.path` (default: `rootfs`; a bundle-relative "rootfs" or the
+    container's overlay mount point). Pass `user` to skip reading the image's passwd.
+    `cgroups_path` goes to `linux.cgroupsPath` (default: the runtime's choice). `nofile` is
+    the default open-files limit (default: docker's 1048576, or less where this process may
+    not raise its own hard limit that far).
+    No seccomp profile is set: the container runs without a syscall filter.
+    """
+    if not container_id:
+        raise UsageError("a container id is required")
+    args = process_args(config, options)
+    if user is None:
+        user = resolve_user(rootfs, options.user or config.user)
+    hostname = container_hostname(options, container_id)
+    env_hostname = hostname if hostname is not None else os.uname().nodename
+    caps = list(defaults.CAPABILITIES)
+    user_spec: dict[str, Any] = {"uid": user.uid, "gid": user.gid}
+    if user.additional_gids:
+        user_spec["additionalGids"] = list(user.additional_gids)
+    annotations = {
+        **config.labels,
+        **options.labels,
+        defaults.ISOLATION_ANNOTATION: str(options.isolation),
+    }
+    linux: dict[str, Any] = {
+        "namespaces": build_namespaces(options),
+        "resources": build_resources(options),
+        "maskedPaths": list(defaults.MASKED_PATHS),
+        "readonlyPaths": list(defaults.READONLY_PATHS),
+    }
+    if cgroups_path is not None:
+        linux["cgroupsPath"] = cgroups_path
+    spec: dict[str, Any] = {
+        "ociVersion": defaults.OCI_VERSION,
+        "process": {
+            "terminal": options.tty,
+            "user": user_spec,
+            "args": args,
+            "env": merge_env(config, options, hostname=env_hostname, home=user.home),
+            "cwd": working_dir(config, options),
+            "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
+            "rlimits": build_rlimits(
+                options, nofile=nofile if nofile is not None else defaults.attainable_nofile()
+            ),
+            "noNewPrivileges": False,
+        },
+        "root": {"path": root_path or str(rootfs), "readonly": options.read_only},
+        "mounts": build_mounts(options),
+        "annotations": annotations,
+        "linux": linux,
+    }
+    if hostname is not None:
+        spec["hostname"] = hostname
+    return spec
+
+
+def write_bundle(bundle_dir: Path, spec: dict[str, Any]) -> Path:
+    """Write `spec` as `bundle_dir/config.json`, atomically; return that path."""
+    import json
+
+    from bareboat.fsutil import atomic_write
+
+    path = bundle_dir / "config.json"
+    atomic_write(path, json.dumps(spec, indent=2).encode() + b"\n")
+    return path
