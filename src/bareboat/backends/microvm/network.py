@@ -1,0 +1,94 @@
+"""A microVM's network as QEMU arguments: none, or user-mode (slirp) with published ports.
+
+With `--network user` the guest sits behind QEMU's slirp NAT at its fixed addresses
+(guest 10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3), reaches outward through the host's
+sockets, and each `-p HOST:GUEST` becomes a `hostfwd` rule: QEMU listens on the host port
+and forwards connections to the guest port. No tap device, bridge or root privilege needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bareboat.errors import UsageError
+from bareboat.spec.options import PortMapping
+
+GUEST_IP = "10.0.2.15"
+GATEWAY = "10.0.2.2"
+DNS = "10.0.2.3"
+NETMASK = "255.255.255.0"
+NETDEV_ID = "net0"
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """What QEMU and the guest need for one VM's network."""
+
+    mode: str  # "none" | "user"
+    qemu_args: tuple[str, ...] = ()
+    # the kernel's `ip=` parameter (CONFIG_IP_PNP) brings eth0 up before init runs
+    kernel_args: tuple[str, ...] = ()
+    resolv_conf: str = ""
+    ports: tuple[PortMapping, ...] = ()
+
+
+def hostfwd(p: PortMapping) -> str:
+    """One slirp forwarding rule: `tcp:127.0.0.1:8080-:80` (guest address left to slirp)."""
+    return f"hostfwd={p.protocol}:{p.host_ip}:{p.host_port}-:{p.guest_port}"
+
+
+def plan_network(mode: str, publish: Sequence[PortMapping] = ()) -> NetworkPlan:
+    if mode == "none":
+        if publish:
+            raise UsageError("publishing ports (-p) needs --network user")
+        return NetworkPlan(mode="none")
+    if mode != "user":
+        raise UsageError(
+            f"--network {mode} is not possible with --isolation microvm (use none or user)"
+        )
+    seen: set[tuple[str, str, int]] = set()
+    for p in publish:
+        if p.protocol not in ("tcp", "udp"):
+            raise UsageError(f"cannot publish {p.protocol} ports")
+        if not isinstance(ipaddress.ip_address(p.host_ip), ipaddress.IPv4Address):
+            # QEMU 7.2's slirp forwards from IPv4 host addresses only.
+            raise UsageError(f"cannot publish on {p.host_ip}: a microVM publishes on IPv4 only")
+        if not (0 < p.host_port < 65536 and 0 < p.guest_port < 65536):
+            raise UsageError(f"invalid port mapping {p.host_port}:{p.guest_port}")
+        key = (p.protocol, p.host_ip, p.host_port)
+        if key in seen:
+            raise UsageError(f"host port {p.host_ip}:{p.host_port}/{p.protocol} published twice")
+        seen.add(key)
+    netdev = ",".join(["user", f"id={NETDEV_ID}", *(hostfwd(p) for p in publish)])
+    return NetworkPlan(
+        mode="user",
+        qemu_args=("-netdev", netdev, "-device", f"virtio-net-device,netdev={NETDEV_ID}"),
+        kernel_args=(f"ip={GUEST_IP}::{GATEWAY}:{NETMASK}::eth0:off",),
+        resolv_conf=f"nameserver {DNS}\n",
+        ports=tuple(publish),
+    )
+
+
+def check_ports_free(ports: Sequence[PortMapping]) -> None:
+    """Fail early, with the port's name, when a host port is taken.
+
+    QEMU would refuse too, but only as "could not set up host forwarding rule" after it has
+    started; this check names the port (a race with another binder remains possible, and then
+    QEMU's own error is reported).
+    """
+    for p in ports:
+        kind = socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM
+        with contextlib.closing(socket.socket(socket.AF_INET, kind)) as s:
+            # QEMU's slirp sets SO_REUSEADDR on its listeners; do the same so a port in
+            # TIME_WAIT from an earlier VM does not count as taken.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((p.host_ip, p.host_port))
+            except OSError as e:
+                raise UsageError(
+                    f"cannot publish {p.host_ip}:{p.host_port}/{p.protocol}: {e.strerror}"
+                ) from None
