@@ -1,0 +1,198 @@
+"""The OCI and Docker JSON wire formats, decoded and validated at the edge.
+
+Everything here comes from registries or archives we do not trust: documents are size
+bounded before decoding, digests must be `sha256:<64 hex>`, sizes are non-negative and
+bounded, and media types decide what a document is. Nothing above this module sees raw JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from bareboat.errors import ManifestError
+
+MAX_DOCUMENT = 4 * 1024 * 1024  # manifests, indexes and configs; registries cap at 4 MiB too
+MAX_BLOB = 1 << 40  # 1 TiB: larger is absurd for one layer
+MAX_LAYERS = 1000
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+ACCEPT = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
+
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = OCI_LAYER + "+gzip"
+OCI_LAYER_ZSTD = OCI_LAYER + "+zstd"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+LAYER_TYPES = frozenset(
+    {
+        OCI_LAYER,
+        OCI_LAYER_GZIP,
+        OCI_LAYER_ZSTD,
+        DOCKER_LAYER_GZIP,
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/vnd.docker.image.rootfs.diff.tar",
+        # Wasm images carry the module as their one layer.
+        "application/wasm",
+        "application/vnd.wasm.content.layer.v1+wasm",
+    }
+)
+
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+
+Digest = Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+Size = Annotated[int, msgspec.Meta(ge=0, le=MAX_BLOB)]
+Short = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class Platform(msgspec.Struct, frozen=True, rename={"os_version": "os.version"}):
+    architecture: Short = ""
+    os: Short = ""
+    variant: Short = ""
+    os_version: Short = ""
+
+
+class Descriptor(
+    msgspec.Struct, frozen=True, omit_defaults=True, rename={"media_type": "mediaType"}
+):
+    media_type: Short
+    digest: Digest
+    size: Size
+    annotations: dict[str, str] | None = None
+    platform: Platform | None = None
+
+
+class Manifest(
+    msgspec.Struct,
+    frozen=True,
+    omit_defaults=True,
+    rename={"schema_version": "schemaVersion", "media_type": "mediaType"},
+):
+    schema_version: int
+    config: Descriptor
+    layers: Annotated[list[Descriptor], msgspec.Meta(max_length=MAX_LAYERS)]
+    media_type: Short = ""
+    annotations: dict[str, str] | None = None
+
+
+class Index(
+    msgspec.Struct,
+    frozen=True,
+    omit_defaults=True,
+    rename={"schema_version": "schemaVersion", "media_type": "mediaType"},
+):
+    schema_version: int
+    manifests: Annotated[list[Descriptor], msgspec.Meta(max_length=10_000)]
+    media_type: Short = ""
+    annotations: dict[str, str] | None = None
+
+
+class ContainerConfig(
+    msgspec.Struct,
+    frozen=True,
+    rename={
+        "user": "User",
+        "exposed_ports": "ExposedPorts",
+        "env": "Env",
+        "entrypoint": "Entrypoint",
+        "cmd": "Cmd",
+        "working_dir": "WorkingDir",
+        "labels": "Labels",
+        "stop_signal": "StopSignal",
+    },
+):
+    user: str = ""
+    exposed_ports: dict[str, Any] | None = None
+    env: list[str] | None = None
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    working_dir: str = ""
+    labels: dict[str, str] | None = None
+    stop_signal: str = ""
+
+
+class RootFS(msgspec.Struct, frozen=True):
+    type: str
+    diff_ids: Annotated[list[Digest], msgspec.Meta(max_length=MAX_LAYERS)]
+
+
+class Config(msgspec.Struct, frozen=True):
+    architecture: Short
+    os: Short
+    rootfs: RootFS
+    variant: Short = ""
+    config: ContainerConfig | None = None
+
+
+class MediaTypeOnly(
+    msgspec.Struct, rename={"media_type": "mediaType", "schema_version": "schemaVersion"}
+):
+    media_type: str = ""
+    schema_version: int = 0
+    manifests: list[Any] | None = None
+    layers: list[Any] | None = None
+
+
+def _decode(data: bytes, kind: type[Any], what: str) -> Any:
+    if len(data) > MAX_DOCUMENT:
+        raise ManifestError(f"{what} is {len(data)} bytes, more than {MAX_DOCUMENT}")
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.ValidationError as err:
+        raise ManifestError(f"invalid {what}: {err}") from None
+    except msgspec.DecodeError as err:
+        raise ManifestError(f"{what} is not valid JSON: {err}") from None
+
+
+def sniff_media_type(data: bytes, declared: str = "") -> str:
+    """The media type of a manifest document: the declared one, else its own, else its shape."""
+    head: MediaTypeOnly = _decode(data, MediaTypeOnly, "manifest")
+    mt = head.media_type or declared.split(";")[0].strip()
+    if mt in MANIFEST_TYPES or mt in INDEX_TYPES:
+        return mt
+    if not mt or mt == "application/json":
+        if head.manifests is not None:
+            return OCI_INDEX
+        if head.layers is not None:
+            return OCI_MANIFEST
+    raise ManifestError(f"unsupported manifest media type {mt or '(none)'!r}")
+
+
+def decode_manifest(data: bytes) -> Manifest:
+    m: Manifest = _decode(data, Manifest, "manifest")
+    if m.schema_version != 2:
+        raise ManifestError(f"unsupported manifest schemaVersion {m.schema_version}")
+    for layer in m.layers:
+        if layer.media_type not in LAYER_TYPES:
+            raise ManifestError(f"unsupported layer media type {layer.media_type!r}")
+    return m
+
+
+def decode_index(data: bytes) -> Index:
+    i: Index = _decode(data, Index, "image index")
+    if i.schema_version != 2:
+        raise ManifestError(f"unsupported index schemaVersion {i.schema_version}")
+    return i
+
+
+def decode_config(data: bytes) -> Config:
+    c: Config = _decode(data, Config, "image config")
+    if c.rootfs.type != "layers":
+        raise ManifestError(f"unsupported rootfs type {c.rootfs.type!r}")
+    return c
+
+
+def encode(obj: Any) -> bytes:
+    return msgspec.json.encode(obj)
