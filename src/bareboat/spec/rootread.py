@@ -101,12 +101,17 @@ def read_in_root(rootfs: Path, path: str, *, limit: int = MAX_SIZE) -> bytes | N
             # nothing we can read, so to the image it is as if the file were missing.
             return None
         raise
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise RootReadError(f"{path} in the image is not a regular file")
         if st.st_size > limit:
             raise RootReadError(f"{path} in the image is larger than {limit} bytes")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise RootReadError(f"{path} in the image is larger than {limit} bytes")
