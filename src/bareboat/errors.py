@@ -121,6 +121,10 @@ class AgentProtocolError(GuestError):
     """The guest agent sent a message that breaks the protocol (treated as hostile)."""
 
 
+class AgentTimeout(GuestError):
+    """The guest agent did not answer in time."""
+
+
 # --- wasm ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,186 @@
+/* The guest side of a VM: boot mounts, finding the agent port, assembling the root, and
+ * the identity START brings (clock, entropy, hostname). None of it runs in test mode. */
+#include "init.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NEWROOT "/mnt/root"
+
+/* from <linux/random.h>; musl-gcc ships no kernel headers */
+#ifndef RNDADDENTROPY
+#define RNDADDENTROPY _IOW('R', 0x03, int[2])
+#endif
+
+static int do_mount(const char *src, const char *dst, const char *type, unsigned long flags,
+		    const char *data, char *err, size_t errlen)
+{
+	if (mkdir(dst, 0755) < 0 && errno != EEXIST) {
+		snprintf(err, errlen, "mkdir %s: %s", dst, strerror(errno));
+		return -1;
+	}
+	if (mount(src, dst, type, flags, data) < 0) {
+		snprintf(err, errlen, "mount %s (%s) on %s: %s", src, type ? type : "bind", dst, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* mkdir -p for a path under the new root (the overlay is writable) */
+static int mkdir_p(char *path)
+{
+	for (char *q = path + 1; *q; q++) {
+		if (*q != '/')
+			continue;
+		*q = 0;
+		if (mkdir(path, 0755) < 0 && errno != EEXIST) {
+			*q = '/';
+			return -1;
+		}
+		*q = '/';
+	}
+	return mkdir(path, 0755) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+int boot_mounts(void)
+{
+	char err[256];
+	const unsigned long nse = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	int rc = 0;
+	rc |= do_mount("proc", "/proc", "proc", nse, NULL, err, sizeof err);
+	rc |= do_mount("sysfs", "/sys", "sysfs", nse, NULL, err, sizeof err);
+	rc |= do_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755", err, sizeof err);
+	/* the kernel opened no console for us if the initramfs lacked /dev/console */
+	if (fcntl(2, F_GETFD) < 0) {
+		int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+		if (fd >= 0) {
+			dup2(fd, 0); dup2(fd, 1); dup2(fd, 2);
+			if (fd > 2)
+				close(fd);
+		}
+	}
+	rc |= do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "mode=0620,ptmxmode=0666", err, sizeof err);
+	rc |= do_mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", err, sizeof err);
+	rc |= do_mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", err, sizeof err);
+	if (rc)
+		logmsg("boot mounts: %s", err);
+	return rc;
+}
+
+int open_channel(const char *name, int timeout_ms)
+{
+	/* the port appears when virtio-serial has probed; poll for it briefly */
+	for (int waited = 0; waited <= timeout_ms; waited += 5) {
+		DIR *d = opendir("/sys/class/virtio-ports");
+		struct dirent *e;
+		while (d && (e = readdir(d))) {
+			if (e->d_name[0] == '.')
+				continue;
+			char path[512], buf[128];
+			snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				continue;
+			ssize_t n = read(fd, buf, sizeof buf - 1);
+			close(fd);
+			if (n <= 0)
+				continue;
+			buf[n] = 0;
+			buf[strcspn(buf, "\n")] = 0;
+			if (strcmp(buf, name))
+				continue;
+			snprintf(path, sizeof path, "/dev/%s", e->d_name);
+			fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY);
+			if (fd >= 0) {
+				closedir(d);
+				return fd;
+			}
+		}
+		if (d)
+			closedir(d);
+		struct timespec ts = { 0, 5 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	return -1;
+}
+
+void apply_identity(const struct start_spec *s)
+{
+	if (s->has_time) {
+		struct timespec ts = { .tv_sec = (time_t)s->sec, .tv_nsec = (long)s->nsec };
+		if (clock_settime(CLOCK_REALTIME, &ts) < 0)
+			logmsg("clock_settime: %s", strerror(errno));
+	}
+	if (s->entropy_len) {
+		struct { int count; int size; unsigned char buf[BB_MAX_ENTROPY]; } info;
+		info.count = (int)s->entropy_len * 8;
+		info.size = (int)s->entropy_len;
+		memcpy(info.buf, s->entropy, s->entropy_len);
+		int fd = open("/dev/random", O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || ioctl(fd, RNDADDENTROPY, &info) < 0)
+			logmsg("RNDADDENTROPY: %s", strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+	if (s->hostname && sethostname(s->hostname, strlen(s->hostname)) < 0)
+		logmsg("sethostname: %s", strerror(errno));
+}
+
+int assemble_root(const struct start_spec *s, const char **root, char *err, size_t errlen)
+{
+	*root = NULL;
+	if (s->root_dir) {
+		*root = s->root_dir;
+		return 0;
+	}
+	if (!s->lower)
+		return 0; /* no image: run in the initramfs itself */
+	const unsigned long nse = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	mkdir("/mnt", 0755);
+	if (do_mount(s->lower, "/mnt/lower", s->lower_fstype ? s->lower_fstype : "erofs", MS_RDONLY, NULL, err, errlen))
+		return -1;
+	if (s->upper) {
+		if (do_mount(s->upper, "/mnt/rw", s->upper_fstype ? s->upper_fstype : "ext4", 0, NULL, err, errlen))
+			return -1;
+	} else if (do_mount("tmpfs", "/mnt/rw", "tmpfs", 0, "mode=0755", err, errlen)) {
+		return -1;
+	}
+	/* a persistent upper disk keeps these from the last run */
+	mkdir("/mnt/rw/upper", 0755);
+	mkdir("/mnt/rw/work", 0755);
+	if (do_mount("overlay", NEWROOT, "overlay", 0,
+		     "lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work", err, errlen))
+		return -1;
+	if (do_mount("proc", NEWROOT "/proc", "proc", nse, NULL, err, errlen) ||
+	    do_mount("sysfs", NEWROOT "/sys", "sysfs", nse | MS_RDONLY, NULL, err, errlen) ||
+	    do_mount("devtmpfs", NEWROOT "/dev", "devtmpfs", MS_NOSUID, "mode=0755", err, errlen) ||
+	    /* the same devpts instance as init's, so ptys init opens are visible inside */
+	    do_mount("/dev/pts", NEWROOT "/dev/pts", NULL, MS_BIND, NULL, err, errlen) ||
+	    do_mount("tmpfs", NEWROOT "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", err, errlen) ||
+	    do_mount("tmpfs", NEWROOT "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", err, errlen))
+		return -1;
+	for (int i = 0; i < s->nmounts; i++) {
+		const struct mount_spec *m = &s->mounts[i];
+		char path[BB_MAX_STR + 16];
+		snprintf(path, sizeof path, NEWROOT "%s", m->target);
+		if (mkdir_p(path) < 0) {
+			snprintf(err, errlen, "mkdir %s: %s", m->target, strerror(errno));
+			return -1;
+		}
+		unsigned long flags = MS_NOSUID | MS_NODEV | ((m->flags & 1) ? MS_RDONLY : 0);
+		if (do_mount(m->source[0] ? m->source : m->fstype, path, m->fstype, flags,
+			     m->options[0] ? m->options : NULL, err, errlen))
+			return -1;
+	}
+	*root = NEWROOT;
+	return 0;
+}
