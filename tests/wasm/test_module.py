@@ -1,0 +1,111 @@
+"""Finding the module: Wasm layers, compat images, hostile paths."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from bareboat.backends.wasm.module import (
+    is_wasm_image,
+    module_argv,
+    module_from_blob,
+    module_from_rootfs,
+    resolve_in_root,
+    wasm_layer,
+)
+from bareboat.errors import WasmError
+from bareboat.images.model import Image, ImageConfig, Layer
+
+from . import wat
+
+TAR = "application/vnd.oci.image.layer.v1.tar+gzip"
+COMPAT = {"module.wasm.image/variant": "compat"}
+
+
+def image(
+    layers: list[str], entrypoint: tuple[str, ...] = (), labels: dict[str, str] | None = None
+) -> Image:
+    return Image(
+        id="sha256:" + "1" * 64,
+        digest="sha256:" + "2" * 64,
+        names=(),
+        config=ImageConfig(entrypoint=entrypoint, labels=labels or {}),
+        layers=tuple(
+            Layer(digest=f"sha256:{i:064x}", media_type=mt, size=1) for i, mt in enumerate(layers)
+        ),
+        size=1,
+    )
+
+
+@pytest.mark.parametrize("mt", ["application/wasm", "application/vnd.wasm.content.layer.v1+wasm"])
+def test_wasm_layer_images(mt: str) -> None:
+    img = image([mt])
+    assert is_wasm_image(img)
+    assert wasm_layer(img) == img.layers[0]
+
+
+def test_compat_needs_label_and_wasm_entrypoint() -> None:
+    assert is_wasm_image(image([TAR], ("/app/x.wasm",), COMPAT))
+    assert not is_wasm_image(image([TAR], ("/app/x.wasm",)))  # a name alone changes nothing
+    assert not is_wasm_image(image([TAR], ("/bin/sh",), COMPAT))
+    assert not is_wasm_image(image([TAR]))
+    assert is_wasm_image(image([TAR], ("/app/x.wasm",)), {"module.wasm.image/variant": "compat"})
+
+
+def test_module_argv() -> None:
+    assert module_argv(("/app/x.wasm", "a"), from_layer=False) == ("/app/x.wasm", "a")
+    assert module_argv(("a", "b"), from_layer=True) == ("module.wasm", "a", "b")
+    assert module_argv((), from_layer=True) == ("module.wasm",)
+    assert module_argv(("x.wasm", "b"), from_layer=True) == ("x.wasm", "b")
+
+
+def test_module_from_rootfs(tmp_path: Path) -> None:
+    data = wat.hello()
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "hello.wasm").write_bytes(data)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "hello").symlink_to("/app/hello.wasm")  # absolute: inside the image
+    for argv0 in ("/app/hello.wasm", "app/hello.wasm", "/bin/hello", "/../../app/hello.wasm"):
+        ref = module_from_rootfs(tmp_path, argv0)
+        assert ref.path == tmp_path / "app" / "hello.wasm"
+        assert ref.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_symlink_cannot_leave_rootfs(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    (tmp_path / "outside.wasm").write_bytes(wat.hello())
+    (root / "escape.wasm").symlink_to("../outside.wasm")
+    (root / "abs.wasm").symlink_to(tmp_path / "outside.wasm")
+    for name in ("/escape.wasm", "/abs.wasm"):
+        with pytest.raises(WasmError, match="not found in the image"):
+            module_from_rootfs(root, name)
+
+
+def test_symlink_loop(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(WasmError, match="too many symbolic links"):
+        resolve_in_root(tmp_path, "/a")
+
+
+def test_not_a_module(tmp_path: Path) -> None:
+    (tmp_path / "x.wasm").write_text("#!/bin/sh\necho hi\n")
+    (tmp_path / "d.wasm").mkdir()
+    with pytest.raises(WasmError, match="bad magic"):
+        module_from_rootfs(tmp_path, "/x.wasm")
+    with pytest.raises(WasmError, match="not a regular file"):
+        module_from_rootfs(tmp_path, "/d.wasm")
+    with pytest.raises(WasmError, match="no command"):
+        module_from_rootfs(tmp_path, "")
+
+
+def test_blob_digest_checked(tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    blob.write_bytes(wat.hello())
+    good = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert module_from_blob(blob, good).digest == good
+    with pytest.raises(WasmError, match="does not match"):
+        module_from_blob(blob, "sha256:" + "0" * 64)
