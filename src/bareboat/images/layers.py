@@ -1,0 +1,630 @@
+"""Apply OCI image layers to a root filesystem tree, treating every layer as hostile.
+
+A layer is a tar stream (plain, gzip or zstd) read once, front to back, with `tarfile` in
+stream mode. Every entry is created relative to an fd of the rootfs directory, and every path
+is resolved by the kernel with `openat2(RESOLVE_IN_ROOT)`: `..` stops at the rootfs and
+symlinks - which in an image may point anywhere, they are just data - are followed as if the
+rootfs were `/`. So no entry, symlink or hard link in any layer can make us write outside it.
+
+Names are cleaned lexically first, as containerd does: a leading `/` means the rootfs, and
+`a/../b` is `b`. A name whose `..` climbs above the rootfs is refused (containerd clamps it to
+the root instead; no honest tool writes one, so we call it hostile). Writing through a symlink
+that points outside (`evil -> /tmp`, then `evil/x`) is contained, not refused: real images
+rely on absolute symlinks such as `/var/run -> /run`, so `evil/x` lands in `<rootfs>/tmp/x`.
+
+OCI whiteouts: `.wh.NAME` removes NAME of lower layers and `.wh..wh..opq` empties its
+directory of lower-layer contents; both only hide what lower layers made (never entries of
+their own layer, in whatever order the tar lists them) and never appear in the tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import errno
+import io
+import logging
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from bareboat.errors import LayerError, StoreError
+from bareboat.images.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
+
+log = logging.getLogger(__name__)
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+_COPY_CHUNK = 1 * MiB
+_WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
+
+
+@dataclass(frozen=True)
+class LayerLimits:
+    """Bounds on what one layer (or, in unpack_rootfs, one image) may make us write."""
+
+    max_entry_size: int = 32 * GiB  # one regular file
+    max_total_size: int = 128 * GiB  # all regular files together
+    max_entries: int = 4_000_000
+    max_header_size: int = 1 * MiB  # one PAX or GNU long-name record, read into memory
+
+    @property
+    def max_stream_size(self) -> int:
+        """Uncompressed tar bytes we read at most: contents plus a header block per entry."""
+        return self.max_total_size + self.max_entries * 1 * KiB + 1 * MiB
+
+
+DEFAULT_LIMITS = LayerLimits()
+
+
+@dataclass
+class LayerStats:
+    entries: int = 0  # tar entries read, whiteouts included
+    bytes: int = 0  # regular file contents written
+    whiteouts: int = 0
+    skipped: int = 0  # device nodes not made (not root)
+
+    def __add__(self, other: LayerStats) -> LayerStats:
+        return LayerStats(*(a + b for a, b in zip(_fields(self), _fields(other), strict=True)))
+
+
+def _fields(s: LayerStats) -> tuple[int, ...]:
+    return tuple(getattr(s, f.name) for f in dataclasses.fields(s))
+
+
+# --- decompression --------------------------------------------------------------------------
+
+
+class Compression(enum.Enum):
+    NONE = "tar"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+
+
+_LAYER_MEDIA_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar": Compression.NONE,
+    "application/vnd.oci.image.layer.v1.tar+gzip": Compression.GZIP,
+    "application/vnd.oci.image.layer.v1.tar+zstd": Compression.ZSTD,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": Compression.NONE,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": Compression.GZIP,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": Compression.ZSTD,
+    "application/vnd.docker.image.rootfs.diff.tar": Compression.NONE,
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": Compression.GZIP,
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": Compression.GZIP,
+}
+# Media types that say nothing about the content; we sniff it.
+_GENERIC_MEDIA_TYPES = {"", "application/octet-stream", "application/x-tar", "application/tar"}
+
+_MAGIC = {
+    b"\x1f\x8b": Compression.GZIP,
+    b"\x28\xb5\x2f\xfd": Compression.ZSTD,
+}
+_UNSUPPORTED_MAGIC = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x04\x22\x4d\x18": "lz4"}
+_SNIFF = 6
+
+
+def compression_for(media_type: str, head: bytes) -> Compression:
+    """How to decompress a layer whose blob starts with `head`.
+
+    The magic bytes win over the media type: registries and tools mislabel layers (gzip
+    served as `.tar`, zstd as `.tar.gzip`), and the bytes cannot lie about their format.
+    """
+    if media_type not in _LAYER_MEDIA_TYPES and media_type not in _GENERIC_MEDIA_TYPES:
+        raise LayerError(f"media type {media_type!r} is not a filesystem layer")
+    for magic, comp in _MAGIC.items():
+        if head.startswith(magic):
+            return comp
+    for magic, name in _UNSUPPORTED_MAGIC.items():
+        if head.startswith(magic):
+            raise LayerError(f"layer is {name}-compressed, which OCI images do not use")
+    return Compression.NONE
+
+
+class _Rejoined(io.RawIOBase):
+    """The sniffed head of a stream put back in front of the rest."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        super().__init__()
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            data, self._head = self._head[: len(view)], self._head[len(view) :]
+        else:
+            data = self._rest.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+class _Guarded:
+    """A read-only stream that turns decompression errors into LayerError and caps its size.
+
+    The cap bounds what a hostile layer can make us read (a zstd bomb, a PAX header that
+    claims to be huge) even before any per-entry check sees it.
+    """
+
+    def __init__(self, raw: Any, limit: int, errors: tuple[type[BaseException], ...]) -> None:
+        self._raw = raw
+        self._limit = limit
+        self._errors = errors
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            return b"".join(iter(lambda: self.read(_COPY_CHUNK), b""))
+        try:
+            data: bytes = self._raw.read(n)
+        except self._errors as e:
+            raise LayerError(f"corrupt layer data: {_one_line(e)}") from e
+        self.count += len(data)
+        if self.count > self._limit:
+            raise LayerError(f"layer expands to more than {self._limit} bytes")
+        return data
+
+    def drain(self) -> None:
+        """Read to the end, so a corrupt trailer (gzip CRC, zstd checksum) is noticed."""
+        while self.read(_COPY_CHUNK):
+            pass
+
+
+def _decompressed(blob: BinaryIO, media_type: str, limits: LayerLimits) -> _Guarded:
+    head = b""
+    while len(head) < _SNIFF:
+        more = blob.read(_SNIFF - len(head))
+        if not more:
+            break
+        head += more
+    comp = compression_for(media_type, head)
+    src = _Rejoined(head, blob)
+    errors: list[type[BaseException]] = [OSError, EOFError, ValueError]
+    raw: Any = src
+    if comp is Compression.GZIP:
+        from isal import igzip, igzip_lib
+
+        gzip_file: Any = igzip.IGzipFile  # untyped
+        raw = gzip_file(fileobj=src, mode="rb")
+        isal_error: Any = igzip_lib.IsalError  # typed as an instance in isal's stubs
+        errors.append(isal_error)
+    elif comp is Compression.ZSTD:
+        import zstandard
+
+        raw = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        errors.append(zstandard.ZstdError)
+    return _Guarded(raw, limits.max_stream_size, tuple(errors))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+# --- tar headers ----------------------------------------------------------------------------
+
+_LONG_HEADER_TYPES = {
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+}
+
+
+def _bounded_tarinfo(limits: LayerLimits) -> type[tarfile.TarInfo]:
+    class BoundedTarInfo(tarfile.TarInfo):
+        """TarInfo that refuses oversized PAX/GNU records before tarfile reads them into
+        memory, and reports a corrupt header instead of ending the archive there (tarfile
+        takes a bad checksum after the first member for the end of the archive)."""
+
+        @classmethod
+        def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Any:
+            obj = super().frombuf(buf, encoding, errors)
+            if obj.type in _LONG_HEADER_TYPES and obj.size > limits.max_header_size:
+                raise LayerError(
+                    f"tar extended header of {obj.size} bytes exceeds the limit of "
+                    f"{limits.max_header_size}"
+                )
+            return obj
+
+        @classmethod
+        def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Any:
+            try:
+                return super().fromtarfile(tarfile_)
+            except tarfile.HeaderError as e:
+                # End of archive (zero block) and end of data are how a tar ends.
+                if type(e).__name__ in ("EOFHeaderError", "EmptyHeaderError"):
+                    raise
+                offset = getattr(tarfile_, "offset", "?")
+                raise LayerError(f"corrupt tar header at offset {offset}: {e}") from e
+
+    return BoundedTarInfo
+
+
+def entry_parts(name: str) -> tuple[str, ...]:
+    """The clean, rootfs-relative components of a tar name; () is the rootfs itself.
+
+    A leading `/` means the rootfs; `.` and empty components vanish and `..` removes the one
+    before it. A `..` that would climb above the rootfs raises LayerError.
+    """
+    if "\0" in name:
+        raise LayerError(f"layer entry {name!r}: name contains a NUL byte")
+    parts: list[str] = []
+    for comp in name.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                raise LayerError(f"layer entry {name!r}: path escapes the root filesystem")
+            parts.pop()
+        else:
+            parts.append(comp)
+    return tuple(parts)
+
+
+# --- extraction -----------------------------------------------------------------------------
+
+
+def _rel(parts: Sequence[str]) -> str:
+    return "/".join(parts) or "."
+
+
+def _lstat(dirfd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _remove(dirfd: int, name: str) -> None:
+    """Remove `name` in `dirfd`, whatever it is; a directory goes with all it holds."""
+    st = _lstat(dirfd, name)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        # rmtree with dir_fd walks by fds and never follows a symlink.
+        shutil.rmtree(name, dir_fd=dirfd)
+    else:
+        os.unlink(name, dir_fd=dirfd)
+
+
+@contextlib.contextmanager
+def _fd(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+class _Extractor:
+    """Applies one layer's entries to the tree under `rootfd`."""
+
+    def __init__(self, rootfd: int, limits: LayerLimits) -> None:
+        self.rootfd = rootfd
+        self.limits = limits
+        self.stats = LayerStats()
+        self.total = 0
+        self.as_root = os.geteuid() == 0
+        # Paths (and their ancestors) this layer made: whiteouts never hide those.
+        self.touched: set[str] = set()
+        # Directory modes and times, set when the layer is done: making entries inside a
+        # directory changes its mtime, and a read-only directory would stop a non-root user.
+        self.dir_meta: dict[str, tuple[int, int]] = {}
+
+    # -- directories
+
+    def open_dir(self, parts: Sequence[str], *, create: bool, flags: int = os.O_PATH) -> int:
+        """An fd of the directory at `parts`, resolved in-root; missing ones are made 0755
+        when `create` (as docker and containerd make a layer's implicit parents)."""
+        try:
+            return openat2(self.rootfd, _rel(parts), flags | os.O_DIRECTORY, resolve=_RESOLVE)
+        except FileNotFoundError:
+            if not create or not parts:
+                raise
+        with _fd(self.open_dir(parts[:-1], create=True)) as pfd:
+            try:
+                os.mkdir(parts[-1], 0o700, dir_fd=pfd)
+                os.chmod(parts[-1], 0o755, dir_fd=pfd)
+            except FileExistsError:
+                pass  # a dangling symlink: the retry below reports it
+        return openat2(self.rootfd, _rel(parts), flags | os.O_DIRECTORY, resolve=_RESOLVE)
+
+    # -- one entry
+
+    def apply(self, tar: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
+        self.stats.entries += 1
+        if self.stats.entries > self.limits.max_entries:
+            raise LayerError(f"layer has more than {self.limits.max_entries} entries")
+        if ti.isreg():
+            if ti.size < 0 or ti.size > self.limits.max_entry_size:
+                raise LayerError(
+                    f"layer entry {ti.name!r}: size {ti.size} exceeds the per-file limit "
+                    f"of {self.limits.max_entry_size}"
+                )
+            self.total += ti.size
+            if self.total > self.limits.max_total_size:
+                raise LayerError(
+                    f"layer entry {ti.name!r}: contents exceed the total limit of "
+                    f"{self.limits.max_total_size} bytes"
+                )
+        parts = entry_parts(ti.name)
+        for comp in parts[:-1]:
+            if comp.startswith(_WHITEOUT):
+                raise LayerError(f"layer entry {ti.name!r}: whiteout name used as a directory")
+        try:
+            if parts and parts[-1].startswith(_WHITEOUT):
+                self.whiteout(ti, parts)
+            elif not parts:
+                self.root_entry(ti)
+            else:
+                self.entry(tar, ti, parts)
+        except OSError as e:
+            raise LayerError(f"layer entry {ti.name!r}: {e.strerror or _one_line(e)}") from e
+        if not parts or not parts[-1].startswith(_WHITEOUT):
+            for i in range(1, len(parts) + 1):
+                self.touched.add(_rel(parts[:i]))
+
+    def root_entry(self, ti: tarfile.TarInfo) -> None:
+        if not ti.isdir():
+            raise LayerError(f"layer entry {ti.name!r}: the root must be a directory")
+        if self.as_root:
+            os.chown(self.rootfd, ti.uid, ti.gid)
+        self.dir_meta["."] = (stat.S_IMODE(ti.mode), _ns(ti))
+
+    def entry(self, tar: tarfile.TarFile, ti: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+        base = parts[-1]
+        with _fd(self.open_dir(parts[:-1], create=True)) as pfd:
+            if ti.isdir():
+                self.make_dir(pfd, base, ti, parts)
+            elif ti.isreg():
+                self.make_file(pfd, base, tar, ti)
+            elif ti.issym():
+                _remove(pfd, base)
+                os.symlink(ti.linkname, base, dir_fd=pfd)
+                self.own(pfd, base, ti)
+                os.utime(base, ns=(_ns(ti), _ns(ti)), dir_fd=pfd, follow_symlinks=False)
+            elif ti.islnk():
+                self.make_hardlink(pfd, base, ti, parts)
+            elif ti.ischr() or ti.isblk() or ti.isfifo():
+                self.make_node(pfd, base, ti)
+            else:
+                raise LayerError(f"layer entry {ti.name!r}: unsupported tar type {ti.type!r}")
+
+    def make_dir(self, pfd: int, base: str, ti: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+        st = _lstat(pfd, base)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            _remove(pfd, base)
+            st = None
+        if st is None:
+            os.mkdir(base, 0o700, dir_fd=pfd)
+        self.own(pfd, base, ti)
+        self.dir_meta[_rel(parts)] = (stat.S_IMODE(ti.mode), _ns(ti))
+
+    def make_file(self, pfd: int, base: str, tar: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
+        # Always a new inode: writing into the old one would also change its hard links.
+        _remove(pfd, base)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        with _fd(os.open(base, flags, 0o600, dir_fd=pfd)) as fd:
+            src = tar.extractfile(ti)
+            if src is None:  # pragma: no cover - isreg() entries always have a file object
+                raise LayerError(f"layer entry {ti.name!r}: no contents")
+            while chunk := src.read(_COPY_CHUNK):
+                _write_all(fd, chunk)
+            if self.as_root:
+                os.fchown(fd, ti.uid, ti.gid)
+            # After chown, which clears setuid/setgid bits.
+            os.fchmod(fd, stat.S_IMODE(ti.mode))
+            os.utime(fd, ns=(_ns(ti), _ns(ti)))
+        self.stats.bytes += ti.size
+
+    def make_hardlink(
+        self, pfd: int, base: str, ti: tarfile.TarInfo, parts: tuple[str, ...]
+    ) -> None:
+        try:
+            target = entry_parts(ti.linkname)
+        except LayerError as e:
+            raise LayerError(
+                f"layer entry {ti.name!r}: hard link target {ti.linkname!r} escapes the root "
+                "filesystem"
+            ) from e
+        if not target:
+            raise LayerError(f"layer entry {ti.name!r}: hard link to the root directory")
+        if target == parts:
+            raise LayerError(f"layer entry {ti.name!r}: hard link to itself")
+        try:
+            tfd = self.open_dir(target[:-1], create=False)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            raise LayerError(
+                f"layer entry {ti.name!r}: hard link target {ti.linkname!r} does not exist"
+            ) from e
+        with _fd(tfd):
+            tst = _lstat(tfd, target[-1])
+            if tst is None:
+                raise LayerError(
+                    f"layer entry {ti.name!r}: hard link target {ti.linkname!r} does not exist"
+                )
+            if stat.S_ISDIR(tst.st_mode):
+                raise LayerError(f"layer entry {ti.name!r}: hard link to a directory")
+            _remove(pfd, base)
+            # No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink, as tar means it.
+            os.link(target[-1], base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+
+    def make_node(self, pfd: int, base: str, ti: tarfile.TarInfo) -> None:
+        kind = stat.S_IFIFO if ti.isfifo() else stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
+        if kind != stat.S_IFIFO and not self.as_root:
+            log.warning("skipping device node %s: only root can make device nodes", ti.name)
+            self.stats.skipped += 1
+            return
+        _remove(pfd, base)
+        try:
+            os.mknod(base, 0o600 | kind, os.makedev(ti.devmajor, ti.devminor), dir_fd=pfd)
+        except PermissionError:
+            if kind == stat.S_IFIFO:
+                raise
+            # Root in a user namespace, or a nodev policy: the image still runs without it.
+            log.warning("skipping device node %s: mknod not permitted here", ti.name)
+            self.stats.skipped += 1
+            return
+        self.own(pfd, base, ti)
+        # By name, not fd: opening a fifo or device has side effects. We made this very
+        # node a line above in our own private tree, so it is not a symlink.
+        os.chmod(base, stat.S_IMODE(ti.mode), dir_fd=pfd)
+        os.utime(base, ns=(_ns(ti), _ns(ti)), dir_fd=pfd, follow_symlinks=False)
+
+    def own(self, pfd: int, base: str, ti: tarfile.TarInfo) -> None:
+        if self.as_root:
+            os.chown(base, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
+
+    # -- whiteouts
+
+    def whiteout(self, ti: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+        self.stats.whiteouts += 1
+        base = parts[-1]
+        if base == _OPAQUE:
+            with _fd(self.open_dir(parts[:-1], create=True, flags=os.O_RDONLY)) as dfd:
+                self.prune(dfd, parts[:-1])
+            for i in range(1, len(parts)):
+                self.touched.add(_rel(parts[:i]))
+            return
+        name = base[len(_WHITEOUT) :]
+        if name.startswith(_WHITEOUT):
+            return  # AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs), never part of the tree
+        if name in ("", ".", ".."):
+            raise LayerError(f"layer entry {ti.name!r}: whiteout of {name!r}")
+        if _rel((*parts[:-1], name)) in self.touched:
+            return  # made by this same layer: a whiteout only hides lower layers
+        try:
+            pfd = self.open_dir(parts[:-1], create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # nothing there to hide
+        with _fd(pfd):
+            _remove(pfd, name)
+
+    def prune(self, dfd: int, parts: tuple[str, ...]) -> None:
+        """Remove what lower layers put under the directory `dfd`, keeping this layer's."""
+        for name in os.listdir(dfd):
+            child = (*parts, name)
+            if _rel(child) not in self.touched:
+                _remove(dfd, name)
+                continue
+            st = _lstat(dfd, name)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                with _fd(os.open(name, flags, dir_fd=dfd)) as cfd:
+                    self.prune(cfd, child)
+
+    # -- end of layer
+
+    def finish(self) -> None:
+        for path, (mode, mtime) in self.dir_meta.items():
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+            try:
+                fd = openat2(self.rootfd, path, flags, resolve=_RESOLVE)
+            except (FileNotFoundError, NotADirectoryError) as e:
+                log.debug("directory %s went away later in its layer: %s", path, e)
+                continue
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                continue  # replaced by a symlink later in the layer
+            with _fd(fd):
+                os.fchmod(fd, mode)
+                os.utime(fd, ns=(mtime, mtime))
+
+
+def _ns(ti: tarfile.TarInfo) -> int:
+    return int(ti.mtime * 1_000_000_000)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def apply_layer(
+    rootfs: Path, blob: BinaryIO, media_type: str, *, limits: LayerLimits = DEFAULT_LIMITS
+) -> LayerStats:
+    """Apply one layer blob (compressed as its bytes say) on top of the tree at `rootfs`.
+
+    Raises LayerError for a corrupt or hostile layer; the tree may then be half-changed, so
+    callers build into a scratch directory (as unpack_rootfs does) and throw it away.
+    """
+    stream = _decompressed(blob, media_type, limits)
+    with _fd(os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as rootfd:
+        ex = _Extractor(rootfd, limits)
+        # typeshed wants a real file; stream mode only ever calls read().
+        open_tar: Any = tarfile.open
+        try:
+            with open_tar(
+                fileobj=stream, mode="r|", bufsize=_COPY_CHUNK, tarinfo=_bounded_tarinfo(limits)
+            ) as tar:
+                while (ti := tar.next()) is not None:
+                    ex.apply(tar, ti)
+                    # Stream mode keeps every TarInfo for random access we never do.
+                    tar.members.clear()
+        except tarfile.TarError as e:
+            raise LayerError(f"corrupt layer: {_one_line(e)}") from e
+        stream.drain()
+        ex.finish()
+    return ex.stats
+
+
+def unpack_rootfs(
+    dest: Path,
+    layers: Sequence[tuple[Path, str]],
+    *,
+    limits: LayerLimits = DEFAULT_LIMITS,
+) -> LayerStats:
+    """Build the root filesystem of `layers` ([(blob path, media type)], lowest first) at
+    `dest`, which must not exist yet.
+
+    The tree is built in a temporary directory beside `dest` and renamed into place only when
+    every layer applied, so a failure leaves neither `dest` nor the temporary directory.
+    `limits.max_total_size` and `max_entries` bound the whole image, not each layer.
+    """
+    if dest.exists() or dest.is_symlink():
+        raise StoreError(f"cannot unpack into {dest}: it already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".unpacking", dir=dest.parent))
+    try:
+        tmp.chmod(0o755)  # an image without a "./" entry gets a 0755 root, as in docker
+        total = LayerStats()
+        for blob_path, media_type in layers:
+            left = dataclasses.replace(
+                limits,
+                max_total_size=limits.max_total_size - total.bytes,
+                max_entries=limits.max_entries - total.entries,
+            )
+            with blob_path.open("rb") as blob:
+                total += apply_layer(tmp, blob, media_type, limits=left)
+        try:
+            tmp.rename(dest)
+        except OSError as e:
+            raise StoreError(f"cannot move the unpacked tree to {dest}: {e.strerror}") from e
+    except BaseException:
+        _force_rmtree(tmp)
+        raise
+    return total
+
+
+def _force_rmtree(path: Path) -> None:
+    """Remove a scratch tree even where a layer left directories without write permission."""
+
+    def retry(func: Callable[..., Any], name: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(name), 0o700)
+        func(name)
+
+    shutil.rmtree(path, onerror=retry)
