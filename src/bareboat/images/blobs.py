@@ -20,6 +20,7 @@ from typing import IO
 
 from bareboat.errors import DigestMismatch, StoreError
 from bareboat.images.reference import is_digest
+from bareboat.images.wire import MAX_BLOB
 
 CHUNK = 1 << 20
 
@@ -128,6 +129,32 @@ class BlobStore:
             with src.open("rb") as f:
                 self.put_stream(iter(lambda: f.read(CHUNK), b""), digest, size)
         return digest, size
+
+    def ingest(self, chunks: Iterable[bytes], limit: int = MAX_BLOB) -> tuple[str, int]:
+        """Store content whose digest is not known in advance; returns (digest, size)."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="blob-", suffix=".part", dir=self.tmp)
+        tmp = Path(name)
+        try:
+            h = hashlib.sha256()
+            size = 0
+            with os.fdopen(fd, "wb") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise DigestMismatch(f"blob larger than {limit} bytes")
+                    h.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+                digest = "sha256:" + h.hexdigest()
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, self.path(digest))
+            return digest, size
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def remove(self, digest: str) -> int:
         p = self.path(digest)
