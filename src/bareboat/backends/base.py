@@ -1,0 +1,155 @@
+"""The protocol every backend implements, and the Linux calls backends share.
+
+The monitor model
+-----------------
+Each container has one *monitor* process (see `bareboat.engine.monitor`). The monitor owns the
+backend for the container's life: it calls `start` once, with the file descriptors the
+workload's stdio must use (pipes, or the slave of a pty for `-t`), waits for the pid that
+`start` returned, and hands the raw wait status to `exit_code`. Everything else (`kill`,
+`exec`, `delete`, `state`) must work from *any* process that holds the container's
+`BackendContext` — the CLI calls them directly — so a backend keeps what it needs on disk
+under `ctx.state_dir`, never in memory.
+
+A backend that holds its workload's stdio itself (the microVM backend gets stdio as agent
+frames over virtio-serial, not as fds) still gets the same `Stdio`: it copies the frames it
+receives into `stdio.stdout`/`stdio.stderr` (a thread or its own event loop inside the
+monitor), reads `stdio.stdin` to send stdin frames, and implements `resize` and `kill` by
+sending agent messages. `start` returns the pid the monitor waits on (QEMU's), and
+`exit_code` turns QEMU's end into the workload's code as the agent reported it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """Where one container's things are: derived from the roots by the engine."""
+
+    id: str
+    bundle: Path  # holds config.json; rootfs at bundle/rootfs (the overlay mount)
+    state_dir: Path  # the backend's own state (e.g. the OCI runtime's --root)
+    spec: dict[str, Any]
+
+    @property
+    def rootfs(self) -> Path:
+        return self.bundle / "rootfs"
+
+
+@dataclass(frozen=True)
+class Stdio:
+    stdin: int
+    stdout: int
+    stderr: int
+    tty: bool = False  # stdin/stdout/stderr are one pty slave
+
+
+class Backend(Protocol):
+    name: str
+
+    def create(self, ctx: BackendContext) -> None:
+        """Check and prepare what `start` needs (runs in the monitor, after the rootfs mount)."""
+
+    def start(self, ctx: BackendContext, stdio: Stdio) -> int:
+        """Start the workload; return the pid the monitor waits on (its child)."""
+
+    def exit_code(self, ctx: BackendContext, status: int) -> int:
+        """The workload's exit code (128+N for signal N) from the waited pid's wait status."""
+
+    def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
+        """Send `sig` to the workload; `pid` is the monitor's recorded pid. From any process."""
+
+    def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
+        """The terminal was resized (the monitor already set the pty's size)."""
+
+    def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
+        """Run `process` (an OCI process object) in the running container with the caller's
+        stdio; return its exit code (0 when detached)."""
+
+    def state(self, ctx: BackendContext) -> str:
+        """What the backend itself knows: running, stopped or unknown."""
+
+    def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
+        """Remove every trace the backend left (runtime state, cgroups). Idempotent."""
+
+
+def wait_status_to_code(status: int) -> int:
+    """Shell convention: exit code, or 128+N for a process killed by signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+# --- Linux calls the standard library lacks (3.11) -------------------------------------------
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REC = 0x4000
+MS_BIND = 0x1000
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
+
+_libc: ctypes.CDLL | None = None
+
+
+def libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str, target: Path, fstype: str, flags: int = 0, data: str = "") -> None:
+    _check(
+        libc().mount(
+            source.encode(), os.fsencode(target), fstype.encode(), flags, data.encode() or None
+        ),
+        f"mount {target}",
+    )
+
+
+def umount(target: Path, flags: int = 0) -> None:
+    """Unmount; a target that is not mounted (or gone) is not an error."""
+    ret = libc().umount2(os.fsencode(target), flags)
+    if ret != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOENT):
+            return
+        raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(libc().unshare(flags), "unshare")
+
+
+def set_child_subreaper() -> None:
+    _check(libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl")
+
+
+def mounts_under(path: Path) -> list[Path]:
+    """Mount points at or below `path` from /proc/self/mountinfo, deepest first."""
+    prefix = os.fsencode(path)
+    found = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            point = line.split(b" ")[4].decode("unicode_escape").encode("latin-1")
+            if point == prefix or point.startswith(prefix + b"/"):
+                found.append(Path(os.fsdecode(point)))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)

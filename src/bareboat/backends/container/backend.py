@@ -1,0 +1,114 @@
+"""The `container` backend: crun or runc runs the bundle in the foreground of the monitor.
+
+`<runtime> run` (not create + start) keeps one runtime process per container: it forwards
+signals, proxies the pty for `-t`, destroys the cgroup on exit and exits with the workload's
+code, so the monitor only has to wait for its child. `kill`, `exec` and `delete` go through
+the runtime's own commands, which work from any process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import termios
+from typing import Any
+
+from bareboat.backends.base import BackendContext, Stdio, wait_status_to_code
+from bareboat.errors import BackendError
+
+from .runtime import OciRuntime, select_runtime
+
+TIMEOUT = 30.0
+
+
+class ContainerBackend:
+    name = "container"
+
+    def __init__(self, runtime: OciRuntime | None = None) -> None:
+        self.runtime = runtime or select_runtime()
+
+    def _run(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        try:
+            res = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                preexec_fn=self.runtime.preexec,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"{argv[0]} {argv[3]} timed out") from None
+        if check and res.returncode != 0:
+            msg = (res.stderr.strip().splitlines() or ["no message"])[-1]
+            raise BackendError(f"{self.runtime.kind} {argv[3]} failed: {msg}")
+        return res
+
+    def create(self, ctx: BackendContext) -> None:
+        ctx.state_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, ctx: BackendContext, stdio: Stdio) -> int:
+        rt = self.runtime
+
+        def child() -> None:
+            rt.preexec()
+            if stdio.tty:
+                # Make the pty our controlling terminal so that resizes reach the runtime
+                # as SIGWINCH, which it passes on to the container's console.
+                os.setsid()
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        proc = subprocess.Popen(
+            rt.run(ctx.state_dir, ctx.bundle, ctx.id),
+            stdin=stdio.stdin,
+            stdout=stdio.stdout,
+            stderr=stdio.stderr,
+            preexec_fn=child,
+            close_fds=True,
+        )
+        # The monitor reaps the pid itself (waitpid on SIGCHLD); Popen must not.
+        proc.returncode = 0
+        return proc.pid
+
+    def exit_code(self, ctx: BackendContext, status: int) -> int:
+        return wait_status_to_code(status)
+
+    def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
+        res = self._run(self.runtime.kill(ctx.state_dir, ctx.id, sig), check=False)
+        if res.returncode != 0 and pid is not None and sig not in (9, 19):
+            # Not (yet or any more) known to the runtime: the runtime process itself
+            # forwards every catchable signal to the container.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
+        """Nothing to do: the runtime gets SIGWINCH from the pty the monitor resized."""
+
+    def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
+        ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        pfile = ctx.state_dir / f"exec-{os.getpid()}.json"
+        pfile.write_text(json.dumps(process))
+        try:
+            argv = self.runtime.exec(
+                ctx.state_dir, ctx.id, pfile, tty=bool(process.get("terminal")), detach=detach
+            )
+            proc = subprocess.Popen(argv, preexec_fn=self.runtime.preexec)
+            return proc.wait()
+        finally:
+            pfile.unlink(missing_ok=True)
+
+    def state(self, ctx: BackendContext) -> str:
+        res = self._run(self.runtime.state(ctx.state_dir, ctx.id), check=False)
+        if res.returncode != 0:
+            return "unknown"
+        try:
+            return str(json.loads(res.stdout).get("status", "unknown"))
+        except ValueError:
+            return "unknown"
+
+    def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
+        self._run(self.runtime.kill(ctx.state_dir, ctx.id, 9), check=False)
+        self._run(self.runtime.delete(ctx.state_dir, ctx.id), check=False)

@@ -1,1 +1,0 @@
-"""The engine: containers, their lifecycle and state, behind every front end."""

@@ -1,0 +1,402 @@
+"""`Engine`: the only way front ends touch containers."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import select
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from bareboat.backends.base import Backend, BackendContext
+from bareboat.errors import (
+    BackendUnavailable,
+    ContainerError,
+    ContainerNotFound,
+    NameInUse,
+    UsageError,
+)
+from bareboat.images.model import Image
+from bareboat.paths import Roots
+from bareboat.spec.options import Isolation, RunOptions
+
+from .names import ID_RE, check_name, new_id, random_name
+from .overlay import Overlay, unmount_tree
+from .state import Record, RecordStore, State, alive
+
+
+class ImageSource(Protocol):
+    """What the engine needs from the image store."""
+
+    def ensure(self, ref: str) -> Image: ...
+
+    def rootfs(self, image: Image) -> Path: ...
+
+
+@dataclass(frozen=True)
+class ContainerPaths:
+    """Every path of one container, derived from the roots."""
+
+    record: Path  # roots.containers/<id>: record, writable layer, log (survive reboots)
+    run: Path  # roots.run/<id>: bundle, rootfs mount, socket, runtime state
+
+    @property
+    def upper(self) -> Path:
+        return self.record / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.record / "work"
+
+    @property
+    def log(self) -> Path:
+        return self.record / "log.jsonl"
+
+    @property
+    def bundle(self) -> Path:
+        return self.run / "bundle"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.bundle / "rootfs"
+
+    @property
+    def socket(self) -> Path:
+        return self.run / "ctl.sock"
+
+    @property
+    def monitor_log(self) -> Path:
+        return self.run / "monitor.log"
+
+    @property
+    def backend_state(self) -> Path:
+        return self.run / "oci"
+
+
+def default_images(roots: Roots) -> ImageSource:
+    from bareboat.images.store import ImageStore  # type: ignore[import-not-found,unused-ignore]
+
+    store: ImageSource = ImageStore(roots)
+    return store
+
+
+def backend_for(isolation: Isolation) -> Backend:
+    if isolation is Isolation.CONTAINER:
+        from bareboat.backends.container import ContainerBackend
+
+        return ContainerBackend()
+    if isolation is Isolation.PROCESS:
+        from bareboat.backends.process import ProcessBackend
+
+        return ProcessBackend()
+    raise BackendUnavailable(f"isolation {isolation.value} is not available in this build yet")
+
+
+class Engine:
+    def __init__(self, roots: Roots, *, images: ImageSource | None = None) -> None:
+        self.roots = roots
+        self._images = images
+        self.records = RecordStore(roots.containers)
+
+    @property
+    def images(self) -> ImageSource:
+        if self._images is None:
+            self._images = default_images(self.roots)
+        return self._images
+
+    # --- paths and helpers -------------------------------------------------------------
+    def paths(self, cid: str) -> ContainerPaths:
+        return ContainerPaths(self.roots.containers / cid, self.roots.run / cid)
+
+    def backend(self, isolation: Isolation) -> Backend:
+        return backend_for(isolation)
+
+    def context(self, cid: str) -> BackendContext:
+        p = self.paths(cid)
+        try:
+            spec = json.loads((p.bundle / "config.json").read_text())
+        except FileNotFoundError:
+            spec = {}
+        return BackendContext(id=cid, bundle=p.bundle, state_dir=p.backend_state, spec=spec)
+
+    def overlay(self, cid: str) -> Overlay:
+        p = self.paths(cid)
+        lower = Path((p.record / "lower").read_text())
+        return Overlay(lower=lower, upper=p.upper, work=p.work, target=p.rootfs)
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.roots.containers.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.roots.containers / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- lookup ------------------------------------------------------------------------
+    def resolve(self, ref: str) -> str:
+        """A full id from an id, a unique id prefix or a name."""
+        ids = self.records.ids()
+        if ID_RE.match(ref) and ref in ids:
+            return ref
+        for cid in ids:
+            with contextlib.suppress(ContainerError, ValueError, KeyError):
+                if self.records.load(cid).name == ref:
+                    return cid
+        hits = [cid for cid in ids if cid.startswith(ref)] if len(ref) >= 3 else []
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UsageError(f"{ref!r} matches more than one container; give more of the id")
+        raise ContainerNotFound(f"no such container: {ref}")
+
+    def get(self, ref: str) -> Record:
+        """The record, corrected if its monitor died without writing the end."""
+        cid = self.resolve(ref)
+        rec = self.records.load(cid)
+        if rec.state in (State.RUNNING, State.PAUSED) and not alive(
+            rec.monitor_pid, rec.monitor_start
+        ):
+            # Re-read under no lock: the monitor may have just written the end itself.
+            rec = self.records.load(cid)
+            if rec.state in (State.RUNNING, State.PAUSED):
+                rec.move_to(State.EXITED)
+                rec.exit_code = 255
+                rec.finished = time.time()
+                rec.error = "the container's monitor died; its workload may still run (rm -f)"
+                self.records.save(rec)
+        return rec
+
+    def containers(self, *, all: bool = False) -> list[Record]:
+        out = []
+        for cid in self.records.ids():
+            with contextlib.suppress(ContainerError):
+                rec = self.get(cid)
+                if all or rec.state in (State.RUNNING, State.PAUSED):
+                    out.append(rec)
+        return sorted(out, key=lambda r: r.created, reverse=True)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def create(self, image_ref: str, options: RunOptions, *, auto_remove: bool = False) -> Record:
+        from bareboat.spec.builder import build_spec, write_bundle
+
+        self.backend(options.isolation)  # fail early for an isolation we cannot run
+        image = self.images.ensure(image_ref)
+        lower = self.images.rootfs(image)
+        cid = new_id()
+        p = self.paths(cid)
+        try:
+            spec = build_spec(
+                image.config,
+                options,
+                rootfs=lower,
+                container_id=cid,
+                root_path=str(p.rootfs),
+            )
+            with self._lock():
+                name = check_name(options.name) if options.name else self._free_name()
+                if options.name and self._name_taken(name):
+                    raise NameInUse(f"the name {name!r} is in use by another container")
+                p.record.mkdir(parents=True)
+                (p.record / "lower").write_text(str(lower))
+                p.bundle.mkdir(parents=True)
+                write_bundle(p.bundle, spec)
+                rec = Record(
+                    id=cid,
+                    name=name,
+                    image=image_ref,
+                    image_id=image.id,
+                    isolation=options.isolation,
+                    options=options,
+                    auto_remove=auto_remove,
+                    stop_signal=image.config.stop_signal,
+                )
+                self.records.save(rec)
+        except BaseException:
+            shutil.rmtree(p.record, ignore_errors=True)
+            shutil.rmtree(p.run, ignore_errors=True)
+            raise
+        return rec
+
+    def _name_taken(self, name: str) -> bool:
+        for cid in self.records.ids():
+            with contextlib.suppress(ContainerError, ValueError, KeyError):
+                if self.records.load(cid).name == name:
+                    return True
+        return False
+
+    def _free_name(self) -> str:
+        for _ in range(20):
+            name = random_name()
+            if not self._name_taken(name):
+                return name
+        return f"{random_name()}_{new_id()[:6]}"
+
+    def start(self, ref: str, *, wait_attach: bool = False) -> Record:
+        """Start the container's monitor. With `wait_attach`, the workload starts only once
+        a client attached (so a foreground run sees all of its output)."""
+        from .monitor import spawn
+
+        rec = self.get(ref)
+        if rec.state not in (State.CREATED, State.EXITED):
+            raise ContainerError(f"container {rec.short_id} is already {rec.state.value}")
+        p = self.paths(rec.id)
+        p.bundle.mkdir(parents=True, exist_ok=True)
+        spawn(self, rec.id, wait_attach=wait_attach)
+        return self.records.load(rec.id) if p.record.exists() else rec
+
+    def attach(self, ref: str) -> Any:
+        from .attach import AttachClient
+
+        rec = self.get(ref)
+        return AttachClient.connect(self.paths(rec.id).socket, tty=rec.options.tty)
+
+    def kill(self, ref: str, sig: int = signal.SIGKILL) -> None:
+        rec = self.get(ref)
+        if rec.state not in (State.RUNNING, State.PAUSED):
+            raise ContainerError(f"container {rec.short_id} is not running")
+        self.backend(rec.isolation).kill(self.context(rec.id), rec.pid, sig)
+
+    def wait(self, ref: str, timeout: float | None = None) -> int:
+        """Block until the container exits; its exit code."""
+        rec = self.get(ref)
+        cid = rec.id
+        if rec.state in (State.RUNNING, State.PAUSED) and rec.monitor_pid:
+            try:
+                pidfd = os.pidfd_open(rec.monitor_pid)
+            except ProcessLookupError:
+                pidfd = None
+            if pidfd is not None:
+                try:
+                    if alive(rec.monitor_pid, rec.monitor_start):
+                        ready, _, _ = select.select([pidfd], [], [], timeout)
+                        if not ready:
+                            raise ContainerError(f"container {rec.short_id} is still running")
+                finally:
+                    os.close(pidfd)
+        if not self.paths(cid).record.exists():
+            return rec.exit_code or 0  # removed (--rm) by its monitor
+        rec = self.get(cid)
+        return rec.exit_code if rec.exit_code is not None else 0
+
+    def stop(self, ref: str, timeout: float = 10) -> Record:
+        """The image's stop signal (or SIGTERM), then SIGKILL after `timeout` seconds."""
+        rec = self.get(ref)
+        if rec.state not in (State.RUNNING, State.PAUSED):
+            return rec
+        sig = _signal_number(rec.stop_signal or "SIGTERM")
+        backend = self.backend(rec.isolation)
+        ctx = self.context(rec.id)
+        backend.kill(ctx, rec.pid, sig)
+        try:
+            self.wait(rec.id, timeout)
+        except ContainerError:
+            backend.kill(ctx, rec.pid, signal.SIGKILL)
+            self.wait(rec.id, 10)
+        return self.get(rec.id) if self.paths(rec.id).record.exists() else rec
+
+    def remove(self, ref: str, *, force: bool = False) -> None:
+        """Remove a container; with `force`, kill it first. Always leaves nothing behind."""
+        rec = self.get(ref)
+        if rec.state in (State.RUNNING, State.PAUSED) and not force:
+            raise ContainerError(
+                f"container {rec.short_id} is {rec.state.value}: stop it or use -f"
+            )
+        p = self.paths(rec.id)
+        ctx = self.context(rec.id)
+        backend = self.backend(rec.isolation)
+        if alive(rec.monitor_pid, rec.monitor_start):
+            with contextlib.suppress(ContainerError, OSError):
+                backend.kill(ctx, rec.pid, signal.SIGKILL)
+                self.wait(rec.id, 10)
+            if alive(rec.monitor_pid, rec.monitor_start):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.monitor_pid or 0, signal.SIGKILL)
+        elif rec.pid is not None and rec.isolation is Isolation.PROCESS:
+            backend.kill(ctx, rec.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            backend.delete(ctx, force=True)
+        unmount_tree(p.rootfs)
+        shutil.rmtree(p.run, ignore_errors=True)
+        shutil.rmtree(p.record, ignore_errors=True)
+
+    # --- exec and logs -----------------------------------------------------------------
+    def exec(
+        self,
+        ref: str,
+        args: list[str],
+        *,
+        env: tuple[str, ...] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+        detach: bool = False,
+    ) -> int:
+        from bareboat.spec.users import resolve_user
+
+        rec = self.get(ref)
+        if rec.state is not State.RUNNING:
+            raise ContainerError(f"container {rec.short_id} is not running")
+        if not args:
+            raise UsageError("exec needs a command")
+        ctx = self.context(rec.id)
+        process: dict[str, Any] = dict(ctx.spec["process"])
+        process["args"] = list(args)
+        process["env"] = [*process.get("env", []), *env]
+        process["terminal"] = tty
+        if workdir:
+            process["cwd"] = workdir
+        if user:
+            u = resolve_user(ctx.rootfs, user)
+            process["user"] = {"uid": u.uid, "gid": u.gid}
+            if u.additional_gids:
+                process["user"]["additionalGids"] = list(u.additional_gids)
+        return self.backend(rec.isolation).exec(ctx, process, detach=detach)
+
+    def logs(self, ref: str, *, follow: bool = False) -> Iterator[tuple[float, str, bytes]]:
+        """(timestamp, "stdout"|"stderr", data) as the monitor logged them."""
+        rec = self.get(ref)
+        path = self.paths(rec.id).log
+        try:
+            f = open(path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            return
+        with f:
+            while True:
+                line = f.readline()
+                if line.endswith(b"\n"):
+                    e = json.loads(line)
+                    yield float(e["t"]), str(e["s"]), e["d"].encode("utf-8", "surrogateescape")
+                    continue
+                if not follow:
+                    return
+                f.seek(-len(line), os.SEEK_CUR)
+                if not self.paths(rec.id).record.exists():
+                    return
+                if self.get(rec.id).state is State.EXITED:
+                    rest = f.read()
+                    for raw in rest.splitlines():
+                        e = json.loads(raw)
+                        yield float(e["t"]), str(e["s"]), e["d"].encode("utf-8", "surrogateescape")
+                    return
+                time.sleep(0.1)
+
+
+def _signal_number(name: str) -> int:
+    name = name.strip().upper()
+    if name.isdigit():
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise UsageError(f"unknown signal {name}") from None

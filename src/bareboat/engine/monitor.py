@@ -1,0 +1,372 @@
+"""The per-container monitor (as conmon or containerd-shim): one process per container.
+
+`spawn` forks it from the calling process (no new Python start-up), detaches it (setsid +
+double fork) and waits for a one-line JSON report on a pipe: `{"ok": true}` once the rootfs
+is mounted and the control socket listens, or `{"error": ..., "code": N}` after it cleaned up.
+
+The monitor then owns, for the container's whole life: the rootfs mount, the backend, the
+workload's stdio (pipes, or a pty master for `-t`), the JSON-lines log (stdout and stderr
+kept apart), the control socket (attach, stdin, resize, signals), reaping (it is a child
+subreaper), and the end: exit code written atomically, rootfs unmounted, and for `--rm`
+every trace removed — before attached clients hear the exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import sys
+import termios
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+from bareboat.backends.base import BackendContext, Stdio, set_child_subreaper
+from bareboat.errors import BareboatError, ContainerError
+
+from . import protocol as P
+from .command import check_command
+from .state import State, process_start_time
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+def spawn(engine: Engine, cid: str, *, wait_attach: bool) -> None:
+    """Start the monitor of container `cid`; return once it is ready, raise if it failed."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork() == 0:
+                Monitor(engine, cid, w, wait_attach).main()
+                code = 0
+            else:
+                code = 0
+        except BaseException:  # noqa: BLE001 - a forked child must never return to the caller
+            with contextlib.suppress(Exception):
+                traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r, "rb") as f:
+        line = f.readline()
+    if not line:
+        raise ContainerError("the container monitor died while starting; see its monitor.log")
+    report = json.loads(line)
+    if "error" in report:
+        err = BareboatError(report["error"])
+        err.exit_code = int(report.get("code", 125))
+        raise err
+
+
+@dataclass
+class Client:
+    sock: socket.socket
+    reader: P.FrameReader = field(default_factory=P.FrameReader)
+    attached: bool = False
+    stdin: bool = False
+
+
+class Monitor:
+    def __init__(self, engine: Engine, cid: str, report_fd: int, wait_attach: bool) -> None:
+        self.engine = engine
+        self.cid = cid
+        self.report_fd: int | None = report_fd
+        self.wait_attach = wait_attach
+        self.record = engine.records.load(cid)
+        self.paths = engine.paths(cid)
+        self.backend = engine.backend(self.record.isolation)
+        self.ctx: BackendContext = engine.context(cid)
+        self.clients: list[Client] = []
+        self.sel = selectors.DefaultSelector()
+        self.pid: int | None = None
+        self.status: int | None = None
+        self.pty_master: int | None = None
+        self.stdin_w: int | None = None
+        self.log: IO[bytes] | None = None
+        self.winsize = (24, 80)
+
+    # --- reporting back to `spawn` ------------------------------------------------------
+    def report(self, obj: dict[str, Any]) -> None:
+        if self.report_fd is not None:
+            os.write(self.report_fd, json.dumps(obj).encode() + b"\n")
+            os.close(self.report_fd)
+            self.report_fd = None
+
+    def main(self) -> None:
+        self.paths.run.mkdir(parents=True, exist_ok=True)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        logfd = os.open(self.paths.monitor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(devnull, 0)
+        os.dup2(logfd, 1)
+        os.dup2(logfd, 2)
+        os.close(devnull)
+        os.close(logfd)
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        set_child_subreaper()
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTTOU, signal.SIGTTIN):
+            signal.signal(sig, signal.SIG_IGN)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: self.kill(signal.SIGTERM))
+        self.wake_r = wake_r
+        try:
+            self.run()
+        except BaseException as err:  # noqa: BLE001 - the monitor must always clean up
+            traceback.print_exc()
+            code = err.exit_code if isinstance(err, BareboatError) else 125
+            msg = str(err) if isinstance(err, BareboatError) else f"monitor failed: {err!r}"
+            self.finish(code, msg)
+
+    def run(self) -> None:
+        rec = self.record
+        self.engine.overlay(self.cid).mount()
+        spec = self.ctx.spec
+        proc = spec["process"]
+        check_command(
+            self.ctx.rootfs, list(proc["args"]), list(proc.get("env", [])), proc.get("cwd", "/")
+        )
+        self.backend.create(self.ctx)
+        listener = P.listen(self.paths.socket)
+        listener.setblocking(False)
+        self.sel.register(listener, selectors.EVENT_READ, "listen")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.log = open(self.paths.log, "ab")  # noqa: SIM115
+        rec.monitor_pid = os.getpid()
+        rec.monitor_start = process_start_time(os.getpid())
+        self.engine.records.save(rec)
+        self.report({"ok": True})
+        if self.wait_attach:
+            self.await_first_client(listener)
+        stdio = self.make_stdio()
+        self.pid = self.backend.start(self.ctx, stdio)
+        for fd in {stdio.stdin, stdio.stdout, stdio.stderr}:
+            os.close(fd)
+        rec = self.engine.records.load(self.cid)
+        rec.move_to(State.RUNNING)
+        rec.pid, rec.started, rec.exit_code, rec.finished = self.pid, time.time(), None, None
+        self.record = rec
+        self.engine.records.save(rec)
+        self.broadcast(P.frame(P.STARTED))
+        self.loop()
+
+    def await_first_client(self, listener: socket.socket) -> None:
+        deadline = time.monotonic() + 30
+        while not any(c.attached for c in self.clients):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ContainerError("no client attached in time")
+            for key, _ in self.sel.select(left):
+                self.dispatch(key)
+
+    def make_stdio(self) -> Stdio:
+        opts = self.record.options
+        if opts.tty:
+            master, slave = os.openpty()
+            rows, cols = self.winsize
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            os.set_blocking(master, False)
+            self.pty_master = master
+            self.sel.register(master, selectors.EVENT_READ, "stdout")
+            if opts.interactive:
+                self.stdin_w = master
+            return Stdio(slave, os.dup(slave), os.dup(slave), tty=True)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, name)
+        if opts.interactive:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            self.stdin_w = in_w
+        else:
+            in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        return Stdio(in_r, out_w, err_w)
+
+    # --- event loop ------------------------------------------------------------------------
+    def loop(self) -> None:
+        while self.status is None or self.has_output():
+            timeout = None if self.status is None else 0.2
+            events = self.sel.select(timeout)
+            if not events and self.status is not None:
+                break  # the workload is gone; a grandchild may still hold the pipes
+            for key, _ in events:
+                self.dispatch(key)
+        code = self.backend.exit_code(self.ctx, self.status or 0)
+        self.finish(code, "")
+
+    def has_output(self) -> bool:
+        return any(k.data in ("stdout", "stderr") for k in self.sel.get_map().values())
+
+    def dispatch(self, key: selectors.SelectorKey) -> None:
+        kind = key.data
+        if kind == "wake":
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wake_r, 512)
+            self.reap()
+        elif kind == "listen":
+            with contextlib.suppress(BlockingIOError):
+                sock, _ = key.fileobj.accept()  # type: ignore[union-attr]
+                sock.setblocking(True)
+                sock.settimeout(5)
+                client = Client(sock)
+                self.clients.append(client)
+                self.sel.register(sock, selectors.EVENT_READ, client)
+        elif kind in ("stdout", "stderr"):
+            self.pump(key.fd, kind)
+        elif isinstance(kind, Client):
+            self.from_client(kind)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.pid:
+                self.status = status
+
+    def pump(self, fd: int, stream: str) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            if err.errno != errno.EIO:  # EIO: the pty's last slave closed
+                raise
+            data = b""
+        if not data:
+            self.sel.unregister(fd)
+            if fd != self.pty_master:
+                os.close(fd)
+            return
+        assert self.log is not None
+        entry = {"t": time.time(), "s": stream, "d": data.decode("utf-8", "surrogateescape")}
+        self.log.write(json.dumps(entry).encode() + b"\n")
+        self.log.flush()
+        self.broadcast(P.frame(P.STDOUT if stream == "stdout" else P.STDERR, data), attached=True)
+
+    def broadcast(self, data: bytes, *, attached: bool = True) -> None:
+        for c in list(self.clients):
+            if attached and not c.attached:
+                continue
+            try:
+                c.sock.sendall(data)
+            except OSError:
+                self.drop(c)
+
+    def drop(self, c: Client) -> None:
+        if c in self.clients:
+            self.clients.remove(c)
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(c.sock)
+            c.sock.close()
+
+    def from_client(self, c: Client) -> None:
+        try:
+            data = c.sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.drop(c)
+            return
+        try:
+            frames = c.reader.feed(data)
+        except ContainerError:
+            self.drop(c)
+            return
+        for kind, payload in frames:
+            self.handle(c, kind, payload)
+
+    def handle(self, c: Client, kind: int, payload: bytes) -> None:
+        # Clients are local but still only get to do what the frame types allow.
+        if kind == P.REQUEST:
+            req = json.loads(payload)
+            op = req.get("op")
+            if op == "attach":
+                c.attached, c.stdin = True, bool(req.get("stdin"))
+                if req.get("rows") and req.get("cols"):
+                    self.resize(int(req["rows"]), int(req["cols"]))
+            elif op == "kill":
+                self.kill(int(req.get("signal", signal.SIGKILL)))
+                c.sock.sendall(P.jframe(P.EXIT, {"ok": True}))
+        elif kind == P.STDIN and c.stdin and self.stdin_w is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.stdin_w, payload)
+        elif kind == P.STDIN_EOF and c.stdin and self.stdin_w is not None:
+            if self.pty_master is None:
+                os.close(self.stdin_w)
+            else:
+                with contextlib.suppress(OSError):
+                    os.write(self.stdin_w, b"\x04")
+            self.stdin_w = None
+        elif kind == P.RESIZE:
+            size = json.loads(payload)
+            self.resize(int(size["rows"]), int(size["cols"]))
+        elif kind == P.SIGNAL:
+            self.kill(int(json.loads(payload)["signal"]))
+
+    def resize(self, rows: int, cols: int) -> None:
+        rows, cols = max(1, min(rows, 10000)), max(1, min(cols, 10000))
+        self.winsize = (rows, cols)
+        if self.pty_master is not None:
+            winsize = struct.pack("HHHH", rows, cols, 0, 0)
+            fcntl.ioctl(self.pty_master, termios.TIOCSWINSZ, winsize)
+            self.backend.resize(self.ctx, rows, cols)
+
+    def kill(self, sig: int) -> None:
+        if self.pid is not None and self.status is None:
+            self.backend.kill(self.ctx, self.pid, sig)
+
+    # --- the end -------------------------------------------------------------------------
+    def finish(self, code: int, error: str) -> None:
+        """Record the end, clean up, then tell the clients (and `spawn`, if still waiting)."""
+        if self.pid is not None and self.status is None:
+            with contextlib.suppress(Exception):
+                self.backend.kill(self.ctx, self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+        with contextlib.suppress(Exception):
+            if (self.ctx.state_dir / self.cid).exists():
+                self.backend.delete(self.ctx, force=True)
+        with contextlib.suppress(Exception):
+            self.engine.overlay(self.cid).unmount()
+        if self.log is not None:
+            self.log.close()
+        rec = self.engine.records.load(self.cid)
+        if rec.auto_remove:
+            shutil.rmtree(self.paths.record, ignore_errors=True)
+        else:
+            if rec.state is not State.EXITED:
+                rec.move_to(State.EXITED)
+            rec.exit_code, rec.finished, rec.error, rec.pid = code, time.time(), error, None
+            self.engine.records.save(rec)
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.socket.unlink()
+        if rec.auto_remove:
+            shutil.rmtree(self.paths.run, ignore_errors=True)
+        if self.report_fd is not None:
+            self.report({"error": error or "start failed", "code": code})
+        if error:
+            self.broadcast(P.jframe(P.ERROR, {"message": error, "code": code}), attached=False)
+        else:
+            self.broadcast(P.jframe(P.EXIT, {"code": code}), attached=False)
+        for c in list(self.clients):
+            self.drop(c)

@@ -1,0 +1,44 @@
+"""A container's root filesystem: its own overlayfs upper over the shared image rootfs."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from bareboat.backends.base import MNT_DETACH, mount, mounts_under, umount
+from bareboat.errors import ContainerError
+
+
+@dataclass(frozen=True)
+class Overlay:
+    lower: Path  # the image rootfs: read-only, shared, never written
+    upper: Path
+    work: Path
+    target: Path
+
+    def options(self) -> str:
+        for p in (self.lower, self.upper, self.work):
+            # overlayfs splits its options on ',' and ':'; such paths cannot be passed.
+            if any(c in str(p) for c in ",:="):
+                raise ContainerError(f"path not usable by overlayfs: {p}")
+        return f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
+
+    def mount(self) -> None:
+        for p in (self.upper, self.work, self.target):
+            p.mkdir(parents=True, exist_ok=True)
+        try:
+            mount("overlay", self.target, "overlay", 0, self.options())
+        except OSError as err:
+            raise ContainerError(f"cannot mount the container's rootfs: {err}") from None
+
+    def unmount(self) -> None:
+        """Unmount the overlay and anything mounted below it (process backend binds)."""
+        unmount_tree(self.target)
+        # overlayfs leaves a work/work dir owned by root with mode 000; remove it with the rest
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def unmount_tree(path: Path) -> None:
+    for point in mounts_under(path):
+        umount(point, MNT_DETACH)

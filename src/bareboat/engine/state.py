@@ -1,0 +1,160 @@
+"""Container records: lifecycle states, their allowed transitions, and atomic persistence.
+
+A record is the engine's whole knowledge of one container. It is plain data, written as JSON
+under `roots.containers/<id>/record.json` with `fsutil.atomic_write`, so a crash leaves the old
+record or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from bareboat.errors import ContainerError, InvalidStateTransition
+from bareboat.fsutil import atomic_write_text
+from bareboat.spec.options import Isolation, Mount, PortMapping, Rlimit, RunOptions
+
+
+class State(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    EXITED = "exited"
+
+
+# The one place the lifecycle is written down. A created container that fails to start goes
+# straight to exited (docker does the same and keeps the 126/127 code on it).
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.CREATED: frozenset({State.RUNNING, State.EXITED}),
+    State.RUNNING: frozenset({State.PAUSED, State.EXITED}),
+    State.PAUSED: frozenset({State.RUNNING, State.EXITED}),
+    State.EXITED: frozenset({State.RUNNING}),  # `start` again, as docker allows
+}
+
+
+def check_transition(container: str, current: State, wanted: State) -> None:
+    if wanted not in TRANSITIONS[current]:
+        raise InvalidStateTransition(container, current.value, wanted.value)
+
+
+@dataclass
+class Record:
+    id: str
+    name: str
+    image: str  # the reference the user gave
+    image_id: str
+    isolation: Isolation
+    options: RunOptions
+    state: State = State.CREATED
+    exit_code: int | None = None
+    error: str = ""  # why it ended, when bareboat (not the workload) ended it
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    pid: int | None = None  # the workload (or its runtime / VMM) as the monitor sees it
+    monitor_pid: int | None = None
+    monitor_start: int | None = None  # /proc/PID/stat starttime: guards against pid reuse
+    auto_remove: bool = False
+    stop_signal: str = ""
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    def move_to(self, wanted: State) -> None:
+        check_transition(self.short_id, self.state, wanted)
+        self.state = wanted
+
+    # --- JSON -------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["isolation"] = self.isolation.value
+        data["state"] = self.state.value
+        data["options"] = options_to_json(self.options)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        data = dict(data)
+        data["isolation"] = Isolation(data["isolation"])
+        data["state"] = State(data["state"])
+        data["options"] = options_from_json(data["options"])
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def options_to_json(options: RunOptions) -> dict[str, Any]:
+    data = dataclasses.asdict(options)
+    data["isolation"] = options.isolation.value
+    return data
+
+
+def options_from_json(data: dict[str, Any]) -> RunOptions:
+    d = dict(data)
+    d["isolation"] = Isolation(d["isolation"])
+    for key in ("entrypoint", "command"):
+        if d.get(key) is not None:
+            d[key] = tuple(d[key])
+    d["env"] = tuple(d.get("env", ()))
+    d["mounts"] = tuple(
+        Mount(**{**m, "options": tuple(m.get("options", ()))}) for m in d.get("mounts", ())
+    )
+    d["publish"] = tuple(PortMapping(**p) for p in d.get("publish", ()))
+    d["rlimits"] = tuple(Rlimit(**r) for r in d.get("rlimits", ()))
+    names = {f.name for f in dataclasses.fields(RunOptions)}
+    return RunOptions(**{k: v for k, v in d.items() if k in names})
+
+
+class RecordStore:
+    """Records on disk, one directory per container under `base`."""
+
+    FILE = "record.json"
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    def dir(self, cid: str) -> Path:
+        return self.base / cid
+
+    def save(self, record: Record) -> None:
+        atomic_write_text(self.dir(record.id) / self.FILE, json.dumps(record.to_json(), indent=1))
+
+    def load(self, cid: str) -> Record:
+        try:
+            raw = (self.dir(cid) / self.FILE).read_text()
+        except FileNotFoundError:
+            raise ContainerError(f"container {cid[:12]} has no record") from None
+        return Record.from_json(json.loads(raw))
+
+    def ids(self) -> list[str]:
+        try:
+            entries = os.listdir(self.base)
+        except FileNotFoundError:
+            return []
+        return sorted(e for e in entries if (self.base / e / self.FILE).is_file())
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of `pid` (clock ticks since boot), None if it is gone.
+
+    Together with the pid it names one process for good: a reused pid has a later start time.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie has finished its work
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int | None, start: int | None) -> bool:
+    return pid is not None and start is not None and process_start_time(pid) == start
