@@ -1,0 +1,419 @@
+"""The config.json builder, tested as data; every spec it makes must pass the OCI schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bareboat.errors import ImageError, UsageError
+from bareboat.images.model import ImageConfig
+from bareboat.spec import defaults
+from bareboat.spec.builder import (
+    build_mounts,
+    build_spec,
+    merge_env,
+    process_args,
+    working_dir,
+    write_bundle,
+)
+from bareboat.spec.options import Isolation, Mount, Rlimit, RunOptions
+from bareboat.spec.parse import parse_tmpfs, parse_volume
+from bareboat.spec.users import User
+from tests.spec.schema import validate_config
+from tests.support.imagebuild import GROUP, PASSWD
+
+CID = "0123456789abcdef0123"
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> Path:
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_text(PASSWD)
+    (root / "etc" / "group").write_text(GROUP)
+    return root
+
+
+def spec_of(rootfs: Path, config: ImageConfig | None = None, **options: Any) -> dict[str, Any]:
+    spec = build_spec(
+        config or ImageConfig(cmd=("/bin/sh",)),
+        RunOptions(**options),
+        rootfs=rootfs,
+        container_id=CID,
+        nofile=4096,
+    )
+    validate_config(spec)
+    return spec
+
+
+def env_dict(spec: dict[str, Any]) -> dict[str, str]:
+    pairs = [e.partition("=") for e in spec["process"]["env"]]
+    assert len({k for k, _, _ in pairs}) == len(pairs), "duplicate keys in env"
+    return {k: v for k, _, v in pairs}
+
+
+# --- args ---------------------------------------------------------------------------------
+
+IMG = ImageConfig(entrypoint=("/ep", "-x"), cmd=("c1", "c2"))
+
+
+@pytest.mark.parametrize(
+    ("config", "entrypoint", "command", "expected"),
+    [
+        (IMG, None, None, ["/ep", "-x", "c1", "c2"]),
+        (IMG, None, ("new",), ["/ep", "-x", "new"]),
+        (IMG, ("/other",), None, ["/other"]),  # --entrypoint drops the image's cmd
+        (IMG, ("/other",), ("a",), ["/other", "a"]),
+        (IMG, (), ("sh",), ["sh"]),  # --entrypoint "" resets it
+        (ImageConfig(cmd=("sh",)), None, None, ["sh"]),
+        (ImageConfig(entrypoint=("/ep",)), None, None, ["/ep"]),
+        (ImageConfig(), None, ("echo", "hi"), ["echo", "hi"]),
+    ],
+)
+def test_args(
+    config: ImageConfig,
+    entrypoint: tuple[str, ...] | None,
+    command: tuple[str, ...] | None,
+    expected: list[str],
+) -> None:
+    assert process_args(config, RunOptions(entrypoint=entrypoint, command=command)) == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "options"),
+    [
+        (ImageConfig(), RunOptions()),
+        (ImageConfig(cmd=("sh",)), RunOptions(entrypoint=())),
+        (ImageConfig(entrypoint=("/ep",)), RunOptions(entrypoint=(), command=None)),
+    ],
+)
+def test_no_command(config: ImageConfig, options: RunOptions) -> None:
+    with pytest.raises(UsageError, match=r"^no command specified$"):
+        process_args(config, options)
+
+
+# --- env ----------------------------------------------------------------------------------
+
+
+def test_env_defaults(rootfs: Path) -> None:
+    env = env_dict(spec_of(rootfs, ImageConfig(cmd=("sh",))))
+    assert env == {"PATH": defaults.DEFAULT_PATH, "HOSTNAME": CID[:12], "HOME": "/root"}
+
+
+def test_env_merge_order() -> None:
+    config = ImageConfig(
+        cmd=("sh",),
+        env=("PATH=/img/bin", "A=image", "B=image", "NOEQUALS", "=x", "A=image2", "TERM=vt100"),
+    )
+    options = RunOptions(env=("B=user", "C=user", "TERM", "HOME=/h"), tty=True)
+    env = merge_env(config, options, hostname="h", home="/root")
+    assert env == ["PATH=/img/bin", "HOSTNAME=h", "A=image2", "B=user", "C=user", "HOME=/h"]
+
+
+def test_env_tty_and_home(rootfs: Path) -> None:
+    env = env_dict(spec_of(rootfs, tty=True, user="app"))
+    assert env["TERM"] == "xterm" and env["HOME"] == "/home/app"
+    env = env_dict(spec_of(rootfs, ImageConfig(cmd=("sh",), env=("HOME=/img",)), user="app"))
+    assert env["HOME"] == "/img"  # set by the image: kept
+
+
+def test_env_bad_user_entry(rootfs: Path) -> None:
+    with pytest.raises(UsageError):
+        spec_of(rootfs, env=("=x",))
+
+
+# --- process ------------------------------------------------------------------------------
+
+
+def test_workdir() -> None:
+    assert working_dir(ImageConfig(), RunOptions()) == "/"
+    assert working_dir(ImageConfig(workdir="srv/app"), RunOptions()) == "/srv/app"
+    assert working_dir(ImageConfig(workdir="/srv"), RunOptions(workdir="/x/")) == "/x"
+    with pytest.raises(UsageError, match="absolute"):
+        working_dir(ImageConfig(), RunOptions(workdir="rel"))
+
+
+def test_user_and_groups(rootfs: Path) -> None:
+    s = spec_of(rootfs, user="app")
+    assert s["process"]["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [50]}
+    s = spec_of(rootfs, ImageConfig(cmd=("sh",), user="nobody"))
+    assert s["process"]["user"] == {"uid": 65534, "gid": 65534}
+    s = spec_of(rootfs, ImageConfig(cmd=("sh",), user="nobody"), user="1000:50")
+    assert s["process"]["user"] == {"uid": 1000, "gid": 50}
+    with pytest.raises(UsageError, match="unable to find user ghost"):
+        spec_of(rootfs, user="ghost")
+
+
+def test_user_given_skips_the_rootfs(tmp_path: Path) -> None:
+    spec = build_spec(
+        ImageConfig(cmd=("sh",)),
+        RunOptions(user="whoever"),
+        rootfs=tmp_path / "does-not-exist",
+        container_id=CID,
+        user=User(7, 8, (9,), "/seven"),
+    )
+    assert spec["process"]["user"] == {"uid": 7, "gid": 8, "additionalGids": [9]}
+    assert "HOME=/seven" in spec["process"]["env"]
+
+
+def test_process_defaults(rootfs: Path) -> None:
+    p = spec_of(rootfs)["process"]
+    assert p["terminal"] is False and p["noNewPrivileges"] is False and p["cwd"] == "/"
+    caps = p["capabilities"]
+    assert set(caps) == {"bounding", "effective", "permitted"}
+    assert caps["bounding"] == list(defaults.CAPABILITIES)
+    assert "CAP_SYS_ADMIN" not in caps["bounding"]
+    assert p["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]
+
+
+def test_rlimits(rootfs: Path) -> None:
+    rl = (Rlimit("RLIMIT_NOFILE", 10, 20), Rlimit("RLIMIT_NPROC", 5, 5))
+    p = spec_of(rootfs, rlimits=rl)["process"]
+    assert p["rlimits"] == [
+        {"type": "RLIMIT_NOFILE", "hard": 20, "soft": 10},
+        {"type": "RLIMIT_NPROC", "hard": 5, "soft": 5},
+    ]
+    with pytest.raises(UsageError):
+        spec_of(rootfs, rlimits=(Rlimit("RLIMIT_CORE", 2, 1),))
+
+
+def test_default_nofile_is_attainable() -> None:
+    import resource
+
+    n = defaults.attainable_nofile()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert n == defaults.DEFAULT_NOFILE or n == hard
+
+
+# --- root, hostname, namespaces, annotations ----------------------------------------------
+
+
+def test_root_and_hostname(rootfs: Path) -> None:
+    s = spec_of(rootfs)
+    assert s["root"] == {"path": str(rootfs), "readonly": False}
+    assert s["hostname"] == CID[:12]
+    s = spec_of(rootfs, read_only=True, hostname="web-1.local")
+    assert s["root"]["readonly"] is True and s["hostname"] == "web-1.local"
+    s = build_spec(
+        ImageConfig(cmd=("sh",)), RunOptions(), rootfs=rootfs, container_id=CID, root_path="rootfs"
+    )
+    assert s["root"]["path"] == "rootfs"
+    for bad in ["-x", "a b", "a" * 65, "x/y"]:
+        with pytest.raises(UsageError):
+            spec_of(rootfs, hostname=bad)
+
+
+def test_namespaces(rootfs: Path) -> None:
+    kinds = [n["type"] for n in spec_of(rootfs)["linux"]["namespaces"]]
+    assert sorted(kinds) == ["cgroup", "ipc", "mount", "network", "pid", "uts"]
+    s = spec_of(rootfs, network="host")
+    kinds = [n["type"] for n in s["linux"]["namespaces"]]
+    assert "network" not in kinds and "uts" not in kinds and "hostname" not in s
+    assert env_dict(s)["HOSTNAME"] == os.uname().nodename
+    with pytest.raises(UsageError, match="conflicting"):
+        spec_of(rootfs, network="host", hostname="x")
+    with pytest.raises(UsageError):
+        spec_of(rootfs, network="bridge")
+
+
+def test_annotations(rootfs: Path) -> None:
+    config = ImageConfig(cmd=("sh",), labels={"a": "image", "b": "image"})
+    s = spec_of(rootfs, config, labels={"b": "user"}, isolation=Isolation.MICROVM)
+    assert s["annotations"] == {"a": "image", "b": "user", "io.bareboat.isolation": "microvm"}
+
+
+# --- mounts -------------------------------------------------------------------------------
+
+
+def test_default_mounts_match_runc_spec(rootfs: Path, tmp_path: Path) -> None:
+    """Our kernel filesystems and masks cover what `runc spec` writes (a peer's defaults)."""
+    try:
+        subprocess.run(["runc", "spec"], cwd=tmp_path, check=True, timeout=30)
+    except FileNotFoundError:
+        pytest.skip("runc is not installed")
+    runc = json.loads((tmp_path / "config.json").read_text())
+    validate_config(runc)
+    ours = spec_of(rootfs)
+    assert {m["destination"]: m["type"] for m in ours["mounts"]} == {
+        m["destination"]: m["type"] for m in runc["mounts"]
+    }
+    assert set(runc["linux"]["maskedPaths"]) <= set(ours["linux"]["maskedPaths"])
+    assert set(runc["linux"]["readonlyPaths"]) == set(ours["linux"]["readonlyPaths"])
+
+
+def test_user_mounts(rootfs: Path) -> None:
+    opts = RunOptions(
+        mounts=(
+            parse_volume("/host/sub:/data/sub:ro"),
+            parse_volume("/host:/data"),
+            parse_tmpfs("/run:size=1m,exec"),
+            parse_tmpfs("/dev/shm:size=8m"),
+        )
+    )
+    mounts = build_mounts(opts)
+    dests = [m["destination"] for m in mounts]
+    assert dests.count("/dev/shm") == 1  # the user's replaced the default
+    user = mounts[-4:]
+    assert [m["destination"] for m in user] == ["/data", "/run", "/data/sub", "/dev/shm"]
+    assert user[0] == {
+        "destination": "/data",
+        "type": "bind",
+        "source": "/host",
+        "options": ["rbind", "rprivate", "rw"],
+    }
+    assert user[2]["options"] == ["rbind", "rprivate", "ro"]
+    assert user[1] == {
+        "destination": "/run",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "nodev", "size=1m", "exec"],
+    }
+    assert user[3]["options"] == ["nosuid", "nodev", "noexec", "size=8m"]
+    assert parse_tmpfs("/ro:ro").readonly
+    assert build_mounts(RunOptions(mounts=(parse_tmpfs("/ro:ro"),)))[-1]["options"][-1] == "ro"
+    validate_config(spec_of(rootfs, mounts=opts.mounts))
+
+
+@pytest.mark.parametrize(
+    ("mounts", "needle"),
+    [
+        ((parse_volume("/a:/x"), parse_tmpfs("/x")), "duplicate mount point: /x"),
+        ((parse_volume("/a:/proc/sys"),), "reserved"),
+        ((parse_tmpfs("/sys"),), "reserved"),
+        ((Mount("relative", source="/a"),), "absolute"),
+        ((Mount("/x/../y", source="/a"),), "invalid mount destination"),
+        ((Mount("/x", source="rel"),), "absolute host path"),
+        ((Mount("/x", kind="nfs"),), "unsupported mount kind"),
+    ],
+)
+def test_bad_mounts(mounts: tuple[Mount, ...], needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        build_mounts(RunOptions(mounts=mounts))
+
+
+# --- resources ----------------------------------------------------------------------------
+
+
+def test_resources(rootfs: Path) -> None:
+    res = spec_of(rootfs)["linux"]["resources"]
+    assert set(res) == {"devices"} and res["devices"][0] == {"allow": False, "access": "rwm"}
+    res = spec_of(rootfs, memory=64 << 20, cpus=1.5, pids_limit=100)["linux"]["resources"]
+    assert res["memory"] == {"limit": 64 << 20, "swap": 64 << 20}
+    assert res["cpu"] == {"quota": 150_000, "period": 100_000}
+    assert res["pids"] == {"limit": 100}
+    for bad in [{"memory": 0}, {"cpus": 0.0}, {"pids_limit": 0}]:
+        with pytest.raises(UsageError):
+            spec_of(rootfs, **bad)
+
+
+def test_cgroups_path(rootfs: Path) -> None:
+    s = build_spec(
+        ImageConfig(cmd=("sh",)),
+        RunOptions(),
+        rootfs=rootfs,
+        container_id=CID,
+        cgroups_path="/bareboat/x",
+    )
+    assert s["linux"]["cgroupsPath"] == "/bareboat/x"
+    validate_config(s)
+
+
+# --- the oracle over many inputs ----------------------------------------------------------
+
+_words = st.text(
+    st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters="="),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    entrypoint=st.none() | st.lists(_words, max_size=3).map(tuple),
+    command=st.none() | st.lists(_words, max_size=3).map(tuple),
+    image_env=st.lists(st.text(max_size=12).filter(lambda s: "\0" not in s), max_size=4),
+    env=st.lists(
+        st.tuples(_words, st.text(max_size=5).filter(lambda s: "\0" not in s)), max_size=3
+    ),
+    user=st.sampled_from(["", "app", "0", "1000:50", "4242", "root:staff"]),
+    memory=st.none() | st.integers(6 << 20, 1 << 40),
+    cpus=st.none() | st.floats(0.01, 64),
+    pids=st.none() | st.integers(1, 1 << 20),
+    tty=st.booleans(),
+    read_only=st.booleans(),
+    network=st.sampled_from(["none", "host", "user"]),
+    labels=st.dictionaries(_words, st.text(max_size=5), max_size=3),
+)
+def test_every_spec_validates(
+    rootfs: Path,
+    entrypoint: tuple[str, ...] | None,
+    command: tuple[str, ...] | None,
+    image_env: list[str],
+    env: list[tuple[str, str]],
+    user: str,
+    memory: int | None,
+    cpus: float | None,
+    pids: int | None,
+    tty: bool,
+    read_only: bool,
+    network: str,
+    labels: dict[str, str],
+) -> None:
+    config = ImageConfig(entrypoint=("/bin/sh",), cmd=("-c", "true"), env=tuple(image_env))
+    options = RunOptions(
+        entrypoint=entrypoint,
+        command=command,
+        env=tuple(f"{k}={v}" for k, v in env),
+        user=user,
+        memory=memory,
+        cpus=cpus,
+        pids_limit=pids,
+        tty=tty,
+        read_only=read_only,
+        network=network,
+        labels=labels,
+        mounts=(parse_volume("/srv:/srv:ro"), parse_tmpfs("/tmp:size=1m")),
+    )
+    try:
+        spec = build_spec(config, options, rootfs=rootfs, container_id=CID, nofile=1024)
+    except UsageError as e:
+        assert str(e) == "no command specified"
+        return
+    validate_config(spec)
+    validate_config(json.loads(json.dumps(spec)))
+    env_dict(spec)
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def test_write_bundle(rootfs: Path, tmp_path: Path) -> None:
+    spec = spec_of(rootfs)
+    bundle = tmp_path / "bundle"
+    path = write_bundle(bundle, spec)
+    assert path == bundle / "config.json"
+    assert json.loads(path.read_text()) == spec
+    assert sorted(p.name for p in bundle.iterdir()) == ["config.json"]  # no temp files left
+
+
+def test_write_bundle_failure_leaves_the_old_file(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    write_bundle(bundle, {"ociVersion": "1.0.2"})
+    with pytest.raises(TypeError):
+        write_bundle(bundle, {"bad": object()})
+    assert json.loads((bundle / "config.json").read_text()) == {"ociVersion": "1.0.2"}
+    assert [p.name for p in bundle.iterdir()] == ["config.json"]
+
+
+def test_unreadable_passwd_is_an_image_error(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    (root / "etc" / "passwd").mkdir(parents=True)
+    with pytest.raises(ImageError):
+        build_spec(ImageConfig(cmd=("sh",)), RunOptions(), rootfs=root, container_id=CID)
