@@ -1,0 +1,145 @@
+"""The oracle that matters most: real `runc run` accepts our config.json and does what it says.
+
+The bundle's rootfs is the busybox test image unpacked by umoci (a tool no one here wrote).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bareboat.images.model import ImageConfig
+from bareboat.paths import Roots
+from bareboat.spec.builder import build_spec, write_bundle
+from bareboat.spec.options import RunOptions
+from bareboat.spec.parse import parse_memory, parse_tmpfs, parse_volume
+from tests.spec.schema import validate_config
+
+IMAGE = ImageConfig(cmd=("/bin/sh",), env=("PATH=/usr/local/bin:/usr/bin:/bin",))
+
+
+@dataclass
+class Runc:
+    bundle: Path
+    state: Path  # runc --root: per test, never /run/runc
+
+    def run(
+        self, options: RunOptions, config: ImageConfig = IMAGE
+    ) -> subprocess.CompletedProcess[str]:
+        cid = "bbspec-" + uuid.uuid4().hex[:12]
+        spec = build_spec(
+            config, options, rootfs=self.bundle / "rootfs", container_id=cid, root_path="rootfs"
+        )
+        validate_config(spec)
+        write_bundle(self.bundle, spec)
+        argv = ["runc", "--root", str(self.state), "run", "--bundle", str(self.bundle), cid]
+        try:
+            return subprocess.run(
+                argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+            )
+        finally:
+            subprocess.run(
+                ["runc", "--root", str(self.state), "delete", "--force", cid],
+                capture_output=True,
+                timeout=60,
+            )
+
+
+@pytest.fixture
+def runc(roots: Roots, busybox_layout: Path, tmp_path: Path) -> Iterator[Runc]:
+    for tool in ("runc", "umoci"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("runc needs root here")
+    bundle = tmp_path / "bundle"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{busybox_layout}:latest", str(bundle)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    yield Runc(bundle, roots.state / "runc")
+
+
+def test_echo_and_exit_code(runc: Runc) -> None:
+    r = runc.run(RunOptions(command=("sh", "-c", "echo hello; echo oops >&2; exit 3")))
+    assert (r.returncode, r.stdout, r.stderr) == (3, "hello\n", "oops\n")
+
+
+def test_user_by_name_gets_groups(runc: Runc) -> None:
+    r = runc.run(RunOptions(command=("id",), user="app"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "uid=1000(app) gid=1000(app) groups=50(staff)"
+
+
+def test_image_entrypoint_env_workdir_hostname(runc: Runc) -> None:
+    config = ImageConfig(
+        entrypoint=("/bin/sh", "-c"),
+        cmd=("exit 9",),
+        env=("PATH=/bin", "FROM_IMAGE=1"),
+        workdir="/tmp",
+    )
+    script = 'echo "$(pwd) $FROM_IMAGE $A $HOME $(hostname) $(ulimit -n)"'
+    r = runc.run(RunOptions(command=(script,), env=("A=2",), hostname="box"), config)
+    assert r.returncode == 0, r.stderr
+    nofile = r.stdout.split()[-1]
+    assert r.stdout.split()[:-1] == ["/tmp", "1", "2", "/root", "box"]
+    assert int(nofile) >= 1024
+
+
+def test_read_only_root_with_tmpfs_and_binds(runc: Runc, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in.txt").write_text("from host\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    script = (
+        "touch /newfile 2>/dev/null && echo root-writable;"
+        "echo tmp > /scratch/f && cat /scratch/f;"
+        "cat /in/in.txt; touch /in/x 2>/dev/null && echo in-writable;"
+        "echo result > /out/r.txt"
+    )
+    r = runc.run(
+        RunOptions(
+            command=("sh", "-c", script),
+            read_only=True,
+            mounts=(
+                parse_tmpfs("/scratch:size=1m"),
+                parse_volume(f"{shared}:/in:ro"),
+                parse_volume(f"{out}:/out"),
+            ),
+        )
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "tmp\nfrom host\n"
+    assert (out / "r.txt").read_text() == "result\n"
+    assert not (shared / "x").exists()
+
+
+def test_limits_are_enforced(runc: Runc) -> None:
+    # A pids limit of 5 leaves no room for 10 sleeping children.
+    script = "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 2 & done; echo started"
+    r = runc.run(RunOptions(command=("sh", "-c", script), pids_limit=5))
+    assert "started" not in r.stdout and "fork" in r.stderr, r.stderr
+    # A memory hog is killed at --memory (swap == limit, so it cannot page out).
+    hog = 'x="$(head -c 64000000 /dev/zero | tr "\\0" a)"; echo survived ${#x}'
+    r = runc.run(RunOptions(command=("sh", "-c", hog), memory=parse_memory("16m")))
+    assert "survived" not in r.stdout
+    assert r.returncode != 0
+    # ... and the same hog with room to spare lives (so the test can tell the difference).
+    r = runc.run(RunOptions(command=("sh", "-c", hog), memory=parse_memory("512m")))
+    assert r.stdout == "survived 64000000\n", r.stderr
+
+
+def test_no_network_but_loopback(runc: Runc) -> None:
+    r = runc.run(RunOptions(command=("sh", "-c", "ls /sys/class/net")))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["lo"]
