@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -33,6 +34,9 @@ WASM_MAGIC = b"\0asm"
 # No real WASI program comes near this; it bounds what a hostile image can make us hash/compile.
 MAX_MODULE_BYTES = 256 << 20
 _MAX_SYMLINKS = 40
+# Spec annotations by which the engine tells the backend where a Wasm layer's module is.
+ANN_MODULE = "io.bareboat.wasm.module"
+ANN_DIGEST = "io.bareboat.wasm.digest"
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,17 @@ def is_wasm_image(image: Image, annotations: dict[str, str] | None = None) -> bo
         return True
     argv = image_argv(image)
     return bool(argv) and argv[0].endswith(".wasm") and is_compat(image, annotations)
+
+
+def engine_annotations(image: Image, blob_path: Callable[[str], Path]) -> dict[str, str]:
+    """What the engine adds to the spec's annotations for a Wasm-layer image (else nothing).
+
+    `blob_path` maps a digest to its file in the store (`ImageStore.blobs.path`).
+    """
+    layer = wasm_layer(image)
+    if layer is None:
+        return {}
+    return {ANN_MODULE: str(blob_path(layer.digest)), ANN_DIGEST: layer.digest}
 
 
 def module_argv(argv: tuple[str, ...], *, from_layer: bool) -> tuple[str, ...]:

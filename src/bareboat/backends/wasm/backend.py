@@ -1,0 +1,235 @@
+"""The `wasm` backend: the engine's backend protocol over a wasmtime shim process.
+
+The workload is one child process, `python -m bareboat.backends.wasm PLAN`, that runs the module
+with the stdio fds the monitor gives it (so `logs`, `-d`, `-t` work as for any process), and
+ends with the module's exit code. A child process, not a thread in the monitor, because that
+is what makes a Wasm workload stoppable at any point: a module blocked in a host call never
+sees an epoch interrupt, but a signal ends the shim. The shim keeps SIGTERM/SIGINT at their
+default action, so `stop` gives 143 like an ordinary process that does not catch it.
+
+`create` does the checking: it reads the bundle's config.json into a `WasmPlan` (argv, env,
+preopens from the rootfs and the volume mounts, limits from resources and annotations), finds
+and hashes the module, compiles it into the cache, and writes the plan to the backend's state
+dir. Errors there are `WasmError`s the user sees as one line; `start` only spawns.
+
+What the engine passes through the spec's annotations (all optional):
+  io.bareboat.wasm.module / .digest  the host path and digest of a Wasm-layer image's module
+                                     (see `module.engine_annotations`)
+  io.bareboat.wasm.timeout           wall-clock limit in seconds (epoch interruption)
+  io.bareboat.wasm.fuel              CPU budget in fuel units
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bareboat.backends.base import BackendContext, Stdio, wait_status_to_code
+from bareboat.errors import WasmError
+
+from .cache import EngineSettings, ModuleCache
+from .module import (
+    ANN_DIGEST,
+    ANN_MODULE,
+    COMPAT_KEY,
+    COMPAT_VALUES,
+    ModuleRef,
+    module_argv,
+    module_from_blob,
+    module_from_rootfs,
+)
+from .plan import INHERIT, Limits, Preopen, WasmPlan
+
+ANN_TIMEOUT = "io.bareboat.wasm.timeout"
+ANN_FUEL = "io.bareboat.wasm.fuel"
+ANN_CACHE = "io.bareboat.wasm.cache"  # the compiled-module cache dir (default: roots.wasm_cache)
+
+# Kernel filesystems in the spec mean nothing to a Wasm module: WASI has no /proc or /dev.
+_KERNEL_DIRS = ("/proc", "/sys", "/dev")
+
+
+def _limits(spec: dict[str, Any]) -> Limits:
+    ann = spec.get("annotations", {})
+    memory = spec.get("linux", {}).get("resources", {}).get("memory", {}).get("limit")
+    try:
+        timeout = float(ann[ANN_TIMEOUT]) if ANN_TIMEOUT in ann else None
+        fuel = int(ann[ANN_FUEL]) if ANN_FUEL in ann else None
+    except ValueError:
+        raise WasmError(f"invalid {ANN_TIMEOUT} or {ANN_FUEL} annotation") from None
+    if timeout is not None and not 0 < timeout < 1e9:
+        raise WasmError(f"timeout must be positive, not {timeout:g}")
+    if fuel is not None and fuel <= 0:
+        raise WasmError(f"fuel budget must be positive, not {fuel}")
+    if memory is not None and int(memory) < 65536:
+        raise WasmError("--memory must be at least one Wasm page (64 KiB) for wasm isolation")
+    return Limits(memory=int(memory) if memory is not None else None, timeout=timeout, fuel=fuel)
+
+
+def spec_preopens(spec: dict[str, Any], rootfs: Path, scratch: Path) -> tuple[Preopen, ...]:
+    """The image root read-only at /, then each volume; a tmpfs becomes a private empty dir."""
+    out = [Preopen(str(rootfs), "/", readonly=True)]
+    for i, m in enumerate(spec.get("mounts", [])):
+        dest = str(m.get("destination", ""))
+        if any(dest == k or dest.startswith(k + "/") for k in _KERNEL_DIRS):
+            continue
+        opts = m.get("options", [])
+        readonly = "ro" in opts
+        if m.get("type") == "bind" or "bind" in opts or "rbind" in opts:
+            source = Path(str(m.get("source", "")))
+            if not source.is_dir():
+                raise WasmError(
+                    f"volume source {source} is not a directory (WASI preopens only directories)"
+                )
+            out.append(Preopen(str(source.resolve()), dest, readonly))
+        elif m.get("type") == "tmpfs":
+            d = scratch / f"tmpfs{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            out.append(Preopen(str(d), dest, readonly))
+        else:
+            raise WasmError(f"{m.get('type')} mounts are not supported with wasm isolation")
+    return tuple(out)
+
+
+def locate_module(spec: dict[str, Any], rootfs: Path) -> tuple[ModuleRef, bool]:
+    """(module, from_layer): the Wasm layer the engine named, else the entrypoint file."""
+    ann = spec.get("annotations", {})
+    if ANN_MODULE in ann:
+        return module_from_blob(Path(ann[ANN_MODULE]), ann.get(ANN_DIGEST, "")), True
+    args = spec.get("process", {}).get("args", [])
+    if not args:
+        raise WasmError("no command given and the image has no entrypoint")
+    if not str(args[0]).endswith(".wasm") and ann.get(COMPAT_KEY) not in COMPAT_VALUES:
+        raise WasmError(f"{args[0]} is not a Wasm module (expected a *.wasm entrypoint)")
+    return module_from_rootfs(rootfs, str(args[0])), False
+
+
+def spec_plan(spec: dict[str, Any], rootfs: Path, scratch: Path) -> WasmPlan:
+    """The bundle's config.json as a Wasm plan, with stdio inherited from the shim."""
+    module, from_layer = locate_module(spec, rootfs)
+    process = spec.get("process", {})
+    env = []
+    for entry in process.get("env", []):
+        key, sep, value = str(entry).partition("=")
+        if sep and key:
+            env.append((key, value))
+    return WasmPlan(
+        module=str(module.path),
+        digest=module.digest,
+        args=module_argv(tuple(str(a) for a in process.get("args", [])), from_layer=from_layer),
+        env=tuple(env),
+        preopens=spec_preopens(spec, rootfs, scratch),
+        stdin=INHERIT,
+        stdout=INHERIT,
+        stderr=INHERIT,
+        limits=_limits(spec),
+    )
+
+
+def cache_dir(spec: dict[str, Any]) -> Path:
+    ann = spec.get("annotations", {})
+    if ANN_CACHE in ann:
+        return Path(ann[ANN_CACHE])
+    from bareboat.paths import Roots
+
+    return Roots.from_env().wasm_cache
+
+
+def shim_argv(plan_path: Path, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "bareboat.backends.wasm", str(plan_path), str(cache)]
+
+
+class WasmBackend:
+    name = "wasm"
+
+    def _plan_path(self, ctx: BackendContext) -> Path:
+        return ctx.state_dir / "wasm-plan.json"
+
+    def _pid_path(self, ctx: BackendContext) -> Path:
+        return ctx.state_dir / "wasm.pid"
+
+    def create(self, ctx: BackendContext) -> None:
+        from bareboat.fsutil import atomic_write
+
+        plan = spec_plan(ctx.spec, ctx.rootfs, ctx.state_dir / "tmpfs")
+        # Compile now (or find it cached) so a bad module fails `create` with a clear error.
+        settings = EngineSettings(consume_fuel=plan.limits.fuel is not None)
+        ModuleCache(cache_dir(ctx.spec)).load(
+            settings.engine(), Path(plan.module), plan.digest, settings
+        )
+        atomic_write(self._plan_path(ctx), plan.to_json())
+
+    def start(self, ctx: BackendContext, stdio: Stdio) -> int:
+        try:
+            proc = subprocess.Popen(
+                shim_argv(self._plan_path(ctx), cache_dir(ctx.spec)),
+                stdin=stdio.stdin,
+                stdout=stdio.stdout,
+                stderr=stdio.stderr,
+                close_fds=True,
+                start_new_session=stdio.tty,
+            )
+        except OSError as err:
+            raise WasmError(f"cannot start the wasm shim: {err.strerror}") from None
+        proc.returncode = 0  # the monitor reaps it
+        from bareboat.fsutil import atomic_write_text
+
+        atomic_write_text(self._pid_path(ctx), str(proc.pid))
+        return proc.pid
+
+    def exit_code(self, ctx: BackendContext, status: int) -> int:
+        return wait_status_to_code(status)
+
+    def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
+        """Nothing to do: WASI preview 1 has no terminal size."""
+
+    def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
+        raise WasmError("exec is not supported with wasm isolation (a module is one process)")
+
+    def state(self, ctx: BackendContext) -> str:
+        try:
+            pid = int(self._pid_path(ctx).read_text())
+        except (OSError, ValueError):
+            return "unknown"
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "stopped"
+        except PermissionError:
+            pass
+        return "running"
+
+    def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
+        for p in (self._plan_path(ctx), self._pid_path(ctx)):
+            p.unlink(missing_ok=True)
+        shutil.rmtree(ctx.state_dir / "tmpfs", ignore_errors=True)
+
+
+def shim_main(argv: list[str]) -> int:
+    """The shim process: run one plan, with stdio inherited, and exit with its code."""
+    # Default actions, as an uncaught signal would end a native program: Python's own SIGINT
+    # handler would only run once the module returned to Python, which a loop never does.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if len(argv) != 2:
+        print("usage: python -m bareboat.backends.wasm PLAN.json CACHE_DIR", file=sys.stderr)
+        return 125
+    from .runner import run_plan
+
+    try:
+        plan = WasmPlan.from_json(Path(argv[0]).read_bytes())
+        return run_plan(plan, ModuleCache(Path(argv[1]))).exit_code
+    except (WasmError, OSError) as err:
+        print(f"bareboat: {err}", file=sys.stderr)
+        return 125
