@@ -18,6 +18,7 @@ from bareboat.spec import defaults
 from bareboat.spec.builder import (
     build_mounts,
     build_spec,
+    exec_process,
     merge_env,
     process_args,
     working_dir,
@@ -417,3 +418,27 @@ def test_unreadable_passwd_is_an_image_error(tmp_path: Path) -> None:
     (root / "etc" / "passwd").mkdir(parents=True)
     with pytest.raises(ImageError):
         build_spec(ImageConfig(cmd=("sh",)), RunOptions(), rootfs=root, container_id=CID)
+
+
+# --- exec ---------------------------------------------------------------------------------
+
+
+def test_exec_process(rootfs: Path) -> None:
+    spec = spec_of(rootfs, env=("A=1", "B=2"))
+    base = spec["process"]
+    before = json.dumps(base)
+    p = exec_process(base, ["sh", "-c", "env"], env=("B=3", "A", "C=4"), workdir="/tmp/", tty=True)
+    assert json.dumps(base) == before  # the container's process is left alone
+    assert p["args"] == ["sh", "-c", "env"] and p["cwd"] == "/tmp" and p["terminal"] is True
+    env = dict(e.partition("=")[::2] for e in p["env"])
+    assert "A" not in env and env["B"] == "3" and env["C"] == "4" and env["TERM"] == "xterm"
+    assert len(p["env"]) == len(env)
+    assert p["user"] == base["user"] and p["rlimits"] == base["rlimits"]
+    p = exec_process(base, ["id"], user=User(1000, 1000, (50,), "/home/app"))
+    assert p["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [50]}
+    assert p["cwd"] == base["cwd"] and p["terminal"] is False
+    validate_config({**spec, "process": p})
+    with pytest.raises(UsageError, match="exec needs a command"):
+        exec_process(base, [])
+    with pytest.raises(UsageError, match="absolute"):
+        exec_process(base, ["x"], workdir="rel")

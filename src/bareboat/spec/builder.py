@@ -9,10 +9,11 @@ docker rules (argument overrides, env merge, mount order, limits) are tested as 
 
 from __future__ import annotations
 
+import copy
 import os
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,46 @@ def write_bundle(bundle_dir: Path, spec: dict[str, Any]) -> Path:
     path = bundle_dir / "config.json"
     atomic_write(path, json.dumps(spec, indent=2).encode() + b"\n")
     return path
+
+
+def exec_process(
+    process: Mapping[str, Any],
+    args: Sequence[str],
+    *,
+    env: Sequence[str] = (),
+    workdir: str | None = None,
+    user: User | None = None,
+    tty: bool = False,
+) -> dict[str, Any]:
+    """The `process` for `exec` in a running container, from the container's own one.
+
+    Docker's rules: the container's env with `-e` applied by key (a bare key unsets), TERM
+    when a tty is asked for, the container's cwd unless `-w`, its user unless `-u` (resolve
+    that with `users.resolve_user` against the image first). The input is not changed.
+    """
+    if not args:
+        raise UsageError("exec needs a command")
+    if any("\0" in a for a in args):
+        raise UsageError("a command argument contains a NUL byte")
+    merged: dict[str, str] = {}
+    for key, value in _env_pairs(process.get("env") or (), trusted=False):
+        if value is not None:
+            merged[key] = value
+    if tty:
+        merged.setdefault("TERM", "xterm")
+    for key, value in _env_pairs(env, trusted=True):
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    out = copy.deepcopy(dict(process))
+    out["args"] = list(args)
+    out["env"] = [f"{k}={v}" for k, v in merged.items()]
+    out["terminal"] = tty
+    if workdir:
+        out["cwd"] = working_dir(ImageConfig(), RunOptions(workdir=workdir))
+    if user is not None:
+        out["user"] = {"uid": user.uid, "gid": user.gid}
+        if user.additional_gids:
+            out["user"]["additionalGids"] = list(user.additional_gids)
+    return out
