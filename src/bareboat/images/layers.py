@@ -46,6 +46,8 @@ _RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
 _COPY_CHUNK = 1 * MiB
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
+_AUFS_META = ".wh..wh."  # AUFS bookkeeping (.wh..wh.plnk/, .wh..wh.aufs): never in a tree
+_MAX_HOPS = 40  # symlinks followed to make a missing directory, as the kernel's ELOOP
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,18 @@ def entry_parts(name: str) -> tuple[str, ...]:
 # --- extraction -----------------------------------------------------------------------------
 
 
+def _clamped(comps: Sequence[str]) -> tuple[str, ...]:
+    """Clean components as the kernel walks them under RESOLVE_IN_ROOT: `..` stops at root."""
+    parts: list[str] = []
+    for comp in comps:
+        if comp == "..":
+            if parts:
+                parts.pop()
+        elif comp not in ("", "."):
+            parts.append(comp)
+    return tuple(parts)
+
+
 def _rel(parts: Sequence[str]) -> str:
     return "/".join(parts) or "."
 
@@ -321,10 +335,14 @@ class _Extractor:
         # Directory modes and times, set when the layer is done: making entries inside a
         # directory changes its mtime, and a read-only directory would stop a non-root user.
         self.dir_meta: dict[str, tuple[int, int]] = {}
+        self.dir_times: dict[str, tuple[int, int]] = {}
+        self.root_path = os.readlink(f"/proc/self/fd/{rootfd}")
 
     # -- directories
 
-    def open_dir(self, parts: Sequence[str], *, create: bool, flags: int = os.O_PATH) -> int:
+    def open_dir(
+        self, parts: Sequence[str], *, create: bool, flags: int = os.O_PATH, hops: int = 0
+    ) -> int:
         """An fd of the directory at `parts`, resolved in-root; missing ones are made 0755
         when `create` (as docker and containerd make a layer's implicit parents)."""
         try:
@@ -332,13 +350,35 @@ class _Extractor:
         except FileNotFoundError:
             if not create or not parts:
                 raise
-        with _fd(self.open_dir(parts[:-1], create=True)) as pfd:
+        with _fd(self.open_dir(parts[:-1], create=True, hops=hops)) as pfd:
             try:
                 os.mkdir(parts[-1], 0o700, dir_fd=pfd)
                 os.chmod(parts[-1], 0o755, dir_fd=pfd)
             except FileExistsError:
-                pass  # a dangling symlink: the retry below reports it
+                # A dangling symlink (`var/run -> /run` before there is a /run): make the
+                # directory it names, inside the rootfs, as docker and containerd do.
+                if hops >= _MAX_HOPS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), _rel(parts)) from None
+                link = os.readlink(parts[-1], dir_fd=pfd)
+                start = () if link.startswith("/") else self.where(pfd)
+                target = _clamped((*start, *link.split("/")))
+                return self.open_dir(target, create=True, flags=flags, hops=hops + 1)
         return openat2(self.rootfd, _rel(parts), flags | os.O_DIRECTORY, resolve=_RESOLVE)
+
+    def where(self, fd: int) -> tuple[str, ...]:
+        """Where the directory `fd` (opened in-root) really is, relative to the rootfs."""
+        rel = os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), self.root_path)
+        if rel == ".." or rel.startswith("../"):
+            raise LayerError(f"directory {rel!r} is outside the root filesystem")
+        return () if rel == "." else tuple(rel.split("/"))
+
+    def touching(self, dirfd: int, parts: Sequence[str]) -> None:
+        """Note a directory's times before this layer changes what it holds, to put them
+        back at the end: the tree then depends on the layers only, not on when we ran."""
+        key = _rel(parts)
+        if key not in self.dir_times:
+            st = os.fstat(dirfd)
+            self.dir_times[key] = (st.st_atime_ns, st.st_mtime_ns)
 
     # -- one entry
 
@@ -359,6 +399,8 @@ class _Extractor:
                     f"{self.limits.max_total_size} bytes"
                 )
         parts = entry_parts(ti.name)
+        if any(comp.startswith(_AUFS_META) and comp != _OPAQUE for comp in parts):
+            return
         for comp in parts[:-1]:
             if comp.startswith(_WHITEOUT):
                 raise LayerError(f"layer entry {ti.name!r}: whiteout name used as a directory")
@@ -385,6 +427,7 @@ class _Extractor:
     def entry(self, tar: tarfile.TarFile, ti: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
         base = parts[-1]
         with _fd(self.open_dir(parts[:-1], create=True)) as pfd:
+            self.touching(pfd, parts[:-1])
             if ti.isdir():
                 self.make_dir(pfd, base, ti, parts)
             elif ti.isreg():
@@ -493,13 +536,12 @@ class _Extractor:
         base = parts[-1]
         if base == _OPAQUE:
             with _fd(self.open_dir(parts[:-1], create=True, flags=os.O_RDONLY)) as dfd:
+                self.touching(dfd, parts[:-1])
                 self.prune(dfd, parts[:-1])
             for i in range(1, len(parts)):
                 self.touched.add(_rel(parts[:i]))
             return
         name = base[len(_WHITEOUT) :]
-        if name.startswith(_WHITEOUT):
-            return  # AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs), never part of the tree
         if name in ("", ".", ".."):
             raise LayerError(f"layer entry {ti.name!r}: whiteout of {name!r}")
         if _rel((*parts[:-1], name)) in self.touched:
@@ -509,7 +551,9 @@ class _Extractor:
         except (FileNotFoundError, NotADirectoryError):
             return  # nothing there to hide
         with _fd(pfd):
-            _remove(pfd, name)
+            if _lstat(pfd, name) is not None:
+                self.touching(pfd, parts[:-1])
+                _remove(pfd, name)
 
     def prune(self, dfd: int, parts: tuple[str, ...]) -> None:
         """Remove what lower layers put under the directory `dfd`, keeping this layer's."""
@@ -527,20 +571,25 @@ class _Extractor:
     # -- end of layer
 
     def finish(self) -> None:
+        for path, times in self.dir_times.items():
+            if path not in self.dir_meta:
+                self.set_dir(path, None, times)
         for path, (mode, mtime) in self.dir_meta.items():
-            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-            try:
-                fd = openat2(self.rootfd, path, flags, resolve=_RESOLVE)
-            except (FileNotFoundError, NotADirectoryError) as e:
-                log.debug("directory %s went away later in its layer: %s", path, e)
-                continue
-            except OSError as e:
-                if e.errno != errno.ELOOP:
-                    raise
-                continue  # replaced by a symlink later in the layer
-            with _fd(fd):
+            self.set_dir(path, mode, (mtime, mtime))
+
+    def set_dir(self, path: str, mode: int | None, times: tuple[int, int]) -> None:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        try:
+            fd = openat2(self.rootfd, path, flags, resolve=_RESOLVE)
+        except OSError as e:
+            # Removed, or replaced by a file or symlink, later in its layer.
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise
+            return
+        with _fd(fd):
+            if mode is not None:
                 os.fchmod(fd, mode)
-                os.utime(fd, ns=(mtime, mtime))
+            os.utime(fd, ns=times)
 
 
 def _ns(ti: tarfile.TarInfo) -> int:

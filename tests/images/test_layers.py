@@ -1,0 +1,715 @@
+"""Layer extraction: real tar streams, real filesystem, hostile layers that must not escape.
+
+Every hostile test builds its rootfs beside a sentinel directory and checks afterwards that
+the sentinel is exactly as it was and that nothing else appeared next to the rootfs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bareboat.errors import LayerError, StoreError
+from bareboat.images.layers import (
+    Compression,
+    LayerLimits,
+    LayerStats,
+    apply_layer,
+    compression_for,
+    entry_parts,
+    unpack_rootfs,
+)
+from tests.support.imagebuild import (
+    MT_LAYER,
+    Entry,
+    Image,
+    busybox_entries,
+    compress,
+    tar_layer,
+    write_image,
+)
+from tests.support.treecompare import assert_same_tree, diff_trees, snapshot
+
+MT_TAR = MT_LAYER[None]
+MT_GZIP = MT_LAYER["gzip"]
+MT_ZSTD = MT_LAYER["zstd"]
+MT_DOCKER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+AS_ROOT = os.geteuid() == 0
+
+
+@dataclass
+class Work:
+    """A rootfs with a sentinel directory beside it that no layer may touch."""
+
+    base: Path
+
+    @property
+    def rootfs(self) -> Path:
+        return self.base / "rootfs"
+
+    @property
+    def sentinel(self) -> Path:
+        return self.base / "sentinel"
+
+    def apply(
+        self,
+        entries: list[Entry] | bytes,
+        compression: str | None = None,
+        media_type: str | None = None,
+        limits: LayerLimits | None = None,
+    ) -> LayerStats:
+        raw = entries if isinstance(entries, bytes) else tar_layer(entries)
+        blob = io.BytesIO(compress(raw, compression))
+        mt = media_type or MT_LAYER[compression]
+        if limits is None:
+            return apply_layer(self.rootfs, blob, mt)
+        return apply_layer(self.rootfs, blob, mt, limits=limits)
+
+    def refused(self, entries: list[Entry] | bytes, match: str, **kw: object) -> None:
+        with pytest.raises(LayerError, match=match) as info:
+            self.apply(entries, **kw)  # type: ignore[arg-type]
+        assert "\n" not in str(info.value)
+
+    def assert_contained(self) -> None:
+        assert sorted(os.listdir(self.base)) == ["rootfs", "sentinel"]
+        assert sorted(os.listdir(self.sentinel)) == ["secret"]
+        assert (self.sentinel / "secret").read_bytes() == b"keep me"
+        assert stat.S_IMODE((self.sentinel / "secret").stat().st_mode) == 0o600
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Work:
+    w = Work(tmp_path / "work")
+    w.rootfs.mkdir(parents=True)
+    w.sentinel.mkdir()
+    (w.sentinel / "secret").write_bytes(b"keep me")
+    (w.sentinel / "secret").chmod(0o600)
+    return w
+
+
+def lstat(p: Path) -> os.stat_result:
+    return os.lstat(p)
+
+
+# --- plain data: media types, names ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("media_type", "head", "want"),
+    [
+        (MT_TAR, b"bin/\0\0", Compression.NONE),
+        (MT_GZIP, b"\x1f\x8b\x08\0\0\0", Compression.GZIP),
+        (MT_ZSTD, b"\x28\xb5\x2f\xfd\0\0", Compression.ZSTD),
+        (MT_DOCKER, b"\x1f\x8b\x08\0\0\0", Compression.GZIP),
+        # The bytes win over a lying or generic media type.
+        (MT_TAR, b"\x1f\x8b\x08\0\0\0", Compression.GZIP),
+        (MT_DOCKER, b"\x28\xb5\x2f\xfd\0\0", Compression.ZSTD),
+        ("application/octet-stream", b"\x28\xb5\x2f\xfd\0\0", Compression.ZSTD),
+        ("", b"etc/\0\0", Compression.NONE),
+    ],
+)
+def test_compression_for(media_type: str, head: bytes, want: Compression) -> None:
+    assert compression_for(media_type, head) is want
+
+
+def test_compression_for_refuses_non_layers_and_other_compressors() -> None:
+    with pytest.raises(LayerError, match="not a filesystem layer"):
+        compression_for("application/vnd.oci.image.config.v1+json", b"{}")
+    with pytest.raises(LayerError, match="bzip2"):
+        compression_for(MT_TAR, b"BZh91A")
+    with pytest.raises(LayerError, match="xz"):
+        compression_for(MT_GZIP, b"\xfd7zXZ\x00")
+
+
+@pytest.mark.parametrize(
+    ("name", "parts"),
+    [
+        ("bin/sh", ("bin", "sh")),
+        ("./bin/sh", ("bin", "sh")),
+        ("/bin//sh/", ("bin", "sh")),
+        ("a/../b", ("b",)),
+        ("a/./b/..", ("a",)),
+        ("./", ()),
+        ("/", ()),
+    ],
+)
+def test_entry_parts(name: str, parts: tuple[str, ...]) -> None:
+    assert entry_parts(name) == parts
+
+
+@pytest.mark.parametrize("name", ["..", "../etc/passwd", "a/../../x", "/../x", "a/b/../../../x"])
+def test_entry_parts_refuses_escapes(name: str) -> None:
+    with pytest.raises(LayerError, match="escapes the root filesystem"):
+        entry_parts(name)
+
+
+@given(st.lists(st.sampled_from(["a", "b", ".", "..", "", ".wh.a"]), max_size=8))
+def test_entry_parts_never_climbs(comps: list[str]) -> None:
+    name = "/".join(comps)
+    try:
+        parts = entry_parts(name)
+    except LayerError:
+        return
+    assert all(p not in ("", ".", "..") for p in parts)
+    assert os.path.normpath(os.path.join("/r", *parts)).startswith("/r")
+
+
+# --- formats --------------------------------------------------------------------------------
+
+
+SMALL = [
+    Entry("etc", "dir", mode=0o755),
+    Entry("etc/hostname", "file", b"bareboat\n"),
+    Entry("bin/tool", "file", b"#!/bin/sh\n", mode=0o755),  # implicit parent
+]
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
+def test_formats(work: Work, compression: str | None) -> None:
+    stats = work.apply(SMALL, compression)
+    assert (work.rootfs / "etc/hostname").read_bytes() == b"bareboat\n"
+    assert stat.S_IMODE(lstat(work.rootfs / "bin").st_mode) == 0o755
+    assert stat.S_IMODE(lstat(work.rootfs / "bin/tool").st_mode) == 0o755
+    assert lstat(work.rootfs / "etc/hostname").st_mtime == 1_700_000_000
+    assert stats == LayerStats(entries=3, bytes=19, whiteouts=0, skipped=0)
+
+
+@pytest.mark.parametrize(
+    ("compression", "media_type"),
+    [("gzip", MT_TAR), ("zstd", MT_DOCKER), (None, MT_GZIP), ("gzip", "application/octet-stream")],
+)
+def test_media_type_lies(work: Work, compression: str | None, media_type: str) -> None:
+    work.apply(SMALL, compression, media_type=media_type)
+    assert (work.rootfs / "etc/hostname").read_bytes() == b"bareboat\n"
+
+
+def test_multi_member_gzip(work: Work) -> None:
+    raw = tar_layer(SMALL)
+    blob = compress(raw[:1024], "gzip") + compress(raw[1024:], "gzip")
+    apply_layer(work.rootfs, io.BytesIO(blob), MT_GZIP)
+    assert (work.rootfs / "bin/tool").read_bytes() == b"#!/bin/sh\n"
+
+
+def test_long_and_unicode_names(work: Work) -> None:
+    deep = "/".join(["d" * 60] * 5) + "/" + "f" * 200
+    work.apply([Entry(deep, "file", b"long"), Entry("caf\u00e9/\u6587\u4ef6", "file", b"u")])
+    assert (work.rootfs / deep).read_bytes() == b"long"
+    assert (work.rootfs / "caf\u00e9/\u6587\u4ef6").read_bytes() == b"u"
+
+
+# --- corrupt data ---------------------------------------------------------------------------
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+BIG = [Entry(f"f{i}", "file", os.urandom(4096)) for i in range(8)]
+
+
+def _compress_checked(raw: bytes, compression: str) -> bytes:
+    """As registries' tools write them: zstd with its content checksum (gzip always has one)."""
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(write_checksum=True).compress(raw)
+    return compress(raw, compression)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_corrupt_compressed_data(work: Work, compression: str) -> None:
+    blob = _compress_checked(tar_layer(BIG), compression)
+    bad = _flip(blob, len(blob) // 2)
+    with pytest.raises(LayerError, match="corrupt"):
+        apply_layer(work.rootfs, io.BytesIO(bad), MT_LAYER[compression])
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_truncated_compressed_data(work: Work, compression: str) -> None:
+    blob = compress(tar_layer(BIG), compression)
+    with pytest.raises(LayerError, match="corrupt"):
+        apply_layer(work.rootfs, io.BytesIO(blob[: len(blob) * 2 // 3]), MT_LAYER[compression])
+
+
+def test_corrupt_gzip_trailer(work: Work) -> None:
+    blob = compress(tar_layer(SMALL), "gzip")
+    bad = _flip(blob, len(blob) - 6)  # the CRC32, read only when the stream is drained
+    with pytest.raises(LayerError, match="corrupt"):
+        apply_layer(work.rootfs, io.BytesIO(bad), MT_GZIP)
+
+
+def test_garbage_is_not_a_tar(work: Work) -> None:
+    with pytest.raises(LayerError, match="corrupt"):
+        apply_layer(work.rootfs, io.BytesIO(os.urandom(4096)), MT_TAR)
+
+
+def test_corrupt_tar_header_midway(work: Work) -> None:
+    raw = tar_layer([Entry("a", "file", b"x"), Entry("b", "file", b"y")])
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        second = tar.getmember("b").offset
+    with pytest.raises(LayerError, match="corrupt tar header"):
+        work.apply(_flip(raw, second + 100))
+
+
+def test_truncated_tar(work: Work) -> None:
+    raw = tar_layer([Entry("a", "file", b"x" * 5000)])
+    with pytest.raises(LayerError, match="corrupt"):
+        work.apply(raw[:3000])
+
+
+# --- hostile layers -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/../../escape", "../sentinel/secret"])
+def test_dotdot_refused(work: Work, name: str) -> None:
+    work.refused([Entry(name, "file", b"pwned")], match="escapes the root filesystem")
+    work.assert_contained()
+
+
+def test_absolute_names_are_rootfs_relative(work: Work) -> None:
+    work.apply([Entry(f"{work.sentinel}/secret", "file", b"pwned")])
+    assert (work.rootfs / str(work.sentinel).lstrip("/") / "secret").read_bytes() == b"pwned"
+    work.assert_contained()
+
+
+@pytest.mark.parametrize("target", ["sentinel-abs", "../sentinel", "../../../../../../.."])
+def test_write_through_escaping_symlink_is_contained(work: Work, target: str) -> None:
+    if target == "sentinel-abs":
+        target = str(work.sentinel)
+    work.apply([Entry("evil", "symlink", target=target)])
+    work.apply(
+        [
+            Entry("evil/pwned", "file", b"pwned"),
+            Entry("evil/sub/deeper", "file", b"pwned"),
+            Entry("evil/secret", "file", b"pwned"),
+        ]
+    )
+    work.assert_contained()
+    # Resolved as if the rootfs were "/": the files land inside it.
+    assert os.path.islink(work.rootfs / "evil")
+    found = [p for p in work.rootfs.rglob("pwned")]
+    assert found and all(work.rootfs in p.parents for p in found)
+
+
+def test_symlink_in_same_layer_is_contained(work: Work) -> None:
+    work.apply(
+        [Entry("evil", "symlink", target=str(work.sentinel)), Entry("evil/x", "file", b"pwned")]
+    )
+    work.assert_contained()
+
+
+def test_replacing_escaping_symlink_does_not_write_its_target(work: Work) -> None:
+    secret = str(work.sentinel / "secret")
+    work.apply([Entry("f", "symlink", target=secret), Entry("d", "symlink", target=secret)])
+    work.apply([Entry("f", "file", b"pwned", mode=0o777), Entry("d", "dir", mode=0o777)])
+    work.assert_contained()
+    assert (work.rootfs / "f").read_bytes() == b"pwned"
+    assert stat.S_ISDIR(lstat(work.rootfs / "d").st_mode)
+
+
+def test_metadata_never_follows_symlinks(work: Work) -> None:
+    secret = str(work.sentinel / "secret")
+    work.apply([Entry("s", "symlink", target=secret, uid=1234, gid=1234, mode=0o777)])
+    work.assert_contained()
+    assert os.stat(work.sentinel / "secret").st_uid == os.geteuid()
+    if AS_ROOT:
+        assert lstat(work.rootfs / "s").st_uid == 1234
+
+
+@pytest.mark.parametrize(
+    ("target", "match"),
+    [
+        ("../sentinel/secret", "escapes the root filesystem"),
+        ("/../../sentinel/secret", "escapes the root filesystem"),
+        ("missing", "does not exist"),
+        ("evil/secret", "does not exist"),  # evil -> sentinel, resolved in-root: nothing there
+        ("", "hard link to the root"),
+        ("..", "escapes"),
+    ],
+)
+def test_hostile_hardlinks(work: Work, target: str, match: str) -> None:
+    work.apply([Entry("evil", "symlink", target=str(work.sentinel))])
+    work.refused([Entry("link", "hardlink", target=target)], match=match)
+    work.assert_contained()
+    assert not os.path.lexists(work.rootfs / "link")
+
+
+def test_hardlink_to_directory_refused(work: Work) -> None:
+    work.refused([Entry("d", "dir"), Entry("l", "hardlink", target="d")], "hard link to a dir")
+
+
+@pytest.mark.parametrize(
+    "name", ["evil/.wh.secret", "evil/.wh..wh..opq", "a/.wh..", "../.wh.sentinel", ".wh..."]
+)
+def test_hostile_whiteouts(work: Work, name: str) -> None:
+    work.apply([Entry("evil", "symlink", target=str(work.sentinel))])
+    try:
+        work.apply([Entry(name, "file")])
+    except LayerError as e:
+        assert "\n" not in str(e)
+    work.assert_contained()
+
+
+def test_whiteout_of_dotdot_refused(work: Work) -> None:
+    work.refused([Entry("a/.wh...", "file")], match="whiteout of '..'")
+    work.refused([Entry(".wh..", "file")], match="whiteout of '.'")
+
+
+def test_huge_size_claim_fails_fast(work: Work) -> None:
+    ti = tarfile.TarInfo("huge")
+    ti.size = 1 << 40  # 1 TiB and no data behind it
+    raw = ti.tobuf(tarfile.GNU_FORMAT) + b"\0" * 1024
+    work.refused(raw, match="exceeds the per-file limit")
+    assert os.listdir(work.rootfs) == []
+
+
+def test_total_size_limit(work: Work) -> None:
+    limits = LayerLimits(max_entry_size=1000, max_total_size=2500)
+    entries = [Entry(f"f{i}", "file", b"x" * 1000) for i in range(3)]
+    work.refused(entries, match="total limit of 2500", limits=limits)
+
+
+def test_entry_count_limit(work: Work) -> None:
+    limits = LayerLimits(max_entries=5)
+    work.refused([Entry(f"f{i}", "file") for i in range(6)], "more than 5 entries", limits=limits)
+
+
+def test_huge_pax_header_refused(work: Work) -> None:
+    limits = LayerLimits(max_header_size=512)
+    work.refused([Entry("x" * 2000, "file")], match="extended header", limits=limits)
+
+
+def test_decompression_bomb_bounded(work: Work) -> None:
+    raw = tar_layer(SMALL) + b"\0" * (8 << 20)  # tiny when compressed, 8 MiB when not
+    limits = LayerLimits(max_total_size=1 << 20, max_entries=10)
+    work.refused(raw, match="expands to more than", compression="zstd", limits=limits)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    names=st.lists(
+        st.lists(st.sampled_from(["a", "b", "..", ".", "", ".wh.a", ".wh..wh..opq", "evil"]))
+        .map("/".join)
+        .filter(bool),
+        min_size=1,
+        max_size=6,
+    ),
+    kinds=st.lists(st.sampled_from(["file", "dir", "symlink", "hardlink"]), min_size=6),
+)
+def test_random_names_never_escape(work: Work, names: list[str], kinds: list[str]) -> None:
+    shutil.rmtree(work.rootfs)
+    work.rootfs.mkdir()
+    base = [Entry("evil", "symlink", target=str(work.sentinel))]
+    entries = [
+        Entry(n, k, b"pwned", target=str(work.sentinel) if k == "symlink" else "a")
+        for n, k in zip(names, kinds, strict=False)
+    ]
+    for layer in (base, entries, entries):
+        try:
+            work.apply(layer)
+        except LayerError as e:
+            assert "\n" not in str(e)
+    work.assert_contained()
+
+
+# --- whiteouts ------------------------------------------------------------------------------
+
+
+LOWER = [
+    Entry("etc", "dir", mode=0o755),
+    Entry("etc/keep", "file", b"k"),
+    Entry("etc/gone", "file", b"g"),
+    Entry("etc/sub", "dir", mode=0o755),
+    Entry("etc/sub/deep", "file", b"d"),
+    Entry("opq", "dir", mode=0o750),
+    Entry("opq/old", "file", b"o"),
+    Entry("opq/olddir/x", "file", b"o"),
+    Entry("opq/mixed/old", "file", b"o"),
+]
+
+
+def test_whiteout_file_and_dir(work: Work) -> None:
+    work.apply(LOWER)
+    stats = work.apply(
+        [Entry("etc/.wh.gone", "file"), Entry("etc/.wh.sub", "file"), Entry(".wh.nothing", "file")]
+    )
+    assert sorted(os.listdir(work.rootfs / "etc")) == ["keep"]
+    assert stats.whiteouts == 3
+    assert not list(work.rootfs.rglob(".wh.*"))
+
+
+@pytest.mark.parametrize("opaque_first", [True, False])
+def test_opaque_directory(work: Work, opaque_first: bool) -> None:
+    work.apply(LOWER)
+    upper = [Entry("opq/new", "file", b"n"), Entry("opq/mixed/new", "file", b"n")]
+    marker = [Entry("opq/.wh..wh..opq", "file")]
+    work.apply(marker + upper if opaque_first else upper + marker)
+    assert sorted(os.listdir(work.rootfs / "opq")) == ["mixed", "new"]
+    assert os.listdir(work.rootfs / "opq/mixed") == ["new"]
+    assert stat.S_IMODE(lstat(work.rootfs / "opq").st_mode) == 0o750
+    assert not list(work.rootfs.rglob(".wh.*"))
+
+
+def test_opaque_marker_for_new_directory(work: Work) -> None:
+    work.apply([Entry("fresh/.wh..wh..opq", "file"), Entry("fresh/f", "file")])
+    assert os.listdir(work.rootfs / "fresh") == ["f"]
+
+
+def test_whiteout_hides_only_lower_layers(work: Work) -> None:
+    work.apply([Entry("a", "file", b"lower")])
+    work.apply([Entry("a", "file", b"same layer"), Entry(".wh.a", "file")])
+    assert (work.rootfs / "a").read_bytes() == b"same layer"
+    work.apply([Entry(".wh.a", "file"), Entry("a", "file", b"recreated")])
+    assert (work.rootfs / "a").read_bytes() == b"recreated"
+
+
+def test_aufs_metadata_ignored(work: Work) -> None:
+    work.apply([Entry(".wh..wh.plnk/1.2", "file"), Entry(".wh..wh.aufs", "file")])
+    assert os.listdir(work.rootfs) == []
+
+
+# --- links, types, modes, owners, devices --------------------------------------------------
+
+
+def test_hardlinks(work: Work) -> None:
+    work.apply(
+        [
+            Entry("bin/busybox", "file", b"elf", mode=0o755),
+            Entry("bin/sh", "hardlink", target="bin/busybox"),
+            Entry("usr/bin/env", "hardlink", target="/bin/busybox"),
+            Entry("ln", "symlink", target="bin/busybox"),
+            Entry("ln2", "hardlink", target="ln"),  # links the symlink itself
+        ]
+    )
+    ino = lstat(work.rootfs / "bin/busybox").st_ino
+    assert lstat(work.rootfs / "bin/sh").st_ino == ino
+    assert lstat(work.rootfs / "usr/bin/env").st_ino == ino
+    assert os.readlink(work.rootfs / "ln2") == "bin/busybox"
+    # A later layer rewriting the file makes a new inode, leaving the other links alone.
+    work.apply([Entry("bin/busybox", "file", b"new")])
+    assert (work.rootfs / "bin/sh").read_bytes() == b"elf"
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("dir", "file"),
+        ("file", "dir"),
+        ("symlink", "dir"),
+        ("dir", "symlink"),
+        ("file", "symlink"),
+        ("symlink", "file"),
+        ("fifo", "file"),
+    ],
+)
+def test_type_replacement(work: Work, before: str, after: str) -> None:
+    lower = [Entry("x", before, b"old", target="/etc")]
+    if before == "dir":
+        lower.append(Entry("x/child", "file", b"c"))
+    work.apply(lower)
+    work.apply([Entry("x", after, b"new", target="somewhere", mode=0o640)])
+    st_ = lstat(work.rootfs / "x")
+    want = {"file": stat.S_ISREG, "dir": stat.S_ISDIR, "symlink": stat.S_ISLNK}[after]
+    assert want(st_.st_mode)
+    if after == "dir":
+        assert os.listdir(work.rootfs / "x") == []
+
+
+def test_directory_merges_with_lower(work: Work) -> None:
+    work.apply([Entry("d", "dir", mode=0o755), Entry("d/a", "file")])
+    work.apply([Entry("d", "dir", mode=0o700), Entry("d/b", "file")])
+    assert sorted(os.listdir(work.rootfs / "d")) == ["a", "b"]
+    assert stat.S_IMODE(lstat(work.rootfs / "d").st_mode) == 0o700
+
+
+def test_parent_that_is_a_file_refused(work: Work) -> None:
+    work.apply([Entry("f", "file")])
+    work.refused([Entry("f/x", "file")], match="layer entry 'f/x': Not a directory")
+
+
+def test_modes_and_owners(work: Work) -> None:
+    work.apply(
+        [
+            Entry("suid", "file", b"x", mode=0o4755, uid=1000, gid=50),
+            Entry("sgid", "file", b"x", mode=0o2711),
+            Entry("tmp", "dir", mode=0o1777),
+            Entry("ro", "dir", mode=0o500, uid=1000, gid=1000),
+            Entry("ro/inside", "file", b"i", mode=0o400),  # made after its read-only parent
+            Entry("link", "symlink", target="suid", uid=1000, gid=1000),
+            Entry("./", "dir", mode=0o711),
+        ]
+    )
+    r = work.rootfs
+    assert stat.S_IMODE(lstat(r / "suid").st_mode) == 0o4755
+    assert stat.S_IMODE(lstat(r / "sgid").st_mode) == 0o2711
+    assert stat.S_IMODE(lstat(r / "tmp").st_mode) == 0o1777
+    assert stat.S_IMODE(lstat(r / "ro").st_mode) == 0o500
+    assert (r / "ro/inside").read_bytes() == b"i"
+    assert stat.S_IMODE(lstat(r).st_mode) == 0o711
+    if AS_ROOT:
+        assert (lstat(r / "suid").st_uid, lstat(r / "suid").st_gid) == (1000, 50)
+        assert (lstat(r / "ro").st_uid, lstat(r / "link").st_uid) == (1000, 1000)
+
+
+def test_device_nodes(work: Work) -> None:
+    stats = work.apply(
+        [
+            Entry("dev/null", "char", mode=0o666, devmajor=1, devminor=3),
+            Entry("dev/loop9", "block", mode=0o660, devmajor=7, devminor=9, gid=6),
+            Entry("run/fifo", "fifo", mode=0o620),
+        ]
+    )
+    assert stat.S_ISFIFO(lstat(work.rootfs / "run/fifo").st_mode)
+    assert stat.S_IMODE(lstat(work.rootfs / "run/fifo").st_mode) == 0o620
+    if not AS_ROOT:
+        assert stats.skipped == 2
+        pytest.skip("device nodes need root")
+    if stats.skipped:
+        pytest.skip("mknod not permitted here (user namespace?)")
+    null = lstat(work.rootfs / "dev/null")
+    assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1
+    assert os.minor(null.st_rdev) == 3 and stat.S_IMODE(null.st_mode) == 0o666
+    loop = lstat(work.rootfs / "dev/loop9")
+    assert stat.S_ISBLK(loop.st_mode) and os.minor(loop.st_rdev) == 9 and loop.st_gid == 6
+
+
+def test_directory_times_set_after_contents(work: Work) -> None:
+    work.apply([Entry("d", "dir"), Entry("d/f", "file"), Entry("d/g", "file")])
+    assert lstat(work.rootfs / "d").st_mtime == 1_700_000_000
+
+
+# --- unpack_rootfs --------------------------------------------------------------------------
+
+
+def _blobs(tmp_path: Path, layers: list[bytes], compression: str | None = "gzip") -> list:
+    out = []
+    for i, raw in enumerate(layers):
+        p = tmp_path / f"layer{i}"
+        p.write_bytes(compress(raw, compression))
+        out.append((p, MT_LAYER[compression]))
+    return out
+
+
+def test_unpack_rootfs(tmp_path: Path) -> None:
+    layers = _blobs(tmp_path, [tar_layer(LOWER), tar_layer([Entry("etc/.wh.gone", "file")])])
+    dest = tmp_path / "images" / "abc" / "rootfs"
+    stats = unpack_rootfs(dest, layers)
+    assert sorted(os.listdir(dest / "etc")) == ["keep", "sub"]
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o755
+    assert stats.entries == len(LOWER) + 1 and stats.whiteouts == 1 and stats.bytes == 6
+    assert os.listdir(dest.parent) == ["rootfs"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        tar_layer([Entry("ok", "file"), Entry("../escape", "file")]),
+        b"\x1f\x8b\x08\x00" + os.urandom(300),
+    ],
+)
+def test_unpack_rootfs_failure_leaves_nothing(tmp_path: Path, bad: bytes) -> None:
+    layers = _blobs(tmp_path, [tar_layer(LOWER)])
+    layers.append((tmp_path / "bad", MT_TAR))
+    (tmp_path / "bad").write_bytes(bad)
+    parent = tmp_path / "store"
+    parent.mkdir()
+    with pytest.raises(LayerError):
+        unpack_rootfs(parent / "rootfs", layers)
+    assert os.listdir(parent) == []
+    assert sorted(os.listdir(tmp_path)) == ["bad", "layer0", "store"]
+
+
+def test_unpack_rootfs_total_limit_spans_layers(tmp_path: Path) -> None:
+    one = tar_layer([Entry("f", "file", b"x" * 600)])
+    layers = _blobs(tmp_path, [one, one])
+    with pytest.raises(LayerError, match="total limit"):
+        unpack_rootfs(tmp_path / "r", layers, limits=LayerLimits(max_total_size=1000))
+    assert not (tmp_path / "r").exists()
+
+
+def test_unpack_rootfs_refuses_existing_dest(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    with pytest.raises(StoreError, match="already exists"):
+        unpack_rootfs(tmp_path / "r", [])
+
+
+# --- oracle: umoci --------------------------------------------------------------------------
+
+
+UPPER = [
+    Entry("bin/.wh.vi", "file"),
+    Entry("etc/.wh.group", "file"),
+    Entry("home/.wh..wh..opq", "file"),
+    Entry("home/guest", "dir", mode=0o750, uid=1001, gid=1001),
+    Entry("home/guest/.profile", "file", b"export PS1='$ '\n", uid=1001, gid=1001),
+    Entry("bin/su", "file", b"not really su", mode=0o4755),
+    Entry("bin/sh2", "hardlink", target="bin/busybox"),
+    Entry("var/run", "symlink", target="/run"),
+    Entry("run", "dir", mode=0o755),
+    Entry("run/lock", "dir", mode=0o1777),
+    Entry("opt/app/bin/tool", "file", b"implicit parents", mode=0o700, uid=7),
+    Entry("dev/null", "char", mode=0o666, devmajor=1, devminor=3),
+    Entry("dev/sda", "block", mode=0o660, devmajor=8, devminor=0, gid=6),
+    Entry("dev/initctl", "fifo", mode=0o600),
+    Entry("tmp", "file", b"a dir became a file"),
+    Entry("etc/passwd", "symlink", target="../etc/passwd.real"),
+    Entry("etc/passwd.real", "file", b"root:x:0:0::/:/bin/sh\n", mode=0o600),
+]
+
+
+# Directories the upper layer makes without listing them get "now" as mtime, in umoci too.
+IMPLICIT = {"opt", "opt/app"}
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
+def test_matches_umoci(tmp_path: Path, compression: str | None) -> None:
+    """umoci (gzip; this version reads no zstd) and we (any compression) build one tree."""
+    if shutil.which("umoci") is None:
+        pytest.skip("umoci is not installed")
+    if not AS_ROOT:
+        pytest.skip("comparing owners and device nodes with umoci needs root")
+    layers: list[list[Entry] | bytes] = [busybox_entries(), UPPER]
+    write_image(tmp_path / "gzip", Image(layers=layers, compression="gzip"))
+    layout = tmp_path / str(compression)
+    if compression != "gzip":
+        write_image(layout, Image(layers=layers, compression=compression))
+    theirs = tmp_path / "umoci-rootfs"
+    proc = subprocess.run(
+        ["umoci", "raw", "unpack", "--image", f"{tmp_path / 'gzip'}:latest", str(theirs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    blobs = layout / "blobs" / "sha256"
+    ours = tmp_path / "ours"
+    unpack_rootfs(ours, [(blobs / d.split(":")[1], mt) for d, mt in _manifest_layers(layout)])
+    diffs = diff_trees(ours, theirs, times=True)
+    assert [d for d in diffs if d.split(":")[0] not in IMPLICIT or "mtime" not in d] == []
+    snap = snapshot(ours)
+    assert snap["dev/null"].rdev == (1, 3)
+    assert snap["bin/sh2"].links == ("bin/busybox", "bin/sh2")
+    assert "bin/vi" not in snap and "etc/group" not in snap and "tmp" in snap
+    assert sorted(p for p in snap if p.startswith("home/")) == ["home/guest", "home/guest/.profile"]
+    assert_same_tree(ours, theirs)
+
+
+def _manifest_layers(layout: Path) -> list[tuple[str, str]]:
+    import json
+
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs" / "sha256" / digest).read_text())
+    return [(d["digest"], d["mediaType"]) for d in manifest["layers"]]
