@@ -24,6 +24,7 @@ from bareboat.spec.builder import (
     working_dir,
     write_bundle,
 )
+from bareboat.spec.etcfiles import etc_files
 from bareboat.spec.options import Isolation, Mount, Rlimit, RunOptions
 from bareboat.spec.parse import parse_tmpfs, parse_volume
 from bareboat.spec.users import User
@@ -227,7 +228,12 @@ def test_namespaces(rootfs: Path) -> None:
 def test_annotations(rootfs: Path) -> None:
     config = ImageConfig(cmd=("sh",), labels={"a": "image", "b": "image"})
     s = spec_of(rootfs, config, labels={"b": "user"}, isolation=Isolation.MICROVM)
-    assert s["annotations"] == {"a": "image", "b": "user", "io.bareboat.isolation": "microvm"}
+    assert s["annotations"] == {
+        "a": "image",
+        "b": "user",
+        "io.bareboat.isolation": "microvm",
+        "io.bareboat.network": "none",
+    }
 
 
 # --- mounts -------------------------------------------------------------------------------
@@ -442,3 +448,60 @@ def test_exec_process(rootfs: Path) -> None:
         exec_process(base, [])
     with pytest.raises(UsageError, match="absolute"):
         exec_process(base, ["x"], workdir="rel")
+
+
+# --- /etc files ---------------------------------------------------------------------------
+
+
+def test_etc_files(rootfs: Path, tmp_path: Path) -> None:
+    host = tmp_path / "hostetc"
+    host.mkdir()
+    (host / "hosts").write_text("127.0.0.1 localhost hostbox\n")
+    (host / "resolv.conf").write_text("nameserver 127.0.0.53\nnameserver 9.9.9.9\nsearch x\n")
+    etc = tmp_path / "bundle" / "etc"
+    s = spec_of(rootfs, mounts=(parse_volume("/mine:/etc/resolv.conf:ro"),))
+    assert not any(m["source"].startswith(str(etc)) for m in s["mounts"] if "source" in m)
+    s = build_spec(
+        ImageConfig(cmd=("sh",)), RunOptions(), rootfs=rootfs, container_id=CID, etc_dir=etc
+    )
+    validate_config(s)
+    binds = {m["destination"]: m["source"] for m in s["mounts"] if m["type"] == "bind"}
+    assert binds == {
+        "/etc/hostname": str(etc / "hostname"),
+        "/etc/hosts": str(etc / "hosts"),
+        "/etc/resolv.conf": str(etc / "resolv.conf"),
+    }
+    files = etc_files(s, host_etc=host)
+    assert files["hostname"] == f"{CID[:12]}\n".encode()
+    assert f"127.0.1.1\t{CID[:12]}\n".encode() in files["hosts"]
+    assert files["resolv.conf"] == b"nameserver 9.9.9.9\nsearch x\n"  # no host loopback
+    s = build_spec(
+        ImageConfig(cmd=("sh",)),
+        RunOptions(network="user"),
+        rootfs=rootfs,
+        container_id=CID,
+        etc_dir=etc,
+    )
+    assert etc_files(s, host_etc=host)["resolv.conf"] == b"nameserver 10.0.2.3\n"
+    s = build_spec(
+        ImageConfig(cmd=("sh",)),
+        RunOptions(network="host"),
+        rootfs=rootfs,
+        container_id=CID,
+        etc_dir=etc,
+    )
+    files = etc_files(s, host_etc=host)
+    assert files["hosts"] == (host / "hosts").read_bytes()
+    assert files["resolv.conf"] == (host / "resolv.conf").read_bytes()
+    # With a user mount over one of them, that one is the user's; the others are ours.
+    s = build_spec(
+        ImageConfig(cmd=("sh",)),
+        RunOptions(mounts=(parse_volume("/mine:/etc/hosts:ro"),)),
+        rootfs=rootfs,
+        container_id=CID,
+        etc_dir=etc,
+    )
+    assert [m["source"] for m in s["mounts"] if m["destination"] == "/etc/hosts"] == ["/mine"]
+    path = write_bundle(tmp_path / "bundle", s, etc_dir=etc)
+    assert sorted(p.name for p in etc.iterdir()) == ["hostname", "hosts", "resolv.conf"]
+    assert json.loads(path.read_text()) == s

@@ -34,11 +34,17 @@ class Runc:
         self, options: RunOptions, config: ImageConfig = IMAGE
     ) -> subprocess.CompletedProcess[str]:
         cid = "bbspec-" + uuid.uuid4().hex[:12]
+        etc = self.bundle / "etc"
         spec = build_spec(
-            config, options, rootfs=self.bundle / "rootfs", container_id=cid, root_path="rootfs"
+            config,
+            options,
+            rootfs=self.bundle / "rootfs",
+            container_id=cid,
+            root_path="rootfs",
+            etc_dir=etc,
         )
         validate_config(spec)
-        write_bundle(self.bundle, spec)
+        write_bundle(self.bundle, spec, etc_dir=etc)
         argv = ["runc", "--root", str(self.state), "run", "--bundle", str(self.bundle), cid]
         try:
             return subprocess.run(
@@ -143,3 +149,14 @@ def test_no_network_but_loopback(runc: Runc) -> None:
     r = runc.run(RunOptions(command=("sh", "-c", "ls /sys/class/net")))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["lo"]
+
+
+def test_etc_files_are_the_containers(runc: Runc) -> None:
+    r = runc.run(
+        RunOptions(command=("sh", "-c", "cat /etc/hostname; grep box /etc/hosts"), hostname="box")
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "box\n127.0.1.1\tbox\n"
+    # The image's rootfs holds at most the empty mount point runc made, never our file.
+    image_file = runc.bundle / "rootfs" / "etc" / "hostname"
+    assert (image_file.read_bytes() if image_file.exists() else b"") == b""

@@ -19,7 +19,7 @@ from typing import Any
 
 from bareboat.errors import UsageError
 from bareboat.images.model import ImageConfig
-from bareboat.spec import defaults
+from bareboat.spec import defaults, etcfiles
 from bareboat.spec.options import Mount, RunOptions
 from bareboat.spec.users import User, resolve_user
 
@@ -120,8 +120,9 @@ def _user_mount(m: Mount) -> dict[str, Any]:
     raise UsageError(f"unsupported mount kind {m.kind!r} at {m.destination}")
 
 
-def build_mounts(options: RunOptions) -> list[dict[str, Any]]:
-    """The kernel filesystems, then the user's mounts, parents before children.
+def build_mounts(options: RunOptions, *, etc_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The kernel filesystems, the /etc files (with `etc_dir`), then the user's mounts,
+    parents before children.
 
     A user mount at the same destination as a default one (say `--tmpfs /dev/shm`) replaces
     it, as in docker; two user mounts at one destination are an error.
@@ -139,6 +140,8 @@ def build_mounts(options: RunOptions) -> list[dict[str, Any]]:
             raise UsageError(f"duplicate mount point: {dest}")
         seen.add(dest)
     mounts = [m for m in defaults.base_mounts() if m["destination"] not in seen]
+    if etc_dir is not None:
+        mounts += etcfiles.etc_mounts(etc_dir, skip=frozenset(seen))
     # Sort by depth (stable): /data before /data/sub whatever order the flags came in.
     user = sorted(options.mounts, key=lambda m: m.destination.count("/"))
     return mounts + [_user_mount(m) for m in user]
@@ -205,6 +208,7 @@ def build_spec(
     user: User | None = None,
     cgroups_path: str | None = None,
     nofile: int | None = None,
+    etc_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The runtime-spec 1.0.2 config for running `config` with `options`.
 
@@ -213,7 +217,9 @@ def build_spec(
     container's overlay mount point). Pass `user` to skip reading the image's passwd.
     `cgroups_path` goes to `linux.cgroupsPath` (default: the runtime's choice). `nofile` is
     the default open-files limit (default: docker's 1048576, or less where this process may
-    not raise its own hard limit that far).
+    not raise its own hard limit that far). With `etc_dir`, the container's /etc/hostname,
+    /etc/hosts and /etc/resolv.conf are bind-mounted from there (see `etcfiles`; pass the
+    same `etc_dir` to `write_bundle`), unless the user mounts something at those paths.
     No seccomp profile is set: the container runs without a syscall filter.
     """
     if not container_id:
@@ -231,6 +237,7 @@ def build_spec(
         **config.labels,
         **options.labels,
         defaults.ISOLATION_ANNOTATION: str(options.isolation),
+        defaults.NETWORK_ANNOTATION: options.network,
     }
     linux: dict[str, Any] = {
         "namespaces": build_namespaces(options),
@@ -255,7 +262,7 @@ def build_spec(
             "noNewPrivileges": False,
         },
         "root": {"path": root_path or str(rootfs), "readonly": options.read_only},
-        "mounts": build_mounts(options),
+        "mounts": build_mounts(options, etc_dir=etc_dir),
         "annotations": annotations,
         "linux": linux,
     }
@@ -264,14 +271,22 @@ def build_spec(
     return spec
 
 
-def write_bundle(bundle_dir: Path, spec: dict[str, Any]) -> Path:
-    """Write `spec` as `bundle_dir/config.json`, atomically; return that path."""
+def write_bundle(bundle_dir: Path, spec: dict[str, Any], *, etc_dir: Path | None = None) -> Path:
+    """Write `spec` as `bundle_dir/config.json`, atomically; return that path.
+
+    With `etc_dir` (the one given to `build_spec`), first write the container's hostname,
+    hosts and resolv.conf there, so config.json never names files that do not exist.
+    """
     import json
 
     from bareboat.fsutil import atomic_write
 
+    data = json.dumps(spec, indent=2).encode() + b"\n"
+    if etc_dir is not None:
+        for name, content in etcfiles.etc_files(spec).items():
+            atomic_write(etc_dir / name, content)
     path = bundle_dir / "config.json"
-    atomic_write(path, json.dumps(spec, indent=2).encode() + b"\n")
+    atomic_write(path, data)
     return path
 
 
