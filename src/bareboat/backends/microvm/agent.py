@@ -650,6 +650,8 @@ class AgentClient:
             if isinstance(event, Hello):
                 if event.version != VERSION:
                     raise AgentProtocolError(f"agent speaks protocol {event.version}")
+                if self.hello is not None:
+                    continue  # an answer to a repeated ask; reset `hello` to wait again
                 self.hello = event
             self._queue.append(event)
             if isinstance(event, Output):

@@ -1,0 +1,319 @@
+"""The real guest init, run on the host in test mode (`init --test-fd N`), driven by AgentClient.
+
+No VM: the same binary, the same protocol and the same spawn/stream/signal/reap code that runs as
+PID 1 in a guest; only the mounts, identity and power-off are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bareboat.backends.microvm.agent import (
+    HEADER,
+    AgentClient,
+    ErrorKind,
+    Exited,
+    FrameType,
+    ProcessSpec,
+    Rlimit,
+    Started,
+    StartSpec,
+)
+from bareboat.backends.microvm.initbuild import build_init
+from bareboat.paths import Roots
+
+pytestmark = pytest.mark.skipif(shutil.which("musl-gcc") is None, reason="musl-gcc is missing")
+
+SH = "/bin/sh"
+BUSYBOX = Path("/bin/busybox")
+
+
+@pytest.fixture(scope="session")
+def init_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("guest-cache")
+    return build_init(Roots(root=d / "root", state=d / "state", cache=d))
+
+
+class Agent:
+    """One init process in test mode, owning its process and both socket ends."""
+
+    def __init__(self, binary: Path) -> None:
+        host, guest = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [str(binary), "--test-fd", str(guest.fileno())], pass_fds=[guest.fileno()]
+        )
+        guest.close()
+        self.client = AgentClient(host)
+
+    def close(self) -> None:
+        self.client.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def agent(init_binary: Path) -> Iterator[Agent]:
+    a = Agent(init_binary)
+    try:
+        a.client.wait_hello(5)
+        yield a
+    finally:
+        a.close()
+
+
+def run(agent: Agent, spec: ProcessSpec, stdin: bytes | None = b"", **start: object):
+    agent.client.start(StartSpec(process=spec, **start))  # type: ignore[arg-type]
+    return agent.client.wait(0, timeout=20, stdin=stdin)
+
+
+def sh(script: str, **kw: object) -> ProcessSpec:
+    return ProcessSpec(args=[SH, "-c", script], env=["PATH=/usr/bin:/bin"], **kw)  # type: ignore[arg-type]
+
+
+def test_hello(agent: Agent) -> None:
+    assert agent.client.hello is not None
+    assert agent.client.hello.version == 1
+    assert agent.client.hello.agent.startswith("bareboat-init")
+
+
+def test_streams_and_exit_code(agent: Agent) -> None:
+    res = run(agent, sh("echo hello; echo oops >&2; exit 3"))
+    assert (res.stdout, res.stderr, res.exit) == (b"hello\n", b"oops\n", Exited(0, 3, None))
+    assert res.pid and res.pid > 1 and not res.errors
+
+
+def test_stdin_is_streamed(agent: Agent) -> None:
+    data = os.urandom(3 << 20)  # over every pipe and socket buffer on the way, both ways
+    res = run(agent, ProcessSpec(args=["cat"], env=["PATH=/bin"]), stdin=data)
+    assert res.stdout == data and res.exit.code == 0
+
+
+def test_large_output(agent: Agent) -> None:
+    res = run(agent, sh("head -c 5000000 /dev/zero"))
+    assert res.stdout == bytes(5_000_000)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "kind", "code"),
+    [
+        (["/no/such/cmd"], [], ErrorKind.NOT_FOUND, 127),
+        (["no-such-cmd"], ["PATH=/bin:/usr/bin"], ErrorKind.NOT_FOUND, 127),
+        (["ls"], ["PATH=/nonexistent"], ErrorKind.NOT_FOUND, 127),  # PATH is the workload's
+        (["/etc/passwd"], [], ErrorKind.NOT_EXECUTABLE, 126),
+        (["/etc"], [], ErrorKind.NOT_EXECUTABLE, 126),
+    ],
+)
+def test_exec_failures_say_why(
+    agent: Agent, args: list[str], env: list[str], kind: ErrorKind, code: int
+) -> None:
+    res = run(agent, ProcessSpec(args=args, env=env))
+    assert res.exit == Exited(0, code, None)
+    assert [e.kind for e in res.errors] == [kind]
+    assert args[0] in res.errors[0].message
+
+
+def test_not_executable_script_without_shebang(agent: Agent, tmp_path: Path) -> None:
+    script = tmp_path / "script"
+    script.write_bytes(b"\x7fELF-not-really")
+    script.chmod(0o755)
+    res = run(agent, ProcessSpec(args=[str(script)]))
+    assert res.exit.code == 126 and res.errors[0].kind == ErrorKind.NOT_EXECUTABLE
+
+
+def test_bad_cwd_is_a_spawn_error(agent: Agent) -> None:
+    res = run(agent, ProcessSpec(args=["/bin/true"], cwd="/no/such/dir"))
+    assert res.exit.code == 125
+    assert res.errors[0].kind == ErrorKind.SPAWN and "/no/such/dir" in res.errors[0].message
+
+
+def test_process_spec_is_applied(agent: Agent, tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    spec = sh(
+        "id -u; id -g; id -G; pwd; umask; ulimit -n; echo $FOO; touch f; stat -c %a f",
+        uid=1000,
+        gid=1001,
+        groups=[50, 60],
+        cwd=str(tmp_path),
+        umask=0o027,
+        rlimits=[Rlimit(7, 100, 100)],  # RLIMIT_NOFILE
+        no_new_privs=True,
+    )
+    spec = ProcessSpec(**{**spec.__dict__, "env": [*spec.env, "FOO=bar baz"]})
+    res = run(agent, spec)
+    assert res.exit.code == 0, res.stderr
+    assert res.stdout.decode().split("\n") == [
+        "1000",
+        "1001",
+        "1001 50 60",
+        str(tmp_path),
+        "0027",
+        "100",
+        "bar baz",
+        "640",
+        "",
+    ]
+
+
+def test_no_new_privs(agent: Agent) -> None:
+    res = run(agent, sh("grep NoNewPrivs /proc/self/status", no_new_privs=True))
+    assert res.stdout.split() == [b"NoNewPrivs:", b"1"]
+
+
+def test_signal_is_forwarded(agent: Agent) -> None:
+    agent.client.start(StartSpec(process=ProcessSpec(args=["/bin/sleep", "100"])))
+    time.sleep(0.1)
+    agent.client.signal(0, signal.SIGTERM)
+    res = agent.client.wait(0, timeout=10)
+    assert res.exit == Exited(0, None, signal.SIGTERM)
+    assert res.exit.status == 143
+
+
+def test_exec_sessions_while_running(agent: Agent) -> None:
+    agent.client.start(StartSpec(process=sh("read line; echo main got $line")))
+    s1 = agent.client.exec(sh("echo from exec; exit 5"))
+    s2 = agent.client.exec(ProcessSpec(args=["/no/such"]))
+    r1 = agent.client.wait(s1, timeout=10)
+    r2 = agent.client.wait(s2, timeout=10)
+    assert (r1.stdout, r1.exit.code) == (b"from exec\n", 5)
+    assert r2.exit.code == 127
+    res = agent.client.wait(0, timeout=10, stdin=b"hi\n")
+    assert res.stdout == b"main got hi\n"
+
+
+def test_terminal_and_resize(agent: Agent) -> None:
+    agent.client.start(StartSpec(process=ProcessSpec(args=["/bin/sleep", "30"])))
+    spec = sh("tty; stty size; read x; stty size", terminal=True, rows=30, cols=90)
+    s = agent.client.exec(spec)
+    time.sleep(0.3)
+    agent.client.resize(s, 40, 100)
+    agent.client.write_stdin(s, b"go\n")
+    res = agent.client.wait(s, timeout=10)
+    out = res.stdout.decode().replace("\r", "").split("\n")
+    assert out[0].startswith("/dev/pts/")
+    assert out[1] == "30 90"
+    assert "40 100" in out
+    assert res.stderr == b"" and res.exit.code == 0
+    agent.client.signal(0, signal.SIGKILL)
+    assert agent.client.wait(0, timeout=10).exit.signal == signal.SIGKILL
+
+
+def zombies_of(pid: int) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (d / "stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] == "Z":
+                found.append(int(d.name))
+    return found
+
+
+def test_orphans_are_reaped(agent: Agent) -> None:
+    # the subshell's sleep is orphaned to init (PID 1, or a subreaper in test mode)
+    res = run(agent, sh("(sleep 0.2 >/dev/null 2>&1 &) ; echo started"))
+    assert res.stdout == b"started\n"
+    time.sleep(0.6)
+    assert agent.client.ping() < 1
+    assert zombies_of(agent.proc.pid) == []
+
+
+def test_output_of_background_children_does_not_hold_exit(agent: Agent) -> None:
+    t0 = time.monotonic()
+    res = run(agent, sh("sleep 5 & echo done"))
+    assert res.stdout == b"done\n" and time.monotonic() - t0 < 4
+
+
+def test_exec_before_start_is_refused(agent: Agent) -> None:
+    s = agent.client.exec(ProcessSpec(args=["/bin/true"]))
+    res = agent.client.wait(s, timeout=5)
+    assert res.exit.code == 125 and res.errors[0].kind == ErrorKind.BAD_REQUEST
+
+
+def test_chroot_into_root_dir(agent: Agent, tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    shutil.copy(BUSYBOX, tmp_path / "bin" / "busybox")
+    (tmp_path / "bin" / "sh").symlink_to("busybox")
+    (tmp_path / "marker").write_text("x")
+    spec = ProcessSpec(args=["sh", "-c", "busybox ls /"], env=["PATH=/bin"])
+    res = run(agent, spec, root_dir=str(tmp_path))
+    assert res.stdout.split() == [b"bin", b"marker"]
+
+
+def test_ping(agent: Agent) -> None:
+    rtts = [agent.client.ping(b"%d" % i) for i in range(50)]
+    assert max(rtts) < 1
+
+
+def test_poweroff_ends_test_mode(agent: Agent) -> None:
+    agent.client.start(StartSpec(process=ProcessSpec(args=["/bin/sleep", "100"])))
+    agent.client.poweroff()
+    assert agent.proc.wait(5) == 0
+
+
+def test_closed_channel_ends_test_mode_and_kills_sessions(init_binary: Path) -> None:
+    a = Agent(init_binary)
+    try:
+        a.client.wait_hello(5)
+        a.client.start(StartSpec(process=ProcessSpec(args=["/bin/sleep", "100"])))
+        ev = a.client.next_event(5)
+        assert isinstance(ev, Started)
+        a.client.close()
+        assert a.proc.wait(5) == 0
+        # killed by init, then reaped by whoever inherits it: gone within a moment
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{ev.pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{ev.pid}").exists()
+    finally:
+        a.close()
+
+
+def raw_frame(ftype: int, session: int, payload: bytes, *, magic: bytes = b"BBAG") -> bytes:
+    return HEADER.pack(magic, 1, ftype, 0, session, len(payload)) + payload
+
+
+def test_agent_survives_garbage_and_bad_requests(init_binary: Path) -> None:
+    host, guest = socket.socketpair()
+    proc = subprocess.Popen(
+        [str(init_binary), "--test-fd", str(guest.fileno())], pass_fds=[guest.fileno()]
+    )
+    guest.close()
+    host.settimeout(5)
+    try:
+        host.recv(4096)  # HELLO
+        bad_start = struct.pack(">HI", 999, 0)  # unknown tag
+        for wire in [
+            raw_frame(FrameType.START, 0, bad_start),
+            raw_frame(FrameType.SIGNAL, 9, b"\0\0\0\x0f"),
+            raw_frame(FrameType.PING, 0, b"x" * 65),
+            b"garbage that is not a frame....",
+        ]:
+            host.sendall(wire)
+            time.sleep(0.05)
+        host.sendall(raw_frame(FrameType.PING, 0, b"alive"))
+        got = b""
+        deadline = time.monotonic() + 5
+        while b"alive" not in got and time.monotonic() < deadline:
+            got += host.recv(4096)
+        assert b"alive" in got
+        assert b"unknown field tag 999" in got
+        assert proc.poll() is None
+    finally:
+        host.close()
+        proc.wait(5)
