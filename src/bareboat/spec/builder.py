@@ -9,7 +9,6 @@ docker rules (argument overrides, env merge, mount order, limits) are tested as 
 
 from __future__ import annotations
 
-import copy
 import os
 import posixpath
 import re
@@ -320,6 +319,8 @@ def exec_process(
             merged.pop(key, None)
         else:
             merged[key] = value
+    import copy  # only here: exec is off the hot path of `run`
+
     out = copy.deepcopy(dict(process))
     out["args"] = list(args)
     out["env"] = [f"{k}={v}" for k, v in merged.items()]

@@ -8,7 +8,6 @@ tests call them alike. Only the standard library is imported: the CLIs call thes
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import posixpath
@@ -204,6 +203,8 @@ def parse_publish(value: str) -> PortMapping:
             "(random host ports are not supported)"
         )
     if host_ip:
+        import ipaddress  # only here: it costs a millisecond at start-up
+
         try:
             host_ip = str(ipaddress.ip_address(host_ip))
         except ValueError:
