@@ -278,12 +278,15 @@ def write_bundle(bundle_dir: Path, spec: dict[str, Any], *, etc_dir: Path | None
     """
     import json
 
-    from bareboat.fsutil import atomic_write
+    from bareboat.fsutil import atomic_open, atomic_write
 
     data = json.dumps(spec, indent=2).encode() + b"\n"
     if etc_dir is not None:
         for name, content in etcfiles.etc_files(spec).items():
-            atomic_write(etc_dir / name, content)
+            with atomic_open(etc_dir / name) as f:
+                # Temporary files are 0600; the container's user, often not root, reads these.
+                os.fchmod(f.fileno(), 0o644)
+                f.write(content)
     path = bundle_dir / "config.json"
     atomic_write(path, data)
     return path
