@@ -713,3 +713,63 @@ def _manifest_layers(layout: Path) -> list[tuple[str, str]]:
     digest = index["manifests"][0]["digest"].split(":")[1]
     manifest = json.loads((layout / "blobs" / "sha256" / digest).read_text())
     return [(d["digest"], d["mediaType"]) for d in manifest["layers"]]
+
+
+# --- without root ---------------------------------------------------------------------------
+
+UNPRIVILEGED = """
+import os, sys
+from pathlib import Path
+from bareboat.errors import LayerError
+from bareboat.images.layers import unpack_rootfs
+from tests.support.imagebuild import Entry, tar_layer
+
+d = Path(sys.argv[1])
+(d / "l1").write_bytes(tar_layer([
+    Entry("ro", "dir", mode=0o500), Entry("ro/f", "file", b"x", mode=0o400),
+    Entry("dev/null", "char", devmajor=1, devminor=3), Entry("p", "fifo"),
+    Entry("shut", "dir", mode=0), Entry("shut/f", "file"),
+]))
+(d / "l2").write_bytes(tar_layer([Entry("ro/g", "file", b"y"), Entry(".wh.shut", "file")]))
+(d / "bad").write_bytes(b"garbage" * 100)
+l1, l2, bad = (d / "l1", ""), (d / "l2", ""), (d / "bad", "")
+stats = unpack_rootfs(d / "r", [l1, l2])
+assert stats.skipped == 1, stats
+assert sorted(os.listdir(d / "r")) == ["dev", "p", "ro"], os.listdir(d / "r")
+assert (d / "r/ro/g").read_bytes() == b"y"
+try:
+    unpack_rootfs(d / "r2", [l1, l2, bad])
+except LayerError:
+    pass
+assert sorted(os.listdir(d)) == ["bad", "l1", "l2", "r"], os.listdir(d)
+print("ok")
+"""
+
+
+def test_unprivileged_unpack() -> None:
+    """Without root: device nodes are skipped, read-only directories keep u+rwx so later
+    layers and clean-up can still enter them."""
+    if not AS_ROOT or shutil.which("setpriv") is None:
+        pytest.skip("needs root (to drop to nobody) and setpriv")
+    import sys
+    import tempfile
+
+    # Under /tmp itself: pytest's own temp dirs are closed to other users.
+    d = Path(tempfile.mkdtemp(prefix="bareboat-layers-"))
+    try:
+        os.chown(d, 65534, 65534)
+        repo = Path(__file__).resolve().parents[2]
+        env = {**os.environ, "PYTHONPATH": f"{repo / 'src'}:{repo}"}
+        setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        proc = subprocess.run(
+            [*setpriv, sys.executable, "-c", UNPRIVILEGED, str(d)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        if "Permission denied" in proc.stderr and "python" in proc.stderr.splitlines()[0]:
+            pytest.skip(f"nobody cannot run this interpreter: {proc.stderr[:200]}")
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    finally:
+        shutil.rmtree(d)

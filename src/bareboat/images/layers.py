@@ -30,7 +30,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -588,7 +588,9 @@ class _Extractor:
             return
         with _fd(fd):
             if mode is not None:
-                os.fchmod(fd, mode)
+                # Without root, the owner's bits are all that lets us (and the next layer,
+                # and whoever deletes the tree) into the directory: keep them.
+                os.fchmod(fd, mode if self.as_root else mode | 0o700)
             os.utime(fd, ns=times)
 
 
@@ -669,11 +671,19 @@ def unpack_rootfs(
 
 
 def _force_rmtree(path: Path) -> None:
-    """Remove a scratch tree even where a layer left directories without write permission."""
-
-    def retry(func: Callable[..., Any], name: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(name), 0o700)
-        func(name)
-
-    shutil.rmtree(path, onerror=retry)
+    """Remove a scratch tree, also where a layer left directories we may not enter."""
+    try:
+        shutil.rmtree(path)
+        return
+    except OSError:
+        pass
+    for dirpath, dirnames, _files in os.walk(path):
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            # lstat first: chmod follows symlinks, and a symlink here may point anywhere.
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(os.lstat(full).st_mode):
+                    os.chmod(full, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        log.warning("could not remove the scratch tree %s", path)
