@@ -18,6 +18,8 @@
 #define BB_MAX_RLIMITS 32
 #define BB_MAX_MOUNTS 64
 #define BB_MAX_ENTROPY 512
+#define BB_MAX_FILES 64
+#define BB_MAX_FILE_SIZE 65536
 #define BB_MAX_SESSIONS 64
 #define BB_STDIN_CAP (8u << 20)
 
@@ -35,11 +37,12 @@ enum tag {
 	TAG_ARG = 1, TAG_ENV, TAG_CWD, TAG_UID, TAG_GID, TAG_GROUP, TAG_UMASK, TAG_RLIMIT,
 	TAG_NO_NEW_PRIVS, TAG_TERMINAL, TAG_WINSIZE,
 	TAG_HOSTNAME = 32, TAG_TIME, TAG_ENTROPY, TAG_LOWER, TAG_LOWER_FSTYPE, TAG_UPPER,
-	TAG_UPPER_FSTYPE, TAG_MOUNT, TAG_ROOT_DIR,
+	TAG_UPPER_FSTYPE, TAG_MOUNT, TAG_ROOT_DIR, TAG_FILE, TAG_READONLY_ROOT,
 };
 
 struct rlim_spec { uint32_t resource; uint64_t soft, hard; };
 struct mount_spec { uint32_t flags; char *target, *fstype, *source, *options; };
+struct file_spec { uint32_t flags; char *path; unsigned char *data; size_t len; };
 
 struct proc_spec {
 	char **argv; int argc;   /* NULL-terminated */
@@ -60,6 +63,8 @@ struct start_spec {
 	unsigned char entropy[BB_MAX_ENTROPY]; size_t entropy_len;
 	char *lower, *lower_fstype, *upper, *upper_fstype, *root_dir;
 	struct mount_spec mounts[BB_MAX_MOUNTS]; int nmounts;
+	struct file_spec files[BB_MAX_FILES]; int nfiles;
+	int readonly_root;
 };
 
 /* main.c */

@@ -239,6 +239,23 @@ int parse_start(const unsigned char *p, size_t n, struct start_spec *s, int is_s
 			NEED(m->target[0] == '/' && !strstr(m->target, "/..") && m->fstype[0], "MOUNT: bad target or fstype");
 			break;
 		}
+		case TAG_FILE: {
+			NEED(len >= 6, "FILE: truncated");
+			NEED(s->nfiles < BB_MAX_FILES, "too many FILEs");
+			struct file_spec *f = &s->files[s->nfiles++];
+			const unsigned char *q = v + 4, *qend = v + len;
+			f->flags = get32(v);
+			if (!(f->path = take_lp(&q, qend, err, errlen)))
+				goto fail;
+			NEED(f->path[0] == '/' && !strstr(f->path, "/..") && f->path[1], "FILE: bad path");
+			f->len = (size_t)(qend - q);
+			NEED(f->len <= BB_MAX_FILE_SIZE, "FILE: over 64 KiB");
+			f->data = malloc(f->len ? f->len : 1);
+			NEED(f->data, "out of memory");
+			memcpy(f->data, q, f->len);
+			break;
+		}
+		case TAG_READONLY_ROOT: NEED(len == 1, "READONLY_ROOT: bad length"); s->readonly_root = v[0] != 0; break;
 		default:
 			snprintf(err, errlen, "unknown field tag %u", tag);
 			goto fail;
@@ -280,6 +297,10 @@ void free_start(struct start_spec *s)
 		free(s->mounts[i].fstype);
 		free(s->mounts[i].source);
 		free(s->mounts[i].options);
+	}
+	for (int i = 0; i < s->nfiles; i++) {
+		free(s->files[i].path);
+		free(s->files[i].data);
 	}
 	memset(s, 0, sizeof *s);
 }

@@ -51,6 +51,33 @@ static int mkdir_p(char *path)
 	return mkdir(path, 0755) < 0 && errno != EEXIST ? -1 : 0;
 }
 
+/* a small host file (hosts, hostname, resolv.conf) placed in the new root; a read-only one
+ * is bind-mounted onto itself read-only so the workload cannot change it */
+static int place_file(const struct file_spec *f, char *err, size_t errlen)
+{
+	char path[BB_MAX_STR + 16];
+	snprintf(path, sizeof path, NEWROOT "%s", f->path);
+	char *slash = strrchr(path, '/');
+	*slash = 0;
+	int rc = mkdir_p(path);
+	*slash = '/';
+	/* O_NOFOLLOW: a symlink planted by the image must not redirect the write */
+	int fd = rc < 0 ? -1 : open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, f->data, f->len) != (ssize_t)f->len) {
+		snprintf(err, errlen, "write %s: %s", f->path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	close(fd);
+	if ((f->flags & 1) && (mount(path, path, NULL, MS_BIND, NULL) < 0 ||
+			       mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)) {
+		snprintf(err, errlen, "read-only %s: %s", f->path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 int boot_mounts(void)
 {
 	char err[256];
@@ -180,6 +207,14 @@ int assemble_root(const struct start_spec *s, const char **root, char *err, size
 		if (do_mount(m->source[0] ? m->source : m->fstype, path, m->fstype, flags,
 			     m->options[0] ? m->options : NULL, err, errlen))
 			return -1;
+	}
+	for (int i = 0; i < s->nfiles; i++)
+		if (place_file(&s->files[i], err, errlen) < 0)
+			return -1;
+	/* per-mount read-only: the overlay stays writable underneath for nothing else */
+	if (s->readonly_root && mount(NULL, NEWROOT, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0) {
+		snprintf(err, errlen, "read-only root: %s", strerror(errno));
+		return -1;
 	}
 	*root = NEWROOT;
 	return 0;

@@ -83,6 +83,18 @@ def start_specs(draw: st.DrawFn) -> StartSpec:
         upper_fstype=draw(text),
         mounts=draw(st.lists(mount, max_size=3)),
         root_dir=draw(st.none() | text),
+        files=draw(
+            st.lists(
+                st.builds(
+                    agent.File,
+                    path=text.filter(bool).map(lambda t: "/" + t.replace("..", "")),
+                    data=st.binary(max_size=100),
+                    readonly=st.booleans(),
+                ),
+                max_size=3,
+            )
+        ),
+        readonly_root=draw(st.booleans()),
     )
 
 
@@ -225,6 +237,9 @@ def test_bad_start_fields_are_usage_errors() -> None:
         StartSpec(ok, mounts=[Mount("relative", "tmpfs")]),
         StartSpec(ok, mounts=[Mount("/a/../../etc", "tmpfs")]),
         StartSpec(ok, mounts=[Mount("/a", "")]),
+        StartSpec(ok, files=[agent.File("etc/hosts", b"")]),
+        StartSpec(ok, files=[agent.File("/", b"")]),
+        StartSpec(ok, files=[agent.File("/etc/hosts", bytes(65537))]),
     ]:
         with pytest.raises(UsageError):
             encode_start(spec)

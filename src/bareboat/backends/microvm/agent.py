@@ -34,6 +34,8 @@ MAX_ENTROPY = 512
 MAX_HOSTNAME = 64
 MAX_ERROR_MESSAGE = 1024
 MAX_PING = 64
+MAX_FILES = 64
+MAX_FILE_SIZE = 64 * 1024
 
 
 class FrameType(enum.IntEnum):
@@ -84,6 +86,8 @@ class Tag(enum.IntEnum):
     UPPER_FSTYPE = 38
     MOUNT = 39
     ROOT_DIR = 40
+    FILE = 41
+    READONLY_ROOT = 42
 
 
 # the largest payload the host accepts per guest→host type; other types never come from a guest
@@ -197,6 +201,15 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class File:
+    """A small file the agent writes into the new root (hosts, hostname, resolv.conf)."""
+
+    path: str
+    data: bytes
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
 class ProcessSpec:
     """What EXEC carries, and START's process part."""
 
@@ -228,6 +241,8 @@ class StartSpec:
     upper_fstype: str = "ext4"
     mounts: list[Mount] = field(default_factory=list)
     root_dir: str | None = None
+    files: list[File] = field(default_factory=list)
+    readonly_root: bool = False
 
 
 def _str(value: str, what: str, limit: int = MAX_STR) -> bytes:
@@ -323,6 +338,17 @@ def encode_start(spec: StartSpec) -> bytes:
         out.append(_tlv(Tag.MOUNT, value))
     if spec.root_dir is not None:
         out.append(_tlv(Tag.ROOT_DIR, _str(spec.root_dir, "root directory")))
+    if len(spec.files) > MAX_FILES:
+        raise UsageError(f"more than {MAX_FILES} files")
+    for f in spec.files:
+        if not f.path.startswith("/") or "/.." in f.path or f.path == "/":
+            raise UsageError(f"bad guest file path: {f.path!r}")
+        if len(f.data) > MAX_FILE_SIZE:
+            raise UsageError(f"guest file {f.path} is over {MAX_FILE_SIZE} bytes")
+        flags = _u32(1 if f.readonly else 0, "flags")
+        out.append(_tlv(Tag.FILE, flags + _lp(f.path, "file path") + f.data))
+    if spec.readonly_root:
+        out.append(_tlv(Tag.READONLY_ROOT, b"\1"))
     payload = b"".join(out)
     if len(payload) > MAX_PAYLOAD:
         raise UsageError(f"the process spec is too large ({len(payload)} bytes)")
@@ -354,6 +380,7 @@ def decode_start(payload: bytes) -> StartSpec:
     groups: list[int] = []
     rlimits: list[Rlimit] = []
     mounts: list[Mount] = []
+    files: list[File] = []
     start: dict[str, object] = {}
 
     def text(v: bytes) -> str:
@@ -392,6 +419,14 @@ def decode_start(payload: bytes) -> StartSpec:
                 start["entropy"] = v
             case Tag.LOWER | Tag.LOWER_FSTYPE | Tag.UPPER | Tag.UPPER_FSTYPE | Tag.ROOT_DIR:
                 start[tag.name.lower()] = text(v)
+            case Tag.READONLY_ROOT:
+                start["readonly_root"] = fixed(v, 1, tag) != b"\0"
+            case Tag.FILE:
+                if len(v) < 6 or len(v) - 6 < int.from_bytes(v[4:6], "big"):
+                    raise AgentProtocolError("FILE: truncated")
+                n = int.from_bytes(v[4:6], "big")
+                ro = bool(int.from_bytes(v[:4], "big") & 1)
+                files.append(File(text(v[6 : 6 + n]), v[6 + n :], readonly=ro))
             case Tag.MOUNT:
                 if len(v) < 4:
                     raise AgentProtocolError("MOUNT: truncated")
@@ -411,7 +446,7 @@ def decode_start(payload: bytes) -> StartSpec:
                 target, fstype, source, options = parts
                 mounts.append(Mount(target, fstype, source, options, readonly=bool(flags & 1)))
     process = ProcessSpec(args=args, env=env, groups=groups, rlimits=rlimits, **proc)  # type: ignore[arg-type]
-    return StartSpec(process=process, mounts=mounts, **start)  # type: ignore[arg-type]
+    return StartSpec(process=process, mounts=mounts, files=files, **start)  # type: ignore[arg-type]
 
 
 # --- guest → host events ------------------------------------------------------------------
