@@ -773,3 +773,21 @@ def test_unprivileged_unpack() -> None:
         assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
     finally:
         shutil.rmtree(d)
+
+
+def test_dangling_symlinked_parent_made_inside(work: Work) -> None:
+    work.apply([Entry("var/run", "symlink", target="/run"), Entry("rel", "symlink", target="a/b")])
+    work.apply([Entry("var/run/lock", "file", b"l"), Entry("rel/c", "file", b"c")])
+    assert (work.rootfs / "run/lock").read_bytes() == b"l"
+    assert (work.rootfs / "a/b/c").read_bytes() == b"c"
+    assert stat.S_IMODE(lstat(work.rootfs / "run").st_mode) == 0o755
+    work.assert_contained()
+
+
+@pytest.mark.parametrize(
+    "links", [[("loop", "loop")], [("a", "b"), ("b", "a")], [("a", "a/x")], [("a", "/a/../a")]]
+)
+def test_symlink_loops_refused(work: Work, links: list[tuple[str, str]]) -> None:
+    work.apply([Entry(name, "symlink", target=t) for name, t in links])
+    work.refused([Entry(f"{links[0][0]}/x", "file")], match="layer entry")
+    work.assert_contained()
