@@ -2,6 +2,6 @@
 
 import sys
 
-from .backend import shim_main
+from .shim import main
 
-sys.exit(shim_main(sys.argv[1:]))
+sys.exit(main(sys.argv[1:]))

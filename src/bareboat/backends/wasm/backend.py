@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +51,7 @@ ANN_CACHE = "io.bareboat.wasm.cache"  # the compiled-module cache dir (default: 
 
 # Kernel filesystems in the spec mean nothing to a Wasm module: WASI has no /proc or /dev.
 _KERNEL_DIRS = ("/proc", "/sys", "/dev")
+_ETC_FILES = frozenset({"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"})
 
 
 def _limits(spec: dict[str, Any]) -> Limits:
@@ -82,6 +82,8 @@ def spec_preopens(spec: dict[str, Any], rootfs: Path, scratch: Path) -> tuple[Pr
         readonly = "ro" in opts
         if m.get("type") == "bind" or "bind" in opts or "rbind" in opts:
             source = Path(str(m.get("source", "")))
+            if dest in _ETC_FILES and source.is_file():
+                continue  # the engine's per-container /etc files: nothing a module reads
             if not source.is_dir():
                 raise WasmError(
                     f"volume source {source} is not a directory (WASI preopens only directories)"
@@ -214,22 +216,3 @@ class WasmBackend:
         for p in (self._plan_path(ctx), self._pid_path(ctx)):
             p.unlink(missing_ok=True)
         shutil.rmtree(ctx.state_dir / "tmpfs", ignore_errors=True)
-
-
-def shim_main(argv: list[str]) -> int:
-    """The shim process: run one plan, with stdio inherited, and exit with its code."""
-    # Default actions, as an uncaught signal would end a native program: Python's own SIGINT
-    # handler would only run once the module returned to Python, which a loop never does.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if len(argv) != 2:
-        print("usage: python -m bareboat.backends.wasm PLAN.json CACHE_DIR", file=sys.stderr)
-        return 125
-    from .runner import run_plan
-
-    try:
-        plan = WasmPlan.from_json(Path(argv[0]).read_bytes())
-        return run_plan(plan, ModuleCache(Path(argv[1]))).exit_code
-    except (WasmError, OSError) as err:
-        print(f"bareboat: {err}", file=sys.stderr)
-        return 125

@@ -6,15 +6,16 @@ another wasmtime would not load, so it never shares a name. Entries are written 
 
 Loading uses `Module.deserialize_file`, which maps the file instead of copying it. wasmtime
 checks the header (version, target, settings) but trusts the code inside, so each entry ends
-with a sha256 trailer over the rest, checked before deserializing: a truncated or bit-rotted
-entry is discarded and rebuilt rather than executed. The cache directory is as trusted as the
+with a CRC-32 trailer over the rest, checked before deserializing: a truncated, torn or
+bit-rotted entry is discarded and rebuilt rather than executed. (A CRC, not a hash: it guards
+against accidents, not an attacker, and isal's CRC-32 checks 850 KB in 0.05 ms where sha256
+takes 1.1 ms here, most of a warm start.) The cache directory is as trusted as the
 store itself (root-owned); modules from images never reach it except through the compiler.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -26,7 +27,8 @@ from bareboat.fsutil import atomic_open
 if TYPE_CHECKING:
     import wasmtime
 
-_TRAILER = 32  # sha256 digest appended to every entry
+_TRAILER_MAGIC = b"BBc1"
+_TRAILER = 8  # magic + little-endian CRC-32 of everything before it
 
 
 class CacheResult(StrEnum):
@@ -58,6 +60,12 @@ class EngineSettings:
 
 
 _version: str | None = None
+
+
+def _crc32(data: bytes | bytearray | memoryview) -> int:
+    from isal import isal_zlib
+
+    return int(isal_zlib.crc32(data)) & 0xFFFFFFFF
 
 
 def wasmtime_version() -> str:
@@ -96,30 +104,22 @@ class ModuleCache:
         except wasmtime.WasmtimeError as err:
             lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or ["invalid"]
             raise WasmError(f"cannot compile Wasm module {digest}: {lines[-1]}") from None
-        data = bytes(module.serialize())
+        data = module.serialize()
         with atomic_open(path) as f:
             f.write(data)
-            f.write(hashlib.sha256(data).digest())
+            f.write(_TRAILER_MAGIC + _crc32(data).to_bytes(4, "little"))
         return module, result
 
     @staticmethod
     def _deserialize(engine: wasmtime.Engine, path: Path) -> wasmtime.Module:
         import wasmtime
 
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size <= _TRAILER:
-                raise WasmError("cache entry truncated")
-            h = hashlib.sha256()
-            remaining = size - _TRAILER
-            while remaining:
-                chunk = f.read(min(remaining, 1 << 20))
-                if not chunk:
-                    raise WasmError("cache entry truncated")
-                h.update(chunk)
-                remaining -= len(chunk)
-            if f.read() != h.digest():
-                raise WasmError("cache entry checksum mismatch")
+        data = path.read_bytes()
+        if len(data) <= _TRAILER:
+            raise WasmError("cache entry truncated")
+        body, trailer = memoryview(data)[:-_TRAILER], data[-_TRAILER:]
+        if trailer != _TRAILER_MAGIC + _crc32(body).to_bytes(4, "little"):
+            raise WasmError("cache entry checksum mismatch")
         # The trailer is ignored by wasmtime: it reads the ELF image it finds at the start.
         return wasmtime.Module.deserialize_file(engine, str(path))
 

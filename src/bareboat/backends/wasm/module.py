@@ -23,9 +23,12 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from bareboat.errors import WasmError
-from bareboat.images.model import Image, Layer
+
+if TYPE_CHECKING:
+    from bareboat.images.model import Image, Layer
 
 WASM_MEDIA_TYPES = frozenset({"application/wasm", "application/vnd.wasm.content.layer.v1+wasm"})
 COMPAT_KEY = "module.wasm.image/variant"

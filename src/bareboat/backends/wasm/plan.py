@@ -11,13 +11,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bareboat.errors import WasmError
-from bareboat.images.model import ImageConfig
-from bareboat.spec.options import RunOptions
 
-from .module import ModuleRef, module_argv
+from .module import module_argv
+
+if TYPE_CHECKING:
+    # Types only: the shim process imports this module on every container start.
+    from bareboat.images.model import ImageConfig
+    from bareboat.spec.options import RunOptions
+
+    from .module import ModuleRef
 
 # A stdio target: a host path, "inherit" (this process's own fd 0/1/2), or None (stdin reads
 # EOF, output is discarded).
