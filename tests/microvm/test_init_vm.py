@@ -1,0 +1,215 @@
+"""The guest init as PID 1 of a real QEMU microvm (TCG here): boot, START, exec, exit, power off.
+
+The image is the busybox test image as an EROFS (umoci unpack + mkfs.erofs), the initramfs holds
+only our init, the agent channel is a virtio-serial port on a unix socket the test listens on.
+Skipped where the guest kernel is not built (`bareboat guest build`, or $BAREBOAT_KERNEL).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bareboat.backends.microvm.agent import (
+    AgentClient,
+    ErrorKind,
+    Exited,
+    File,
+    Mount,
+    ProcessSpec,
+    StartSpec,
+)
+from bareboat.backends.microvm.initbuild import build_initramfs
+from bareboat.errors import KernelMissing
+from bareboat.paths import Roots
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not all(shutil.which(t) for t in ("musl-gcc", "umoci", "mkfs.erofs", "qemu-system-x86_64")),
+        reason="needs musl-gcc, umoci, mkfs.erofs and qemu-system-x86_64",
+    ),
+]
+
+PATH = "PATH=/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Assets:
+    kernel: Path
+    initramfs: Path
+    erofs: Path
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory, busybox_layout: Path) -> Assets:
+    from bareboat.backends.microvm.kernel import resolve_kernel
+
+    shared = Roots.from_env()
+    try:
+        kernel = resolve_kernel(shared).path
+    except KernelMissing as e:
+        pytest.skip(str(e))
+    d = tmp_path_factory.mktemp("vm-assets")
+    initramfs = build_initramfs(Roots(root=d / "root", state=d / "state", cache=d / "cache"))
+    bundle = d / "bundle"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{busybox_layout}:latest", str(bundle)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    erofs = d / "rootfs.erofs"
+    subprocess.run(
+        ["mkfs.erofs", "-Enoinline_data", str(erofs), str(bundle / "rootfs")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return Assets(kernel, initramfs, erofs)
+
+
+@dataclass
+class Guest:
+    client: AgentClient
+    vm: object  # QemuProcess
+    console: Path
+    boot_s: float  # QEMU launch → HELLO
+
+
+@contextmanager
+def boot(assets: Assets, tmp: Path) -> Iterator[Guest]:
+    from bareboat.backends.microvm.qemu import (
+        Disk,
+        QemuProcess,
+        SerialPort,
+        VMConfig,
+        host_tsc_khz,
+    )
+
+    sock_path = tmp / "agent.sock"
+    # we listen, QEMU connects at start: the guest's first HELLO cannot be lost
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    listener.settimeout(15)
+    cfg = VMConfig(
+        kernel=assets.kernel,
+        qmp_socket=tmp / "qmp.sock",
+        initrd=assets.initramfs,
+        memory_mib=128,
+        disks=(Disk(assets.erofs, readonly=True),),
+        serial_ports=(SerialPort("bareboat.agent", sock_path, server=False),),
+        console_log=tmp / "console.log",
+        tsc_khz=host_tsc_khz(),
+    )
+    t0 = time.monotonic()
+    try:
+        with QemuProcess(cfg) as vm:
+            conn, _ = listener.accept()
+            with AgentClient(conn) as client:
+                try:
+                    client.wait_hello(60)
+                except Exception:
+                    print((tmp / "console.log").read_text(errors="replace"))
+                    raise
+                yield Guest(client, vm, tmp / "console.log", time.monotonic() - t0)
+    finally:
+        listener.close()
+        sock_path.unlink(missing_ok=True)
+
+
+def start_spec(script: str, **kw: object) -> StartSpec:
+    return StartSpec(
+        process=ProcessSpec(args=["sh", "-c", script], env=[PATH]),
+        hostname="bb-guest",
+        time_ns=time.time_ns(),
+        entropy=os.urandom(64),
+        lower="/dev/vda",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_vm_runs_execs_and_powers_off(assets: Assets, tmp_path: Path) -> None:
+    with boot(assets, tmp_path) as g:
+        c = g.client
+        t_start = time.monotonic()
+        c.start(
+            start_spec(
+                "echo hello; read x; echo got $x; exit 3",
+                mounts=[Mount("/data", "tmpfs", options="size=1m", readonly=False)],
+                files=[File("/etc/hostname", b"bb-guest\n", readonly=True)],
+            )
+        )
+        first = c.next_event(30)
+        t_started = time.monotonic() - t_start
+
+        s1 = c.exec(
+            ProcessSpec(
+                args=[
+                    "sh",
+                    "-c",
+                    "hostname; cat /etc/hostname; grep -c ' /data tmpfs' /proc/mounts;"
+                    " echo x > /etc/hostname || echo ro; date +%Y; id -u",
+                ],
+                env=[PATH],
+                uid=1000,
+                gid=1000,
+            )
+        )
+        r1 = c.wait(s1, timeout=30)
+        assert r1.exit.code == 0, r1.stderr
+        lines = r1.stdout.decode().split("\n")
+        assert lines[0:3] == ["bb-guest", "bb-guest", "1"]
+        assert lines[3] == "ro"
+        assert lines[4] == time.strftime("%Y")
+        assert lines[5] == "1000"
+
+        s2 = c.exec(ProcessSpec(args=["no-such-command"], env=[PATH]))
+        r2 = c.wait(s2, timeout=30)
+        assert r2.exit == Exited(s2, 127, None)
+        assert r2.errors[0].kind == ErrorKind.NOT_FOUND
+
+        # the image is read-only, the overlay is not
+        s3 = c.exec(
+            ProcessSpec(args=["sh", "-c", "echo new > /bin/new && cat /bin/new"], env=[PATH])
+        )
+        assert c.wait(s3, timeout=30).stdout == b"new\n"
+
+        res = c.wait(0, timeout=30, stdin=b"go\n")
+        assert res.stdout == b"hello\ngot go\n"
+        assert res.exit == Exited(0, 3, None)
+        assert res.pid is not None or first is not None
+
+        c.poweroff()
+        assert g.vm.wait(30) is not None  # type: ignore[attr-defined]
+        assert g.vm.result().panic is None  # type: ignore[attr-defined]
+        log = g.console.read_text(errors="replace")
+    timings = re.findall(
+        r"agent ready (\d+) us|root assembled in (\d+) us, workload spawned in (\d+) us", log
+    )
+    print(
+        f"\nboot to HELLO {g.boot_s:.3f}s, START to first event {t_started * 1000:.1f} ms, {timings}"
+    )
+
+
+def test_vm_missing_command_and_signal_exit(assets: Assets, tmp_path: Path) -> None:
+    with boot(assets, tmp_path) as g:
+        spec = start_spec("")
+        g.client.start(
+            StartSpec(**{**spec.__dict__, "process": ProcessSpec(args=["/no/such/thing"])})
+        )
+        res = g.client.wait(0, timeout=30)
+        assert res.exit.code == 127 and res.errors[0].kind == ErrorKind.NOT_FOUND
+        g.client.poweroff()
+        assert g.vm.wait(30) is not None  # type: ignore[attr-defined]
