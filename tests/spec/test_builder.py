@@ -505,3 +505,16 @@ def test_etc_files(rootfs: Path, tmp_path: Path) -> None:
     path = write_bundle(tmp_path / "bundle", s, etc_dir=etc)
     assert sorted(p.name for p in etc.iterdir()) == ["hostname", "hosts", "resolv.conf"]
     assert json.loads(path.read_text()) == s
+
+
+def test_seccomp(rootfs: Path) -> None:
+    s = spec_of(rootfs)["linux"]["seccomp"]
+    assert s["defaultAction"] == "SCMP_ACT_ALLOW"
+    (rule,) = s["syscalls"]
+    assert rule["action"] == "SCMP_ACT_ERRNO" and rule["errnoRet"] == 1
+    assert {"mount", "unshare", "setns", "keyctl", "bpf", "reboot"} <= set(rule["names"])
+    assert not {"read", "write", "execve", "clone", "futex"} & set(rule["names"])
+    if os.uname().machine == "x86_64":
+        assert s["architectures"][0] == "SCMP_ARCH_X86_64"
+    assert "seccomp" not in spec_of(rootfs, seccomp=False)["linux"]
+    assert "architectures" not in defaults.seccomp_profile("riscv64")

@@ -195,3 +195,17 @@ def test_crun_runs_the_same_bundles(runc: Runc) -> None:
     r = crun.run(RunOptions(command=("id",), user="app", read_only=True, pids_limit=50))
     assert (r.returncode, r.stdout) == (0, "uid=1000(app) gid=1000(app) groups=50(staff)\n")
     assert r.stdout == runc.run(RunOptions(command=("id",), user="app")).stdout
+
+
+@pytest.mark.parametrize("runtime", ["runc", "crun"])
+def test_seccomp_refuses_what_capabilities_allow(runc: Runc, runtime: str) -> None:
+    """A user namespace needs no capability; only the seccomp filter refuses it."""
+    if shutil.which(runtime) is None:
+        pytest.skip(f"{runtime} is not installed")
+    rt = Runc(runc.bundle, runc.state.parent / runtime, runtime=runtime)
+    script = "unshare -U true && echo unshared; grep -c . /proc/self/status >/dev/null"
+    r = rt.run(RunOptions(command=("sh", "-c", script), user="app"))
+    assert "unshared" not in r.stdout and "not permitted" in r.stderr, r.stderr
+    r = rt.run(RunOptions(command=("sh", "-c", script), user="app", seccomp=False))
+    if "unshared" not in r.stdout:
+        pytest.skip(f"user namespaces are not available in a container here: {r.stderr}")

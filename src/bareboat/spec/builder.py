@@ -219,7 +219,8 @@ def build_spec(
     not raise its own hard limit that far). With `etc_dir`, the container's /etc/hostname,
     /etc/hosts and /etc/resolv.conf are bind-mounted from there (see `etcfiles`; pass the
     same `etc_dir` to `write_bundle`), unless the user mounts something at those paths.
-    No seccomp profile is set: the container runs without a syscall filter.
+    Unless `options.seccomp` is False, a seccomp filter refuses (EPERM) the syscalls
+    docker's default profile refuses (`defaults.SECCOMP_DENIED`).
     """
     if not container_id:
         raise UsageError("a container id is required")
@@ -246,6 +247,8 @@ def build_spec(
     }
     if cgroups_path is not None:
         linux["cgroupsPath"] = cgroups_path
+    if options.seccomp:
+        linux["seccomp"] = defaults.seccomp_profile(os.uname().machine)
     spec: dict[str, Any] = {
         "ociVersion": defaults.OCI_VERSION,
         "process": {

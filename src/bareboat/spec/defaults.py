@@ -149,3 +149,78 @@ def device_rules() -> list[dict[str, Any]]:
             rule["minor"] = minor
         rules.append(rule)
     return rules
+
+
+# Syscalls refused with EPERM: docker's default profile refuses these to a container with
+# the default capabilities. Ours is a deny list on top of "allow", not docker's allow list
+# of ~350 names: shorter to check, and a new harmless syscall is not refused by mistake.
+# Most also need a capability the container does not have; the filter is the second wall.
+SECCOMP_DENIED = (
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "move_mount",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "sysfs",
+    "_sysctl",
+    "umount",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+)
+_SECCOMP_ARCHES = {
+    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+}
+_EPERM = 1
+
+
+def seccomp_profile(machine: str) -> dict[str, Any]:
+    """The `linux.seccomp` object for a host of `machine` (platform.machine())."""
+    profile: dict[str, Any] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [
+            {"names": list(SECCOMP_DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM}
+        ],
+    }
+    if machine in _SECCOMP_ARCHES:
+        profile["architectures"] = list(_SECCOMP_ARCHES[machine])
+    return profile

@@ -66,3 +66,4 @@ class RunOptions:
     labels: dict[str, str] = field(default_factory=dict)
     rlimits: tuple[Rlimit, ...] = ()
     name: str | None = None
+    seccomp: bool = True  # False: no syscall filter (docker's --security-opt seccomp=unconfined)
