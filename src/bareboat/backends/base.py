@@ -51,13 +51,23 @@ class Stdio:
     tty: bool = False  # stdin/stdout/stderr are one pty slave
 
 
+@dataclass(frozen=True)
+class Started:
+    """What `start` hands back to the monitor."""
+
+    pid: int  # the monitor's child to wait for
+    # A pty master that replaces the monitor's own for `-t` (a runtime that sent its console
+    # over a console socket); the monitor then reads, writes and resizes this one.
+    console: int | None = None
+
+
 class Backend(Protocol):
     name: str
 
     def create(self, ctx: BackendContext) -> None:
         """Check and prepare what `start` needs (runs in the monitor, after the rootfs mount)."""
 
-    def start(self, ctx: BackendContext, stdio: Stdio) -> int:
+    def start(self, ctx: BackendContext, stdio: Stdio) -> Started:
         """Start the workload; return the pid the monitor waits on (its child)."""
 
     def exit_code(self, ctx: BackendContext, status: int) -> int:

@@ -152,12 +152,16 @@ class Monitor:
         rec.monitor_start = process_start_time(os.getpid())
         self.engine.records.save(rec)
         self.report({"ok": True})
+        # stdio exists before the first client attaches, so stdin it sends early is kept
+        stdio = self.make_stdio()
         if self.wait_attach:
             self.await_first_client(listener)
-        stdio = self.make_stdio()
-        self.pid = self.backend.start(self.ctx, stdio)
+        started = self.backend.start(self.ctx, stdio)
+        self.pid = started.pid
         for fd in {stdio.stdin, stdio.stdout, stdio.stderr}:
             os.close(fd)
+        if started.console is not None and self.pty_master is not None:
+            self.use_console(started.console)
         rec = self.engine.records.load(self.cid)
         rec.move_to(State.RUNNING)
         rec.pid, rec.started, rec.exit_code, rec.finished = self.pid, time.time(), None, None
@@ -198,6 +202,18 @@ class Monitor:
         else:
             in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         return Stdio(in_r, out_w, err_w)
+
+    def use_console(self, console: int) -> None:
+        """Serve the backend's own pty master instead of ours (sized as ours was)."""
+        assert self.pty_master is not None
+        self.sel.unregister(self.pty_master)
+        os.close(self.pty_master)
+        os.set_blocking(console, False)
+        self.pty_master = console
+        if self.stdin_w is not None:
+            self.stdin_w = console
+        self.sel.register(console, selectors.EVENT_READ, "stdout")
+        self.resize(*self.winsize)
 
     # --- event loop ------------------------------------------------------------------------
     def loop(self) -> None:

@@ -12,11 +12,13 @@ import contextlib
 import fcntl
 import json
 import os
+import select
+import socket
 import subprocess
 import termios
 from typing import Any
 
-from bareboat.backends.base import BackendContext, Stdio, wait_status_to_code
+from bareboat.backends.base import BackendContext, Started, Stdio, wait_status_to_code
 from bareboat.errors import BackendError
 
 from .runtime import OciRuntime, select_runtime
@@ -50,8 +52,10 @@ class ContainerBackend:
     def create(self, ctx: BackendContext) -> None:
         ctx.state_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, ctx: BackendContext, stdio: Stdio) -> int:
+    def start(self, ctx: BackendContext, stdio: Stdio) -> Started:
         rt = self.runtime
+        if stdio.tty and rt.console_socket_in_foreground:
+            return self._start_with_console_socket(ctx, stdio)
 
         def child() -> None:
             rt.preexec()
@@ -71,7 +75,35 @@ class ContainerBackend:
         )
         # The monitor reaps the pid itself (waitpid on SIGCHLD); Popen must not.
         proc.returncode = 0
-        return proc.pid
+        return Started(proc.pid)
+
+    def _start_with_console_socket(self, ctx: BackendContext, stdio: Stdio) -> Started:
+        ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        # Deep roots overflow sun_path: both ends use /proc/self/fd/<dirfd>/console.sock,
+        # with the directory fd passed to the runtime under the same number.
+        dirfd = os.open(ctx.state_dir, os.O_PATH | os.O_DIRECTORY)
+        short = f"/proc/self/fd/{dirfd}/console.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                (ctx.state_dir / "console.sock").unlink()
+            listener.bind(short)
+            listener.listen(1)
+            proc = subprocess.Popen(
+                self.runtime.run(ctx.state_dir, ctx.bundle, ctx.id, short),
+                stdin=stdio.stdin,
+                stdout=stdio.stdout,
+                stderr=stdio.stderr,
+                preexec_fn=self.runtime.preexec,
+                pass_fds=(dirfd,),
+            )
+            proc.returncode = 0
+            master = _receive_console(listener, proc.pid)
+            return Started(proc.pid, console=master)
+        finally:
+            listener.close()
+            os.close(dirfd)
+            (ctx.state_dir / "console.sock").unlink(missing_ok=True)
 
     def exit_code(self, ctx: BackendContext, status: int) -> int:
         return wait_status_to_code(status)
@@ -112,3 +144,19 @@ class ContainerBackend:
     def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
         self._run(self.runtime.kill(ctx.state_dir, ctx.id, 9), check=False)
         self._run(self.runtime.delete(ctx.state_dir, ctx.id), check=False)
+
+
+def _receive_console(listener: socket.socket, pid: int) -> int | None:
+    """The pty master the runtime sends (SCM_RIGHTS); None if it failed before sending."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([listener.fileno(), pidfd], [], [], TIMEOUT)
+        if listener.fileno() not in ready:
+            return None  # the runtime exited (its error is on the workload's stderr)
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(TIMEOUT)
+            _, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+        return fds[0] if fds else None
+    finally:
+        os.close(pidfd)

@@ -41,8 +41,16 @@ class OciRuntime:
     def argv(self, root: Path, *args: str) -> list[str]:
         return [self.path, "--root", str(root), *args]
 
-    def run(self, root: Path, bundle: Path, cid: str) -> list[str]:
-        return self.argv(root, "run", "--bundle", str(bundle), cid)
+    def run(self, root: Path, bundle: Path, cid: str, console_socket: str = "") -> list[str]:
+        extra = ["--console-socket", console_socket] if console_socket else []
+        return self.argv(root, "run", "--bundle", str(bundle), *extra, cid)
+
+    @property
+    def console_socket_in_foreground(self) -> bool:
+        """crun hands the pty master over a console socket in a foreground `run` too (and
+        1.8.1 neither sizes its own console nor passes SIGWINCH on, so we must); runc only
+        takes a console socket with --detach, and proxies the console itself."""
+        return self.kind == "crun"
 
     def kill(self, root: Path, cid: str, sig: int) -> list[str]:
         return self.argv(root, "kill", cid, str(sig))

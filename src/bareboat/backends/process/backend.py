@@ -22,6 +22,7 @@ from bareboat.backends.base import (
     MS_RDONLY,
     MS_REC,
     BackendContext,
+    Started,
     Stdio,
     mount,
     wait_status_to_code,
@@ -123,13 +124,13 @@ class ProcessBackend:
         except OSError as err:
             raise BackendError(f"cannot start {process['args'][0]}: {err.strerror}") from None
 
-    def start(self, ctx: BackendContext, stdio: Stdio) -> int:
+    def start(self, ctx: BackendContext, stdio: Stdio) -> Started:
         process = dict(ctx.spec["process"], terminal=stdio.tty)
         proc = self._popen(
             ctx, process, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr
         )
         proc.returncode = 0  # the monitor reaps it
-        return proc.pid
+        return Started(proc.pid)
 
     def exit_code(self, ctx: BackendContext, status: int) -> int:
         return wait_status_to_code(status)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bareboat.engine.names import check_name, new_id, random_name
+from bareboat.engine.state import (
+    TRANSITIONS,
+    Record,
+    RecordStore,
+    State,
+    alive,
+    process_start_time,
+)
+from bareboat.errors import InvalidStateTransition, UsageError
+from bareboat.spec.options import Isolation, Mount, PortMapping, Rlimit, RunOptions
+
+
+def record(**kw: object) -> Record:
+    opts = RunOptions(
+        command=("sh", "-c", "x"),
+        env=("A=1",),
+        mounts=(Mount("/data", source="/tmp", readonly=True),),
+        publish=(PortMapping(8080, 80),),
+        rlimits=(Rlimit("RLIMIT_NOFILE", 10, 20),),
+        labels={"a": "b"},
+    )
+    return Record(
+        id=new_id(),
+        name="x",
+        image="busybox",
+        image_id="sha256:1",
+        isolation=Isolation.CONTAINER,
+        options=opts,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_lifecycle_transitions_written_once() -> None:
+    rec = record()
+    rec.move_to(State.RUNNING)
+    rec.move_to(State.PAUSED)
+    rec.move_to(State.RUNNING)
+    rec.move_to(State.EXITED)
+    assert State.CREATED not in TRANSITIONS[State.EXITED]
+
+
+def test_wrong_transition_names_both_states() -> None:
+    rec = record()
+    with pytest.raises(InvalidStateTransition, match="is created; cannot move it to paused"):
+        rec.move_to(State.PAUSED)
+
+
+def test_record_round_trips(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path)
+    rec = record()
+    store.save(rec)
+    assert store.load(rec.id) == rec
+    assert store.ids() == [rec.id]
+    # atomic: no temporary files left beside the record
+    assert sorted(p.name for p in (tmp_path / rec.id).iterdir()) == ["record.json"]
+
+
+def test_names_and_ids() -> None:
+    assert len(new_id()) == 64
+    assert "_" in random_name()
+    with pytest.raises(UsageError):
+        check_name("-bad name")
+
+
+def test_liveness_uses_start_time() -> None:
+    import os
+
+    start = process_start_time(os.getpid())
+    assert alive(os.getpid(), start)
+    assert not alive(os.getpid(), (start or 0) + 1)  # a reused pid has another start time
+    assert not alive(None, None)
