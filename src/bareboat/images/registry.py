@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+if "httpx" not in sys.modules:
+    # httpx's package init imports its command-line client (rich, click, pygments: ~40 ms
+    # here) when those are installed; we never use it, and a blocked import makes httpx
+    # fall back to a stub.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 import httpx
 
 from bareboat.errors import AuthError, DigestMismatch, ImageNotFound, RegistryError
@@ -43,6 +50,27 @@ def endpoint(registry: str) -> str:
     return "registry-1.docker.io" if registry == "docker.io" else registry
 
 
+class _LazyTLS(httpx.BaseTransport):
+    """An HTTPS transport made on first use: loading the CA bundle costs 25-60 ms here,
+    which a pull from a plain-HTTP loopback registry should not pay."""
+
+    def __init__(self, *, verify: bool, limits: httpx.Limits) -> None:
+        self._verify = verify
+        self._limits = limits
+        self._transport: httpx.HTTPTransport | None = None
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            if self._transport is None:
+                self._transport = httpx.HTTPTransport(verify=self._verify, limits=self._limits)
+        return self._transport.handle_request(request)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
 @dataclass
 class Manifest:
     """A manifest document as fetched: its bytes, media type and verified digest."""
@@ -68,11 +96,14 @@ class RegistryClient:
         # Plain HTTP only where nothing can listen in: loopback, or when the user says so.
         self.scheme = "http" if (insecure or is_loopback(ref.registry)) else "https"
         self.credentials = resolve_credentials(ref.registry, credentials)
+        limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
         self.http = httpx.Client(
             timeout=TIMEOUT,
             follow_redirects=True,
-            verify=not insecure,
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+            mounts={
+                "http://": httpx.HTTPTransport(verify=False, limits=limits),
+                "https://": _LazyTLS(verify=not insecure, limits=limits),
+            },
             headers={"User-Agent": "bareboat"},
         )
         self._auth: str | None = None
