@@ -10,9 +10,10 @@ For one small WASI module (hello: args + env to stdout) and one larger generated
 - raw-pre:  the plain API from an already compiled artifact (Module.deserialize_file),
             the floor any cached start can reach
 
-and tasks per second: warm runs back to back in this process, and the per-container shim
-process (`python -m bareboat.backends.wasm`, what a container runs) sequentially and with
-one worker per core. Goal: warm <= 1.2x raw.
+and tasks per second: warm runs back to back in this process; forked workloads (fork, run,
+reap: what the backend's default `start` does in a container's monitor); and the exec shim
+(`python -m bareboat.backends.wasm`, a fresh interpreter per task) sequentially and with one
+worker per core. Goal: warm <= 1.2x raw.
 
 Run: `bareboat bench wasm [--runs N] [--out DIR]` or `python bench/wasm.py`.
 Writes DIR/wasm.json and DIR/wasm.png (matplotlib Agg) and prints a table.
@@ -165,6 +166,24 @@ def throughput(hello: dict[str, Any], work: Path, seconds: float) -> dict[str, f
         n += 1
     in_process = n / (time.perf_counter() - t0)
 
+    def forked() -> None:
+        # What the backend's default `start` does in the monitor: fork, run, exit; then reap.
+        pid = os.fork()
+        if pid == 0:
+            code = 125
+            try:
+                code = Execution(plan, cache).run().exit_code
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        forked()
+        n += 1
+    fork_seq = n / (time.perf_counter() - t0)
+
     plan_path = work / "plan.json"
     plan_path.write_bytes(plan.to_json())
     argv = [sys.executable, "-m", "bareboat.backends.wasm", str(plan_path), str(cache.root)]
@@ -188,6 +207,7 @@ def throughput(hello: dict[str, Any], work: Path, seconds: float) -> dict[str, f
     shim_par = total / (time.perf_counter() - t0)
     return {
         "in_process_per_s": in_process,
+        "fork_sequential_per_s": fork_seq,
         "shim_sequential_per_s": shim_seq,
         "shim_parallel_per_s": shim_par,
         "shim_workers": workers,
@@ -212,6 +232,7 @@ def table(results: dict[str, Any]) -> str:
     t = results["throughput"]
     lines.append(
         f"tasks/s: in-process warm {t['in_process_per_s']:.0f}, "
+        f"forked workload {t['fork_sequential_per_s']:.0f}, "
         f"shim sequential {t['shim_sequential_per_s']:.1f} "
         f"({t['shim_start_ms']:.0f} ms each), "
         f"shim x{t['shim_workers']} parallel {t['shim_parallel_per_s']:.1f}"
@@ -239,8 +260,13 @@ def plot(results: dict[str, Any], png: Path) -> None:
     ax1.set_title("Wasm start: bareboat cold/warm vs raw wasmtime")
     ax1.legend()
     t = results["throughput"]
-    labels = ["in-process", "shim seq", f"shim x{t['shim_workers']}"]
-    vals = [t["in_process_per_s"], t["shim_sequential_per_s"], t["shim_parallel_per_s"]]
+    labels = ["in-process", "fork", "exec shim", f"exec shim x{t['shim_workers']}"]
+    vals = [
+        t["in_process_per_s"],
+        t["fork_sequential_per_s"],
+        t["shim_sequential_per_s"],
+        t["shim_parallel_per_s"],
+    ]
     ax2.bar(labels, vals, color="tab:green")
     ax2.axhline(330, color="gray", linestyle="--", label="runwasi 330/s (published)")
     ax2.set_yscale("log")

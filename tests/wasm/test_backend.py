@@ -13,7 +13,7 @@ import pytest
 
 from bareboat.backends.base import BackendContext, Stdio
 from bareboat.backends.wasm import WasmBackend
-from bareboat.backends.wasm.backend import ANN_FUEL, ANN_TIMEOUT, spec_plan
+from bareboat.backends.wasm.backend import ANN_FUEL, ANN_TIMEOUT, SHIM_ENV, spec_plan
 from bareboat.backends.wasm.module import ANN_DIGEST, ANN_MODULE, engine_annotations
 from bareboat.backends.wasm.plan import Preopen
 from bareboat.errors import WasmError
@@ -56,8 +56,12 @@ def make_bundle(
     return BackendContext(id="c1", bundle=bundle, state_dir=tmp / "state", spec=spec)
 
 
-@pytest.fixture
-def backend(roots: Roots) -> Iterator[WasmBackend]:
+@pytest.fixture(params=["fork", "exec"])
+def backend(
+    roots: Roots, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[WasmBackend]:
+    """Both ways `start` makes the workload: fork of the caller, or a fresh shim process."""
+    monkeypatch.setenv(SHIM_ENV, request.param)
     yield WasmBackend()
 
 

@@ -184,12 +184,12 @@ def run_plan(plan: WasmPlan, cache: ModuleCache, *, write_error: bool = True) ->
 
 
 def _report(target: StdioTarget, message: str) -> None:
-    import sys
+    import os
 
     line = f"bareboat: {message}\n"
     if target == INHERIT:
-        sys.stderr.write(line)
-        sys.stderr.flush()
+        # fd 2 itself, not sys.stderr: in a forked workload sys.stderr is the parent's object.
+        os.write(2, line.encode())
     elif target is not None:
         with open(target, "a", encoding="utf-8") as f:
             f.write(line)

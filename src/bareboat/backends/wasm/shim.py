@@ -15,12 +15,32 @@ from bareboat.errors import WasmError
 from .cache import ModuleCache
 from .plan import WasmPlan
 
+# The monitor ignores or catches these; a workload must get their default actions back.
+RESET_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGPIPE,
+    signal.SIGTTOU,
+    signal.SIGTTIN,
+    signal.SIGCHLD,
+)
+
+
+def default_signals() -> None:
+    """Default actions, as an uncaught signal would end a native program.
+
+    Python's own handlers would only run once the module returned to Python, which a
+    spinning module never does; SIG_DFL lets the kernel end the process at once.
+    """
+    signal.set_wakeup_fd(-1)
+    for sig in RESET_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
 
 def main(argv: list[str]) -> int:
-    # Default actions, as an uncaught signal would end a native program: Python's own SIGINT
-    # handler would only run once the module returned to Python, which a loop never does.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    default_signals()
     if len(argv) != 2:
         print("usage: python -m bareboat.backends.wasm PLAN.json CACHE_DIR", file=sys.stderr)
         return 125
