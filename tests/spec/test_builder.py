@@ -218,6 +218,8 @@ def test_namespaces(rootfs: Path) -> None:
     s = spec_of(rootfs, network="host")
     kinds = [n["type"] for n in s["linux"]["namespaces"]]
     assert "network" not in kinds and "uts" not in kinds and "hostname" not in s
+    assert "sysctl" not in s["linux"]  # the host's network: never change its settings
+    assert spec_of(rootfs)["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"] == "0"
     assert env_dict(s)["HOSTNAME"] == os.uname().nodename
     with pytest.raises(UsageError, match="conflicting"):
         spec_of(rootfs, network="host", hostname="x")

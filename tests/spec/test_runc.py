@@ -166,9 +166,10 @@ def test_limits_are_enforced(runc: Runc) -> None:
 
 
 def test_no_network_but_loopback(runc: Runc) -> None:
-    r = runc.run(RunOptions(command=("sh", "-c", "ls /sys/class/net")))
+    script = "ls /sys/class/net; cat /proc/sys/net/ipv4/ip_unprivileged_port_start"
+    r = runc.run(RunOptions(command=("sh", "-c", script), user="app"))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["lo"]
+    assert r.stdout.split() == ["lo", "0"]
 
 
 def test_etc_files_are_the_containers(runc: Runc) -> None:

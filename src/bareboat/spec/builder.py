@@ -245,6 +245,13 @@ def build_spec(
         "maskedPaths": list(defaults.MASKED_PATHS),
         "readonlyPaths": list(defaults.READONLY_PATHS),
     }
+    if options.network != "host":
+        # Docker's defaults for a network namespace of the container's own: any user may bind
+        # low ports and send pings there, since nothing else shares that network.
+        linux["sysctl"] = {
+            "net.ipv4.ip_unprivileged_port_start": "0",
+            "net.ipv4.ping_group_range": "0 2147483647",
+        }
     if cgroups_path is not None:
         linux["cgroupsPath"] = cgroups_path
     if options.seccomp:
