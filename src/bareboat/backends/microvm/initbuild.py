@@ -103,7 +103,8 @@ def build_init(roots: Roots, *, directory: Path = INIT_SOURCES) -> Path:
         except subprocess.TimeoutExpired:
             raise GuestError(f"compiling the guest init took over {COMPILE_TIMEOUT_S:g}s") from None
         if res.returncode != 0:
-            first = (res.stderr.strip().splitlines() or ["(no output)"])[0]
+            lines = res.stderr.strip().splitlines() or ["(no output)"]
+            first = next((x for x in lines if "error" in x), lines[0])
             raise GuestError(f"compiling the guest init failed: {first}")
         os.chmod(tmp, 0o755)
         os.replace(tmp, final)
