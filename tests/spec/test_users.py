@@ -6,10 +6,19 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bareboat.errors import ImageError, UsageError
 from bareboat.spec import rootread
-from bareboat.spec.users import User, parse_group, parse_passwd, resolve_user
+from bareboat.spec.users import (
+    MAX_ID,
+    User,
+    parse_group,
+    parse_passwd,
+    resolve_user,
+    resolve_user_from,
+)
 
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
@@ -173,3 +182,19 @@ def test_parsers_are_lenient() -> None:
     assert [g.name for g in groups] == ["root", "staff", "app", "wheel"]
     assert groups[1].members == ("app", "svc")
     assert parse_passwd("x:x:99999999999:0::/:\n") == []  # out of uid_t range
+
+
+@given(
+    passwd=st.text(max_size=300),
+    group=st.text(max_size=300),
+    spec=st.sampled_from(["", "app", "0", "1000:50", "app:staff", "x:y", "4294967295"]),
+)
+def test_any_file_content_gives_a_user_or_a_usage_error(passwd: str, group: str, spec: str) -> None:
+    """Hostile passwd/group contents never crash the resolver or yield an out-of-range id."""
+    try:
+        u = resolve_user_from(spec, parse_passwd(passwd), parse_group(group))
+    except UsageError as e:
+        assert "\n" not in str(e)
+        return
+    assert 0 <= u.uid <= MAX_ID and 0 <= u.gid <= MAX_ID
+    assert all(0 <= g <= MAX_ID for g in u.additional_gids)
