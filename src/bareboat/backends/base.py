@@ -20,13 +20,14 @@ sending agent messages. `start` returns the pid the monitor waits on (QEMU's), a
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import ctypes
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,10 @@ _libc: ctypes.CDLL | None = None
 
 
 def libc() -> ctypes.CDLL:
+    """libc through ctypes, loaded on first use (ctypes costs ~5 ms to import)."""
+    import ctypes
+    import ctypes.util
+
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -121,6 +126,8 @@ def libc() -> ctypes.CDLL:
 
 
 def _check(ret: int, what: str) -> None:
+    import ctypes
+
     if ret != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
@@ -137,6 +144,8 @@ def mount(source: str, target: Path, fstype: str, flags: int = 0, data: str = ""
 
 def umount(target: Path, flags: int = 0) -> None:
     """Unmount; a target that is not mounted (or gone) is not an error."""
+    import ctypes
+
     ret = libc().umount2(os.fsencode(target), flags)
     if ret != 0:
         err = ctypes.get_errno()

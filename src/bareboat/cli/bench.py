@@ -46,8 +46,34 @@ def _add_pull(bench: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=run)
 
 
+def _add_run(bench: argparse._SubParsersAction[Any]) -> None:
+    p = bench.add_parser("run", help="run --rm IMAGE true: bareboat vs podman vs bare runtimes")
+    p.add_argument("--runs", type=int, default=15, help="samples per case (default 15)")
+    p.add_argument("--out", default="bench/results", help="results directory")
+
+    def run(args: argparse.Namespace) -> int:
+        return run_script("run", ["--runs", str(args.runs), "--out", args.out])
+
+    p.set_defaults(func=run)
+
+
+def _add_wasm(bench: argparse._SubParsersAction[Any]) -> None:
+    p = bench.add_parser("wasm", help="Wasm cold/warm/raw wasmtime start and tasks per second")
+    p.add_argument("--runs", type=int, default=40, help="samples per mode (default 40)")
+    p.add_argument("--seconds", type=float, default=3.0, help="per throughput mode (default 3)")
+    p.add_argument("--out", default="bench/results", help="results directory")
+
+    def run(args: argparse.Namespace) -> int:
+        argv = ["--runs", str(args.runs), "--seconds", str(args.seconds), "--out", args.out]
+        return run_script("wasm", argv)
+
+    p.set_defaults(func=run)
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this group's commands to the `bareboat` parser."""
     p = sub.add_parser("bench", help="run a benchmark (from a source checkout)")
     bench = p.add_subparsers(dest="bench", metavar="BENCHMARK")
     _add_pull(bench)
+    _add_run(bench)
+    _add_wasm(bench)

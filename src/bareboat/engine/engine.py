@@ -96,6 +96,10 @@ def backend_for(isolation: Isolation) -> Backend:
         from bareboat.backends.process import ProcessBackend
 
         return ProcessBackend()
+    if isolation is Isolation.WASM:
+        from bareboat.backends.wasm import WasmBackend
+
+        return WasmBackend()
     raise BackendUnavailable(f"isolation {isolation.value} is not available in this build yet")
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 
 from bareboat.errors import UsageError
 
@@ -23,11 +23,15 @@ ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def new_id() -> str:
-    return secrets.token_hex(32)
+    return os.urandom(32).hex()  # `secrets` would cost an import of random and hashlib
+
+
+def _pick(words: list[str]) -> str:
+    return words[int.from_bytes(os.urandom(4), "big") % len(words)]
 
 
 def random_name() -> str:
-    return f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NAMES)}"
+    return f"{_pick(_ADJECTIVES)}_{_pick(_NAMES)}"
 
 
 def check_name(name: str) -> str:
