@@ -104,7 +104,7 @@ def build_init(roots: Roots, *, directory: Path = INIT_SOURCES) -> Path:
             raise GuestError(f"compiling the guest init took over {COMPILE_TIMEOUT_S:g}s") from None
         if res.returncode != 0:
             lines = res.stderr.strip().splitlines() or ["(no output)"]
-            first = next((x for x in lines if "error" in x), lines[0])
+            first = next((x for x in lines if " error: " in x), lines[0])
             raise GuestError(f"compiling the guest init failed: {first}")
         os.chmod(tmp, 0o755)
         os.replace(tmp, final)
