@@ -130,7 +130,7 @@ class _TokenProxy(BaseHTTPRequestHandler):
 def test_bearer_token_from_challenge(roots: Roots, fresh_registry: Registry) -> None:
     handler = type("H", (_TokenProxy,), {"upstream": f"http://{fresh_registry.host}", "issued": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         ref = f"127.0.0.1:{server.server_address[1]}/test/busybox:latest"

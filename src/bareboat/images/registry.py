@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import sys
 import threading
 from collections.abc import Callable
@@ -124,17 +125,37 @@ class RegistryClient:
 
     # --- auth ---------------------------------------------------------------------------
 
-    def _request(self, method: str, url: str, **kw: object) -> httpx.Response:
+    def _send(self, url: str, headers: dict[str, str], **kw: object) -> httpx.Response:
+        """A streamed GET: nothing is read until the caller reads, with a bound."""
+        req = self.http.build_request("GET", url, headers=headers, **kw)  # type: ignore[arg-type]
         try:
-            return self.http.request(method, url, **kw)  # type: ignore[arg-type]
+            return self.http.send(req, stream=True)
         except httpx.HTTPError as err:
             raise RegistryError(f"{self.ref.registry}: {type(err).__name__}: {err}") from None
+
+    def _body(self, r: httpx.Response, limit: int, what: str) -> bytes:
+        """Read a whole (small) body, refusing more than `limit` bytes; closes `r`."""
+        try:
+            length = r.headers.get("content-length", "")
+            if length.isdigit() and int(length) > limit:
+                raise RegistryError(f"{self.ref}: {what} is larger than {limit} bytes")
+            buf = bytearray()
+            for chunk in r.iter_bytes():
+                buf += chunk
+                if len(buf) > limit:
+                    raise RegistryError(f"{self.ref}: {what} is larger than {limit} bytes")
+            return bytes(buf)
+        except httpx.HTTPError as err:
+            raise RegistryError(f"{self.ref.registry}: {type(err).__name__}: {err}") from None
+        finally:
+            r.close()
 
     def ping(self) -> None:
         """GET /v2/ and answer its challenge, once per client."""
         if self._pinged:
             return
-        r = self._request("GET", f"{self.base}/")
+        r = self._send(f"{self.base}/", {})
+        self._body(r, 1 << 16, "/v2/ answer")
         if r.status_code == 401:
             self._authenticate(r)
         elif r.status_code >= 400 and r.status_code != 404:
@@ -168,13 +189,14 @@ class RegistryClient:
         if params.get("service"):
             query["service"] = params["service"]
         headers = {"Authorization": self.credentials.basic()} if self.credentials else {}
-        r = self._request("GET", realm, params=query, headers=headers)
+        r = self._send(realm, headers, params=query)
+        body = self._body(r, 1 << 20, "token response")
         if r.status_code in (401, 403):
             raise AuthError(f"{self.ref.registry}: token request refused (HTTP {r.status_code})")
-        if r.status_code != 200 or len(r.content) > 1 << 20:
+        if r.status_code != 200:
             raise AuthError(f"{self.ref.registry}: token request failed (HTTP {r.status_code})")
         try:
-            doc = r.json()
+            doc = json.loads(body)
         except ValueError:
             raise AuthError(f"{self.ref.registry}: token response is not JSON") from None
         token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
@@ -182,15 +204,11 @@ class RegistryClient:
             raise AuthError(f"{self.ref.registry}: token response has no token")
         return token
 
-    def _get(self, url: str, headers: dict[str, str], *, stream: bool = False) -> httpx.Response:
+    def _get(self, url: str, headers: dict[str, str]) -> httpx.Response:
         self.ping()
         if self._auth:
             headers = {**headers, "Authorization": self._auth}
-        req = self.http.build_request("GET", url, headers=headers)
-        try:
-            r = self.http.send(req, stream=stream)
-        except httpx.HTTPError as err:
-            raise RegistryError(f"{self.ref.registry}: {type(err).__name__}: {err}") from None
+        r = self._send(url, headers)
         if r.status_code == 401:
             r.close()
             raise AuthError(f"{self.ref.registry}: not authorized to pull {self.ref.repository}")
@@ -202,14 +220,12 @@ class RegistryClient:
         """Fetch a manifest or index by tag or digest; a digest pins its content."""
         url = f"{self.base}/{self.ref.repository}/manifests/{reference}"
         r = self._get(url, {"Accept": ACCEPT})
+        data = self._body(r, MAX_DOCUMENT, "manifest")
         if r.status_code == 404:
             sep = "@" if reference.startswith("sha256:") else ":"
             raise ImageNotFound(f"{self.ref.name}{sep}{reference}: manifest unknown")
         if r.status_code != 200:
             raise RegistryError(f"{self.ref}: manifest fetch answered HTTP {r.status_code}")
-        data = r.content
-        if len(data) > MAX_DOCUMENT:
-            raise RegistryError(f"{self.ref}: manifest larger than {MAX_DOCUMENT} bytes")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         pinned = expected_digest or (reference if reference.startswith("sha256:") else None)
         if pinned and digest != pinned:
@@ -223,9 +239,9 @@ class RegistryClient:
             raise RegistryError(f"{self.ref}: blob {digest} of {size} bytes is too large")
         url = f"{self.base}/{self.ref.repository}/blobs/{digest}"
         r = self._get(url, {})
+        data = self._body(r, size, f"blob {digest}")
         if r.status_code != 200:
             raise RegistryError(f"{self.ref}: blob {digest} answered HTTP {r.status_code}")
-        data = r.content
         if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise DigestMismatch(f"{self.ref}: blob {digest} does not match its digest or size")
         return data
@@ -235,7 +251,7 @@ class RegistryClient:
     ) -> None:
         """Stream a blob into `writer` (which checks size as it goes and digest at the end)."""
         url = f"{self.base}/{self.ref.repository}/blobs/{digest}"
-        r = self._get(url, {}, stream=True)
+        r = self._get(url, {})
         try:
             if r.status_code != 200:
                 raise RegistryError(f"{self.ref}: blob {digest} answered HTTP {r.status_code}")
