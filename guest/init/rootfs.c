@@ -162,8 +162,42 @@ void apply_identity(const struct start_spec *s)
 		logmsg("sethostname: %s", strerror(errno));
 }
 
+/* "serial=NAME" names a virtio-blk disk by the serial QEMU gave it (probe order is not
+ * stable across device sets); anything else is a device path */
+static const char *resolve_dev(const char *spec, char *buf, size_t len)
+{
+	if (strncmp(spec, "serial=", 7))
+		return spec;
+	DIR *d = opendir("/sys/block");
+	struct dirent *e;
+	const char *found = NULL;
+	while (d && !found && (e = readdir(d))) {
+		char path[300], serial[128];
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t n = read(fd, serial, sizeof serial - 1);
+		close(fd);
+		if (n <= 0)
+			continue;
+		serial[n] = 0;
+		serial[strcspn(serial, "\n")] = 0;
+		if (!strcmp(serial, spec + 7)) {
+			snprintf(buf, len, "/dev/%s", e->d_name);
+			found = buf;
+		}
+	}
+	if (d)
+		closedir(d);
+	return found ? found : spec;
+}
+
 int assemble_root(const struct start_spec *s, const char **root, char *err, size_t errlen)
 {
+	char lower[300], upper[300];
 	*root = NULL;
 	if (s->root_dir) {
 		*root = s->root_dir;
@@ -173,10 +207,10 @@ int assemble_root(const struct start_spec *s, const char **root, char *err, size
 		return 0; /* no image: run in the initramfs itself */
 	const unsigned long nse = MS_NOSUID | MS_NODEV | MS_NOEXEC;
 	mkdir("/mnt", 0755);
-	if (do_mount(s->lower, "/mnt/lower", s->lower_fstype ? s->lower_fstype : "erofs", MS_RDONLY, NULL, err, errlen))
+	if (do_mount(resolve_dev(s->lower, lower, sizeof lower), "/mnt/lower", s->lower_fstype ? s->lower_fstype : "erofs", MS_RDONLY, NULL, err, errlen))
 		return -1;
 	if (s->upper) {
-		if (do_mount(s->upper, "/mnt/rw", s->upper_fstype ? s->upper_fstype : "ext4", 0, NULL, err, errlen))
+		if (do_mount(resolve_dev(s->upper, upper, sizeof upper), "/mnt/rw", s->upper_fstype ? s->upper_fstype : "ext4", 0, NULL, err, errlen))
 			return -1;
 	} else if (do_mount("tmpfs", "/mnt/rw", "tmpfs", 0, "mode=0755", err, errlen)) {
 		return -1;

@@ -88,7 +88,7 @@ class Guest:
 
 
 @contextmanager
-def boot(assets: Assets, tmp: Path) -> Iterator[Guest]:
+def boot(assets: Assets, tmp: Path, upper: Path | None = None) -> Iterator[Guest]:
     from bareboat.backends.microvm.qemu import (
         Disk,
         QemuProcess,
@@ -108,7 +108,10 @@ def boot(assets: Assets, tmp: Path) -> Iterator[Guest]:
         qmp_socket=tmp / "qmp.sock",
         initrd=assets.initramfs,
         memory_mib=128,
-        disks=(Disk(assets.erofs, readonly=True),),
+        disks=(
+            Disk(assets.erofs, readonly=True, serial="image"),
+            *([Disk(upper, serial="upper")] if upper else []),
+        ),
         serial_ports=(SerialPort("bareboat.agent", sock_path, server=False),),
         console_log=tmp / "console.log",
         tsc_khz=host_tsc_khz(),
@@ -130,14 +133,15 @@ def boot(assets: Assets, tmp: Path) -> Iterator[Guest]:
 
 
 def start_spec(script: str, **kw: object) -> StartSpec:
-    return StartSpec(
-        process=ProcessSpec(args=["sh", "-c", script], env=[PATH]),
-        hostname="bb-guest",
-        time_ns=time.time_ns(),
-        entropy=os.urandom(64),
-        lower="/dev/vda",
-        **kw,  # type: ignore[arg-type]
-    )
+    fields: dict[str, object] = {
+        "process": ProcessSpec(args=["sh", "-c", script], env=[PATH]),
+        "hostname": "bb-guest",
+        "time_ns": time.time_ns(),
+        "entropy": os.urandom(64),
+        "lower": "serial=image",
+        **kw,
+    }
+    return StartSpec(**fields)  # type: ignore[arg-type]
 
 
 def test_vm_runs_execs_and_powers_off(assets: Assets, tmp_path: Path) -> None:
@@ -195,11 +199,9 @@ def test_vm_runs_execs_and_powers_off(assets: Assets, tmp_path: Path) -> None:
         assert g.vm.wait(30) is not None  # type: ignore[attr-defined]
         assert g.vm.result().panic is None  # type: ignore[attr-defined]
         log = g.console.read_text(errors="replace")
-    timings = re.findall(
-        r"agent ready (\d+) us|root assembled in (\d+) us, workload spawned in (\d+) us", log
-    )
+    timings = re.findall(r"init to ready \d+ us; START: root \d+ us, spawn \d+ us", log)
     print(f"\nboot to HELLO {g.boot_s:.3f}s, START to STARTED {t_started * 1000:.1f} ms")
-    print(f"init timings (us): {timings}")
+    print(f"init: {timings}")
 
 
 def test_vm_missing_command_and_signal_exit(assets: Assets, tmp_path: Path) -> None:
@@ -210,5 +212,53 @@ def test_vm_missing_command_and_signal_exit(assets: Assets, tmp_path: Path) -> N
         )
         res = g.client.wait(0, timeout=30)
         assert res.exit.code == 127 and res.errors[0].kind == ErrorKind.NOT_FOUND
+        g.client.poweroff()
+        assert g.vm.wait(30) is not None  # type: ignore[attr-defined]
+
+
+def test_vm_terminal_exec(assets: Assets, tmp_path: Path) -> None:
+    with boot(assets, tmp_path) as g:
+        c = g.client
+        c.start(start_spec("sleep 60"))
+        s = c.exec(
+            ProcessSpec(
+                args=["sh", "-c", "tty; stty size"], env=[PATH], terminal=True, rows=33, cols=77
+            )
+        )
+        res = c.wait(s, timeout=30)
+        out = res.stdout.decode().replace("\r", "").split("\n")
+        assert out[0].startswith("/dev/pts/") and out[1] == "33 77"
+        c.signal(0, 9)
+        assert c.wait(0, timeout=30).exit == Exited(0, None, 9)
+        c.poweroff()
+        assert g.vm.wait(30) is not None  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="mkfs.ext4 is missing")
+def test_vm_persistent_ext4_upper(assets: Assets, tmp_path: Path) -> None:
+    upper = tmp_path / "upper.ext4"
+    with upper.open("wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(upper)], check=True, timeout=60)
+    image_before = assets.erofs.read_bytes()
+    for i, script in enumerate(["echo kept > /root/state; sync", "cat /root/state"]):
+        run_dir = tmp_path / f"run{i}"
+        run_dir.mkdir()
+        with boot(assets, run_dir, upper=upper) as g:
+            g.client.start(start_spec(script, upper="serial=upper"))
+            res = g.client.wait(0, timeout=30)
+            assert res.exit.code == 0, (res.stderr, res.errors)
+            g.client.poweroff()
+            assert g.vm.wait(30) is not None  # type: ignore[attr-defined]
+    assert res.stdout == b"kept\n"
+    assert assets.erofs.read_bytes() == image_before  # the shared image is never written
+
+
+def test_vm_bad_lower_is_a_rootfs_error(assets: Assets, tmp_path: Path) -> None:
+    with boot(assets, tmp_path) as g:
+        g.client.start(start_spec("true", lower="serial=nonexistent"))
+        res = g.client.wait(0, timeout=30)
+        assert res.exit.code == 125 and res.errors[0].kind == ErrorKind.ROOTFS
+        assert "nonexistent" in res.errors[0].message
         g.client.poweroff()
         assert g.vm.wait(30) is not None  # type: ignore[attr-defined]
