@@ -71,7 +71,7 @@ def run_to_end(
     b.create(ctx)
     out, err = tmp / "stdout", tmp / "stderr"
     with open(os.devnull, "rb") as i, out.open("wb") as o, err.open("wb") as e:
-        pid = b.start(ctx, Stdio(i.fileno(), o.fileno(), e.fileno()))
+        pid = b.start(ctx, Stdio(i.fileno(), o.fileno(), e.fileno())).pid
     assert b.state(ctx) == "running" or stop_after is None
     if stop_after is not None:
         time.sleep(stop_after)

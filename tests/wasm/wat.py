@@ -79,7 +79,7 @@ def _module(
       (br $next))))
   {body}
 )"""
-    return wasmtime.wat2wasm(wat)
+    return bytes(wasmtime.wat2wasm(wat))
 
 
 def _strings(**extra: bytes) -> dict[str, bytes]:

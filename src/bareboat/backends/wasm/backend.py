@@ -31,10 +31,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bareboat.backends.base import BackendContext, Stdio, wait_status_to_code
+from bareboat.backends.base import BackendContext, Started, Stdio, wait_status_to_code
 from bareboat.errors import WasmError
+
+if TYPE_CHECKING:
+    from bareboat.backends.base import Backend
 
 from .cache import EngineSettings, ModuleCache
 from .module import (
@@ -178,7 +181,7 @@ class WasmBackend:
         )
         atomic_write(self._plan_path(ctx), plan.to_json())
 
-    def start(self, ctx: BackendContext, stdio: Stdio) -> int:
+    def start(self, ctx: BackendContext, stdio: Stdio) -> Started:
         if os.environ.get(SHIM_ENV, "fork") == "exec":
             pid = self._exec_shim(ctx, stdio)
         else:
@@ -186,7 +189,7 @@ class WasmBackend:
         from bareboat.fsutil import atomic_write_text
 
         atomic_write_text(self._pid_path(ctx), str(pid))
-        return pid
+        return Started(pid)
 
     def _exec_shim(self, ctx: BackendContext, stdio: Stdio) -> int:
         """A fresh interpreter runs the plan (pays Python start-up and `import wasmtime`)."""
@@ -273,3 +276,9 @@ class WasmBackend:
         for p in (self._plan_path(ctx), self._pid_path(ctx)):
             p.unlink(missing_ok=True)
         shutil.rmtree(ctx.state_dir / "tmpfs", ignore_errors=True)
+
+
+if TYPE_CHECKING:
+    # mypy checks here that WasmBackend keeps to the engine's protocol.
+    def _conforms(b: WasmBackend) -> Backend:
+        return b
