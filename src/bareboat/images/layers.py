@@ -619,7 +619,7 @@ def apply_layer(
         open_tar: Any = tarfile.open
         try:
             with open_tar(
-                fileobj=stream, mode="r|", bufsize=_COPY_CHUNK, tarinfo=_bounded_tarinfo(limits)
+                fileobj=stream, mode="r|", tarinfo=_bounded_tarinfo(limits)
             ) as tar:
                 while (ti := tar.next()) is not None:
                     ex.apply(tar, ti)
