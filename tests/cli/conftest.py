@@ -74,3 +74,9 @@ def leftovers(roots: Roots) -> list[str]:
     if roots.run.exists():
         found += [f"state {p.name}" for p in roots.run.iterdir()]
     return found
+
+
+def cgroups_of(cid: str) -> list[Path]:
+    """Cgroup directories named after the container (v1 controllers and cgroup2)."""
+    base = Path("/sys/fs/cgroup")
+    return [d for d in base.glob("*/*") if cid in d.name] + [d for d in base.glob(f"*{cid}*")]

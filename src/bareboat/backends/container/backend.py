@@ -13,9 +13,11 @@ import fcntl
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import termios
+import time
 from typing import Any
 
 from bareboat.backends.base import BackendContext, Started, Stdio, wait_status_to_code
@@ -30,32 +32,47 @@ class ContainerBackend:
     name = "container"
 
     def __init__(self, runtime: OciRuntime | None = None) -> None:
-        self.runtime = runtime or select_runtime()
+        self._chosen = runtime
 
-    def _run(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def runtime_for(self, ctx: BackendContext) -> OciRuntime:
+        """The runtime this container was created with (kept in its state dir), so that a
+        later `kill` or `rm` from a process with another BAREBOAT_OCI_RUNTIME still works."""
+        saved = ctx.state_dir / "runtime.json"
+        try:
+            data = json.loads(saved.read_text())
+            return OciRuntime(data["path"], data["kind"], bool(data["hide_cgroup2"]))
+        except (FileNotFoundError, ValueError, KeyError):
+            return self._chosen or select_runtime()
+
+    def _run(
+        self, rt: OciRuntime, argv: list[str], *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         try:
             res = subprocess.run(
                 argv,
                 capture_output=True,
                 text=True,
                 timeout=TIMEOUT,
-                preexec_fn=self.runtime.preexec,
+                preexec_fn=rt.preexec,
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
             raise BackendError(f"{argv[0]} {argv[3]} timed out") from None
         if check and res.returncode != 0:
             msg = (res.stderr.strip().splitlines() or ["no message"])[-1]
-            raise BackendError(f"{self.runtime.kind} {argv[3]} failed: {msg}")
+            raise BackendError(f"{rt.kind} {argv[3]} failed: {msg}")
         return res
 
     def create(self, ctx: BackendContext) -> None:
+        rt = self._chosen or select_runtime()
         ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        info = {"path": rt.path, "kind": rt.kind, "hide_cgroup2": rt.hide_cgroup2}
+        (ctx.state_dir / "runtime.json").write_text(json.dumps(info))
 
     def start(self, ctx: BackendContext, stdio: Stdio) -> Started:
-        rt = self.runtime
+        rt = self.runtime_for(ctx)
         if stdio.tty and rt.console_socket_in_foreground:
-            return self._start_with_console_socket(ctx, stdio)
+            return self._start_with_console_socket(ctx, stdio, rt)
 
         def child() -> None:
             rt.preexec()
@@ -77,7 +94,9 @@ class ContainerBackend:
         proc.returncode = 0
         return Started(proc.pid)
 
-    def _start_with_console_socket(self, ctx: BackendContext, stdio: Stdio) -> Started:
+    def _start_with_console_socket(
+        self, ctx: BackendContext, stdio: Stdio, rt: OciRuntime
+    ) -> Started:
         ctx.state_dir.mkdir(parents=True, exist_ok=True)
         # Deep roots overflow sun_path: both ends use /proc/self/fd/<dirfd>/console.sock,
         # with the directory fd passed to the runtime under the same number.
@@ -90,11 +109,11 @@ class ContainerBackend:
             listener.bind(short)
             listener.listen(1)
             proc = subprocess.Popen(
-                self.runtime.run(ctx.state_dir, ctx.bundle, ctx.id, short),
+                rt.run(ctx.state_dir, ctx.bundle, ctx.id, short),
                 stdin=stdio.stdin,
                 stdout=stdio.stdout,
                 stderr=stdio.stderr,
-                preexec_fn=self.runtime.preexec,
+                preexec_fn=rt.preexec,
                 pass_fds=(dirfd,),
             )
             proc.returncode = 0
@@ -109,12 +128,25 @@ class ContainerBackend:
         return wait_status_to_code(status)
 
     def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
-        res = self._run(self.runtime.kill(ctx.state_dir, ctx.id, sig), check=False)
-        if res.returncode != 0 and pid is not None and sig not in (9, 19):
-            # Not (yet or any more) known to the runtime: the runtime process itself
-            # forwards every catchable signal to the container.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+        # Between the monitor starting `<runtime> run` and the runtime creating the container,
+        # the runtime does not know the id yet. Catchable signals then go to the runtime
+        # process, which passes them on; SIGKILL waits for the container to exist, since
+        # killing the runtime mid-create would strand its cgroups.
+        rt = self.runtime_for(ctx)
+        deadline = time.monotonic() + 5
+        while True:
+            res = self._run(rt, rt.kill(ctx.state_dir, ctx.id, sig), check=False)
+            if res.returncode == 0 or pid is None or not _exists(pid):
+                return
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                return
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
 
     def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
         """Nothing to do: the runtime gets SIGWINCH from the pty the monitor resized."""
@@ -124,16 +156,18 @@ class ContainerBackend:
         pfile = ctx.state_dir / f"exec-{os.getpid()}.json"
         pfile.write_text(json.dumps(process))
         try:
-            argv = self.runtime.exec(
+            rt = self.runtime_for(ctx)
+            argv = rt.exec(
                 ctx.state_dir, ctx.id, pfile, tty=bool(process.get("terminal")), detach=detach
             )
-            proc = subprocess.Popen(argv, preexec_fn=self.runtime.preexec)
+            proc = subprocess.Popen(argv, preexec_fn=rt.preexec)
             return proc.wait()
         finally:
             pfile.unlink(missing_ok=True)
 
     def state(self, ctx: BackendContext) -> str:
-        res = self._run(self.runtime.state(ctx.state_dir, ctx.id), check=False)
+        rt = self.runtime_for(ctx)
+        res = self._run(rt, rt.state(ctx.state_dir, ctx.id), check=False)
         if res.returncode != 0:
             return "unknown"
         try:
@@ -142,8 +176,9 @@ class ContainerBackend:
             return "unknown"
 
     def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
-        self._run(self.runtime.kill(ctx.state_dir, ctx.id, 9), check=False)
-        self._run(self.runtime.delete(ctx.state_dir, ctx.id), check=False)
+        rt = self.runtime_for(ctx)
+        self._run(rt, rt.kill(ctx.state_dir, ctx.id, 9), check=False)
+        self._run(rt, rt.delete(ctx.state_dir, ctx.id), check=False)
 
 
 def _receive_console(listener: socket.socket, pid: int) -> int | None:
@@ -160,3 +195,11 @@ def _receive_console(listener: socket.socket, pid: int) -> int | None:
         return fds[0] if fds else None
     finally:
         os.close(pidfd)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
