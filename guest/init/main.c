@@ -101,8 +101,8 @@ static void handle_start(uint32_t session, const unsigned char *p, size_t n)
 	long long t1 = now_us();
 	session_start(0, &s.proc, workload_root);
 	if (!test_mode)
-		logmsg("init to ready %lld us; START: root %lld us, spawn %lld us", t_ready - t_init,
-		       t1 - t0, now_us() - t1);
+		logmsg("init to ready %lld us; START: root %lld us, spawn %lld us; init to exec %lld us",
+		       t_ready - t_init, t1 - t0, now_us() - t1, now_us() - t_init);
 	free_start(&s);
 }
 

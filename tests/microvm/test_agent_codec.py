@@ -354,3 +354,11 @@ def test_client_bounds_what_it_queues() -> None:
 
 def test_output_event_type() -> None:
     assert decode_event(Frame(FrameType.STDERR, 1, b"e")) == Output(1, "stderr", b"e")
+
+
+def test_client_times_out_on_a_guest_that_never_reads() -> None:
+    client, guest = scripted_guest(HELLO)
+    with client, guest:
+        started(client, guest, b"")
+        with pytest.raises(AgentTimeout):
+            client.write_stdin(0, bytes(64 << 20), timeout=0.5)

@@ -649,9 +649,12 @@ class AgentClient:
         self._send(Frame(FrameType.EXEC, session, payload))
         return session
 
-    def write_stdin(self, session: int, data: bytes) -> None:
+    def write_stdin(self, session: int, data: bytes, *, timeout: float = 10.0) -> None:
+        """Send `data` in frames; a guest that stops reading raises AgentTimeout."""
+        deadline = time.monotonic() + timeout
         for i in range(0, len(data), MAX_DATA):
-            self._send(Frame(FrameType.STDIN, session, data[i : i + MAX_DATA]))
+            left = max(deadline - time.monotonic(), 0.001)
+            self._send(Frame(FrameType.STDIN, session, data[i : i + MAX_DATA]), timeout=left)
 
     def close_stdin(self, session: int) -> None:
         self._send(Frame(FrameType.STDIN, session, b""))
