@@ -144,11 +144,6 @@ def test_detached_lifecycle(bb: Run, roots: Roots, tmp_path: Path) -> None:
     assert leftovers(roots) == []
 
 
-@pytest.mark.xfail(
-    reason="needs the engine hook: ImageStore.rootfs skipping Wasm layers and the module's "
-    "annotations (module.engine_annotations) in the spec",
-    strict=True,
-)
 def test_wasm_layer_image(bb: Run, roots: Roots, tmp_path: Path) -> None:
     image = Image(
         layers=[wat.hello()],

@@ -194,7 +194,13 @@ class Engine:
 
         self.backend(options.isolation)  # fail early for an isolation we cannot run
         image = self.images.ensure(image_ref)
-        lower = self.images.rootfs(image)
+        lower = None
+        if options.isolation is Isolation.WASM:  # a Wasm-layer image has no rootfs to unpack
+            from bareboat.backends.wasm.hooks import prepare
+
+            empty = self.roots.images / "empty-rootfs"
+            options, lower = prepare(image, options, images=self.images, empty_root=empty)
+        lower = lower or self.images.rootfs(image)
         cid = new_id()
         p = self.paths(cid)
         try:
