@@ -670,7 +670,7 @@ UPPER = [
 
 
 # Directories the upper layer makes without listing them get "now" as mtime, in umoci too.
-IMPLICIT = {"opt", "opt/app"}
+IMPLICIT = {"opt", "opt/app", "opt/app/bin"}
 
 
 @pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
