@@ -13,7 +13,8 @@ For one small WASI module (hello: args + env to stdout) and one larger generated
 and tasks per second: warm runs back to back in this process; forked workloads (fork, run,
 reap: what the backend's default `start` does in a container's monitor); and the exec shim
 (`python -m bareboat.backends.wasm`, a fresh interpreter per task) sequentially and with one
-worker per core. Goal: warm <= 1.2x raw.
+worker per core; and `bareboat run --rm --isolation wasm` end to end (CLI, engine, monitor,
+overlay, cleanup). Goal: warm <= 1.2x raw.
 
 Run: `bareboat bench wasm [--runs N] [--out DIR]` or `python bench/wasm.py`.
 Writes DIR/wasm.json and DIR/wasm.png (matplotlib Agg) and prints a table.
@@ -33,6 +34,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 HELLO_WAT = r"""
 (module
@@ -215,6 +220,47 @@ def throughput(hello: dict[str, Any], work: Path, seconds: float) -> dict[str, f
     }
 
 
+def end_to_end(wasm: bytes, work: Path, runs: int) -> dict[str, Any]:
+    """`bareboat run --rm --isolation wasm IMAGE` as a user runs it (a new CLI process, the
+    engine, the monitor, the overlay mount, the workload, cleanup), for both ways the backend
+    starts the workload. Needs root (overlay mounts); skipped otherwise."""
+    if os.geteuid() != 0:
+        return {"skipped": "needs root (the engine mounts an overlay)"}
+    from tests.support.imagebuild import Entry, Image, write_image
+
+    from bareboat.images.store import ImageStore
+    from bareboat.paths import Roots
+
+    roots = Roots(work / "e2e-root", work / "e2e-state", work / "e2e-cache")
+    layout = work / "layout"
+    image = Image(
+        layers=[[Entry("app", "dir", mode=0o755), Entry("app/hello.wasm", "file", wasm)]],
+        entrypoint=["/app/hello.wasm"],
+        cmd=None,
+        labels={"module.wasm.image/variant": "compat"},
+    )
+    write_image(layout, image)
+    ref = ImageStore(roots).load(layout)[0].names[0]
+    out: dict[str, Any] = {}
+    argv = [sys.executable, "-m", "bareboat.cli.main", "run", "--rm", "--isolation", "wasm", ref]
+    for mode in ("fork", "exec"):
+        env = dict(
+            os.environ,
+            BAREBOAT_ROOT=str(roots.root),
+            BAREBOAT_STATE=str(roots.state),
+            BAREBOAT_CACHE=str(roots.cache),
+            BAREBOAT_WASM_SHIM=mode,
+        )
+
+        def once(env: dict[str, str] = env) -> None:
+            r = subprocess.run(argv, env=env, capture_output=True, timeout=60)
+            assert r.returncode == 0 and r.stdout == b"hello from wasm\n", r
+
+        once()
+        out[mode] = stats(timed(once, runs))
+    return out
+
+
 def table(results: dict[str, Any]) -> str:
     lines = [
         f"wasmtime {results['wasmtime']}",
@@ -237,6 +283,14 @@ def table(results: dict[str, Any]) -> str:
         f"({t['shim_start_ms']:.0f} ms each), "
         f"shim x{t['shim_workers']} parallel {t['shim_parallel_per_s']:.1f}"
     )
+    for mode, st in results["end_to_end"].items():
+        if isinstance(st, dict):
+            lines.append(
+                f"bareboat run --rm --isolation wasm ({mode} workload): median "
+                f"{st['median_ms']:.0f} ms, min {st['min_ms']:.0f} ms"
+            )
+        else:
+            lines.append(f"end to end: {st}")
     return "\n".join(lines)
 
 
@@ -291,10 +345,16 @@ def run(runs: int, out: Path, seconds: float) -> dict[str, Any]:
             "big": bench_module("big", wasmtime.wat2wasm(big_wat()), work, runs),
         }
         tput = throughput(modules["hello"], work, seconds)
+        e2e = end_to_end(wasmtime.wat2wasm(HELLO_WAT), work, max(5, runs // 4))
     for m in modules.values():
         m.pop("plan")
         m.pop("cache")
-    results = {"wasmtime": wasmtime_version(), "modules": modules, "throughput": tput}
+    results = {
+        "wasmtime": wasmtime_version(),
+        "modules": modules,
+        "throughput": tput,
+        "end_to_end": e2e,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "wasm.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "wasm.png")
