@@ -100,6 +100,9 @@ class RegistryClient:
         limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
         self.http = httpx.Client(
             timeout=TIMEOUT,
+            # Never the default transport (it would load the CA bundle now): every URL is
+            # http:// or https:// and has its mount.
+            transport=_LazyTLS(verify=not insecure, limits=limits),
             follow_redirects=True,
             mounts={
                 "http://": httpx.HTTPTransport(verify=False, limits=limits),
@@ -108,7 +111,7 @@ class RegistryClient:
             headers={"User-Agent": "bareboat"},
         )
         self._auth: str | None = None
-        self._pinged = False
+        self._pinged = False  # a first answer (and its challenge, if any) was seen
 
     def close(self) -> None:
         self.http.close()
@@ -149,18 +152,6 @@ class RegistryClient:
             raise RegistryError(f"{self.ref.registry}: {type(err).__name__}: {err}") from None
         finally:
             r.close()
-
-    def ping(self) -> None:
-        """GET /v2/ and answer its challenge, once per client."""
-        if self._pinged:
-            return
-        r = self._send(f"{self.base}/", {})
-        self._body(r, 1 << 16, "/v2/ answer")
-        if r.status_code == 401:
-            self._authenticate(r)
-        elif r.status_code >= 400 and r.status_code != 404:
-            raise RegistryError(f"{self.ref.registry}: /v2/ answered HTTP {r.status_code}")
-        self._pinged = True
 
     def _authenticate(self, resp: httpx.Response) -> None:
         header = resp.headers.get("www-authenticate")
@@ -205,14 +196,22 @@ class RegistryClient:
         return token
 
     def _get(self, url: str, headers: dict[str, str]) -> httpx.Response:
-        self.ping()
-        if self._auth:
-            headers = {**headers, "Authorization": self._auth}
-        r = self._send(url, headers)
-        if r.status_code == 401:
-            r.close()
-            raise AuthError(f"{self.ref.registry}: not authorized to pull {self.ref.repository}")
-        return r
+        """GET with the current credentials. The first request goes out without a ping (one
+        round trip less); a 401 is answered from its own challenge, then retried once."""
+        for attempt in range(2):
+            if self._auth:
+                headers = {**headers, "Authorization": self._auth}
+            r = self._send(url, headers)
+            if r.status_code != 401:
+                self._pinged = True
+                return r
+            self._body(r, 1 << 16, "401 answer")
+            if attempt == 0 and not self._pinged:
+                self._pinged = True
+                self._authenticate(r)
+                continue
+            break
+        raise AuthError(f"{self.ref.registry}: not authorized to pull {self.ref.repository}")
 
     # --- content ------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -284,6 +283,8 @@ class ImageStore:
         if not layers:
             progress.close()
             return
+        from concurrent.futures import ThreadPoolExecutor
+
         cancel = threading.Event()
 
         def one(d: wire.Descriptor) -> None:
