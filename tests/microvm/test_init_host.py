@@ -24,6 +24,8 @@ from bareboat.backends.microvm.agent import (
     AgentClient,
     ErrorKind,
     Exited,
+    Frame,
+    FrameDecoder,
     FrameType,
     ProcessSpec,
     Rlimit,
@@ -316,6 +318,48 @@ def test_agent_survives_garbage_and_bad_requests(init_binary: Path) -> None:
             got += host.recv(4096)
         assert b"alive" in got
         assert b"unknown field tag 999" in got
+        assert proc.poll() is None
+    finally:
+        host.close()
+        proc.wait(5)
+
+
+def test_agent_parser_survives_random_fields(init_binary: Path) -> None:
+    """Random TLV soup in START, always ending with an unknown tag so nothing is ever run:
+    the C parser must reject each one cleanly (ERROR, then EXIT 125) and keep serving."""
+    import random
+
+    rng = random.Random(1234)
+    host, guest = socket.socketpair()
+    proc = subprocess.Popen(
+        [str(init_binary), "--test-fd", str(guest.fileno())], pass_fds=[guest.fileno()]
+    )
+    guest.close()
+    host.settimeout(5)
+    decoder = FrameDecoder()
+
+    def frames_until(ftype: FrameType) -> list[Frame]:
+        got: list[Frame] = []
+        while not any(f.type == ftype for f in got):
+            got += decoder.feed(host.recv(65536))
+        return got
+
+    try:
+        frames_until(FrameType.HELLO)
+        for i in range(300):
+            fields = []
+            for _ in range(rng.randrange(0, 12)):
+                tag = rng.choice([*range(1, 12), *range(32, 43), rng.randrange(0, 65536)])
+                value = rng.randbytes(rng.choice([0, 1, 2, 4, 5, 12, 20, rng.randrange(0, 300)]))
+                length = len(value) if rng.random() < 0.9 else rng.randrange(0, 2**32)
+                fields.append(struct.pack(">HI", tag, length) + value)
+            payload = b"".join(fields) + struct.pack(">HI", 999, 0)
+            host.sendall(raw_frame(FrameType.START, 0, payload))
+            got = frames_until(FrameType.EXIT)
+            assert [f.type for f in got] == [FrameType.ERROR, FrameType.EXIT], i
+            assert got[1].payload == b"\0\0\0\0\x7d"  # exited 125
+        host.sendall(raw_frame(FrameType.PING, 0, b"alive"))
+        assert frames_until(FrameType.PONG)[-1].payload == b"alive"
         assert proc.poll() is None
     finally:
         host.close()
