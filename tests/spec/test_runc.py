@@ -6,6 +6,7 @@ crun runs the same bundles too, with cgroup2 hidden from it on hybrid-cgroup hos
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,9 +19,10 @@ import pytest
 
 from bareboat.images.model import ImageConfig
 from bareboat.paths import Roots
-from bareboat.spec.builder import build_spec, write_bundle
+from bareboat.spec.builder import build_spec, exec_process, write_bundle
 from bareboat.spec.options import RunOptions
 from bareboat.spec.parse import parse_memory, parse_tmpfs, parse_volume
+from bareboat.spec.users import resolve_user
 from tests.spec.schema import validate_config
 
 IMAGE = ImageConfig(cmd=("/bin/sh",), env=("PATH=/usr/local/bin:/usr/bin:/bin",))
@@ -210,3 +212,44 @@ def test_seccomp_refuses_what_capabilities_allow(runc: Runc, runtime: str) -> No
     r = rt.run(RunOptions(command=("sh", "-c", script), user="app", seccomp=False))
     if "unshared" not in r.stdout:
         pytest.skip(f"user namespaces are not available in a container here: {r.stderr}")
+
+
+def test_exec_process_runs_in_a_running_container(runc: Runc, tmp_path: Path) -> None:
+    cid = "bbspec-" + uuid.uuid4().hex[:12]
+    spec = build_spec(
+        IMAGE,
+        RunOptions(command=("sleep", "60"), env=("FROM_RUN=1",)),
+        rootfs=runc.bundle / "rootfs",
+        container_id=cid,
+        root_path="rootfs",
+    )
+    write_bundle(runc.bundle, spec)
+    process = exec_process(
+        spec["process"],
+        ["sh", "-c", 'id; echo "$FROM_RUN $X $(pwd)"'],
+        env=("X=2",),
+        workdir="/tmp",
+        user=resolve_user(runc.bundle / "rootfs", "app"),
+    )
+    (tmp_path / "process.json").write_text(json.dumps(process))
+    try:
+        # The container keeps the stdio it is given: pipes would never reach EOF here.
+        subprocess.run(
+            runc._argv("run", "--detach", "--bundle", str(runc.bundle), cid),
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        r = subprocess.run(
+            runc._argv("exec", "--process", str(tmp_path / "process.json"), cid),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        subprocess.run(runc._argv("delete", "--force", cid), capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "uid=1000(app) gid=1000(app) groups=50(staff)\n1 2 /tmp\n"
