@@ -117,11 +117,12 @@ _libc: ctypes.CDLL | None = None
 def libc() -> ctypes.CDLL:
     """libc through ctypes, loaded on first use (ctypes costs ~5 ms to import)."""
     import ctypes
-    import ctypes.util
 
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # CDLL(None): the symbols already loaded (libc among them); find_library("c")
+        # would run /sbin/ldconfig, ~5 ms.
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 
 

@@ -26,7 +26,6 @@ import struct
 import sys
 import termios
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -57,6 +56,8 @@ def spawn(engine: Engine, cid: str, *, wait_attach: bool) -> None:
                 code = 0
         except BaseException:  # noqa: BLE001 - a forked child must never return to the caller
             with contextlib.suppress(Exception):
+                import traceback
+
                 traceback.print_exc()
         finally:
             os._exit(code)
@@ -129,6 +130,8 @@ class Monitor:
         try:
             self.run()
         except BaseException as err:  # noqa: BLE001 - the monitor must always clean up
+            import traceback
+
             traceback.print_exc()
             code = err.exit_code if isinstance(err, BareboatError) else 125
             msg = str(err) if isinstance(err, BareboatError) else f"monitor failed: {err!r}"
@@ -149,13 +152,10 @@ class Monitor:
         self.sel.register(listener, selectors.EVENT_READ, "listen")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         self.log = open(self.paths.log, "ab")  # noqa: SIM115
-        rec.monitor_pid = os.getpid()
-        rec.monitor_start = process_start_time(os.getpid())
-        self.engine.records.save(rec)
-        self.report({"ok": True})
         # stdio exists before the first client attaches, so stdin it sends early is kept
         stdio = self.make_stdio()
         if self.wait_attach:
+            self.report({"ok": True})
             self.await_first_client(listener)
         started = self.backend.start(self.ctx, stdio)
         self.pid = started.pid
@@ -166,8 +166,11 @@ class Monitor:
         rec = self.engine.records.load(self.cid)
         rec.move_to(State.RUNNING)
         rec.pid, rec.started, rec.exit_code, rec.finished = self.pid, time.time(), None, None
+        rec.monitor_pid = os.getpid()
+        rec.monitor_start = process_start_time(os.getpid())
         self.record = rec
         self.engine.records.save(rec)
+        self.report({"ok": True})  # (a detached start returns once the record says running)
         self.broadcast(P.frame(P.STARTED))
         self.loop()
 
