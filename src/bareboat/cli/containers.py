@@ -96,7 +96,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
-    a("--isolation", default="container", choices=["container", "process", "microvm", "wasm"])
+    a(
+        "--isolation",
+        default="auto",
+        choices=["auto", "container", "process", "microvm", "wasm"],
+        help="auto (default): wasm for Wasm images, else container",
+    )
     a("--name")
     a("-e", "--env", action="append", default=[], help="K=V (or K: take it from here)")
     a("--env-file", action="append", default=[], help="file of K=V lines")

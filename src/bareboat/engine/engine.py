@@ -192,8 +192,14 @@ class Engine:
     def create(self, image_ref: str, options: RunOptions, *, auto_remove: bool = False) -> Record:
         from bareboat.spec.builder import build_spec, write_bundle
 
-        self.backend(options.isolation)  # fail early for an isolation we cannot run
+        if options.isolation is not Isolation.AUTO:
+            self.backend(options.isolation)  # fail early for an isolation we cannot run
         image = self.images.ensure(image_ref)
+        if options.isolation is Isolation.AUTO:
+            from bareboat.backends.wasm.hooks import auto_isolation
+
+            options = auto_isolation(image, options)
+            self.backend(options.isolation)
         lower = None
         if options.isolation is Isolation.WASM:  # a Wasm-layer image has no rootfs to unpack
             from bareboat.backends.wasm.hooks import prepare

@@ -15,6 +15,9 @@ class Isolation(StrEnum):
     CONTAINER = "container"
     MICROVM = "microvm"
     WASM = "wasm"
+    # Resolved by the engine from the image before anything runs: wasm for Wasm images
+    # (a Wasm layer, or a compat image with a *.wasm entrypoint), container otherwise.
+    AUTO = "auto"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,10 @@ def prepare(
     return dataclasses.replace(options, labels=labels, command=command), empty_root
 
 
-def wants_wasm(image: Image) -> bool:
-    """For `--isolation auto`: a Wasm-layer image, or a compat image with a .wasm entrypoint."""
-    return is_wasm_image(image)
+def auto_isolation(image: Image, options: RunOptions) -> RunOptions:
+    """`--isolation auto`: wasm for a Wasm-layer image or a compat image with a `.wasm`
+    entrypoint (module.is_wasm_image), container for everything else."""
+    from bareboat.spec.options import Isolation
+
+    wasm = is_wasm_image(image)
+    return dataclasses.replace(options, isolation=Isolation.WASM if wasm else Isolation.CONTAINER)
