@@ -164,3 +164,25 @@ def test_run_in_background_survives_the_cli(bb: Run, image: str) -> None:
     cid = proc.stdout.strip()
     assert bb("wait", cid).stdout == "0\n"
     assert bb("logs", cid).stdout == "late\n"
+
+
+def test_exec_with_a_tty(bb: Run, image: str) -> None:
+    import pty
+
+    cid = bb("run", "-d", image, "sleep", "30").stdout.strip()
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execv(bareboat_argv()[0], bareboat_argv("exec", "-it", cid, "sh", "-c", "tty; exit 3"))
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 3, out
+    assert b"/dev/pts/" in out
