@@ -164,3 +164,20 @@ def test_auto_picks_wasm(bb: Run, roots: Roots, tmp_path: Path) -> None:
         pytest.skip("the CLI has no --isolation auto yet")
     ref = load(roots, tmp_path, compat_image(wat.exit_with(3)), "auto")
     assert bb("run", "--rm", "--isolation", "auto", ref).returncode == 3
+    assert bb("run", "--rm", ref).returncode == 3  # auto is the default
+    cid = bb("create", ref).stdout.strip()
+    assert "wasm" in bb("inspect", cid).stdout
+    bb("rm", cid)
+    # Without the compat annotation a .wasm entrypoint is an ordinary file: container isolation
+    plain = compat_image(wat.exit_with(3))
+    plain.labels = {}
+    ref = load(roots, tmp_path, plain, "plain")
+    cid = bb("create", ref).stdout.strip()
+    assert '"container"' in bb("inspect", cid).stdout
+    bb("rm", cid)
+    image = Image(layers=[wat.hello()], compression=None, layer_media_type="application/wasm")
+    image.cmd = None
+    ref = load(roots, tmp_path, image, "layer")
+    r = bb("run", "--rm", ref)
+    assert r.returncode == 0 and r.stdout.startswith("hello\n"), r.stderr
+    assert leftovers(roots) == []
