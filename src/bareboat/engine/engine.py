@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from bareboat.backends.base import Backend, BackendContext
 from bareboat.errors import (
@@ -87,7 +87,8 @@ def default_images(roots: Roots) -> ImageSource:
     return store
 
 
-def backend_for(isolation: Isolation) -> Backend:
+def backend_for(isolation: Isolation, roots: Roots) -> Backend:
+    """The one place that knows every backend (each imported only when used)."""
     if isolation is Isolation.CONTAINER:
         from bareboat.backends.container import ContainerBackend
 
@@ -96,11 +97,20 @@ def backend_for(isolation: Isolation) -> Backend:
         from bareboat.backends.process import ProcessBackend
 
         return ProcessBackend()
-    if isolation is Isolation.WASM:
-        from bareboat.backends.wasm import WasmBackend
+    try:
+        if isolation is Isolation.MICROVM:
+            from bareboat.backends.microvm.backend import MicrovmBackend
 
-        return WasmBackend()
-    raise BackendUnavailable(f"isolation {isolation.value} is not available in this build yet")
+            # cast: its `start` may still return a bare pid, which the monitor accepts too
+            return cast(Backend, MicrovmBackend(roots))
+        if isolation is Isolation.WASM:
+            from bareboat.backends.wasm import WasmBackend
+
+            wasm: Backend = WasmBackend()
+            return wasm
+    except ImportError as err:
+        raise BackendUnavailable(f"isolation {isolation.value} is not available: {err}") from None
+    raise BackendUnavailable(f"isolation {isolation.value} is not available in this build")
 
 
 class Engine:
@@ -120,7 +130,7 @@ class Engine:
         return ContainerPaths(self.roots.containers / cid, self.roots.run / cid)
 
     def backend(self, isolation: Isolation) -> Backend:
-        return backend_for(isolation)
+        return backend_for(isolation, self.roots)
 
     def context(self, cid: str) -> BackendContext:
         p = self.paths(cid)

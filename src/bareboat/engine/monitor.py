@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from bareboat.backends.base import BackendContext, Stdio, set_child_subreaper
+from bareboat.backends.base import BackendContext, Started, Stdio, set_child_subreaper
 from bareboat.errors import BareboatError, ContainerError
 
 from . import protocol as P
@@ -158,6 +158,8 @@ class Monitor:
             self.report({"ok": True})
             self.await_first_client(listener)
         started = self.backend.start(self.ctx, stdio)
+        if isinstance(started, int):  # a backend still on the older protocol: just a pid
+            started = Started(started)
         self.pid = started.pid
         for fd in {stdio.stdin, stdio.stdout, stdio.stderr}:
             os.close(fd)
