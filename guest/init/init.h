@@ -69,6 +69,7 @@ struct start_spec {
 
 /* main.c */
 extern int test_mode;
+long long now_us(void);
 void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* proto.c: framing over the channel fd */
@@ -95,7 +96,11 @@ int spawn_process(const struct proc_spec *p, const char *root, struct spawned *o
 
 /* session.c: the table of running sessions and their stream pumping */
 struct pollfd;
-int session_start(uint32_t id, const struct proc_spec *p, const char *root);
+/* boot clock of the workload (session 0): STARTED then carries, in microseconds, init to
+ * ready, START to root assembled, root to exec done, init to exec done (into `out`) */
+struct boot_clock { long long init, ready, start, root; };
+int session_start(uint32_t id, const struct proc_spec *p, const char *root,
+		  const struct boot_clock *clk, uint32_t out[4]);
 void session_stdin(uint32_t id, const unsigned char *data, size_t len);
 void session_signal(uint32_t id, uint32_t sig);
 void session_resize(uint32_t id, uint16_t rows, uint16_t cols);

@@ -44,7 +44,7 @@ void logmsg(const char *fmt, ...)
 	if (write(2, "bareboat-init: ", 15) < 0 || write(2, buf, (size_t)n) < 0) { /* no log */ }
 }
 
-static long long now_us(void)
+long long now_us(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -99,10 +99,12 @@ static void handle_start(uint32_t session, const unsigned char *p, size_t n)
 		workload_root = root_buf;
 	}
 	long long t1 = now_us();
-	session_start(0, &s.proc, workload_root);
-	if (!test_mode)
-		logmsg("init to ready %lld us; START: root %lld us, spawn %lld us; init to exec %lld us",
-		       t_ready - t_init, t1 - t0, now_us() - t1, now_us() - t_init);
+	/* the spawn returns once the workload's execve succeeded (its error pipe closed) */
+	uint32_t timings[4] = { 0 };
+	struct boot_clock clk = { .init = t_init, .ready = t_ready, .start = t0, .root = t1 };
+	if (session_start(0, &s.proc, workload_root, &clk, timings) == 0 && !test_mode)
+		logmsg("init to ready %u us; START: root %u us, spawn %u us; init to exec %u us",
+		       timings[0], timings[1], timings[2], timings[3]);
 	free_start(&s);
 }
 
@@ -124,7 +126,7 @@ static void handle_exec(uint32_t session, const unsigned char *p, size_t n)
 		send_exit(session, 0, 125);
 		return;
 	}
-	session_start(session, &s.proc, workload_root);
+	session_start(session, &s.proc, workload_root, NULL, NULL);
 	free_start(&s);
 }
 
@@ -230,8 +232,8 @@ int main(int argc, char **argv)
 			poweroff();
 		}
 	}
-	t_ready = now_us();
 	t_init = t_start;
+	t_ready = now_us();
 	send_hello();
 
 	int hup_backoff = 0;
@@ -246,7 +248,7 @@ int main(int argc, char **argv)
 		}
 		int first = n;
 		n += sessions_pollfds(fds + n, (int)(sizeof fds / sizeof fds[0]) - n);
-		int r = poll(fds, (nfds_t)n, hup_backoff ? 50 : -1);
+		int r = poll(fds, (nfds_t)n, hup_backoff ? 10 : -1);
 		hup_backoff = 0;
 		if (r < 0) {
 			if (errno == EINTR)

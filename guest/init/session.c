@@ -45,7 +45,8 @@ static void close_in(struct session *s)
 	s->inlen = 0;
 }
 
-int session_start(uint32_t id, const struct proc_spec *p, const char *root)
+int session_start(uint32_t id, const struct proc_spec *p, const char *root,
+		  const struct boot_clock *clk, uint32_t out[4])
 {
 	struct session *s = NULL;
 	for (int i = 0; i < BB_MAX_SESSIONS && !s; i++)
@@ -72,9 +73,20 @@ int session_start(uint32_t id, const struct proc_spec *p, const char *root)
 	s->out_fd = sp.out_fd;
 	s->err_fd = sp.err_fd;
 	s->tty = p->terminal;
-	unsigned char pidbuf[4];
-	put32(pidbuf, (uint32_t)sp.pid);
-	send_frame(T_STARTED, id, pidbuf, 4);
+	unsigned char buf[4 + 4 * 4];
+	size_t len = 4;
+	put32(buf, (uint32_t)sp.pid);
+	if (clk) {
+		long long now = now_us();
+		out[0] = (uint32_t)(clk->ready - clk->init);
+		out[1] = (uint32_t)(clk->root - clk->start);
+		out[2] = (uint32_t)(now - clk->root);
+		out[3] = (uint32_t)(now - clk->init);
+		for (int i = 0; i < 4; i++)
+			put32(buf + 4 + 4 * i, out[i]);
+		len += 16;
+	}
+	send_frame(T_STARTED, id, buf, len);
 	return 0;
 }
 

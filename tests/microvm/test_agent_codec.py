@@ -362,3 +362,10 @@ def test_client_times_out_on_a_guest_that_never_reads() -> None:
         started(client, guest, b"")
         with pytest.raises(AgentTimeout):
             client.write_stdin(0, bytes(64 << 20), timeout=0.5)
+
+
+def test_started_with_boot_timings() -> None:
+    ev = decode_event(Frame(FrameType.STARTED, 0, struct.pack(">IIIII", 7, 1000, 2000, 3000, 4000)))
+    assert ev == agent.Started(0, 7, agent.BootTimings(0.001, 0.002, 0.003, 0.004))
+    with pytest.raises(AgentProtocolError):
+        decode_event(Frame(FrameType.STARTED, 0, bytes(8)))

@@ -96,6 +96,7 @@ def test_streams_and_exit_code(agent: Agent) -> None:
     res = run(agent, sh("echo hello; echo oops >&2; exit 3"))
     assert (res.stdout, res.stderr, res.exit) == (b"hello\n", b"oops\n", Exited(0, 3, None))
     assert res.pid and res.pid > 1 and not res.errors
+    assert res.boot is not None and res.boot.init_to_exec >= res.boot.spawn > 0
 
 
 def test_stdin_is_streamed(agent: Agent) -> None:

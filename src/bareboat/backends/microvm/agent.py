@@ -93,7 +93,7 @@ class Tag(enum.IntEnum):
 # the largest payload the host accepts per guest→host type; other types never come from a guest
 GUEST_LIMITS: dict[FrameType, int] = {
     FrameType.HELLO: 8 + 64,
-    FrameType.STARTED: 4,
+    FrameType.STARTED: 4 + 16,
     FrameType.STDOUT: MAX_DATA,
     FrameType.STDERR: MAX_DATA,
     FrameType.EXIT: 5,
@@ -460,9 +460,20 @@ class Hello:
 
 
 @dataclass(frozen=True)
+class BootTimings:
+    """What the agent measured on its own clock for the workload (session 0), in seconds."""
+
+    init_to_ready: float  # init's first instruction to HELLO (mounts, finding the port)
+    root: float  # START to the root assembled (identity, mounts)
+    spawn: float  # root assembled to the workload's execve done
+    init_to_exec: float  # init's first instruction to the workload's execve done
+
+
+@dataclass(frozen=True)
 class Started:
     session: int
     pid: int
+    boot: BootTimings | None = None
 
 
 @dataclass(frozen=True)
@@ -512,9 +523,13 @@ def decode_event(frame: Frame) -> Event:
             version, features = struct.unpack_from(">II", p)
             return Hello(version, features, p[8:].decode("utf-8", "replace"))
         case FrameType.STARTED:
-            if len(p) != 4:
+            if len(p) not in (4, 20):
                 raise AgentProtocolError("STARTED: bad length")
-            return Started(frame.session, int.from_bytes(p, "big"))
+            pid = int.from_bytes(p[:4], "big")
+            if len(p) == 4:
+                return Started(frame.session, pid)
+            us = struct.unpack(">IIII", p[4:])
+            return Started(frame.session, pid, BootTimings(*(t / 1e6 for t in us)))
         case FrameType.STDOUT | FrameType.STDERR:
             return Output(frame.session, frame.type.name.lower(), p)
         case FrameType.EXIT:
@@ -557,6 +572,7 @@ class SessionResult:
     exit: Exited
     errors: list[AgentError]
     pid: int | None = None
+    boot: BootTimings | None = None  # session 0 only
 
 
 @dataclass
@@ -803,6 +819,7 @@ class AgentClient:
         size = 0
         errors: list[AgentError] = []
         pid: int | None = None
+        boot: BootTimings | None = None
         deadline = time.monotonic() + timeout
         while True:
             event = self._take_session(session, deadline - time.monotonic())
@@ -814,10 +831,16 @@ class AgentClient:
             elif isinstance(event, AgentError):
                 errors.append(event)
             elif isinstance(event, Started):
-                pid = event.pid
+                pid, boot = event.pid, event.boot
             elif isinstance(event, Exited):
                 return SessionResult(
-                    session, b"".join(out["stdout"]), b"".join(out["stderr"]), event, errors, pid
+                    session,
+                    b"".join(out["stdout"]),
+                    b"".join(out["stderr"]),
+                    event,
+                    errors,
+                    pid,
+                    boot,
                 )
 
     def _take_session(self, session: int, timeout: float) -> Event:
