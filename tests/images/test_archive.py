@@ -51,6 +51,11 @@ def test_load_layout_dir_and_tar(roots: Roots, busybox_layout: Path, tmp_path: P
             t.add(busybox_layout / p, arcname=p)
     [again] = store.load(tar)
     assert again.digest == img.digest and "localhost/bb:latest" in again.names
+    # The same layout tarred the usual way (`tar -C DIR .`, so every name starts "./").
+    dotted = tmp_path / "dotted.tar"
+    subprocess.run(["tar", "-C", str(busybox_layout), "-cf", str(dotted), "."], check=True)
+    [third] = store.load(dotted)
+    assert third.digest == img.digest and "localhost/dotted:latest" in third.names
 
 
 @pytest.mark.parametrize("as_tar", [False, True])

@@ -91,14 +91,31 @@ class DirSource(Source):
             raise ManifestError(f"{name} is missing from {self.root}") from None
 
 
+MAX_MEMBERS = 100_000  # an image archive holds a few files per layer, not millions
+
+
 class TarSource(Source):
     def __init__(self, path: Path) -> None:
+        self.path = path
+        self.members: dict[str, tarfile.TarInfo] = {}
         try:
             self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
-            self.members = {_clean(m.name): m for m in self.tar.getmembers() if m.name}
         except (tarfile.TarError, OSError) as err:
             raise ImageError(f"cannot read archive {path}: {err}") from None
-        self.path = path
+        try:
+            # Read the member list ourselves, with a bound, instead of getmembers().
+            while (m := self.tar.next()) is not None:
+                if len(self.members) >= MAX_MEMBERS:
+                    raise ManifestError(f"{path} has more than {MAX_MEMBERS} members")
+                norm = posixpath.normpath(m.name.lstrip("/"))
+                if norm != "." and not norm.startswith(".."):
+                    self.members[norm] = m  # escaping names are never looked up
+        except (tarfile.TarError, OSError) as err:
+            self.tar.close()
+            raise ImageError(f"cannot read archive {path}: {err}") from None
+        except BaseException:
+            self.tar.close()
+            raise
 
     def _member(self, name: str, depth: int = 0) -> tarfile.TarInfo:
         m = self.members.get(_clean(name))
