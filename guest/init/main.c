@@ -7,6 +7,7 @@
 #include "init.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -208,6 +209,9 @@ int main(int argc, char **argv)
 			usage();
 		test_mode = 1;
 		chan_fd = (int)fd;
+		/* inherited without close-on-exec: the workload must not get the channel */
+		if (fcntl(chan_fd, F_SETFD, FD_CLOEXEC) < 0)
+			usage();
 		/* become the reaper of orphans, as PID 1 is in a VM */
 		prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 		prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);

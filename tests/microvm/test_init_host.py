@@ -171,6 +171,11 @@ def test_process_spec_is_applied(agent: Agent, tmp_path: Path) -> None:
     ]
 
 
+def test_workload_inherits_only_its_stdio(agent: Agent) -> None:
+    res = run(agent, ProcessSpec(args=[str(BUSYBOX), "ls", "/proc/self/fd"]))
+    assert res.stdout.split() == [b"0", b"1", b"2", b"3"]  # 3: the directory ls reads
+
+
 def test_no_new_privs(agent: Agent) -> None:
     res = run(agent, sh("grep NoNewPrivs /proc/self/status", no_new_privs=True))
     assert res.stdout.split() == [b"NoNewPrivs:", b"1"]
