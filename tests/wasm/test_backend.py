@@ -161,9 +161,11 @@ def test_reads_image_file(backend: WasmBackend, tmp_path: Path) -> None:
 def test_wasm_layer_via_annotations(backend: WasmBackend, tmp_path: Path) -> None:
     import hashlib
 
-    blob = tmp_path / "blob"
-    blob.write_bytes(wat.hello())
-    digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    data = wat.hello()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blob = tmp_path / "store" / "blobs" / "sha256" / digest[7:]
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(data)
     image = Image(
         id=digest,
         digest=digest,
@@ -200,3 +202,27 @@ def test_exec_unsupported(backend: WasmBackend, tmp_path: Path) -> None:
     ctx = make_bundle(tmp_path, wat.hello(), RunOptions(isolation=Isolation.WASM))
     with pytest.raises(WasmError, match="exec is not supported"):
         backend.exec(ctx, {"args": ["x"]})
+
+
+@pytest.mark.parametrize("where", ["not-a-blob", "wrong-name", "wrong-content"])
+def test_forged_module_annotation_refused(backend: WasmBackend, tmp_path: Path, where: str) -> None:
+    """Image labels become annotations: only a store blob matching its digest is a module."""
+    import hashlib
+
+    data = wat.exit_with(9)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs = tmp_path / "store" / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    if where == "not-a-blob":
+        path = tmp_path / "evil.wasm"
+        path.write_bytes(data)
+    elif where == "wrong-name":
+        path = blobs / ("0" * 64)
+        path.write_bytes(data)
+    else:
+        path = blobs / digest[7:]
+        path.write_bytes(wat.exit_with(10))
+    ann = {ANN_MODULE: str(path), ANN_DIGEST: digest}
+    ctx = make_bundle(tmp_path, wat.hello(), RunOptions(isolation=Isolation.WASM), annotations=ann)
+    with pytest.raises(WasmError, match=r"not a blob of the image store|does not match"):
+        backend.create(ctx)

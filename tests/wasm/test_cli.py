@@ -30,7 +30,7 @@ def _engine_has_wasm() -> str:
         from bareboat.errors import BareboatError
         from bareboat.spec.options import Isolation
 
-        backend_for(Isolation.WASM)
+        backend_for(Isolation.WASM, Roots.from_env())
     except (ImportError, BareboatError) as err:
         return f"the engine has no wasm backend yet ({err})"
     return ""
@@ -84,6 +84,15 @@ def test_run_compat_image(bb: Run, roots: Roots, tmp_path: Path) -> None:
     assert lines[:4] == ["hello", "/app/main.wasm", "a", "b c"]
     assert "WHO=world" in lines
     assert leftovers(roots) == []
+
+
+def test_image_label_cannot_pick_the_module(bb: Run, roots: Roots, tmp_path: Path) -> None:
+    evil = tmp_path / "evil.wasm"
+    evil.write_bytes(wat.exit_with(66))
+    image = compat_image(wat.exit_with(5))
+    image.labels = {**COMPAT, "io.bareboat.wasm.module": str(evil), "io.bareboat.wasm.digest": ""}
+    ref = load(roots, tmp_path, image, "evil")
+    assert bb("run", "--rm", "--isolation", "wasm", ref).returncode == 5
 
 
 @pytest.mark.parametrize(("module", "code"), [(wat.exit_with(7), 7), (wat.trap(), 134)])

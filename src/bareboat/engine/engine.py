@@ -106,7 +106,7 @@ def backend_for(isolation: Isolation, roots: Roots) -> Backend:
         if isolation is Isolation.WASM:
             from bareboat.backends.wasm import WasmBackend
 
-            wasm: Backend = WasmBackend()
+            wasm: Backend = WasmBackend(roots)
             return wasm
     except ImportError as err:
         raise BackendUnavailable(f"isolation {isolation.value} is not available: {err}") from None

@@ -17,8 +17,10 @@ and hashes the module, compiles it into the cache, and writes the plan to the ba
 dir. Errors there are `WasmError`s the user sees as one line; `start` only spawns.
 
 What the engine passes through the spec's annotations (all optional):
-  io.bareboat.wasm.module / .digest  the host path and digest of a Wasm-layer image's module
-                                     (see `module.engine_annotations`)
+  io.bareboat.wasm.module / .digest  the store blob and digest of a Wasm-layer image's module
+                                     (see `module.engine_annotations`; image labels can set
+                                     these too, so only a content-addressed store blob whose
+                                     content matches the digest is accepted)
   io.bareboat.wasm.timeout           wall-clock limit in seconds (epoch interruption)
   io.bareboat.wasm.fuel              CPU budget in fuel units
 """
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from bareboat.backends.base import BackendContext, Started, Stdio, wait_status_to_code
 from bareboat.errors import WasmError
+from bareboat.paths import Roots
 
 if TYPE_CHECKING:
     from bareboat.backends.base import Backend
@@ -55,7 +58,6 @@ from .plan import INHERIT, Limits, Preopen, WasmPlan
 ANN_TIMEOUT = "io.bareboat.wasm.timeout"
 ANN_FUEL = "io.bareboat.wasm.fuel"
 SHIM_ENV = "BAREBOAT_WASM_SHIM"  # "fork" (default) or "exec": how `start` makes the workload
-ANN_CACHE = "io.bareboat.wasm.cache"  # the compiled-module cache dir (default: roots.wasm_cache)
 
 # Kernel filesystems in the spec mean nothing to a Wasm module: WASI has no /proc or /dev.
 _KERNEL_DIRS = ("/proc", "/sys", "/dev")
@@ -109,14 +111,36 @@ def spec_preopens(spec: dict[str, Any], rootfs: Path, scratch: Path) -> tuple[Pr
 def locate_module(spec: dict[str, Any], rootfs: Path) -> tuple[ModuleRef, bool]:
     """(module, from_layer): the Wasm layer the engine named, else the entrypoint file."""
     ann = spec.get("annotations", {})
-    if ANN_MODULE in ann:
-        return module_from_blob(Path(ann[ANN_MODULE]), ann.get(ANN_DIGEST, "")), True
+    if ann.get(ANN_MODULE):
+        digest = str(ann.get(ANN_DIGEST, ""))
+        return module_from_blob(_store_blob(str(ann[ANN_MODULE]), digest), digest), True
     args = spec.get("process", {}).get("args", [])
     if not args:
         raise WasmError("no command given and the image has no entrypoint")
     if not str(args[0]).endswith(".wasm") and ann.get(COMPAT_KEY) not in COMPAT_VALUES:
         raise WasmError(f"{args[0]} is not a Wasm module (expected a *.wasm entrypoint)")
     return module_from_rootfs(rootfs, str(args[0])), False
+
+
+def _store_blob(path: str, digest: str) -> Path:
+    """The module blob the engine named, held to what a store blob looks like.
+
+    Annotations also carry image labels, so this path is not taken on trust: it must be a
+    content-addressed blob (`.../blobs/sha256/<hex of digest>`), and `module_from_blob` then
+    checks its content against the digest.
+    """
+    p = Path(path)
+    algo, _, hexdigest = digest.partition(":")
+    if not (
+        algo == "sha256"
+        and len(hexdigest) == 64
+        and p.is_absolute()
+        and p.name == hexdigest
+        and p.parent.name == "sha256"
+        and p.parent.parent.name == "blobs"
+    ):
+        raise WasmError(f"the Wasm module {path!r} is not a blob of the image store")
+    return p
 
 
 def spec_plan(spec: dict[str, Any], rootfs: Path, scratch: Path) -> WasmPlan:
@@ -141,15 +165,6 @@ def spec_plan(spec: dict[str, Any], rootfs: Path, scratch: Path) -> WasmPlan:
     )
 
 
-def cache_dir(spec: dict[str, Any]) -> Path:
-    ann = spec.get("annotations", {})
-    if ANN_CACHE in ann:
-        return Path(ann[ANN_CACHE])
-    from bareboat.paths import Roots
-
-    return Roots.from_env().wasm_cache
-
-
 def _max_fd() -> int:
     import resource
 
@@ -164,6 +179,11 @@ def shim_argv(plan_path: Path, cache: Path) -> list[str]:
 class WasmBackend:
     name = "wasm"
 
+    def __init__(self, roots: Roots | None = None) -> None:
+        # The compiled-module cache is roots.wasm_cache, never from the spec: annotations
+        # carry image labels, and whoever picks this directory picks native code to run.
+        self.cache = (roots or Roots.from_env()).wasm_cache
+
     def _plan_path(self, ctx: BackendContext) -> Path:
         return ctx.state_dir / "wasm-plan.json"
 
@@ -176,9 +196,7 @@ class WasmBackend:
         plan = spec_plan(ctx.spec, ctx.rootfs, ctx.state_dir / "tmpfs")
         # Compile now (or find it cached) so a bad module fails `create` with a clear error.
         settings = EngineSettings(consume_fuel=plan.limits.fuel is not None)
-        ModuleCache(cache_dir(ctx.spec)).load(
-            settings.engine(), Path(plan.module), plan.digest, settings
-        )
+        ModuleCache(self.cache).load(settings.engine(), Path(plan.module), plan.digest, settings)
         atomic_write(self._plan_path(ctx), plan.to_json())
 
     def start(self, ctx: BackendContext, stdio: Stdio) -> Started:
@@ -195,7 +213,7 @@ class WasmBackend:
         """A fresh interpreter runs the plan (pays Python start-up and `import wasmtime`)."""
         try:
             proc = subprocess.Popen(
-                shim_argv(self._plan_path(ctx), cache_dir(ctx.spec)),
+                shim_argv(self._plan_path(ctx), self.cache),
                 stdin=stdio.stdin,
                 stdout=stdio.stdout,
                 stderr=stdio.stderr,
@@ -216,7 +234,7 @@ class WasmBackend:
         returns into the monitor's code: it leaves by `os._exit`, whatever happens.
         """
         plan = WasmPlan.from_json(self._plan_path(ctx).read_bytes())
-        cache = cache_dir(ctx.spec)
+        cache = self.cache
         from .runner import run_plan
         from .shim import default_signals
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from bareboat.errors import WasmError
 
-from .module import engine_annotations, is_wasm_image, wasm_layer
+from .module import ANN_DIGEST, ANN_MODULE, engine_annotations, is_wasm_image, wasm_layer
 
 if TYPE_CHECKING:
     from bareboat.images.model import Image
@@ -29,7 +29,10 @@ def prepare(
     """(options, root): options with the module's annotations, and the root filesystem to use
     instead of the image's (None: the image's own)."""
     if wasm_layer(image) is None:
-        return options, None
+        # Blank the module annotations: image labels become annotations too, and an image
+        # must not name a module other than its entrypoint.
+        blank = {ANN_MODULE: "", ANN_DIGEST: ""}
+        return dataclasses.replace(options, labels={**options.labels, **blank}), None
     blobs = getattr(images, "blobs", None)
     path = getattr(blobs, "path", None)
     if path is None:
