@@ -370,3 +370,16 @@ def test_agent_parser_survives_random_fields(init_binary: Path) -> None:
     finally:
         host.close()
         proc.wait(5)
+
+
+def test_many_concurrent_exec_sessions(agent: Agent) -> None:
+    agent.client.start(StartSpec(process=ProcessSpec(args=["/bin/sleep", "30"])))
+    ids = [
+        agent.client.exec(sh(f"head -c {100_000 + i} /dev/zero; echo err{i} >&2; exit {i}"))
+        for i in range(20)
+    ]
+    for i, s in reversed(list(enumerate(ids))):
+        res = agent.client.wait(s, timeout=20)
+        assert (len(res.stdout), res.stderr, res.exit.code) == (100_000 + i, b"err%d\n" % i, i)
+    agent.client.signal(0, signal.SIGKILL)
+    assert agent.client.wait(0, timeout=10).exit.signal == signal.SIGKILL
