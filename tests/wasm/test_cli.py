@@ -117,6 +117,28 @@ def test_reads_rootfs_writes_volume(bb: Run, roots: Roots, tmp_path: Path) -> No
     assert (vol / "f").read_text() == "data\n"
 
 
+def test_interactive_stdin(bb: Run, roots: Roots, tmp_path: Path) -> None:
+    ref = load(roots, tmp_path, compat_image(wat.echo_stdin()), "echo")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bareboat.cli.main",
+            "run",
+            "--rm",
+            "-i",
+            "--isolation",
+            "wasm",
+            ref,
+        ],
+        input="piped in\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (r.returncode, r.stdout) == (0, "piped in\n"), r.stderr
+
+
 def test_memory_and_timeout(bb: Run, roots: Roots, tmp_path: Path) -> None:
     # The CLI's floor is docker's 6m: 96 pages. 1 + 200 pages is over it, 1 + 8 is not.
     ref = load(roots, tmp_path, compat_image(wat.grow(200)), "grow")

@@ -128,3 +128,26 @@ def test_module_without_start(run_wasm: Runner) -> None:
 
     with pytest.raises(WasmError, match="no _start"):
         run_wasm(wasmtime.wat2wasm("(module)"))
+
+
+def test_stdin_from_file(run_wasm: Runner, tmp_path: Path) -> None:
+    from bareboat.backends.wasm.plan import WasmPlan
+    from bareboat.backends.wasm.runner import run_plan
+
+    ref = run_wasm.module(wat.echo_stdin())
+    (tmp_path / "in").write_bytes(b"line one\nline two\n" * 2000)
+    plan = WasmPlan(
+        module=str(ref.path),
+        digest=ref.digest,
+        args=("echo",),
+        stdin=str(tmp_path / "in"),
+        stdout=str(tmp_path / "out"),
+    )
+    assert run_plan(plan, run_wasm.cache).exit_code == 0
+    assert (tmp_path / "out").read_bytes() == (tmp_path / "in").read_bytes()
+    # no stdin given: the module reads EOF at once
+    plan = WasmPlan(
+        module=str(ref.path), digest=ref.digest, args=("e",), stdout=str(tmp_path / "o2")
+    )
+    assert run_plan(plan, run_wasm.cache).exit_code == 0
+    assert (tmp_path / "o2").read_bytes() == b""

@@ -169,3 +169,18 @@ def write_file(dirfd: int, path: str, text: bytes) -> bytes:
       (call $write (i32.load (i32.const 200)) (global.get $text) (global.get $text_len)))
     (if (local.get $err) (then (call $proc_exit (i32.add (i32.const 100) (local.get $err))))))"""
     return _module(body, _strings(path=path.encode(), text=text))
+
+
+def echo_stdin() -> bytes:
+    """Copies stdin to stdout until EOF."""
+    body = """
+  (func (export "_start") (local $err i32)
+    (block $eof (loop $more
+      (i32.store (i32.const 16) (i32.const 32768))
+      (i32.store (i32.const 20) (i32.const 16384))
+      (local.set $err (call $fd_read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+      (if (local.get $err) (then (call $proc_exit (i32.add (i32.const 100) (local.get $err)))))
+      (br_if $eof (i32.eqz (i32.load (i32.const 24))))
+      (call $print (i32.const 32768) (i32.load (i32.const 24)))
+      (br $more))))"""
+    return _module(body, _strings())
