@@ -101,6 +101,23 @@ def lstat(p: Path) -> os.stat_result:
     return os.lstat(p)
 
 
+def pax_tar(entries: list[Entry], pax: dict[str, dict[str, str]]) -> bytes:
+    """A tar of `entries` with extra PAX records for some paths (xattrs, odd values)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for e in entries:
+            ti = e.tarinfo()
+            ti.pax_headers = pax.get(e.path, {})
+            tar.addfile(ti, io.BytesIO(e.data) if e.kind == "file" else None)
+    return buf.getvalue()
+
+
+# cap_net_raw+ep, as `setcap cap_net_raw+ep` writes it (VFS_CAP_REVISION_2).
+CAP_NET_RAW = (b"\x01\x00\x00\x02" + (1 << 13).to_bytes(4, "little") + bytes(12)).decode(
+    "utf-8", "surrogateescape"
+)
+
+
 # --- plain data: media types, names ---------------------------------------------------------
 
 
@@ -585,6 +602,47 @@ def test_device_nodes(work: Work) -> None:
     assert stat.S_ISBLK(loop.st_mode) and os.minor(loop.st_rdev) == 9 and loop.st_gid == 6
 
 
+def test_xattrs(work: Work) -> None:
+    pax = {
+        "ping": {"SCHILY.xattr.security.capability": CAP_NET_RAW},
+        "d": {"SCHILY.xattr.user.note": "hello", "SCHILY.xattr.user.bin": "\udcff\x00x"},
+        "f": {"SCHILY.xattr.security.selinux": "system_u:object_r:bin_t:s0"},
+    }
+    work.apply(
+        pax_tar(
+            [Entry("ping", "file", b"elf", mode=0o755), Entry("d", "dir"), Entry("f", "file")],
+            pax,
+        )
+    )
+    assert os.getxattr(work.rootfs / "d", "user.note") == b"hello"
+    assert os.getxattr(work.rootfs / "d", "user.bin") == b"\xff\x00x"
+    assert "security.selinux" not in os.listxattr(work.rootfs / "f")
+    if AS_ROOT:
+        got = os.getxattr(work.rootfs / "ping", "security.capability")
+        assert got == CAP_NET_RAW.encode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize(
+    ("entry", "pax", "match"),
+    [
+        (Entry("l", "symlink", target="x"), {"linkpath": "a\x00b"}, "null"),
+        (Entry("f", "file", uid=0), {"uid": str(1 << 40)}, "layer entry 'f'"),
+        (Entry("f", "file"), {"mtime": "nan"}, None),
+        (Entry("f", "file"), {"mtime": "1e300"}, None),
+    ],
+)
+def test_odd_pax_values(work: Work, entry: Entry, pax: dict[str, str], match: str | None) -> None:
+    raw = pax_tar([entry], {entry.path: pax})
+    if match is None:
+        work.apply(raw)
+        assert (work.rootfs / entry.path).exists()
+    elif entry.kind == "file" and not AS_ROOT:
+        work.apply(raw)  # no chown without root
+    else:
+        work.refused(raw, match=match)
+    work.assert_contained()
+
+
 def test_directory_times_set_after_contents(work: Work) -> None:
     work.apply([Entry("d", "dir"), Entry("d/f", "file"), Entry("d/g", "file")])
     assert lstat(work.rootfs / "d").st_mtime == 1_700_000_000
@@ -680,7 +738,12 @@ def test_matches_umoci(tmp_path: Path, compression: str | None) -> None:
         pytest.skip("umoci is not installed")
     if not AS_ROOT:
         pytest.skip("comparing owners and device nodes with umoci needs root")
-    layers: list[list[Entry] | bytes] = [busybox_entries(), UPPER]
+    pax = {
+        "bin/ping": {"SCHILY.xattr.security.capability": CAP_NET_RAW},
+        "home/guest": {"SCHILY.xattr.user.note": "hi"},
+    }
+    upper = [*UPPER, Entry("bin/ping", "file", b"ping", mode=0o755)]
+    layers: list[list[Entry] | bytes] = [busybox_entries(), pax_tar(upper, pax)]
     write_image(tmp_path / "gzip", Image(layers=layers, compression="gzip"))
     layout = tmp_path / str(compression)
     if compression != "gzip":
@@ -701,6 +764,8 @@ def test_matches_umoci(tmp_path: Path, compression: str | None) -> None:
     snap = snapshot(ours)
     assert snap["dev/null"].rdev == (1, 3)
     assert snap["bin/sh2"].links == ("bin/busybox", "bin/sh2")
+    assert snap["home/guest"].xattrs == (("user.note", b"hi"),)
+    assert [n for n, _ in snap["bin/ping"].xattrs] == ["security.capability"]
     assert "bin/vi" not in snap and "etc/group" not in snap and "tmp" in snap
     assert sorted(p for p in snap if p.startswith("home/")) == ["home/guest", "home/guest/.profile"]
     assert_same_tree(ours, theirs)

@@ -38,6 +38,7 @@ class Node:
     target: str = ""  # symlinks only
     rdev: tuple[int, int] = (0, 0)  # devices only
     links: tuple[str, ...] = ()  # regular files: every path sharing this inode, sorted
+    xattrs: tuple[tuple[str, bytes], ...] = ()  # sorted (name, value) pairs
     mtime: int = 0  # seconds; compared only with times=True
 
 
@@ -74,9 +75,18 @@ def snapshot(root: Path, *, include_root: bool = False) -> dict[str, Node]:
             target=target,
             rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)) if is_dev else (0, 0),
             links=links if len(links) > 1 else (),
+            xattrs=_xattrs(root / rel if rel != "." else root),
             mtime=int(st.st_mtime),
         )
     return nodes
+
+
+def _xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return ()
+    return tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names))
 
 
 def _sha256(path: str) -> str:

@@ -47,6 +47,7 @@ _COPY_CHUNK = 1 * MiB
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _AUFS_META = ".wh..wh."  # AUFS bookkeeping (.wh..wh.plnk/, .wh..wh.aufs): never in a tree
+_XATTR = "SCHILY.xattr."
 _MAX_HOPS = 40  # symlinks followed to make a missing directory, as the kernel's ELOOP
 
 
@@ -413,6 +414,8 @@ class _Extractor:
                 self.entry(tar, ti, parts)
         except OSError as e:
             raise LayerError(f"layer entry {ti.name!r}: {e.strerror or _one_line(e)}") from e
+        except (ValueError, OverflowError) as e:  # NUL in a link target, a uid past 2**32...
+            raise LayerError(f"layer entry {ti.name!r}: {_one_line(e)}") from e
         if not parts or not parts[-1].startswith(_WHITEOUT):
             for i in range(1, len(parts) + 1):
                 self.touched.add(_rel(parts[:i]))
@@ -452,6 +455,10 @@ class _Extractor:
         if st is None:
             os.mkdir(base, 0o700, dir_fd=pfd)
         self.own(pfd, base, ti)
+        if any(k.startswith(_XATTR) for k in ti.pax_headers):
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            with _fd(os.open(base, flags, dir_fd=pfd)) as dfd:
+                _set_xattrs(dfd, ti)
         self.dir_meta[_rel(parts)] = (stat.S_IMODE(ti.mode), _ns(ti))
 
     def make_file(self, pfd: int, base: str, tar: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
@@ -466,8 +473,9 @@ class _Extractor:
                 _write_all(fd, chunk)
             if self.as_root:
                 os.fchown(fd, ti.uid, ti.gid)
-            # After chown, which clears setuid/setgid bits.
+            # After chown, which clears setuid/setgid bits and file capabilities.
             os.fchmod(fd, stat.S_IMODE(ti.mode))
+            _set_xattrs(fd, ti)
             os.utime(fd, ns=(_ns(ti), _ns(ti)))
         self.stats.bytes += ti.size
 
@@ -595,7 +603,32 @@ class _Extractor:
 
 
 def _ns(ti: tarfile.TarInfo) -> int:
-    return int(ti.mtime * 1_000_000_000)
+    """The entry's mtime in ns, clamped to what utimensat takes (a PAX mtime can be anything)."""
+    try:
+        ns = int(ti.mtime * 1_000_000_000)
+    except (ValueError, OverflowError):  # nan, inf
+        return 0
+    return max(-(2**63), min(ns, 2**63 - 1))
+
+
+def _set_xattrs(fd: int, ti: tarfile.TarInfo) -> None:
+    """Apply the entry's extended attributes (PAX `SCHILY.xattr.*`, as GNU tar and docker
+    write them) to the open file `fd`. Only user data, trusted.* and file capabilities: the
+    rest (security.selinux, ACLs) belongs to the host's policy, not to an image."""
+    for key, value in ti.pax_headers.items():
+        if not key.startswith(_XATTR):
+            continue
+        name = key[len(_XATTR) :]
+        if not (name.startswith(("user.", "trusted.")) or name == "security.capability"):
+            log.debug("ignoring xattr %s on %s", name, ti.name)
+            continue
+        try:
+            # tarfile decoded the value with surrogateescape; this gives the bytes back.
+            os.setxattr(fd, name, value.encode("utf-8", "surrogateescape"))
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
+                raise
+            log.warning("cannot set xattr %s on %s: %s", name, ti.name, e.strerror)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -618,9 +651,7 @@ def apply_layer(
         # typeshed wants a real file; stream mode only ever calls read().
         open_tar: Any = tarfile.open
         try:
-            with open_tar(
-                fileobj=stream, mode="r|", tarinfo=_bounded_tarinfo(limits)
-            ) as tar:
+            with open_tar(fileobj=stream, mode="r|", tarinfo=_bounded_tarinfo(limits)) as tar:
                 while (ti := tar.next()) is not None:
                     ex.apply(tar, ti)
                     # Stream mode keeps every TarInfo for random access we never do.
