@@ -88,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_image(layout)
         roots = Roots(tmp / "root", tmp / "state", tmp / "cache")
         env = dict(os.environ, BAREBOAT_ROOT=str(roots.root), BAREBOAT_STATE=str(roots.state))
+        # As installed (pip compiles the package): the warm-up run leaves bytecode behind.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         store = ImageStore(roots)
         image = store.load(layout)[0]
         ref = image.names[0]
