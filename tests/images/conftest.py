@@ -61,6 +61,8 @@ def pushed(tmp_path_factory: pytest.TempPathFactory, image_layout: Path) -> Iter
         for tag in ("latest", "wh", "zstd", "plain"):
             reg.push(image_layout, tag, f"test/busybox:{tag}")
         reg.push(image_layout, "multi", "test/multi:1", all_images=True)
+        reg.push(image_layout, "wh", "test/docker:wh", docker=True)
+        reg.push(image_layout, "multi", "test/dmulti:1", all_images=True, docker=True)
         yield Pushed(reg, image_layout)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bareboat.errors import DigestMismatch, ImageNotFound, RegistryError
+from bareboat.images import wire
 from bareboat.images.reference import parse_reference
 from bareboat.images.registry import RegistryClient
 from bareboat.images.store import ImageStore
@@ -103,6 +104,19 @@ def test_index_platform_pick(roots: Roots, pushed: Pushed) -> None:
     assert arm.config.labels == {"arch": "arm64"} and arm.config.architecture == "arm64"
     with pytest.raises(ImageNotFound, match="s390x"):
         store.pull(ref, platform="linux/s390x", progress=False)
+
+
+def test_docker_schema2_and_manifest_list(roots: Roots, pushed: Pushed, tmp_path: Path) -> None:
+    store = ImageStore(roots)
+    ref = pushed.reg.ref("test/docker:wh")
+    img = store.pull(ref, progress=False)
+    raw = json.loads(store.blobs.read(img.digest))
+    assert raw["mediaType"] == wire.DOCKER_MANIFEST
+    assert {x.media_type for x in img.layers} == {wire.DOCKER_LAYER_GZIP}
+    assert img.digest == skopeo_digest(ref)
+    assert_same_tree(store.rootfs(img), umoci_rootfs(ref, tmp_path))
+    arm = store.pull(pushed.reg.ref("test/dmulti:1"), platform="linux/arm64", progress=False)
+    assert arm.config.labels == {"arch": "arm64"}
 
 
 @pytest.mark.parametrize("tag", ["zstd", "plain"])

@@ -113,11 +113,16 @@ class Registry:
     def ref(self, name: str) -> str:
         return f"{self.host}/{name}"
 
-    def push(self, layout: Path, tag: str, name: str, *, all_images: bool = False) -> None:
-        """Copy `oci:LAYOUT:TAG` to `docker://HOST/NAME` with skopeo."""
+    def push(
+        self, layout: Path, tag: str, name: str, *, all_images: bool = False, docker: bool = False
+    ) -> None:
+        """Copy `oci:LAYOUT:TAG` to `docker://HOST/NAME` with skopeo; `docker` converts it to
+        Docker schema 2 (manifest list, manifest and layer media types)."""
         cmd = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
         if all_images:
             cmd.append("--all")
+        if docker:
+            cmd += ["--format", "v2s2"]
         if self.users:
             user, password = next(iter(self.users.items()))
             cmd += ["--dest-creds", f"{user}:{password}"]
@@ -127,4 +132,3 @@ class Registry:
     def blob_path(self, digest: str) -> Path:
         hexd = digest.split(":", 1)[1]
         return self.storage / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
-
