@@ -856,3 +856,39 @@ def test_symlink_loops_refused(work: Work, links: list[tuple[str, str]]) -> None
     work.apply([Entry(name, "symlink", target=t) for name, t in links])
     work.refused([Entry(f"{links[0][0]}/x", "file")], match="layer entry")
     work.assert_contained()
+
+
+FUZZ_BASE = pax_tar(
+    [
+        Entry("d", "dir", mode=0o755),
+        Entry("d/f", "file", b"hello" * 40, mode=0o644, uid=1000),
+        Entry("d/l", "symlink", target="/etc/passwd"),
+        Entry("d/h", "hardlink", target="d/f"),
+        Entry("d/.wh.x", "file"),
+        Entry("p", "fifo"),
+        Entry("long/" + "n" * 150, "file", b"x"),
+    ],
+    {"d/f": {"SCHILY.xattr.user.a": "b", "mtime": "1700000000.5"}},
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    flips=st.lists(
+        st.tuples(st.integers(0, len(FUZZ_BASE) - 1), st.integers(0, 255)), min_size=1, max_size=4
+    )
+)
+def test_mutated_tars_fail_cleanly(work: Work, flips: list[tuple[int, int]]) -> None:
+    """Damaged headers and data: a LayerError or a tree inside the rootfs, nothing else."""
+    data = bytearray(FUZZ_BASE)
+    for at, value in flips:
+        data[at] = value
+    shutil.rmtree(work.rootfs)
+    work.rootfs.mkdir()
+    try:
+        work.apply(bytes(data))
+    except LayerError as e:
+        assert "\n" not in str(e)
+    work.assert_contained()
