@@ -40,6 +40,7 @@ def manifest(layer_size: int = len(LAYER)) -> bytes:
 
 class Liar(BaseHTTPRequestHandler):
     routes: ClassVar[dict[str, bytes]] = {}
+    flaky: ClassVar[set[str]] = set()  # paths whose next answer is cut short
 
     def log_message(self, *args: object) -> None:
         pass
@@ -55,13 +56,18 @@ class Liar(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if self.path in self.flaky:
+            self.flaky.discard(self.path)
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
         self.wfile.write(body)
 
 
 @pytest.fixture
 def liar() -> Iterator[tuple[str, dict[str, bytes]]]:
     routes: dict[str, bytes] = {}
-    handler = type("L", (Liar,), {"routes": routes})
+    handler = type("L", (Liar,), {"routes": routes, "flaky": set()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.handle_error = lambda *a: None  # type: ignore[method-assign]  # clients hang up on us
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
@@ -125,3 +131,13 @@ def test_not_a_manifest(roots: Roots, liar: tuple[str, dict[str, bytes]]) -> Non
     serve(routes, b'{"schemaVersion": 2, "layers": "nope", "config": {}}')
     with pytest.raises(ManifestError):
         ImageStore(roots).pull(f"{host}/x:t", progress=False)
+
+
+def test_dropped_download_is_retried(roots: Roots, liar: tuple[str, dict[str, bytes]]) -> None:
+    host, routes = liar
+    serve(routes, manifest())
+    handler = next(c for c in Liar.__subclasses__() if c.routes is routes)
+    handler.flaky.add(f"/v2/x/blobs/{sha(LAYER)}")
+    store = ImageStore(roots)
+    img = store.pull(f"{host}/x:t", progress=False)
+    assert not handler.flaky and store.blobs.has(img.layers[0].digest)

@@ -31,9 +31,11 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from bareboat.errors import (
+    AuthError,
     ImageNotFound,
     InvalidReference,
     ManifestError,
+    RegistryError,
     StoreError,
 )
 from bareboat.fsutil import atomic_write
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from bareboat.images.registry import RegistryClient
 
 PARALLEL_DOWNLOADS = 4
+DOWNLOAD_ATTEMPTS = 3
 _HEX_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{3,64})")
 
 
@@ -288,14 +291,29 @@ class ImageStore:
         cancel = threading.Event()
 
         def one(d: wire.Descriptor) -> None:
+            got = 0
+
             def tick(n: int) -> None:
+                nonlocal got
                 if cancel.is_set():
                     raise _Cancelled
+                got += n
                 progress.advance(d.digest, n)
 
             progress.start(d.digest, d.size)
-            with self.blobs.writer(d.digest, d.size) as w:
-                client.blob_into(d.digest, w, tick)
+            for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+                try:
+                    with self.blobs.writer(d.digest, d.size) as w:
+                        client.blob_into(d.digest, w, tick)
+                    break
+                except AuthError:
+                    raise
+                except RegistryError:
+                    # A dropped connection or a 5xx: start the blob again, a few times.
+                    if attempt == DOWNLOAD_ATTEMPTS or cancel.wait(0.2 * attempt):
+                        raise
+                    progress.advance(d.digest, -got)
+                    got = 0
             progress.finish(d.digest)
 
         pool = ThreadPoolExecutor(max_workers=min(PARALLEL_DOWNLOADS, len(layers)))
