@@ -127,6 +127,7 @@ def bench_module(name: str, wasm: bytes, work: Path, runs: int) -> dict[str, Any
         wasi = wasmtime.WasiConfig()
         wasi.argv = [name]
         wasi.stdout_file = devnull
+        wasi.stderr_file = devnull  # the same stdio set-up as bareboat's plan
         store.set_wasi(wasi)
         store.set_epoch_deadline(1)
         linker = wasmtime.Linker(engine)

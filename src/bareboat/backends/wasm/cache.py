@@ -16,6 +16,8 @@ store itself (root-owned); modules from images never reach it except through the
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -80,10 +82,15 @@ def wasmtime_version() -> str:
 class ModuleCache:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._entries: dict[tuple[str, EngineSettings], Path] = {}
 
     def entry(self, digest: str, settings: EngineSettings) -> Path:
-        key = f"{digest}\0{wasmtime_version()}\0{settings.key}".encode()
-        return self.root / f"{hashlib.sha256(key).hexdigest()}.cwasm"
+        path = self._entries.get((digest, settings))
+        if path is None:
+            key = f"{digest}\0{wasmtime_version()}\0{settings.key}".encode()
+            path = self.root / f"{hashlib.sha256(key).hexdigest()}.cwasm"
+            self._entries[(digest, settings)] = path
+        return path
 
     def load(
         self, engine: wasmtime.Engine, source: Path, digest: str, settings: EngineSettings
@@ -92,13 +99,13 @@ class ModuleCache:
         import wasmtime
 
         path = self.entry(digest, settings)
-        result = CacheResult.MISS
-        if path.exists():
-            try:
-                return self._deserialize(engine, path), CacheResult.HIT
-            except (WasmError, wasmtime.WasmtimeError, OSError):
-                path.unlink(missing_ok=True)
-                result = CacheResult.REBUILT
+        try:
+            return self._deserialize(engine, path), CacheResult.HIT
+        except FileNotFoundError:
+            result = CacheResult.MISS
+        except (WasmError, wasmtime.WasmtimeError, OSError):
+            path.unlink(missing_ok=True)
+            result = CacheResult.REBUILT
         try:
             module = wasmtime.Module(engine, source.read_bytes())
         except wasmtime.WasmtimeError as err:
@@ -114,11 +121,21 @@ class ModuleCache:
     def _deserialize(engine: wasmtime.Engine, path: Path) -> wasmtime.Module:
         import wasmtime
 
-        data = path.read_bytes()
-        if len(data) <= _TRAILER:
-            raise WasmError("cache entry truncated")
-        body, trailer = memoryview(data)[:-_TRAILER], data[-_TRAILER:]
-        if trailer != _TRAILER_MAGIC + _crc32(body).to_bytes(4, "little"):
+        # Checked through a read-only map, not a copy: the page cache serves both this and
+        # wasmtime's own map of the file below.
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= _TRAILER:
+                raise WasmError("cache entry truncated")
+            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
+                view = memoryview(m)
+                try:
+                    ok = view[-_TRAILER:] == _TRAILER_MAGIC + _crc32(view[:-_TRAILER]).to_bytes(
+                        4, "little"
+                    )
+                finally:
+                    view.release()
+        if not ok:
             raise WasmError("cache entry checksum mismatch")
         # The trailer is ignored by wasmtime: it reads the ELF image it finds at the start.
         return wasmtime.Module.deserialize_file(engine, str(path))

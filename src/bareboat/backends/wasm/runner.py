@@ -82,7 +82,8 @@ class Execution:
         plan = self.plan
         wasi = wasmtime.WasiConfig()
         wasi.argv = list(plan.args)
-        wasi.env = [list(kv) for kv in plan.env]
+        if plan.env:
+            wasi.env = [list(kv) for kv in plan.env]
         _stdio(wasi, "stdin", plan.stdin)
         _stdio(wasi, "stdout", plan.stdout)
         _stdio(wasi, "stderr", plan.stderr)
