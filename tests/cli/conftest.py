@@ -3,6 +3,7 @@ own roots; each test's containers are force-removed after it, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -67,6 +68,14 @@ def leftovers(roots: Roots) -> list[str]:
             continue
         if str(roots.state) in cmdline:
             found.append(f"process {proc.name}: {cmdline[:80]}")
+            continue
+        # a monitor is a fork of the CLI: it shows by the files it holds under the roots
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith((str(roots.root), str(roots.state))):
+                    found.append(f"process {proc.name} holds {target}")
+                    break
     if roots.containers.exists():
         found += [
             f"record {p.name}" for p in roots.containers.iterdir() if not p.name.startswith(".")

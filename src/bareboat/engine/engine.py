@@ -72,6 +72,10 @@ class ContainerPaths:
         return self.run / "ctl.sock"
 
     @property
+    def monitor_pid(self) -> Path:
+        return self.run / "monitor.pid"
+
+    @property
     def monitor_log(self) -> Path:
         return self.run / "monitor.log"
 
@@ -343,10 +347,14 @@ class Engine:
             with contextlib.suppress(ContainerError, OSError):
                 backend.kill(ctx, rec.pid, signal.SIGKILL)
                 self.wait(rec.id, 10)
-            if alive(rec.monitor_pid, rec.monitor_start):
+        # a monitor still there (hung, or interrupted before the workload started) goes too
+        for pid, start in ((rec.monitor_pid, rec.monitor_start), _pid_file(p.monitor_pid)):
+            if pid is not None and alive(pid, start):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(rec.monitor_pid or 0, signal.SIGKILL)
-        elif rec.pid is not None and rec.isolation is Isolation.PROCESS:
+                    os.kill(pid, signal.SIGKILL)
+        # a dead monitor's process-backend workload: nothing else owns it (its start time
+        # was not kept, so only kill it if it still runs in this container's rootfs)
+        if rec.isolation is Isolation.PROCESS and rec.pid and _runs_in(rec.pid, p.rootfs):
             backend.kill(ctx, rec.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             backend.delete(ctx, force=True)
@@ -414,6 +422,21 @@ class Engine:
                         yield float(e["t"]), str(e["s"]), e["d"].encode("utf-8", "surrogateescape")
                     return
                 time.sleep(0.1)
+
+
+def _runs_in(pid: int, root: Path) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/root") == str(root)
+    except OSError:
+        return False
+
+
+def _pid_file(path: Path) -> tuple[int | None, int | None]:
+    try:
+        pid, start = path.read_text().split()
+        return int(pid), int(start)
+    except (FileNotFoundError, ValueError):
+        return None, None
 
 
 def _signal_number(name: str) -> int:

@@ -110,6 +110,10 @@ class Monitor:
 
     def main(self) -> None:
         self.paths.run.mkdir(parents=True, exist_ok=True)
+        # Who we are, before anything can fail: `rm -f` of a container whose start was
+        # interrupted finds its monitor here (the record only learns it once running).
+        me = f"{os.getpid()} {process_start_time(os.getpid())}"
+        self.paths.monitor_pid.write_text(me)
         devnull = os.open(os.devnull, os.O_RDWR)
         logfd = os.open(self.paths.monitor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(devnull, 0)
