@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bareboat.errors import LayerError, StoreError
-from bareboat.images.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
+from bareboat.images.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2, syncfs
 
 log = logging.getLogger(__name__)
 
@@ -668,6 +668,7 @@ def unpack_rootfs(
     layers: Sequence[tuple[Path, str]],
     *,
     limits: LayerLimits = DEFAULT_LIMITS,
+    durable: bool = True,
 ) -> LayerStats:
     """Build the root filesystem of `layers` ([(blob path, media type)], lowest first) at
     `dest`, which must not exist yet.
@@ -675,6 +676,8 @@ def unpack_rootfs(
     The tree is built in a temporary directory beside `dest` and renamed into place only when
     every layer applied, so a failure leaves neither `dest` nor the temporary directory.
     `limits.max_total_size` and `max_entries` bound the whole image, not each layer.
+    With `durable`, the tree is flushed to disk (syncfs) before the rename, so a `dest` that
+    exists after a crash is whole.
     """
     if dest.exists() or dest.is_symlink():
         raise StoreError(f"cannot unpack into {dest}: it already exists")
@@ -691,6 +694,9 @@ def unpack_rootfs(
             )
             with blob_path.open("rb") as blob:
                 total += apply_layer(tmp, blob, media_type, limits=left)
+        if durable:
+            with _fd(os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as tfd:
+                syncfs(tfd)
         try:
             tmp.rename(dest)
         except OSError as e:

@@ -1,4 +1,5 @@
-"""A ctypes binding of openat2(2), the one syscall the layer extractor needs that Python lacks.
+"""ctypes bindings of the two syscalls the layer extractor needs that Python lacks:
+openat2(2) and syncfs(2).
 
 With `RESOLVE_IN_ROOT` the kernel resolves the whole path as if `dirfd` were `/`: `..` stops at
 it and absolute symlinks restart from it, so no path or symlink in an image can name a file
@@ -38,11 +39,15 @@ _libc: ctypes.CDLL | None = None
 _RETRIES = 64
 
 
-def _syscall() -> Any:
+def _libc_handle() -> ctypes.CDLL:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc.syscall
+    return _libc
+
+
+def _syscall() -> Any:
+    return _libc_handle().syscall
 
 
 def openat2(
@@ -75,3 +80,11 @@ def openat2(
         if err not in (errno.EINTR, errno.EAGAIN):
             break
     raise OSError(err, os.strerror(err), path)
+
+
+def syncfs(fd: int) -> None:
+    """Flush everything of the filesystem that holds `fd` to disk (syncfs(2)), so a tree
+    renamed into place after it survives a crash whole; os.sync() would flush every disk."""
+    if _libc_handle().syncfs(ctypes.c_int(fd)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
