@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bareboat.backends.wasm.module import (
     is_wasm_image,
@@ -109,3 +112,37 @@ def test_blob_digest_checked(tmp_path: Path) -> None:
     assert module_from_blob(blob, good).digest == good
     with pytest.raises(WasmError, match="does not match"):
         module_from_blob(blob, "sha256:" + "0" * 64)
+
+
+_WORDS = ["a", "b", "..", ".", "up", "abs", "loop", "deep", "x.wasm"]
+
+
+@pytest.fixture(scope="module")
+def hostile_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root whose symlinks try every way out: relative, absolute, loops, chains."""
+    base = tmp_path_factory.mktemp("hostile")
+    root = base / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (base / "x.wasm").write_bytes(b"\0asm outside")
+    (root / "a" / "x.wasm").write_bytes(b"\0asm inside")
+    (root / "up").symlink_to("../../..")
+    (root / "a" / "up").symlink_to("../../../x.wasm")
+    (root / "abs").symlink_to(base)
+    (root / "a" / "abs").symlink_to("/a/b/../../up/x.wasm")
+    (root / "loop").symlink_to("loop")
+    (root / "a" / "b" / "deep").symlink_to("../up/../abs")
+    return root
+
+
+@given(st.lists(st.sampled_from(_WORDS), min_size=1, max_size=8), st.booleans())
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_resolve_never_leaves_root(hostile_root: Path, words: list[str], absolute: bool) -> None:
+    path = ("/" if absolute else "") + "/".join(words)
+    try:
+        got = resolve_in_root(hostile_root, path)
+    except WasmError:
+        return  # missing or a loop: refused, which is fine
+    real = Path(os.path.realpath(got))
+    assert real == hostile_root.resolve() or hostile_root.resolve() in real.parents, (path, real)

@@ -119,8 +119,10 @@ def resolve_in_root(root: Path, path: str) -> Path:
         candidate = root.joinpath(*resolved, name)
         try:
             st = candidate.lstat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise WasmError(f"module {path!r} not found in the image") from None
+        except OSError as err:
+            raise WasmError(f"cannot resolve module {path!r}: {err.strerror}") from None
         if stat.S_ISLNK(st.st_mode):
             hops += 1
             if hops > _MAX_SYMLINKS:
