@@ -1,10 +1,228 @@
-"""`bareboat` commands: guest."""
+"""`bareboat` commands: `guest build`, `guest info` and the host-wide `info`.
+
+The kernel build takes minutes, so it shows progress: a rich bar on a terminal, plain lines
+otherwise (logs, CI). rich and the backends are imported inside the handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bareboat.cli.common import roots
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from bareboat.paths import Roots
+
+
+class RichProgress:
+    """The kernel build's steps as a spinner, the compile as a bar (rich, lazily imported)."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress: Progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._finish()
+        self._progress.stop()
+
+    def _finish(self) -> None:
+        if self._task is not None:
+            task = self._progress.tasks[-1]
+            self._progress.update(self._task, total=task.total or 1, completed=task.total or 1)
+            self._task = None
+
+    def step(self, text: str) -> None:
+        self._finish()
+        self._task = self._progress.add_task(text, total=None)
+
+    def advance(self, done: int, total: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=done, total=total)
+
+
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from bareboat.backends.microvm import kernel
+
+    r = roots(args)
+    if sys.stderr.isatty():
+        with RichProgress() as progress:
+            vmlinux = kernel.build_kernel(r, force=args.force, progress=progress, jobs=args.jobs)
+    else:
+        vmlinux = kernel.build_kernel(
+            r, force=args.force, progress=kernel.PlainProgress(_stderr_line), jobs=args.jobs
+        )
+    print(f"kernel: {vmlinux}")
+    init = _build_init(r)
+    if init is not None:
+        print(f"init:   {init}")
+    return 0
+
+
+def _build_init(r: Roots) -> Path | None:
+    """Build the init and its initramfs with the init engineer's module, when it exists."""
+    try:
+        from bareboat.backends.microvm import initbuild
+    except ImportError:
+        _stderr_line("bareboat: the guest init builder is not available yet; skipping the init")
+        return None
+    _stderr_line("bareboat: building the guest init")
+    builder = getattr(initbuild, "build_initramfs", None) or initbuild.build_init
+    path: Path = builder(r)
+    return path
+
+
+def _guest_info(r: Roots) -> dict[str, Any]:
+    from bareboat.backends.microvm import kernel
+
+    k = kernel.kernel_info(r)
+    info: dict[str, Any] = {
+        "cache": str(r.guest),
+        "kernel": {
+            "fragment": str(k.fragment),
+            "source_version": k.source_version,
+            "key": k.key,
+            "path": str(k.path) if k.path else None,
+            "size": k.size,
+            "built": k.path is not None,
+            **({"problem": k.problem} if k.problem else {}),
+        },
+    }
+    user = os.environ.get(kernel.ENV_KERNEL)
+    if user:
+        info["kernel"]["user_kernel"] = user
+    info["init"] = _init_info(r)
+    return info
+
+
+def _init_info(r: Roots) -> dict[str, Any]:
+    try:
+        from bareboat.backends.microvm import initbuild
+    except ImportError:
+        return {"available": False}
+    try:
+        plan = initbuild.plan_init()
+    except Exception as e:  # noqa: BLE001 - report any reason the init cannot be planned
+        return {"key": None, "built": False, "problem": str(e)}
+    path = initbuild.init_dir(r) / plan.key / "init"
+    initramfs = path.parent / "initramfs.cpio"
+    return {
+        "key": plan.key,
+        "path": str(path) if path.is_file() else None,
+        "size": path.stat().st_size if path.is_file() else None,
+        "initramfs": str(initramfs) if initramfs.is_file() else None,
+        "built": path.is_file(),
+    }
+
+
+def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            print(f"{' ' * indent}{key}:")
+            _print_tree(value, indent + 2)
+        else:
+            shown = "-" if value is None else value
+            print(f"{' ' * indent}{key}: {shown}")
+
+
+def _guest_info_cmd(args: argparse.Namespace) -> int:
+    info = _guest_info(roots(args))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_tree(info)
+    return 0
+
+
+def tool_version(argv: list[str]) -> str | None:
+    """The first line a tool prints for its version, or None if it is not installed."""
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def _info_cmd(args: argparse.Namespace) -> int:
+    from bareboat import __version__
+    from bareboat.backends.microvm import accel
+
+    r = roots(args)
+    choice = accel.choose_accel(r, args.accel)
+    info: dict[str, Any] = {
+        "version": __version__,
+        "roots": {"root": str(r.root), "state": str(r.state), "cache": str(r.cache)},
+        "microvm": {
+            "accelerator": choice.accel,
+            "reason": choice.reason,
+            **_guest_info(r),
+        },
+        "tools": {
+            "qemu": tool_version(["qemu-system-x86_64", "--version"]),
+            "runc": tool_version(["runc", "--version"]),
+            "crun": tool_version(["crun", "--version"]),
+        },
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_tree(info)
+    return 0
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this group's commands to the `bareboat` parser."""
+    guest = sub.add_parser("guest", help="build and show the microVM guest kernel and init")
+    gsub = guest.add_subparsers(dest="guest_command", metavar="COMMAND")
+    guest.set_defaults(func=lambda a: (guest.print_help(sys.stderr), 125)[1])
+
+    p = gsub.add_parser("build", help="build the guest kernel and init (cached by their inputs)")
+    p.add_argument("--force", action="store_true", help="rebuild the kernel even if cached")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compile jobs")
+    p.set_defaults(func=_build)
+
+    p = gsub.add_parser("info", help="show the guest kernel and init: paths, keys, sizes")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_guest_info_cmd)
+
+    p = sub.add_parser("info", help="show bareboat's set-up: roots, accelerator, guest, tools")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--accel", choices=["auto", "kvm", "tcg"], default=None, help="accelerator to report"
+    )
+    p.set_defaults(func=_info_cmd)

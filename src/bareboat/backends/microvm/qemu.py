@@ -22,6 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -297,6 +298,25 @@ def _read_kmsg(limit: int = 16 * 1024 * 1024) -> str:
 # --- one QEMU process ---------------------------------------------------------------------
 
 
+def _die_with_parent_hook() -> Callable[[], None]:
+    """A pre-exec hook that makes the kernel SIGKILL QEMU when the process owning it dies.
+
+    A bareboat process killed by SIGKILL (or SIGTERM without a handler) never reaches its
+    cleanup; without this its QEMU would run on, orphaned. The kernel sends the signal when the
+    parent *thread* exits, so launch QEMU from a thread that lives as long as the VM should.
+    prctl is looked up here, in the parent: the child between fork and exec must not dlopen.
+    """
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+
+    return hook
+
+
 @dataclass(frozen=True)
 class VMExit:
     """How a QEMU process ended."""
@@ -326,8 +346,10 @@ class QemuProcess:
         launch_timeout: float = 10.0,
         qmp_timeout: float = 5.0,
         stderr: Path | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         self.cfg = cfg
+        self.die_with_parent = die_with_parent
         self.argv = build_argv(cfg, qemu=qemu)
         self.launch_timeout = launch_timeout
         self.qmp_timeout = qmp_timeout
@@ -379,6 +401,7 @@ class QemuProcess:
                 # Its own process group: a Ctrl-C meant for bareboat must not kill QEMU
                 # behind our back; we stop it ourselves, in order.
                 start_new_session=True,
+                preexec_fn=_die_with_parent_hook() if self.die_with_parent else None,
             )
         except FileNotFoundError:
             self._close_stderr()
