@@ -20,15 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bareboat.errors import LayerError, StoreError
-from bareboat.images.layers import (
-    Compression,
-    LayerLimits,
-    LayerStats,
-    apply_layer,
-    compression_for,
-    entry_parts,
-    unpack_rootfs,
-)
+from bareboat.images.layers import LayerLimits, LayerStats, apply_layer, entry_parts, unpack_rootfs
+from bareboat.images.layerstream import Compression, compression_for
 from tests.support.imagebuild import (
     MT_LAYER,
     Entry,

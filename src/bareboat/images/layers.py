@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import errno
-import io
 import logging
 import os
 import shutil
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bareboat.errors import LayerError, StoreError
+from bareboat.images.layerstream import bounded_tarinfo, decompressed, one_line
 from bareboat.images.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2, syncfs
 
 log = logging.getLogger(__name__)
@@ -82,177 +81,6 @@ class LayerStats:
 
 def _fields(s: LayerStats) -> tuple[int, ...]:
     return tuple(getattr(s, f.name) for f in dataclasses.fields(s))
-
-
-# --- decompression --------------------------------------------------------------------------
-
-
-class Compression(enum.Enum):
-    NONE = "tar"
-    GZIP = "gzip"
-    ZSTD = "zstd"
-
-
-_LAYER_MEDIA_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar": Compression.NONE,
-    "application/vnd.oci.image.layer.v1.tar+gzip": Compression.GZIP,
-    "application/vnd.oci.image.layer.v1.tar+zstd": Compression.ZSTD,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": Compression.NONE,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": Compression.GZIP,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": Compression.ZSTD,
-    "application/vnd.docker.image.rootfs.diff.tar": Compression.NONE,
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": Compression.GZIP,
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": Compression.GZIP,
-}
-# Media types that say nothing about the content; we sniff it.
-_GENERIC_MEDIA_TYPES = {"", "application/octet-stream", "application/x-tar", "application/tar"}
-
-_MAGIC = {
-    b"\x1f\x8b": Compression.GZIP,
-    b"\x28\xb5\x2f\xfd": Compression.ZSTD,
-}
-_UNSUPPORTED_MAGIC = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x04\x22\x4d\x18": "lz4"}
-_SNIFF = 6
-
-
-def compression_for(media_type: str, head: bytes) -> Compression:
-    """How to decompress a layer whose blob starts with `head`.
-
-    The magic bytes win over the media type: registries and tools mislabel layers (gzip
-    served as `.tar`, zstd as `.tar.gzip`), and the bytes cannot lie about their format.
-    """
-    if media_type not in _LAYER_MEDIA_TYPES and media_type not in _GENERIC_MEDIA_TYPES:
-        raise LayerError(f"media type {media_type!r} is not a filesystem layer")
-    for magic, comp in _MAGIC.items():
-        if head.startswith(magic):
-            return comp
-    for magic, name in _UNSUPPORTED_MAGIC.items():
-        if head.startswith(magic):
-            raise LayerError(f"layer is {name}-compressed, which OCI images do not use")
-    return Compression.NONE
-
-
-class _Rejoined(io.RawIOBase):
-    """The sniffed head of a stream put back in front of the rest."""
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        super().__init__()
-        self._head = head
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._head:
-            data, self._head = self._head[: len(view)], self._head[len(view) :]
-        else:
-            data = self._rest.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-
-class _Guarded:
-    """A read-only stream that turns decompression errors into LayerError and caps its size.
-
-    The cap bounds what a hostile layer can make us read (a zstd bomb, a PAX header that
-    claims to be huge) even before any per-entry check sees it.
-    """
-
-    def __init__(self, raw: Any, limit: int, errors: tuple[type[BaseException], ...]) -> None:
-        self._raw = raw
-        self._limit = limit
-        self._errors = errors
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            return b"".join(iter(lambda: self.read(_COPY_CHUNK), b""))
-        try:
-            data: bytes = self._raw.read(n)
-        except self._errors as e:
-            raise LayerError(f"corrupt layer data: {_one_line(e)}") from e
-        self.count += len(data)
-        if self.count > self._limit:
-            raise LayerError(f"layer expands to more than {self._limit} bytes")
-        return data
-
-    def drain(self) -> None:
-        """Read to the end, so a corrupt trailer (gzip CRC, zstd checksum) is noticed."""
-        while self.read(_COPY_CHUNK):
-            pass
-
-
-def _decompressed(blob: BinaryIO, media_type: str, limits: LayerLimits) -> _Guarded:
-    head = b""
-    while len(head) < _SNIFF:
-        more = blob.read(_SNIFF - len(head))
-        if not more:
-            break
-        head += more
-    comp = compression_for(media_type, head)
-    src = _Rejoined(head, blob)
-    errors: list[type[BaseException]] = [OSError, EOFError, ValueError]
-    raw: Any = src
-    if comp is Compression.GZIP:
-        from isal import igzip, igzip_lib
-
-        gzip_file: Any = igzip.IGzipFile  # untyped
-        raw = gzip_file(fileobj=src, mode="rb")
-        isal_error: Any = igzip_lib.IsalError  # typed as an instance in isal's stubs
-        errors.append(isal_error)
-    elif comp is Compression.ZSTD:
-        import zstandard
-
-        raw = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        errors.append(zstandard.ZstdError)
-    return _Guarded(raw, limits.max_stream_size, tuple(errors))
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-# --- tar headers ----------------------------------------------------------------------------
-
-_LONG_HEADER_TYPES = {
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-}
-
-
-def _bounded_tarinfo(limits: LayerLimits) -> type[tarfile.TarInfo]:
-    class BoundedTarInfo(tarfile.TarInfo):
-        """TarInfo that refuses oversized PAX/GNU records before tarfile reads them into
-        memory, and reports a corrupt header instead of ending the archive there (tarfile
-        takes a bad checksum after the first member for the end of the archive)."""
-
-        @classmethod
-        def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Any:
-            obj = super().frombuf(buf, encoding, errors)
-            if obj.type in _LONG_HEADER_TYPES and obj.size > limits.max_header_size:
-                raise LayerError(
-                    f"tar extended header of {obj.size} bytes exceeds the limit of "
-                    f"{limits.max_header_size}"
-                )
-            return obj
-
-        @classmethod
-        def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Any:
-            try:
-                return super().fromtarfile(tarfile_)
-            except tarfile.HeaderError as e:
-                # End of archive (zero block) and end of data are how a tar ends.
-                if type(e).__name__ in ("EOFHeaderError", "EmptyHeaderError"):
-                    raise
-                offset = getattr(tarfile_, "offset", "?")
-                raise LayerError(f"corrupt tar header at offset {offset}: {e}") from e
-
-    return BoundedTarInfo
 
 
 def entry_parts(name: str) -> tuple[str, ...]:
@@ -413,9 +241,9 @@ class _Extractor:
             else:
                 self.entry(tar, ti, parts)
         except OSError as e:
-            raise LayerError(f"layer entry {ti.name!r}: {e.strerror or _one_line(e)}") from e
+            raise LayerError(f"layer entry {ti.name!r}: {e.strerror or one_line(e)}") from e
         except (ValueError, OverflowError) as e:  # NUL in a link target, a uid past 2**32...
-            raise LayerError(f"layer entry {ti.name!r}: {_one_line(e)}") from e
+            raise LayerError(f"layer entry {ti.name!r}: {one_line(e)}") from e
         if not parts or not parts[-1].startswith(_WHITEOUT):
             for i in range(1, len(parts) + 1):
                 self.touched.add(_rel(parts[:i]))
@@ -645,19 +473,21 @@ def apply_layer(
     Raises LayerError for a corrupt or hostile layer; the tree may then be half-changed, so
     callers build into a scratch directory (as unpack_rootfs does) and throw it away.
     """
-    stream = _decompressed(blob, media_type, limits)
+    stream = decompressed(blob, media_type, max_bytes=limits.max_stream_size)
     with _fd(os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as rootfd:
         ex = _Extractor(rootfd, limits)
         # typeshed wants a real file; stream mode only ever calls read().
         open_tar: Any = tarfile.open
         try:
-            with open_tar(fileobj=stream, mode="r|", tarinfo=_bounded_tarinfo(limits)) as tar:
+            with open_tar(
+                fileobj=stream, mode="r|", tarinfo=bounded_tarinfo(limits.max_header_size)
+            ) as tar:
                 while (ti := tar.next()) is not None:
                     ex.apply(tar, ti)
                     # Stream mode keeps every TarInfo for random access we never do.
                     tar.members.clear()
         except tarfile.TarError as e:
-            raise LayerError(f"corrupt layer: {_one_line(e)}") from e
+            raise LayerError(f"corrupt layer: {one_line(e)}") from e
         stream.drain()
         ex.finish()
     return ex.stats
