@@ -29,7 +29,7 @@ from bareboat.spec.options import Isolation, RunOptions
 
 from .names import ID_RE, check_name, new_id, random_name
 from .overlay import Overlay, unmount_tree
-from .state import Record, RecordStore, State, alive
+from .state import Record, RecordStore, State, alive, write_replace
 
 
 class ImageSource(Protocol):
@@ -238,7 +238,10 @@ class Engine:
                 p.record.mkdir(parents=True)
                 (p.record / "lower").write_text(str(lower))
                 p.bundle.mkdir(parents=True)
-                write_bundle(p.bundle, spec)
+                if auto_remove:  # not worth an fsync: see RecordStore.save
+                    write_replace(p.bundle / "config.json", json.dumps(spec).encode())
+                else:
+                    write_bundle(p.bundle, spec)
                 rec = Record(
                     id=cid,
                     name=name,

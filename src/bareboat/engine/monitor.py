@@ -42,7 +42,12 @@ if TYPE_CHECKING:
 
 def spawn(engine: Engine, cid: str, *, wait_attach: bool) -> None:
     """Start the monitor of container `cid`; return once it is ready, raise if it failed."""
+    import gc
+
     r, w = os.pipe()
+    # Objects made so far never need collecting in the monitor: keep its GC from touching
+    # (and so copying) every page it shares with the parent.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1

@@ -123,14 +123,24 @@ class RecordStore:
         return self.base / cid
 
     def save(self, record: Record) -> None:
-        atomic_write_text(self.dir(record.id) / self.FILE, json.dumps(record.to_json(), indent=1))
+        path = self.dir(record.id) / self.FILE
+        data = json.dumps(record.to_json(), indent=1)
+        if record.auto_remove:
+            # Replaced atomically but not fsynced: a --rm container's record is gone at its
+            # end anyway, and after a crash a torn one is read as missing (ids() skips it).
+            write_replace(path, data.encode())
+        else:
+            atomic_write_text(path, data)
 
     def load(self, cid: str) -> Record:
         try:
             raw = (self.dir(cid) / self.FILE).read_text()
         except FileNotFoundError:
             raise ContainerError(f"container {cid[:12]} has no record") from None
-        return Record.from_json(json.loads(raw))
+        try:
+            return Record.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError):
+            raise ContainerError(f"container {cid[:12]} has a damaged record") from None
 
     def ids(self) -> list[str]:
         try:
@@ -138,6 +148,19 @@ class RecordStore:
         except FileNotFoundError:
             return []
         return sorted(e for e in entries if (self.base / e / self.FILE).is_file())
+
+
+def write_replace(path: Path, data: bytes) -> None:
+    """Write beside `path` and rename over it: atomic for readers, not durable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def process_start_time(pid: int) -> int | None:
