@@ -696,6 +696,13 @@ def test_unpack_rootfs_refuses_existing_dest(tmp_path: Path) -> None:
         unpack_rootfs(tmp_path / "r", [])
 
 
+def test_unpack_rootfs_missing_blob(tmp_path: Path) -> None:
+    layers = _blobs(tmp_path, [tar_layer(LOWER)])
+    with pytest.raises(StoreError, match="cannot read layer blob"):
+        unpack_rootfs(tmp_path / "store" / "r", [*layers, (tmp_path / "gone", MT_TAR)])
+    assert os.listdir(tmp_path / "store") == []
+
+
 # --- oracle: umoci --------------------------------------------------------------------------
 
 

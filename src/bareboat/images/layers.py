@@ -12,9 +12,18 @@ the root instead; no honest tool writes one, so we call it hostile). Writing thr
 that points outside (`evil -> /tmp`, then `evil/x`) is contained, not refused: real images
 rely on absolute symlinks such as `/var/run -> /run`, so `evil/x` lands in `<rootfs>/tmp/x`.
 
+A parent that is a dangling symlink (`var/run -> /run` before /run exists) has its target
+made, inside the rootfs, as docker does; symlink loops are a LayerError.
+
 OCI whiteouts: `.wh.NAME` removes NAME of lower layers and `.wh..wh..opq` empties its
 directory of lower-layer contents; both only hide what lower layers made (never entries of
 their own layer, in whatever order the tar lists them) and never appear in the tree.
+
+Metadata: modes (setuid, setgid, sticky), mtimes, and PAX xattrs (user.*, trusted.*,
+security.capability); owners and device nodes only as root (device nodes are skipped with a
+warning otherwise). Directory modes and times are set when the layer is done, and directories
+whose contents a layer changed get their times back, so the tree does not depend on when it
+was unpacked. Without root, directories keep u+rwx so later layers and clean-up can enter.
 """
 
 from __future__ import annotations
@@ -489,7 +498,10 @@ def apply_layer(
         except tarfile.TarError as e:
             raise LayerError(f"corrupt layer: {one_line(e)}") from e
         stream.drain()
-        ex.finish()
+        try:
+            ex.finish()
+        except OSError as e:
+            raise LayerError(f"cannot set directory modes and times: {one_line(e)}") from e
     return ex.stats
 
 
@@ -522,7 +534,11 @@ def unpack_rootfs(
                 max_total_size=limits.max_total_size - total.bytes,
                 max_entries=limits.max_entries - total.entries,
             )
-            with blob_path.open("rb") as blob:
+            try:
+                blob = blob_path.open("rb")
+            except OSError as e:
+                raise StoreError(f"cannot read layer blob {blob_path}: {e.strerror}") from e
+            with blob:
                 total += apply_layer(tmp, blob, media_type, limits=left)
         if durable:
             with _fd(os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as tfd:
