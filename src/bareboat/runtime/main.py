@@ -1,11 +1,147 @@
-"""Entry point of `bareboat-runtime` (the OCI runtime CLI; see the runtime issue)."""
+"""Entry point of `bareboat-runtime`, the runc-compatible OCI runtime CLI.
+
+podman (conmon), containerd's runc shim and docker call this 3–5 times per container, so the
+hot path imports only os/sys/json and bareboat's small modules; anything heavier is imported
+inside the branch that needs it. Parse → dispatch on the container's isolation → act.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from bareboat.errors import BackendUnavailable, BareboatError, UsageError
+
+from . import args, isolation
+from .records import Record, RuntimeRoot, check_id
+
+VERSION = "0.1.0"
+SPEC_VERSION = "1.0.2-dev"
+
+# Isolations this runtime can run under the OCI contract today.
+SUPPORTED = ("container",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    print("bareboat-runtime: not implemented yet", file=sys.stderr)
-    return 1
+    argv0 = sys.argv[0] if sys.argv else "bareboat-runtime"
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    log, log_format = "", "text"
+    try:
+        inv = args.parse(tokens)
+        log, log_format = inv.globals.log, inv.globals.log_format
+        return dispatch(inv, argv0)
+    except BareboatError as e:
+        from .report import error
+
+        error(str(e), log=log, log_format=log_format)
+        return 1
+    except OSError as e:
+        from .report import error
+
+        error(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), log=log, log_format=log_format)
+        return 1
+
+
+def dispatch(inv: args.Invocation, argv0: str) -> int:
+    g = inv.globals
+    if g.version and not inv.command:
+        print(f"bareboat-runtime version {VERSION}\nspec: {SPEC_VERSION}")
+        return 0
+    if g.help and not inv.command:
+        print("usage: bareboat-runtime [global flags] COMMAND [flags] [ID] ...\ncommands: "
+              + " ".join(args.COMMANDS))
+        return 0
+    root = RuntimeRoot.of(g.root)
+    cmd = inv.command
+    if cmd in ("create", "run"):
+        return create(inv, root, argv0)
+    if cmd == "list":
+        from .listing import list_all
+
+        return list_all(inv, root)
+    if cmd == "features":
+        from .features import features
+
+        return features(inv, root)
+    if cmd == "spec":
+        return _delegate(inv, root)
+    cid = check_id(inv.id)
+    rec = root.load(cid)
+    # No record: not ours (or already deleted); runc gives the answer runc would give.
+    iso = rec.isolation if rec else "container"
+    if iso == "container":
+        if cmd == "delete":
+            return delete_container(inv, root)
+        return _delegate(inv, root)
+    if iso == "process":
+        from . import process
+
+        assert rec is not None
+        return process.command(inv, root, rec)
+    raise BackendUnavailable(f"container {cid}: isolation {iso} cannot be driven here")
+
+
+def read_config(bundle: str) -> dict[str, Any]:
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"no config.json in bundle {bundle}") from None
+    except ValueError as e:
+        raise UsageError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}: not a JSON object")
+    return config
+
+
+def create(inv: args.Invocation, root: RuntimeRoot, argv0: str) -> int:
+    cid = check_id(inv.id)
+    bundle = os.path.abspath(inv.flag("--bundle") or ".")
+    config = read_config(bundle)
+    iso = isolation.resolve(config, argv0, os.environ)
+    if iso not in SUPPORTED:
+        raise BackendUnavailable(
+            f"isolation {iso} is not available under bareboat-runtime yet "
+            f"(available: {', '.join(SUPPORTED)})"
+        )
+    root.claim(Record(cid, iso, bundle))
+    try:
+        if iso == "process":
+            from . import process
+
+            rc = process.create(inv, root, bundle, config)
+        else:
+            rc = _create_container(inv, root)
+    except BaseException:
+        root.drop(cid)
+        raise
+    if rc != 0 or (inv.command == "run" and not inv.has("--detach") and not inv.has("--keep")):
+        root.drop(cid)
+    return rc
+
+
+def _create_container(inv: args.Invocation, root: RuntimeRoot) -> int:
+    from .delegate import find_runtime, runc_argv, spawn_runc
+
+    argv = runc_argv(find_runtime(os.environ), inv, root)
+    return spawn_runc(argv, forward_signals=inv.command == "run")
+
+
+def delete_container(inv: args.Invocation, root: RuntimeRoot) -> int:
+    from .delegate import find_runtime, runc_argv, spawn_runc
+
+    rc = spawn_runc(runc_argv(find_runtime(os.environ), inv, root))
+    if rc == 0 or inv.has("--force"):
+        root.drop(inv.id)
+    return rc
+
+
+def _delegate(inv: args.Invocation, root: RuntimeRoot) -> int:
+    from .delegate import exec_runc, find_runtime, runc_argv
+
+    exec_runc(runc_argv(find_runtime(os.environ), inv, root))
+    return 1  # not reached

@@ -1,0 +1,71 @@
+"""`container` isolation: the real runc (or crun) does the work with the client's own bundle,
+pid file, console socket, stdio and inherited fds.
+
+Plan: `runc_argv` turns an invocation into runc's argv (our globals with `--root` moved to
+`<root>/runc`, then the command's tokens unchanged). Execute: `exec_runc` replaces this process
+when nothing is left to do afterwards (the client then talks to runc directly: exit code,
+stdio, signals), `spawn_runc` waits when a record must follow the result.
+
+`BAREBOAT_RUNTIME_OCI` names the runtime (a name on PATH or a path; default runc: Debian's
+crun 1.8.1 refuses this host's hybrid cgroup layout unless cgroup2 is hidden, which bareboat's
+container backend does for its own `run`, and runc 1.1.5 works as is).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+
+from bareboat.errors import BackendUnavailable
+
+from .args import Invocation
+from .records import RuntimeRoot
+
+
+def find_runtime(env: Mapping[str, str]) -> str:
+    wanted = env.get("BAREBOAT_RUNTIME_OCI") or "runc"
+    if "/" in wanted:
+        candidates = [wanted]
+    else:
+        dirs = (env.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin").split(":")
+        # podman and containerd may hand us a minimal PATH; runc lives in /usr/sbin on Debian.
+        dirs += ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin"]
+        candidates = [os.path.join(d, wanted) for d in dirs if d]
+    for path in candidates:
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            if os.path.realpath(path) == os.path.realpath("/proc/self/exe"):
+                continue
+            return path
+    raise BackendUnavailable(
+        f"OCI runtime {wanted!r} not found: install runc or set BAREBOAT_RUNTIME_OCI"
+    )
+
+
+def runc_argv(runtime: str, inv: Invocation, root: RuntimeRoot) -> list[str]:
+    g = [a for a in inv.globals.passthrough if not a.startswith("--root=")]
+    return [runtime, f"--root={root.runc}", *g, inv.command, *inv.tokens]
+
+
+def exec_runc(argv: list[str]) -> None:
+    os.execv(argv[0], argv)
+
+
+def spawn_runc(argv: list[str], *, forward_signals: bool = False) -> int:
+    """Run runc as a child with our stdio and inherited fds; return its exit code."""
+    pid = os.posix_spawn(argv[0], argv, os.environ)
+    if forward_signals:
+        # A foreground `run`: the client signals us, the workload must get it.
+        def forward(sig: int, _frame: object) -> None:
+            os.kill(pid, sig)
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                    signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
+            signal.signal(sig, forward)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            return 1
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
