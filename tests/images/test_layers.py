@@ -724,11 +724,16 @@ UPPER = [
     Entry("tmp", "file", b"a dir became a file"),
     Entry("etc/passwd", "symlink", target="../etc/passwd.real"),
     Entry("etc/passwd.real", "file", b"root:x:0:0::/:/bin/sh\n", mode=0o600),
+    Entry("bin/sh-link", "hardlink", target="bin/sh"),  # a hard link to a symlink
+    Entry("usr/share/" + "long-name-" * 20 + "/" + "x" * 200, "file", b"pax path"),
+    Entry("usr/share/caf\u00e9/\u6587\u4ef6.txt", "file", b"utf-8 names", uid=65534, gid=65534),
+    Entry("usr/share/caf\u00e9/link", "symlink", target="\u6587\u4ef6.txt"),
 ]
 
 
 # Directories the upper layer makes without listing them get "now" as mtime, in umoci too.
-IMPLICIT = {"opt", "opt/app", "opt/app/bin"}
+IMPLICIT = {"opt", "opt/app", "opt/app/bin", "usr", "usr/share", "usr/share/caf\u00e9"}
+IMPLICIT.add("usr/share/" + "long-name-" * 20)
 
 
 @pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
