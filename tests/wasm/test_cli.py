@@ -150,6 +150,13 @@ def test_memory_and_timeout(bb: Run, roots: Roots, tmp_path: Path) -> None:
     ref = load(roots, tmp_path, compat_image(wat.spin()), "spin")
     r = bb("run", "--rm", "--isolation", "wasm", "-l", "io.bareboat.wasm.timeout=1", ref)
     assert r.returncode == 124 and "timed out after 1s" in r.stderr
+    r = bb("run", "--rm", "--timeout", "0.5", ref)
+    assert r.returncode == 124 and "timed out after 0.5s" in r.stderr
+    r = bb("run", "--rm", "--fuel", "100000", ref)
+    assert r.returncode == 124 and "out of fuel (budget 100000)" in r.stderr
+    r = bb("run", "--rm", "--timeout", "-1", ref)
+    assert r.returncode == 125 and "invalid --timeout" in r.stderr
+    assert leftovers(roots) == []
 
 
 def test_detached_lifecycle(bb: Run, roots: Roots, tmp_path: Path) -> None:

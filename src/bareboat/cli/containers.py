@@ -119,6 +119,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     a("--entrypoint")
     a("-l", "--label", action="append", default=[])
     a("--ulimit", action="append", default=[])
+    a("--timeout", type=float, help="wasm: end the module after SECONDS (exit 124)")
+    a("--fuel", type=int, help="wasm: CPU budget in wasmtime fuel units (exit 124 when spent)")
     a("-i", "--interactive", action="store_true")
     a("-t", "--tty", action="store_true")
 
@@ -139,6 +141,23 @@ def _env_file(path: str) -> list[str]:
     return [ln for ln in (x.strip() for x in lines) if ln and not ln.startswith("#")]
 
 
+def _wasm_limits(args: argparse.Namespace) -> dict[str, str]:
+    """--timeout/--fuel as the annotations the wasm backend reads (bareboat.backends.wasm)."""
+    from bareboat.errors import UsageError
+
+    out = {}
+    timeout, fuel = getattr(args, "timeout", None), getattr(args, "fuel", None)
+    if timeout is not None:
+        if not 0 < timeout < 1e9:
+            raise UsageError(f"invalid --timeout {timeout:g}: must be a positive number of seconds")
+        out["io.bareboat.wasm.timeout"] = f"{timeout:g}"
+    if fuel is not None:
+        if fuel <= 0:
+            raise UsageError(f"invalid --fuel {fuel}: must be a positive integer")
+        out["io.bareboat.wasm.fuel"] = str(fuel)
+    return out
+
+
 def options_from_args(args: argparse.Namespace) -> RunOptions:
     """The parsed flags as `RunOptions` (plain data, tested without running anything)."""
     import shlex
@@ -149,6 +168,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     env = [e for f in args.env_file for e in _env_file(f)] + list(args.env)
     env_values = tuple(v for v in (parse.parse_env(e) for e in env) if v is not None)
     labels = dict(parse.parse_label(x) for x in args.label)
+    labels.update(_wasm_limits(args))
     entrypoint = None
     if args.entrypoint is not None:
         entrypoint = tuple(shlex.split(args.entrypoint)) if args.entrypoint else ()
