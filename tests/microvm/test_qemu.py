@@ -201,7 +201,8 @@ def _initramfs(tmp: Path, script: str) -> Path:
     """An initramfs whose /init is a busybox shell script (needs BINFMT_SCRIPT)."""
     tree = tmp / "initramfs"
     (tree / "bin").mkdir(parents=True)
-    (tree / "dev").mkdir()
+    for d in ("dev", "proc", "sys"):
+        (tree / d).mkdir()
     shutil.copy2(BUSYBOX, tree / "bin" / "busybox")
     init = tree / "init"
     init.write_text("#!/bin/busybox sh\n" + script)
@@ -333,6 +334,7 @@ def test_qmp_status_stop_cont_quit(vmlinux: Path, tmp_path: Path, vm_dir: Path) 
             vm.command("no-such-command")
         vm.quit()
         assert vm.wait(timeout=10) is not None
+    assert vm.ended_by == "exit"
     _assert_no_leftovers(vm, vm_dir)
 
 
@@ -348,6 +350,7 @@ def test_killed_qemu_leaves_nothing(vmlinux: Path, tmp_path: Path, vm_dir: Path)
         assert (vm_dir / "port.sock").exists()
         vm.kill()
         assert vm.wait(timeout=10) == -9
+    assert vm.ended_by == "sigkill"
     _assert_no_leftovers(vm, vm_dir)
 
 
@@ -369,7 +372,7 @@ def test_sigterm_is_used_when_qmp_is_gone(vmlinux: Path, tmp_path: Path, vm_dir:
     cfg = _boot_cfg(vmlinux, _initramfs(tmp_path, "exec /bin/busybox sleep 600\n"), vm_dir)
     with QemuProcess(cfg) as vm:
         vm._close_qmp()  # as if the monitor connection broke
-    assert vm.returncode is not None and vm.returncode != 0  # SIGTERM'd, not quit
+    assert vm.returncode is not None and vm.ended_by == "sigterm"
     _assert_no_leftovers(vm, vm_dir)
 
 

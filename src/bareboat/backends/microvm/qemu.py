@@ -357,6 +357,8 @@ class QemuProcess:
         self._stderr: IO[bytes] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._qmp: QEMUMonitorProtocol | None = None
+        # How QEMU ended: "exit" (by itself), "quit" (QMP), "sigterm" or "sigkill" (by us).
+        self.ended_by: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -490,19 +492,24 @@ class QemuProcess:
         """
         try:
             proc = self._proc
+            if proc is not None and proc.poll() is not None and self.ended_by is None:
+                self.ended_by = "exit"
             if proc is not None and proc.poll() is None:
                 if self._qmp is not None:
                     with contextlib.suppress(Exception):
                         self.command("quit")
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(quit_timeout)
+                    self.ended_by = "quit"
                 if proc.poll() is None:
                     self._signal(signal.SIGTERM)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(term_timeout)
+                    self.ended_by = "sigterm"
                 if proc.poll() is None:
                     self._signal(signal.SIGKILL)
                     proc.wait()
+                    self.ended_by = "sigkill"
         finally:
             self._close_qmp()
             for path in self._sockets():
@@ -512,7 +519,9 @@ class QemuProcess:
 
     def kill(self) -> None:
         """SIGKILL QEMU now (what a crash looks like); `shutdown` still reaps and cleans up."""
-        self._signal(signal.SIGKILL)
+        if self.returncode is None and self._proc is not None:
+            self._signal(signal.SIGKILL)
+            self.ended_by = "sigkill"
 
     # -- QMP -----------------------------------------------------------------------------
 
