@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bareboat.errors import LayerError, StoreError
@@ -418,6 +418,8 @@ def test_decompression_bomb_bounded(work: Work) -> None:
     ),
     kinds=st.lists(st.sampled_from(["file", "dir", "symlink", "hardlink"]), min_size=6),
 )
+@example(names=["evil/a"], kinds=["file"] * 6)
+@example(names=["evil/.wh.secret", "evil/b/../.wh..wh..opq"], kinds=["file"] * 6)
 def test_random_names_never_escape(work: Work, names: list[str], kinds: list[str]) -> None:
     shutil.rmtree(work.rootfs)
     work.rootfs.mkdir()
