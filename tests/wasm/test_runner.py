@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bareboat.backends.wasm.plan import Limits, Preopen
+from bareboat.backends.wasm.plan import Limits, Preopen, WasmPlan
 from bareboat.backends.wasm.runner import EXIT_TIMEOUT, EXIT_TRAP
 from bareboat.errors import WasmError
+from bareboat.paths import Roots
 
 from . import wat
 from .conftest import Runner
@@ -131,7 +132,6 @@ def test_module_without_start(run_wasm: Runner) -> None:
 
 
 def test_stdin_from_file(run_wasm: Runner, tmp_path: Path) -> None:
-    from bareboat.backends.wasm.plan import WasmPlan
     from bareboat.backends.wasm.runner import run_plan
 
     ref = run_wasm.module(wat.echo_stdin())
@@ -151,3 +151,30 @@ def test_stdin_from_file(run_wasm: Runner, tmp_path: Path) -> None:
     )
     assert run_plan(plan, run_wasm.cache).exit_code == 0
     assert (tmp_path / "o2").read_bytes() == b""
+
+
+def test_stack_overflow_is_a_trap(run_wasm: Runner) -> None:
+    r = run_wasm(wat.recurse())
+    assert r.code == EXIT_TRAP
+    assert "stack" in r.outcome.error
+
+
+def test_concurrent_cold_starts_share_one_entry(run_wasm: Runner, roots: Roots) -> None:
+    """Processes compiling the same module at once each write atomically; all succeed."""
+    import subprocess
+    import sys
+
+    ref = run_wasm.module(wat.hello())
+    plans = []
+    for i in range(4):
+        out = run_wasm.tmp / f"cc{i}"
+        plan = WasmPlan(module=str(ref.path), digest=ref.digest, args=("m",), stdout=str(out))
+        path = run_wasm.tmp / f"plan{i}.json"
+        path.write_bytes(plan.to_json())
+        plans.append((path, out))
+    argv = [sys.executable, "-m", "bareboat.backends.wasm"]
+    procs = [subprocess.Popen([*argv, str(p), str(roots.wasm_cache)]) for p, _ in plans]
+    assert [p.wait(timeout=60) for p in procs] == [0] * 4
+    assert all(out.read_text().startswith("hello\n") for _, out in plans)
+    assert len(list(roots.wasm_cache.glob("*.cwasm"))) == 1
+    assert not list(roots.wasm_cache.glob(".*.tmp"))

@@ -184,3 +184,11 @@ def echo_stdin() -> bytes:
       (call $print (i32.const 32768) (i32.load (i32.const 24)))
       (br $more))))"""
     return _module(body, _strings())
+
+
+def recurse() -> bytes:
+    """Unbounded recursion: exhausts the Wasm stack."""
+    body = """
+  (func $r (param $n i32) (result i32) (i32.add (call $r (local.get $n)) (i32.const 1)))
+  (func (export "_start") (drop (call $r (i32.const 0))))"""
+    return _module(body, _strings())
