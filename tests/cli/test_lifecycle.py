@@ -114,6 +114,9 @@ def test_rm_refuses_running_and_force_cleans_up(
     cid = bb(
         "run", "-d", "--memory", "64m", "--pids-limit", "50", image, "sleep", "30"
     ).stdout.strip()
+    deadline = time.monotonic() + 10  # `run -d` returns once the runtime was started
+    while not cgroups_of(cid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert cgroups_of(cid)
     assert bb("rm", cid).returncode == 125
     # removed by a CLI that would pick the other runtime: the container's own is used
