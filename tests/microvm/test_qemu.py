@@ -117,6 +117,12 @@ def test_disks_ports_console_network_rng() -> None:
     assert "virtio-rng-device,rng=rng0" in devices
 
 
+def test_vsock_device_for_kvm_hosts() -> None:
+    argv = build_argv(_cfg(accel="kvm", vsock_cid=42))
+    assert "vhost-vsock-device,guest-cid=42" in _after(argv, "-device")
+    assert not any("vsock" in a for a in build_argv(_cfg()))
+
+
 def test_defaults_have_no_network_and_a_null_console() -> None:
     argv = build_argv(_cfg(rng=False, paused=True, extra_args=("-d", "guest_errors")))
     assert "-netdev" not in argv and "-drive" not in argv
@@ -144,6 +150,7 @@ def test_defaults_have_no_network_and_a_null_console() -> None:
         ({"disks": (Disk(Path("/d"), serial="x" * 21),)}, "serial"),
         ({"disks": (Disk(Path("/d"), serial="a,b"),)}, "serial"),
         ({"tb_size_mib": 0}, "tb-size"),
+        ({"vsock_cid": 2}, "CID"),
     ],
 )
 def test_bad_configs_are_usage_errors(kw: dict[str, object], match: str) -> None:

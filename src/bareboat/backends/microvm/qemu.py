@@ -99,6 +99,8 @@ class VMConfig:
     tsc_khz: int | None = None
     quiet: bool = True
     rng: bool = True
+    # A vsock device with this guest CID (needs vhost-vsock on the host: KVM hosts only).
+    vsock_cid: int | None = None
     extra_args: tuple[str, ...] = field(default=())
 
 
@@ -156,6 +158,9 @@ def validate(cfg: VMConfig) -> None:
         if d.serial and not re.match(r"^[A-Za-z0-9_.-]{1,20}$", d.serial):
             # virtio-blk serials are at most 20 bytes (VIRTIO_BLK_ID_BYTES).
             raise UsageError(f"bad disk serial {d.serial!r} (1-20 of A-Z a-z 0-9 _ . -)")
+    if cfg.vsock_cid is not None and not 3 <= cfg.vsock_cid < 0xFFFFFFFF:
+        # 0-2 are reserved (hypervisor, local, host); -1 means "any".
+        raise UsageError(f"vsock guest CID {cfg.vsock_cid} is out of range 3-4294967294")
     if cfg.tb_size_mib is not None and cfg.tb_size_mib < 1:
         raise UsageError("tb-size must be at least 1 MiB")
 
@@ -209,6 +214,8 @@ def build_argv(cfg: VMConfig, *, qemu: str = QEMU_BINARY) -> list[str]:
     if cfg.rng:
         argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom"]
         argv += ["-device", "virtio-rng-device,rng=rng0"]
+    if cfg.vsock_cid is not None:
+        argv += ["-device", f"vhost-vsock-device,guest-cid={cfg.vsock_cid}"]
     if cfg.paused:
         argv.append("-S")
     argv += cfg.extra_args
