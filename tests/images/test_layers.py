@@ -800,13 +800,14 @@ d = Path(sys.argv[1])
 (d / "l1").write_bytes(tar_layer([
     Entry("ro", "dir", mode=0o500), Entry("ro/f", "file", b"x", mode=0o400),
     Entry("dev/null", "char", devmajor=1, devminor=3), Entry("p", "fifo"),
+    Entry("dev/null2", "hardlink", target="dev/null"),
     Entry("shut", "dir", mode=0), Entry("shut/f", "file"),
 ]))
 (d / "l2").write_bytes(tar_layer([Entry("ro/g", "file", b"y"), Entry(".wh.shut", "file")]))
 (d / "bad").write_bytes(b"garbage" * 100)
 l1, l2, bad = (d / "l1", ""), (d / "l2", ""), (d / "bad", "")
 stats = unpack_rootfs(d / "r", [l1, l2])
-assert stats.skipped == 1, stats
+assert stats.skipped == 2, stats
 assert sorted(os.listdir(d / "r")) == ["dev", "p", "ro"], os.listdir(d / "r")
 assert (d / "r/ro/g").read_bytes() == b"y"
 try:

@@ -82,7 +82,7 @@ class LayerStats:
     entries: int = 0  # tar entries read, whiteouts included
     bytes: int = 0  # regular file contents written
     whiteouts: int = 0
-    skipped: int = 0  # device nodes not made (not root)
+    skipped: int = 0  # device nodes (and hard links to them) not made without root
 
     def __add__(self, other: LayerStats) -> LayerStats:
         return LayerStats(*(a + b for a, b in zip(_fields(self), _fields(other), strict=True)))
@@ -174,6 +174,7 @@ class _Extractor:
         # directory changes its mtime, and a read-only directory would stop a non-root user.
         self.dir_meta: dict[str, tuple[int, int]] = {}
         self.dir_times: dict[str, tuple[int, int]] = {}
+        self.skipped: set[str] = set()  # entries not made (device nodes without root)
         self.root_path = os.readlink(f"/proc/self/fd/{rootfd}")
 
     # -- directories
@@ -330,6 +331,10 @@ class _Extractor:
             raise LayerError(f"layer entry {ti.name!r}: hard link to the root directory")
         if target == parts:
             raise LayerError(f"layer entry {ti.name!r}: hard link to itself")
+        if _rel(target) in self.skipped:
+            log.warning("skipping hard link %s: its target was skipped", ti.name)
+            self.skip(ti)
+            return
         try:
             tfd = self.open_dir(target[:-1], create=False)
         except (FileNotFoundError, NotADirectoryError) as e:
@@ -352,7 +357,7 @@ class _Extractor:
         kind = stat.S_IFIFO if ti.isfifo() else stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
         if kind != stat.S_IFIFO and not self.as_root:
             log.warning("skipping device node %s: only root can make device nodes", ti.name)
-            self.stats.skipped += 1
+            self.skip(ti)
             return
         _remove(pfd, base)
         try:
@@ -362,13 +367,17 @@ class _Extractor:
                 raise
             # Root in a user namespace, or a nodev policy: the image still runs without it.
             log.warning("skipping device node %s: mknod not permitted here", ti.name)
-            self.stats.skipped += 1
+            self.skip(ti)
             return
         self.own(pfd, base, ti)
         # By name, not fd: opening a fifo or device has side effects. We made this very
         # node a line above in our own private tree, so it is not a symlink.
         os.chmod(base, stat.S_IMODE(ti.mode), dir_fd=pfd)
         os.utime(base, ns=(_ns(ti), _ns(ti)), dir_fd=pfd, follow_symlinks=False)
+
+    def skip(self, ti: tarfile.TarInfo) -> None:
+        self.stats.skipped += 1
+        self.skipped.add(_rel(entry_parts(ti.name)))
 
     def own(self, pfd: int, base: str, ti: tarfile.TarInfo) -> None:
         if self.as_root:
