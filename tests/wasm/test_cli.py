@@ -154,6 +154,8 @@ def test_memory_and_timeout(bb: Run, roots: Roots, tmp_path: Path) -> None:
     assert r.returncode == 124 and "timed out after 0.5s" in r.stderr
     r = bb("run", "--rm", "--fuel", "100000", ref)
     assert r.returncode == 124 and "out of fuel (budget 100000)" in r.stderr
+    r = bb("run", "--rm", "-p", "8080:80", ref)
+    assert r.returncode == 125 and "port publishing" in r.stderr
     r = bb("run", "--rm", "--timeout", "-1", ref)
     assert r.returncode == 125 and "invalid --timeout" in r.stderr
     assert leftovers(roots) == []

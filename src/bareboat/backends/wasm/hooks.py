@@ -28,6 +28,8 @@ def prepare(
 ) -> tuple[RunOptions, Path | None]:
     """(options, root): options with the module's annotations, and the root filesystem to use
     instead of the image's (None: the image's own)."""
+    if options.publish:
+        raise WasmError("port publishing (-p) is not supported with wasm isolation (no sockets)")
     if wasm_layer(image) is None:
         # Blank the module annotations: image labels become annotations too, and an image
         # must not name a module other than its entrypoint.
