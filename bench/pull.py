@@ -4,7 +4,8 @@ Two images are generated and pushed to a real `docker-registry` on 127.0.0.1: a 
 (busybox + ~4 MB of random files, ~5 MB) and a big one (busybox + ~100 MB of random files,
 gzip). For each of N runs and each image, in the same run and alternating:
 
-- bareboat: a fresh store; `ImageStore.pull` then `ImageStore.rootfs`, in a new process
+- bareboat: a fresh store; `ImageStore.pull(unpack=True)` (layers unpacked while they
+  download, as `ensure` does for `run`) then `ImageStore.rootfs`, in a new process
   (start-up and imports included, as a user pays them)
 - peers:    `skopeo copy docker://... oci:DIR:x` then `umoci unpack --image DIR:x BUNDLE`
 
@@ -40,7 +41,7 @@ from bareboat.images.store import ImageStore
 from bareboat.paths import Roots
 root = Path(sys.argv[2])
 store = ImageStore(Roots(root / "root", root / "state", root / "cache"))
-store.rootfs(store.pull(sys.argv[1], progress=False))
+store.rootfs(store.pull(sys.argv[1], progress=False, unpack=True))
 """
 
 

@@ -281,3 +281,41 @@ def test_plain_http_only_for_loopback() -> None:
     assert RegistryClient(parse_reference("example.com/x"), insecure=True).scheme == "http"
     for host in ("localhost:5000", "127.0.0.1:5000", "[::1]:5000", "localhost"):
         assert RegistryClient(parse_reference(f"{host}/x")).scheme == "http"
+
+
+def test_unpack_while_downloading(roots: Roots, pushed: Pushed, tmp_path: Path) -> None:
+    ref = pushed.reg.ref("test/busybox:wh")
+    store = ImageStore(roots)
+    img = store.pull(ref, unpack=True, progress=False)
+    trees = list((store.root / "rootfs").iterdir())
+    assert [p.name for p in trees] == [img.id.split(":")[1]]
+    assert store.rootfs(img) == trees[0]
+    # The same tree as the unpack-after-pull path builds.
+    other = ImageStore(Roots(tmp_path / "r2", tmp_path / "s2", roots.cache))
+    assert_same_tree(trees[0], other.rootfs(other.pull(ref, progress=False)))
+    # A second pull with the tree in place changes nothing.
+    assert store.pull(ref, unpack=True, progress=False) == img
+
+
+def test_unpack_while_downloading_corrupt_blob(roots: Roots, fresh_registry: Registry) -> None:
+    ref = fresh_registry.ref("test/busybox:latest")
+    store = ImageStore(roots)
+    layer = store.pull(ref, progress=False).layers[0]
+    store.remove(ref)
+    blob = fresh_registry.blob_path(layer.digest)
+    data = bytearray(blob.read_bytes())
+    data[len(data) - 100] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(DigestMismatch):
+        store.pull(ref, unpack=True, progress=False)
+    store_is_clean(store)
+    rootfs = store.root / "rootfs"
+    assert not rootfs.exists() or list(rootfs.iterdir()) == []
+
+
+def test_ensure_pulls_and_unpacks(roots: Roots, pushed: Pushed) -> None:
+    store = ImageStore(roots)
+    ref = pushed.reg.ref("test/busybox:zstd")
+    img = store.ensure(ref)
+    assert (store.root / "rootfs" / img.id.split(":")[1] / "bin" / "busybox").is_file()
+    assert store.ensure(ref, pull=False) == img

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,68 @@ from bareboat.images.wire import MAX_BLOB
 CHUNK = 1 << 20
 
 
+class TailAborted(Exception):
+    """The blob a Tail follows will not be completed (its download failed)."""
+
+
+class Tail:
+    """Reads a blob while its download is still writing it, so unpacking can overlap.
+
+    The reader blocks for more bytes and sees end-of-file only after the writer verified
+    the whole blob (digest and size); if the download fails, the reader gets TailAborted.
+    A retried download writes a new temporary file with the same bytes: the reader goes on
+    from where it was, in the new file. Every file it opened stays open until `close`, so
+    a read never races a close.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._fds: list[int] = []
+        self._written = 0
+        self._done = False
+        self._failed = False
+        self._pos = 0
+
+    # writer side
+    def attach(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with self._cond:
+            self._fds.append(fd)
+            self._written = 0
+
+    def grew(self, n: int) -> None:
+        with self._cond:
+            self._written += n
+            self._cond.notify_all()
+
+    def finish(self, ok: bool) -> None:
+        with self._cond:
+            if not self._done:
+                self._done, self._failed = True, not ok
+            self._cond.notify_all()
+
+    # reader side
+    def read(self, n: int = -1) -> bytes:
+        with self._cond:
+            while not self._done and self._written <= self._pos:
+                self._cond.wait()
+            if self._failed:
+                raise TailAborted("the layer download failed")
+            avail = self._written - self._pos
+            if avail <= 0:
+                return b""
+            fd = self._fds[-1]
+        data = os.pread(fd, avail if n is None or n < 0 else min(n, avail), self._pos)
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        with self._cond:
+            fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+
+
 @dataclass
 class BlobWriter:
     """A blob being written; `write` hashes as it goes and refuses more than `expected_size`."""
@@ -33,6 +96,7 @@ class BlobWriter:
     digest: str
     expected_size: int | None
     written: int = 0
+    tail: Tail | None = None
 
     def __post_init__(self) -> None:
         self._hash = hashlib.sha256()
@@ -45,6 +109,9 @@ class BlobWriter:
             )
         self._hash.update(chunk)
         self.file.write(chunk)
+        if self.tail is not None:
+            self.file.flush()  # the tail reads the file itself, not our buffer
+            self.tail.grew(len(chunk))
 
     def verify(self) -> None:
         if self.expected_size is not None and self.written != self.expected_size:
@@ -83,7 +150,9 @@ class BlobStore:
                     yield f"sha256:{p.name}"
 
     @contextlib.contextmanager
-    def writer(self, digest: str, size: int | None) -> Iterator[BlobWriter]:
+    def writer(
+        self, digest: str, size: int | None, tail: Tail | None = None
+    ) -> Iterator[BlobWriter]:
         """Write a blob; on a clean exit it is verified and renamed into place, else removed."""
         dest = self.path(digest)
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -93,7 +162,9 @@ class BlobStore:
         try:
             with os.fdopen(fd, "wb") as f:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                w = BlobWriter(f, digest, size)
+                if tail is not None:
+                    tail.attach(tmp)
+                w = BlobWriter(f, digest, size, tail=tail)
                 yield w
                 w.verify()
                 f.flush()

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 
@@ -40,7 +40,7 @@ from bareboat.errors import (
 )
 from bareboat.fsutil import atomic_write
 from bareboat.images import wire
-from bareboat.images.blobs import BlobStore
+from bareboat.images.blobs import BlobStore, Tail
 from bareboat.images.model import Image, ImageConfig, Layer
 from bareboat.images.progress import Progress, make_progress
 from bareboat.images.reference import DIGEST_RE, Reference, is_digest, parse_reference
@@ -49,6 +49,7 @@ from bareboat.paths import Roots
 if TYPE_CHECKING:
     from bareboat.images.auth import Credentials
     from bareboat.images.registry import RegistryClient
+    from bareboat.images.unpack import StreamingUnpack
 
 PARALLEL_DOWNLOADS = 4
 DOWNLOAD_ATTEMPTS = 3
@@ -236,12 +237,13 @@ class ImageStore:
         raise ImageNotFound(f"image {ref_or_id} not found in the store")
 
     def ensure(self, ref: str, *, pull: bool = True) -> Image:
+        """The image for `run`: from the store, else pulled (and unpacked as it downloads)."""
         try:
             return self.get(ref)
         except ImageNotFound:
             if not pull:
                 raise
-        return self.pull(ref)
+        return self.pull(ref, unpack=True)
 
     # --- pull -----------------------------------------------------------------------------
 
@@ -253,7 +255,10 @@ class ImageStore:
         insecure: bool = False,
         auth: Credentials | None = None,
         progress: bool | Progress = True,
+        unpack: bool = False,
     ) -> Image:
+        """Pull `ref` into the store. With `unpack`, the root filesystem is built while the
+        layers download (what `rootfs` would build after), for an image about to run."""
         from bareboat.images.platform import parse_platform, pick_manifest
         from bareboat.images.registry import RegistryClient
 
@@ -276,12 +281,52 @@ class ImageStore:
                 wire.decode_config(data)
                 self.blobs.put(data, man.config.digest, man.config.size)
             missing = {d.digest: d for d in man.layers if not self.blobs.has(d.digest)}
-            self._download(client, list(missing.values()), make_progress(progress))
-            name = str(r.with_digest(r.digest)) if r.digest else str(r.with_tag(r.tag))
-            return self.commit(doc.data, [name])
+            tails: dict[str, Tail] = {}
+            job = self._start_unpack(man, missing, tails) if unpack else None
+            try:
+                self._download(client, list(missing.values()), make_progress(progress), tails)
+                name = str(r.with_digest(r.digest)) if r.digest else str(r.with_tag(r.tag))
+                image = self.commit(doc.data, [name])
+                if job is not None:
+                    with _flock(self._locks / f"rootfs-{job.dest.name}.lock", True):
+                        job.publish()
+                return image
+            finally:
+                for tail in tails.values():
+                    tail.finish(ok=False)  # wakes the unpacker if a download never finished
+                if job is not None:
+                    # A layer refused here is refused again, with its error, by rootfs().
+                    job.discard(self._remove_tree)
+                for tail in tails.values():
+                    tail.close()
+
+    def _start_unpack(
+        self,
+        man: wire.Manifest,
+        missing: dict[str, wire.Descriptor],
+        tails: dict[str, Tail],
+    ) -> StreamingUnpack | None:
+        from bareboat.images.unpack import StreamingUnpack
+
+        dest = self._rootfs / man.config.digest.split(":", 1)[1]
+        if dest.is_dir() or any(d.media_type in wire.WASM_LAYER_TYPES for d in man.layers):
+            return None
+        sources: builtins.list[tuple[Callable[[], BinaryIO | Tail], str]] = []
+        for d in man.layers:
+            if d.digest in missing:
+                tail = tails.setdefault(d.digest, Tail())
+                sources.append((lambda t=tail: t, d.media_type))  # type: ignore[misc]
+            else:
+                path = self.blobs.path(d.digest)
+                sources.append((lambda p=path: p.open("rb"), d.media_type))  # type: ignore[misc]
+        return StreamingUnpack(dest, sources).start()
 
     def _download(
-        self, client: RegistryClient, layers: builtins.list[wire.Descriptor], progress: Progress
+        self,
+        client: RegistryClient,
+        layers: builtins.list[wire.Descriptor],
+        progress: Progress,
+        tails: dict[str, Tail],
     ) -> None:
         if not layers:
             progress.close()
@@ -301,10 +346,13 @@ class ImageStore:
                 progress.advance(d.digest, n)
 
             progress.start(d.digest, d.size)
+            tail = tails.get(d.digest)
             for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
                 try:
-                    with self.blobs.writer(d.digest, d.size) as w:
+                    with self.blobs.writer(d.digest, d.size, tail) as w:
                         client.blob_into(d.digest, w, tick)
+                    if tail is not None:
+                        tail.finish(ok=True)  # verified: the reader may see its end
                     break
                 except AuthError:
                     raise

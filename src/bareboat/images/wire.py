@@ -49,6 +49,8 @@ LAYER_TYPES = frozenset(
     }
 )
 
+WASM_LAYER_TYPES = frozenset({"application/wasm", "application/vnd.wasm.content.layer.v1+wasm"})
+
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 

@@ -1,0 +1,91 @@
+"""Unpack an image's layers while they download, and publish the tree only if all went well.
+
+A pull that will be run right away (`ImageStore.ensure`, `pull(unpack=True)`) should not wait
+for the last byte before it starts writing files: each layer is read in order, from its blob
+when the store has it, else from a `Tail` that follows the download. Nothing is published
+before every blob has been verified: a Tail gives end-of-file only after its blob's digest
+and size checked out, and the store renames the tree into place only after the image record
+is written. A failed download or a refused layer leaves no tree behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from bareboat.images.blobs import Tail
+from bareboat.images.layers import DEFAULT_LIMITS, LayerStats, apply_layer
+from bareboat.images.openat2 import syncfs
+
+Source = Callable[[], "BinaryIO | Tail"]
+
+
+class StreamingUnpack:
+    """One image's tree being built in a thread, in a scratch directory beside `dest`."""
+
+    def __init__(self, dest: Path, layers: Sequence[tuple[Source, str]]) -> None:
+        self.dest = dest
+        self.layers = layers
+        self.tmp: Path | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bareboat-unpack", daemon=True)
+
+    def start(self) -> StreamingUnpack:
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(
+            tempfile.mkdtemp(
+                prefix=f".{self.dest.name}.", suffix=".unpacking", dir=self.dest.parent
+            )
+        )
+        self.tmp.chmod(0o755)  # as unpack_rootfs: an image without "./" gets a 0755 root
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        assert self.tmp is not None
+        try:
+            total = LayerStats()
+            for open_source, media_type in self.layers:
+                left = dataclasses.replace(
+                    DEFAULT_LIMITS,
+                    max_total_size=DEFAULT_LIMITS.max_total_size - total.bytes,
+                    max_entries=DEFAULT_LIMITS.max_entries - total.entries,
+                )
+                src = open_source()
+                try:
+                    total += apply_layer(self.tmp, src, media_type, limits=left)  # type: ignore[arg-type]
+                finally:
+                    if not isinstance(src, Tail):
+                        src.close()
+            fd = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                syncfs(fd)  # a tree that exists after a crash is whole
+            finally:
+                os.close(fd)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller by wait()
+            self.error = err
+
+    def wait(self) -> BaseException | None:
+        self._thread.join()
+        return self.error
+
+    def publish(self) -> bool:
+        """Rename the finished tree to `dest` (caller holds the image's rootfs lock)."""
+        if self.wait() is not None or self.tmp is None:
+            return False
+        if self.dest.exists():
+            return False  # another process made it first; ours is thrown away
+        self.tmp.rename(self.dest)
+        self.tmp = None
+        return True
+
+    def discard(self, remove: Callable[[Path], None]) -> None:
+        self.wait()
+        if self.tmp is not None:
+            remove(self.tmp)
+            self.tmp = None
