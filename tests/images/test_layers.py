@@ -900,3 +900,9 @@ def test_mutated_tars_fail_cleanly(work: Work, flips: list[tuple[int, int]]) -> 
     except LayerError as e:
         assert "\n" not in str(e)
     work.assert_contained()
+
+
+@pytest.mark.parametrize("name", ["a" * 300, "/".join(["d" * 250] * 20)])
+def test_names_too_long_refused(work: Work, name: str) -> None:
+    work.refused([Entry(name, "file", b"x")], match="too long")
+    work.assert_contained()
