@@ -1,0 +1,104 @@
+"""Fixtures of the runtime tests: the installed `bareboat-runtime`, a busybox bundle, and
+a runtime root of the test's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.imagebuild import BUSYBOX
+
+RUNTIME = Path(sys.executable).parent / "bareboat-runtime"
+SCHEMAS = Path("/usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema")
+
+
+def need_runc() -> str:
+    path = shutil.which("runc") or ("/usr/sbin/runc" if os.path.exists("/usr/sbin/runc") else "")
+    if not path:
+        pytest.skip("runc is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("runc containers need root here")
+    return path
+
+
+@pytest.fixture
+def rt_root(tmp_path: Path) -> Path:
+    return tmp_path / "rtroot"
+
+
+def make_bundle(path: Path, args: list[str], *, annotations: dict[str, str] | None = None,
+                terminal: bool = False) -> Path:
+    """A bundle made by `runc spec` (so the config is the reference runtime's default) with a
+    busybox rootfs."""
+    runc = need_runc()
+    path.mkdir(parents=True)
+    rootfs = path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    for d in ("proc", "sys", "dev", "tmp", "etc"):
+        (rootfs / d).mkdir()
+    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
+    for applet in ("sh", "echo", "sleep", "cat", "true", "ps", "ls", "id", "pwd", "env"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    subprocess.run([runc, "spec", "--bundle", str(path)], check=True, timeout=30)
+    config = json.loads((path / "config.json").read_text())
+    config["process"]["args"] = args
+    config["process"]["terminal"] = terminal
+    config["root"]["readonly"] = False
+    if annotations:
+        config["annotations"] = annotations
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+class Runtime:
+    """Calls the installed bareboat-runtime with a root of the test's own; deletes every
+    container it created when the test ends."""
+
+    def __init__(self, root: Path, log: Path) -> None:
+        self.root = root
+        self.log = log
+        self.ids: list[str] = []
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 60,
+                 input: str | None = None) -> subprocess.CompletedProcess[str]:
+        # Files, not pipes: a created container keeps its stdio open (as with conmon),
+        # so reading a pipe to EOF would wait for the workload.
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.run(
+                [str(RUNTIME), "--root", str(self.root), "--log", str(self.log),
+                 "--log-format=json", *args],
+                stdout=out, stderr=err, text=True, timeout=timeout, input=input,
+                stdin=None if input is not None else subprocess.DEVNULL,
+            )
+            out.seek(0)
+            err.seek(0)
+            res = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+        if check and res.returncode != 0:
+            raise AssertionError(f"bareboat-runtime {' '.join(args)}: rc={res.returncode} "
+                                 f"stderr={res.stderr!r}")
+        return res
+
+    def state(self, cid: str) -> dict[str, object]:
+        data = json.loads(self("state", cid).stdout)
+        assert isinstance(data, dict)
+        return data
+
+    def cleanup(self) -> None:
+        for cid in self.ids:
+            self("delete", "--force", cid, check=False)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    need_runc()
+    rt = Runtime(tmp_path / "rtroot", tmp_path / "runtime.log")
+    yield rt
+    rt.cleanup()
