@@ -34,8 +34,13 @@ def rt_root(tmp_path: Path) -> Path:
     return tmp_path / "rtroot"
 
 
-def make_bundle(path: Path, args: list[str], *, annotations: dict[str, str] | None = None,
-                terminal: bool = False) -> Path:
+def make_bundle(
+    path: Path,
+    args: list[str],
+    *,
+    annotations: dict[str, str] | None = None,
+    terminal: bool = False,
+) -> Path:
     """A bundle made by `runc spec` (so the config is the reference runtime's default) with a
     busybox rootfs."""
     runc = need_runc()
@@ -67,23 +72,36 @@ class Runtime:
         self.log = log
         self.ids: list[str] = []
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 60,
-                 input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         # Files, not pipes: a created container keeps its stdio open (as with conmon),
         # so reading a pipe to EOF would wait for the workload.
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             proc = subprocess.run(
-                [str(RUNTIME), "--root", str(self.root), "--log", str(self.log),
-                 "--log-format=json", *args],
-                stdout=out, stderr=err, text=True, timeout=timeout, input=input,
+                [
+                    str(RUNTIME),
+                    "--root",
+                    str(self.root),
+                    "--log",
+                    str(self.log),
+                    "--log-format=json",
+                    *args,
+                ],
+                stdout=out,
+                stderr=err,
+                text=True,
+                timeout=timeout,
+                input=input,
                 stdin=None if input is not None else subprocess.DEVNULL,
             )
             out.seek(0)
             err.seek(0)
             res = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
         if check and res.returncode != 0:
-            raise AssertionError(f"bareboat-runtime {' '.join(args)}: rc={res.returncode} "
-                                 f"stderr={res.stderr!r}")
+            raise AssertionError(
+                f"bareboat-runtime {' '.join(args)}: rc={res.returncode} stderr={res.stderr!r}"
+            )
         return res
 
     def state(self, cid: str) -> dict[str, object]:

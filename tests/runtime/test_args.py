@@ -10,9 +10,22 @@ from bareboat.runtime.args import parse
 
 
 def test_podman_create() -> None:
-    inv = parse(["--root=/run/runc", "--log=/x/oci-log", "--systemd-cgroup", "create",
-                 "--bundle", "/b", "--pid-file", "/b/pidfile", "--no-new-keyring",
-                 "--console-socket", "/s.sock", "abc"])
+    inv = parse(
+        [
+            "--root=/run/runc",
+            "--log=/x/oci-log",
+            "--systemd-cgroup",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/b/pidfile",
+            "--no-new-keyring",
+            "--console-socket",
+            "/s.sock",
+            "abc",
+        ]
+    )
     assert inv.command == "create"
     assert inv.globals.root == "/run/runc"
     assert inv.globals.log == "/x/oci-log"
@@ -25,17 +38,34 @@ def test_podman_create() -> None:
 
 
 def test_containerd_shim_create_globals_with_space_and_id_before_flags() -> None:
-    inv = parse(["--root", "/run/containerd/runc/default", "--log", "/l/log.json",
-                 "--log-format", "json", "create", "ctr1", "--bundle", "/b",
-                 "--pid-file", "/b/init.pid", "--no-pivot"])
+    inv = parse(
+        [
+            "--root",
+            "/run/containerd/runc/default",
+            "--log",
+            "/l/log.json",
+            "--log-format",
+            "json",
+            "create",
+            "ctr1",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/b/init.pid",
+            "--no-pivot",
+        ]
+    )
     assert inv.globals.log_format == "json"
     assert inv.id == "ctr1"
     assert inv.flag("--bundle") == "/b"
     assert inv.has("--no-pivot")
     # The command's tokens go to runc unchanged; globals normalised to --x=y.
     assert inv.tokens == ["ctr1", "--bundle", "/b", "--pid-file", "/b/init.pid", "--no-pivot"]
-    assert inv.globals.passthrough == ["--root=/run/containerd/runc/default",
-                                       "--log=/l/log.json", "--log-format=json"]
+    assert inv.globals.passthrough == [
+        "--root=/run/containerd/runc/default",
+        "--log=/l/log.json",
+        "--log-format=json",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -62,16 +92,44 @@ def test_delete_force_both_spellings() -> None:
 
 
 def test_exec_process_file_detach_tty() -> None:
-    inv = parse(["--root", "/r", "exec", "--process", "/tmp/p.json", "--detach", "--pid-file",
-                 "/tmp/exec.pid", "--tty", "--console-socket", "/tmp/c.sock", "c1"])
+    inv = parse(
+        [
+            "--root",
+            "/r",
+            "exec",
+            "--process",
+            "/tmp/p.json",
+            "--detach",
+            "--pid-file",
+            "/tmp/exec.pid",
+            "--tty",
+            "--console-socket",
+            "/tmp/c.sock",
+            "c1",
+        ]
+    )
     assert inv.flag("--process") == "/tmp/p.json"
     assert inv.has("--detach") and inv.has("--tty")
     assert inv.id == "c1" and inv.trailer == []
 
 
 def test_exec_flags_form_keeps_command_flags_as_args() -> None:
-    inv = parse(["exec", "--cwd", "/tmp", "-e", "A=1", "--env=B=2", "-u", "1000:1000",
-                 "c1", "sh", "-c", "echo -e hi"])
+    inv = parse(
+        [
+            "exec",
+            "--cwd",
+            "/tmp",
+            "-e",
+            "A=1",
+            "--env=B=2",
+            "-u",
+            "1000:1000",
+            "c1",
+            "sh",
+            "-c",
+            "echo -e hi",
+        ]
+    )
     assert inv.multi["--env"] == ["A=1", "B=2"]
     assert inv.flag("--user") == "1000:1000"
     assert inv.flag("--cwd") == "/tmp"

@@ -70,8 +70,9 @@ def test_precedence(tmp_path: Path) -> None:
         ({}, {"BAREBOAT_RUNTIME_ISOLATION": "vm"}),
     ],
 )
-def test_bad_values_are_usage_errors(config: dict[str, object], env: dict[str, str],
-                                     tmp_path: Path) -> None:
+def test_bad_values_are_usage_errors(
+    config: dict[str, object], env: dict[str, str], tmp_path: Path
+) -> None:
     env = {"BAREBOAT_RUNTIME_CONFIG": str(tmp_path / "none.json"), **env}
     with pytest.raises(UsageError):
         resolve(config, "bareboat-runtime", env)

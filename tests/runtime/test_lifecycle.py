@@ -19,8 +19,11 @@ def state_schema() -> jsonschema.protocols.Validator:
         pytest.skip(f"no OCI runtime-spec schemas at {SCHEMAS}")
     schema = json.loads((SCHEMAS / "state-schema.json").read_text())
     defs = json.loads((SCHEMAS / "defs.json").read_text())
-    resolver = jsonschema.RefResolver(SCHEMAS.as_uri() + "/", schema,
-                                      store={"defs.json": defs, (SCHEMAS / "defs.json").as_uri(): defs})
+    resolver = jsonschema.RefResolver(
+        SCHEMAS.as_uri() + "/",
+        schema,
+        store={"defs.json": defs, (SCHEMAS / "defs.json").as_uri(): defs},
+    )
     return jsonschema.Draft4Validator(schema, resolver=resolver)
 
 
@@ -86,8 +89,11 @@ def test_exec_process_file_and_flags(runtime: Runtime, tmp_path: Path) -> None:
     runtime.ids.append("c2")
     runtime("start", "c2")
     fixture = Path("/work/shared/fixtures/oci-client-configs/exec-process-podman-runc-wrap.json")
-    process = json.loads(fixture.read_text()) if fixture.exists() else {
-        "user": {"uid": 0, "gid": 0}, "cwd": "/", "env": ["PATH=/bin"]}
+    process = (
+        json.loads(fixture.read_text())
+        if fixture.exists()
+        else {"user": {"uid": 0, "gid": 0}, "cwd": "/", "env": ["PATH=/bin"]}
+    )
     process["args"] = ["sh", "-c", "echo exec-ok; exit 3"]
     process.pop("capabilities", None)
     process.pop("rlimits", None)
@@ -96,8 +102,9 @@ def test_exec_process_file_and_flags(runtime: Runtime, tmp_path: Path) -> None:
     res = runtime("exec", "--process", str(pfile), "c2", check=False)
     assert (res.returncode, res.stdout) == (3, "exec-ok\n")
 
-    res = runtime("exec", "--cwd", "/tmp", "-e", "X=42", "c2", "sh", "-c", "echo $X; pwd",
-                  check=False)
+    res = runtime(
+        "exec", "--cwd", "/tmp", "-e", "X=42", "c2", "sh", "-c", "echo $X; pwd", check=False
+    )
     assert (res.returncode, res.stdout) == (0, "42\n/tmp\n")
 
     epid = tmp_path / "exec.pid"
@@ -120,14 +127,19 @@ def test_hooks_run_when_delegated(runtime: Runtime, tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "b", ["true"])
     out = tmp_path / "hooks.log"
     config = json.loads((bundle / "config.json").read_text())
+
     def hook(name: str) -> dict[str, object]:
         return {"path": "/bin/sh", "args": ["sh", "-c", f"echo {name} >> {out}"]}
-    config["hooks"] = {k: [hook(k)] for k in ("prestart", "createRuntime", "poststart",
-                                               "poststop")}
+
+    config["hooks"] = {k: [hook(k)] for k in ("prestart", "createRuntime", "poststart", "poststop")}
     (bundle / "config.json").write_text(json.dumps(config))
     runtime("run", "--bundle", str(bundle), "c4")
-    assert out.read_text().split() == ["prestart", "createRuntime", "poststart", "poststop"] \
-        or out.read_text().split() == ["createRuntime", "prestart", "poststart", "poststop"]
+    assert out.read_text().split() == [
+        "prestart",
+        "createRuntime",
+        "poststart",
+        "poststop",
+    ] or out.read_text().split() == ["createRuntime", "prestart", "poststart", "poststop"]
 
 
 def test_errors_go_to_log_as_json_lines(runtime: Runtime, tmp_path: Path) -> None:
@@ -144,10 +156,10 @@ def test_errors_go_to_log_as_json_lines(runtime: Runtime, tmp_path: Path) -> Non
 
 
 def test_unavailable_isolation_leaves_nothing(runtime: Runtime, tmp_path: Path) -> None:
-    bundle = make_bundle(tmp_path / "b", ["true"],
-                         annotations={"io.bareboat.isolation": "wasm"})
-    res = runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "p"), "c6",
-                  check=False)
+    bundle = make_bundle(tmp_path / "b", ["true"], annotations={"io.bareboat.isolation": "wasm"})
+    res = runtime(
+        "create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "p"), "c6", check=False
+    )
     assert res.returncode != 0 and "wasm" in res.stderr
     assert not (runtime.root / "bareboat" / "c6.json").exists()
 
@@ -156,8 +168,9 @@ def test_duplicate_id_is_refused(runtime: Runtime, tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "b", ["sleep", "100"])
     runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "p"), "c7")
     runtime.ids.append("c7")
-    res = runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "p2"), "c7",
-                  check=False)
+    res = runtime(
+        "create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "p2"), "c7", check=False
+    )
     assert res.returncode != 0 and "already exists" in res.stderr
     runtime("delete", "--force", "c7")
     assert not (runtime.root / "bareboat" / "c7.json").exists()

@@ -59,8 +59,15 @@ def spawn_runc(argv: list[str], *, forward_signals: bool = False) -> int:
         def forward(sig: int, _frame: object) -> None:
             os.kill(pid, sig)
 
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-                    signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
+        for sig in (
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGQUIT,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+            signal.SIGWINCH,
+        ):
             signal.signal(sig, forward)
     while True:
         try:

@@ -15,8 +15,14 @@ from .records import RuntimeRoot
 MINIMAL: dict[str, Any] = {
     "ociVersionMin": "1.0.0",
     "ociVersionMax": "1.0.2-dev",
-    "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart",
-              "poststop"],
+    "hooks": [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "startContainer",
+        "poststart",
+        "poststop",
+    ],
 }
 
 
@@ -25,8 +31,13 @@ def features(inv: Invocation, root: RuntimeRoot) -> int:
 
     doc: dict[str, Any] = dict(MINIMAL)
     try:
-        res = subprocess.run([find_runtime(os.environ), "features"], capture_output=True,
-                             text=True, timeout=30, check=False)
+        res = subprocess.run(
+            [find_runtime(os.environ), "features"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         if res.returncode == 0:
             doc = json.loads(res.stdout)
     except (OSError, ValueError, subprocess.TimeoutExpired):

@@ -62,9 +62,7 @@ def from_config_file(env: dict[str, str] | os._Environ[str]) -> str:
     return check(value, path) if value else ""
 
 
-def resolve(
-    config: dict[str, Any], argv0: str, env: dict[str, str] | os._Environ[str]
-) -> str:
+def resolve(config: dict[str, Any], argv0: str, env: dict[str, str] | os._Environ[str]) -> str:
     annotations = config.get("annotations") or {}
     if not isinstance(annotations, dict):
         raise UsageError("config.json: annotations must be an object")

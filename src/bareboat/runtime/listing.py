@@ -40,6 +40,8 @@ def list_all(inv: Invocation, root: RuntimeRoot) -> int:
     else:
         print(f"{'ID':<20}{'PID':<10}{'STATUS':<10}{'BUNDLE':<40}CREATED")
         for r in rows:
-            print(f"{r['id']:<20}{r.get('pid', 0):<10}{r['status']:<10}{r['bundle']:<40}"
-                  f"{r.get('created', '')}")
+            print(
+                f"{r['id']:<20}{r.get('pid', 0):<10}{r['status']:<10}{r['bundle']:<40}"
+                f"{r.get('created', '')}"
+            )
     return 0

@@ -51,8 +51,10 @@ def dispatch(inv: args.Invocation, argv0: str) -> int:
         print(f"bareboat-runtime version {VERSION}\nspec: {SPEC_VERSION}")
         return 0
     if g.help and not inv.command:
-        print("usage: bareboat-runtime [global flags] COMMAND [flags] [ID] ...\ncommands: "
-              + " ".join(args.COMMANDS))
+        print(
+            "usage: bareboat-runtime [global flags] COMMAND [flags] [ID] ...\ncommands: "
+            + " ".join(args.COMMANDS)
+        )
         return 0
     root = RuntimeRoot.of(g.root)
     cmd = inv.command

@@ -20,5 +20,10 @@ def command(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
 
 
 def state_of(root: RuntimeRoot, rec: Record) -> dict[str, Any]:
-    return {"ociVersion": "1.0.2-dev", "id": rec.id, "status": "stopped", "pid": 0,
-            "bundle": rec.bundle}
+    return {
+        "ociVersion": "1.0.2-dev",
+        "id": rec.id,
+        "status": "stopped",
+        "pid": 0,
+        "bundle": rec.bundle,
+    }
