@@ -189,3 +189,10 @@ def test_exec_with_a_tty(bb: Run, image: str) -> None:
     os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 3, out
     assert b"/dev/pts/" in out
+
+
+def test_wait_gets_the_code_of_an_rm_container(bb: Run, image: str, roots: Roots) -> None:
+    cid = bb("run", "-d", "--rm", image, "sh", "-c", "sleep 0.5; exit 6").stdout.strip()
+    w = bb("wait", cid)
+    assert (w.returncode, w.stdout) == (6, "6\n")
+    assert leftovers(roots) == []

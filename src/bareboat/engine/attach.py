@@ -7,6 +7,7 @@ import json
 import os
 import select
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,25 @@ class AttachClient:
     def attach(self, *, stdin: bool, rows: int = 0, cols: int = 0) -> None:
         req = {"op": "attach", "stdin": stdin, "rows": rows, "cols": cols}
         self.sock.sendall(P.jframe(P.REQUEST, req))
+
+    def request(self, req: dict[str, object]) -> None:
+        self.sock.sendall(P.jframe(P.REQUEST, req))
+
+    def wait_exit(self, timeout: float | None) -> int | None:
+        """The exit code the monitor announces (None on timeout); output is not sent to
+        a client that did not attach."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if not ready:
+                return None
+            data = self.sock.recv(65536)
+            if not data:
+                raise BareboatError("lost the connection to the container's monitor")
+            for kind, payload in self.reader.feed(data):
+                if kind in (P.EXIT, P.ERROR):
+                    return int(json.loads(payload).get("code", 125))
 
     def send_signal(self, sig: int) -> None:
         with contextlib.suppress(OSError):

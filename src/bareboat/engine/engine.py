@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import json
 import os
-import select
 import shutil
 import signal
 import time
@@ -18,6 +17,7 @@ from typing import Any, Protocol, cast
 from bareboat.backends.base import Backend, BackendContext
 from bareboat.errors import (
     BackendUnavailable,
+    BareboatError,
     ContainerError,
     ContainerNotFound,
     NameInUse,
@@ -299,24 +299,32 @@ class Engine:
         self.backend(rec.isolation).kill(self.context(rec.id), rec.pid, sig)
 
     def wait(self, ref: str, timeout: float | None = None) -> int:
-        """Block until the container exits; its exit code."""
+        """Block until the container exits; its exit code (also for --rm containers, whose
+        record is gone by then: the monitor tells every connected client the code)."""
         rec = self.get(ref)
         cid = rec.id
-        if rec.state in (State.RUNNING, State.PAUSED) and rec.monitor_pid:
+        if rec.state in (State.RUNNING, State.PAUSED) and alive(rec.monitor_pid, rec.monitor_start):
+            from .attach import AttachClient
+
             try:
-                pidfd = os.pidfd_open(rec.monitor_pid)
-            except ProcessLookupError:
-                pidfd = None
-            if pidfd is not None:
+                client = AttachClient.connect(self.paths(cid).socket, tty=False)
+            except ContainerError:
+                client = None  # the monitor is just ending: fall through to the record
+            if client is not None:
                 try:
-                    if alive(rec.monitor_pid, rec.monitor_start):
-                        ready, _, _ = select.select([pidfd], [], [], timeout)
-                        if not ready:
-                            raise ContainerError(f"container {rec.short_id} is still running")
+                    client.request({"op": "wait"})
+                    code = client.wait_exit(timeout)
+                except (OSError, BareboatError):
+                    code = -1  # the monitor went away: its record (if any) has the end
                 finally:
-                    os.close(pidfd)
+                    client.close()
+                if code is None:
+                    raise ContainerError(f"container {rec.short_id} is still running")
+                if code >= 0:
+                    return code
+                _wait_gone(rec.monitor_pid, rec.monitor_start, 10)
         if not self.paths(cid).record.exists():
-            return rec.exit_code or 0  # removed (--rm) by its monitor
+            return rec.exit_code or 0
         rec = self.get(cid)
         return rec.exit_code if rec.exit_code is not None else 0
 
@@ -425,6 +433,12 @@ class Engine:
                         yield float(e["t"]), str(e["s"]), e["d"].encode("utf-8", "surrogateescape")
                     return
                 time.sleep(0.1)
+
+
+def _wait_gone(pid: int | None, start: int | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while alive(pid, start) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _runs_in(pid: int, root: Path) -> bool:

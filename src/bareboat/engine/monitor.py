@@ -338,7 +338,8 @@ class Monitor:
                     self.resize(int(req["rows"]), int(req["cols"]))
             elif op == "kill":
                 self.kill(int(req.get("signal", signal.SIGKILL)))
-                c.sock.sendall(P.jframe(P.EXIT, {"ok": True}))
+                c.sock.sendall(P.frame(P.ACK))
+            # "wait": nothing to do; every client hears EXIT (or ERROR) at the end
         elif kind == P.STDIN and c.stdin and self.stdin_w is not None:
             with contextlib.suppress(OSError):
                 os.write(self.stdin_w, payload)
@@ -400,4 +401,11 @@ class Monitor:
         else:
             self.broadcast(P.jframe(P.EXIT, {"code": code}), attached=False)
         for c in list(self.clients):
+            # Read what the client sent unasked before closing: closing a socket with unread
+            # data resets the connection, and the client could lose the EXIT frame.
+            with contextlib.suppress(OSError):
+                c.sock.shutdown(socket.SHUT_WR)
+                c.sock.setblocking(False)
+                while c.sock.recv(65536):
+                    pass
             self.drop(c)

@@ -1,7 +1,8 @@
 """The monitor's control socket: length-prefixed frames, one byte of type + 4 of length.
 
 A client opens the socket, sends one REQUEST frame (JSON: `{"op": "attach", ...}` or
-`{"op": "kill", "signal": N}`), then for attach exchanges frames until EXIT or ERROR.
+`{"op": "kill", "signal": N}` or `{"op": "wait"}`), then for attach exchanges frames until
+EXIT or ERROR (which every client gets, attached or not).
 Socket paths can exceed the 108-byte `sun_path` limit under deep roots, so both sides go
 through `/proc/self/fd/<dirfd>/ctl.sock`.
 """
@@ -22,7 +23,7 @@ HEADER = struct.Struct("!BI")
 MAX_FRAME = 1 << 20
 
 # monitor -> client
-STDOUT, STDERR, EXIT, ERROR, STARTED = 1, 2, 3, 4, 5
+STDOUT, STDERR, EXIT, ERROR, STARTED, ACK = 1, 2, 3, 4, 5, 6
 # client -> monitor
 STDIN, STDIN_EOF, RESIZE, SIGNAL, REQUEST = 10, 11, 12, 13, 20
 
