@@ -1,6 +1,7 @@
 """What bareboat-runtime remembers per container under its `--root`.
 
-Layout under the root (default /run/bareboat-runtime):
+Layout under the root (`--root`, else BAREBOAT_RUNTIME_ROOT, else $BAREBOAT_STATE/runtime,
+i.e. /run/bareboat/runtime):
   runc/            the delegated runc's own `--root` (container isolation)
   bareboat/ID.json {"id", "isolation", "bundle"}: written before the container exists, so
                    every later call dispatches to the same isolation, removed by `delete`.
@@ -11,12 +12,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from bareboat.errors import ContainerNotFound, UsageError
 
-DEFAULT_ROOT = "/run/bareboat-runtime"
+DEFAULT_STATE = "/run/bareboat"
+
+
+def default_root(env: Mapping[str, str]) -> str:
+    """podman passes no `--root` to a runtime it does not know by name, so the default must be
+    steerable: BAREBOAT_RUNTIME_ROOT, else `runtime/` under bareboat's state root."""
+    return env.get("BAREBOAT_RUNTIME_ROOT") or os.path.join(
+        env.get("BAREBOAT_STATE") or DEFAULT_STATE, "runtime"
+    )
 
 
 def check_id(cid: str) -> str:
@@ -38,8 +48,8 @@ class RuntimeRoot:
     path: Path
 
     @classmethod
-    def of(cls, root: str) -> RuntimeRoot:
-        return cls(Path(root or DEFAULT_ROOT))
+    def of(cls, root: str, env: Mapping[str, str] | None = None) -> RuntimeRoot:
+        return cls(Path(root or default_root(os.environ if env is None else env)))
 
     @property
     def runc(self) -> Path:

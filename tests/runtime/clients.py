@@ -1,0 +1,238 @@
+"""Real container clients for the runtime tests, each with its config, state, storage and
+sockets in a temp dir of its own (never the machine's defaults)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import RUNTIME
+
+IMAGE_TAG = "latest"
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if not path:
+        pytest.skip(f"{tool} is not installed")
+    if os.geteuid() != 0:
+        pytest.skip(f"{tool} tests need root here")
+    return path
+
+
+def wrapper(base: Path, name: str, target: str, rtroot: Path) -> str:
+    """A script that runs `target` with its state under `rtroot/name`."""
+    path = base / "bin" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = rtroot / name
+    if name == "runc":
+        body = f'exec {target} --root {root} "$@"\n'
+    else:
+        body = f'BAREBOAT_RUNTIME_ROOT={root} exec {target} "$@"\n'
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+class Podman:
+    """podman with private storage, run root, tmp dir and containers.conf; cgroupfs and file
+    events because there is no systemd here."""
+
+    def __init__(self, base: Path, layout: Path) -> None:
+        self.podman = _need("podman")
+        self.base = base
+        conf = base / "containers.conf"
+        # podman's default ulimits (nofile/nproc from its own limits) exceed this host's hard
+        # limits, which runc then cannot set: pin them below.
+        conf.write_text(
+            "[containers]\n"
+            'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+            "[engine]\n"
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n'
+        )
+        self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+        # podman hands a runtime neither our environment nor (on some calls, e.g. conmon's
+        # `delete --force`) its --runtime-flag root: a wrapper per runtime pins the root.
+        self.rtroot = base / "rtroot"
+        self.wrappers = {
+            "bareboat-runtime": wrapper(base, "bareboat-runtime", str(RUNTIME), self.rtroot),
+            "runc": wrapper(base, "runc", shutil.which("runc") or "/usr/sbin/runc", self.rtroot),
+        }
+        res = self("pull", f"oci:{layout}:{IMAGE_TAG}", runtime="runc")
+        self.image = res.stdout.strip().splitlines()[-1]
+
+    def argv(self, *args: str, runtime: str = "") -> list[str]:
+        rt = self.wrappers[runtime or "bareboat-runtime"]
+        return [
+            self.podman,
+            "--root", str(self.base / "storage"),
+            "--runroot", str(self.base / "runroot"),
+            "--tmpdir", str(self.base / "tmp"),
+            "--cgroup-manager", "cgroupfs",
+            "--events-backend", "file",
+            "--runtime", rt,
+            *args,
+        ]  # fmt: skip
+
+    def __call__(
+        self, *args: str, runtime: str = "", check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            self.argv(*args, runtime=runtime),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)}: rc={res.returncode} {res.stderr!r}")
+        return res
+
+    def close(self) -> None:
+        self("rm", "--all", "--force", "--time", "0", check=False)
+        self("rmi", "--all", "--force", check=False)
+        unmount_under(self.base)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.base)
+
+
+def unmount_under(base: Path) -> None:
+    """Whatever a client left mounted below its temp dir (overlay, shm), deepest first."""
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    for line in reversed(mounts):
+        target = line.split()[1]
+        if target == str(base) or target.startswith(f"{base}/"):
+            subprocess.run(["umount", "-l", target], check=False, timeout=30)
+
+
+CONTAINERD_CONFIG = """\
+version = 2
+root = "{base}/root"
+state = "{base}/state"
+[grpc]
+  address = "{base}/containerd.sock"
+[ttrpc]
+  address = "{base}/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_cgroup = true
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.bareboat]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.bareboat.options]
+    BinaryName = "{runtime}"
+[plugins."io.containerd.runtime.v1.linux"]
+  runtime = "{runtime}"
+"""
+
+
+class Containerd:
+    """A private containerd 1.6 (root, state and sockets in a temp dir) and its `ctr`."""
+
+    def __init__(self, base: Path, layout: Path) -> None:
+        self.containerd = _need("containerd")
+        self.ctr = _need("ctr")
+        _need("skopeo")
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        self.sock = base / "containerd.sock"
+        cfg = base / "config.toml"
+        cfg.write_text(CONTAINERD_CONFIG.format(base=base, runtime=RUNTIME))
+        self.env = {**os.environ, "BAREBOAT_RUNTIME_ROOT": str(base / "rtroot")}
+        self.log = open(base / "containerd.log", "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [self.containerd, "--config", str(cfg)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+        )
+        try:
+            self._wait_ready()
+            archive = base / "image.tar"
+            self.image = f"docker.io/library/busybox-test:{IMAGE_TAG}"
+            subprocess.run(
+                ["skopeo", "copy", f"oci:{layout}:{IMAGE_TAG}",
+                 f"docker-archive:{archive}:{self.image}"],
+                check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+            self("images", "import", str(archive))
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self) -> None:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"containerd exited: {self.logs()}")
+            if self.sock.exists() and self("version", check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"containerd did not come up: {self.logs()}")
+
+    def logs(self) -> str:
+        return (self.base / "containerd.log").read_text(errors="replace")[-3000:]
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [self.ctr, "--address", str(self.sock), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"ctr {' '.join(args)}: rc={res.returncode} {res.stderr!r}")
+        return res
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            for c in self("containers", "list", "--quiet", check=False).stdout.split():
+                self("tasks", "kill", "--signal", "KILL", c, check=False)
+                self("tasks", "delete", "--force", c, check=False)
+                self("containers", "delete", c, check=False)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+        self.log.close()
+        unmount_under(self.base)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.base)
+
+
+@contextlib.contextmanager
+def podman(base: Path, layout: Path) -> Iterator[Podman]:
+    p = Podman(base, layout)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@contextlib.contextmanager
+def containerd(base: Path, layout: Path) -> Iterator[Containerd]:
+    c = Containerd(base, layout)
+    try:
+        yield c
+    finally:
+        c.close()

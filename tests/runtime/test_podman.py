@@ -1,0 +1,84 @@
+"""podman 4.3 with `--runtime bareboat-runtime`: run/exec/stop/rm/pause/update, exit codes and
+output unchanged, per isolation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .clients import Podman, podman
+
+
+@pytest.fixture(scope="module")
+def pm(tmp_path_factory: pytest.TempPathFactory, busybox_layout: Path) -> Iterator[Podman]:
+    with podman(tmp_path_factory.mktemp("podman"), busybox_layout) as p:
+        yield p
+
+
+def test_run_exit_code_and_streams_unchanged(pm: Podman) -> None:
+    script = "echo out; echo err >&2; exit 7"
+    ours = pm("run", "--rm", "--network", "none", pm.image, "sh", "-c", script, check=False)
+    ref = pm("run", "--rm", "--network", "none", pm.image, "sh", "-c", script, check=False,
+             runtime="runc")  # fmt: skip
+    assert (ours.returncode, ours.stdout, ours.stderr) == (7, "out\n", "err\n")
+    assert (ours.returncode, ours.stdout, ours.stderr) == (
+        ref.returncode,
+        ref.stdout,
+        ref.stderr,
+    )
+
+
+def test_run_missing_command_is_127(pm: Podman) -> None:
+    res = pm("run", "--rm", "--network", "none", pm.image, "/nonexistent", check=False)
+    assert res.returncode == 127
+
+
+def test_detached_exec_pause_update_stop_rm(pm: Podman) -> None:
+    cid = pm("run", "-d", "--network", "none", pm.image, "sleep", "100").stdout.strip()
+    try:
+        res = pm("exec", cid, "sh", "-c", "echo exec-ok; exit 3", check=False)
+        assert (res.returncode, res.stdout) == (3, "exec-ok\n")
+        res = pm("exec", "-t", cid, "sh", "-c", "tty", check=False)
+        assert res.returncode == 0 and res.stdout.startswith("/dev/pts/")
+        res = pm("exec", "-d", cid, "sleep", "30")
+        pm("pause", cid)
+        assert pm("inspect", "--format", "{{.State.Status}}", cid).stdout.strip() == "paused"
+        pm("unpause", cid)
+        pm("update", "--memory", "64m", cid)
+        assert (pm.rtroot / "bareboat-runtime" / "bareboat" / f"{cid}.json").exists()
+        pm("stop", "-t", "1", cid)
+        state = json.loads(pm("inspect", cid).stdout)[0]["State"]
+        assert state["Status"] == "exited"
+        assert state["ExitCode"] == 137  # sleep as PID 1 ignores TERM, so podman KILLs it
+    finally:
+        pm("rm", "--force", cid, check=False)
+    assert cid not in pm("ps", "-a", "-q", "--no-trunc").stdout
+    # The runtime kept its state where podman told it to, and dropped the record.
+    records = pm.rtroot / "bareboat-runtime" / "bareboat"
+    assert records.is_dir()
+    assert not (records / f"{cid}.json").exists()
+
+
+def test_run_tty(pm: Podman) -> None:
+    res = pm("run", "--rm", "-t", "--network", "none", pm.image, "sh", "-c", "tty; exit 4",
+             check=False)  # fmt: skip
+    assert res.returncode == 4
+    assert res.stdout.startswith("/dev/pts/")
+
+
+def test_unavailable_isolation_is_a_clear_error(pm: Podman) -> None:
+    res = pm("run", "--rm", "--network", "none", "--annotation", "io.bareboat.isolation=wasm",
+             pm.image, "true", check=False)  # fmt: skip
+    assert res.returncode != 0
+    assert "isolation wasm" in res.stderr
+
+
+def test_nothing_left_behind(pm: Podman) -> None:
+    # Runs last in this module: every container above was removed through the runtime.
+    pm("run", "--rm", "--network", "none", pm.image, "true")
+    ours = pm.rtroot / "bareboat-runtime"
+    assert list((ours / "runc").iterdir()) == []
+    assert list((ours / "bareboat").iterdir()) == []
