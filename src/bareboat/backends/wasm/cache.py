@@ -79,6 +79,28 @@ def wasmtime_version() -> str:
     return _version
 
 
+# Entries whose checksum this process has checked, with the (dev, inode, mtime, size) seen.
+_verified: dict[Path, tuple[int, int, int, int]] = {}
+
+
+def _verify(path: Path) -> None:
+    """Check the trailer, through a read-only map rather than a copy: the page cache then
+    serves both this and wasmtime's own map of the file."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= _TRAILER:
+            raise WasmError("cache entry truncated")
+        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
+            view = memoryview(m)
+            try:
+                crc = _crc32(view[:-_TRAILER]).to_bytes(4, "little")
+                ok = view[-_TRAILER:] == _TRAILER_MAGIC + crc
+            finally:
+                view.release()
+    if not ok:
+        raise WasmError("cache entry checksum mismatch")
+
+
 class ModuleCache:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -115,28 +137,21 @@ class ModuleCache:
         with atomic_open(path) as f:
             f.write(data)
             f.write(_TRAILER_MAGIC + _crc32(data).to_bytes(4, "little"))
+        st = os.stat(path)  # written by us just now: known good
+        _verified[path] = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         return module, result
 
     @staticmethod
     def _deserialize(engine: wasmtime.Engine, path: Path) -> wasmtime.Module:
         import wasmtime
 
-        # Checked through a read-only map, not a copy: the page cache serves both this and
-        # wasmtime's own map of the file below.
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size <= _TRAILER:
-                raise WasmError("cache entry truncated")
-            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
-                view = memoryview(m)
-                try:
-                    ok = view[-_TRAILER:] == _TRAILER_MAGIC + _crc32(view[:-_TRAILER]).to_bytes(
-                        4, "little"
-                    )
-                finally:
-                    view.release()
-        if not ok:
-            raise WasmError("cache entry checksum mismatch")
+        # One check per file version per process (and its forks: a workload forked from the
+        # monitor that just checked the entry does not check it again).
+        st = os.stat(path)
+        version = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        if _verified.get(path) != version:
+            _verify(path)
+            _verified[path] = version
         # The trailer is ignored by wasmtime: it reads the ELF image it finds at the start.
         return wasmtime.Module.deserialize_file(engine, str(path))
 
