@@ -1,0 +1,628 @@
+"""The `microvm` backend: each container is a QEMU microVM running our kernel and init/agent.
+
+create: read the bundle (vmspec), find the kernel and the init initramfs, build or reuse the
+image's read-only EROFS disk, make the persistent disk if one was asked for, plan the network.
+start: launch QEMU (QemuProcess), wait for the agent's HELLO (a deadline, a panic or a dead
+QEMU each end the wait with the console log's tail), send START, wait for STARTED, and hand
+the channel to the `Hub` thread that relays stdio and serves the control socket. The pid the
+monitor waits on is QEMU's; `exit_code` reads what the hub recorded from the agent's EXIT.
+
+Everything of one VM lives in `<ctx.state_dir>/<id>/` (sockets, console log, exit record),
+removed by `delete`; the log of a failed start is first copied beside the container's record.
+Options a bundle cannot express travel as annotations (the spec builder copies labels there):
+`io.bareboat.network` (none|user), `io.bareboat.publish` ([IP:]HOST:GUEST[/proto],...),
+`io.bareboat.vm.disk` (size of a persistent ext4 writable layer, e.g. 1g),
+`io.bareboat.vm.kernel` (a vmlinux to boot), `io.bareboat.vm.cmdline` (extra kernel args).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import tempfile
+import termios
+import time
+import tty
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bareboat.backends.base import BackendContext, Stdio
+from bareboat.errors import (
+    AgentProtocolError,
+    BackendError,
+    BareboatError,
+    BootTimeout,
+    CommandNotExecutable,
+    CommandNotFound,
+    GuestError,
+    UsageError,
+)
+from bareboat.fsutil import atomic_write_text
+from bareboat.paths import Roots
+from bareboat.spec.options import PortMapping
+
+from . import network, rootfs, vmspec
+from .agent import (
+    AgentError,
+    ErrorKind,
+    Exited,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    Hello,
+    Mount,
+    Output,
+    ProcessSpec,
+    Rlimit,
+    Started,
+    StartSpec,
+    decode_event,
+    encode_frame,
+    encode_process,
+    encode_start,
+)
+from .hub import CtlClient, ExitRecord, Hub
+
+AGENT_PORT = "bareboat.agent"
+LOWER_DEVICE = "/dev/vda"  # virtio-mmio disks enumerate in command-line order (measured)
+UPPER_DEVICE = "/dev/vdb"
+BOOT_TIMEOUT_S = 30.0  # TCG boots in ~1 s here; a loaded CI host may need far more
+START_TIMEOUT_S = 30.0
+ENV_BOOT_TIMEOUT = "BAREBOAT_BOOT_TIMEOUT"
+CONSOLE_TAIL_LINES = 15
+
+ANN_NETWORK = "io.bareboat.network"
+ANN_PUBLISH = "io.bareboat.publish"
+ANN_DISK = "io.bareboat.vm.disk"
+ANN_KERNEL = "io.bareboat.vm.kernel"
+ANN_CMDLINE = "io.bareboat.vm.cmdline"
+
+_RLIMIT_NUMBERS = {
+    "RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4,
+    "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7, "RLIMIT_MEMLOCK": 8,
+    "RLIMIT_AS": 9, "RLIMIT_LOCKS": 10, "RLIMIT_SIGPENDING": 11, "RLIMIT_MSGQUEUE": 12,
+    "RLIMIT_NICE": 13, "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
+}  # fmt: skip
+_ERRORS: dict[ErrorKind, type[BareboatError]] = {
+    ErrorKind.NOT_FOUND: CommandNotFound,
+    ErrorKind.NOT_EXECUTABLE: CommandNotExecutable,
+}
+
+
+# --- plain data: what one VM is -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VmDir:
+    """The files of one VM: records in `path`, unix sockets in the short `sockets` dir."""
+
+    path: Path
+    sockets: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.sockets / "qmp.sock"
+
+    @property
+    def agent(self) -> Path:
+        return self.sockets / "agent.sock"
+
+    @property
+    def ctl(self) -> Path:
+        return self.sockets / "hub.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.path / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.path / "qemu.log"
+
+    @property
+    def exit(self) -> Path:
+        return self.path / "exit.json"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.path / "vm.json"
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    spec: vmspec.VmSpec
+    kernel: Path
+    initrd: Path
+    image: rootfs.RootfsImage
+    disk: rootfs.WritableLayer
+    net: network.NetworkPlan
+    cmdline: tuple[str, ...] = ()
+
+
+def to_process_spec(p: vmspec.GuestProcess, winsize: tuple[int, int] = (0, 0)) -> ProcessSpec:
+    return ProcessSpec(
+        args=list(p.args),
+        env=list(p.env),
+        cwd=p.cwd,
+        uid=p.uid,
+        gid=p.gid,
+        groups=list(p.additional_gids),
+        umask=0o022 if p.umask is None else p.umask,
+        rlimits=[Rlimit(_RLIMIT_NUMBERS[r.type], r.soft, r.hard) for r in p.rlimits],
+        no_new_privs=p.no_new_privileges,
+        terminal=p.terminal,
+        rows=winsize[0] if p.terminal else 0,
+        cols=winsize[1] if p.terminal else 0,
+    )
+
+
+def start_spec(plan: VmPlan, winsize: tuple[int, int] = (0, 0)) -> StartSpec:
+    """START for this VM: the process, identity, root disks and extra mounts."""
+    s = plan.spec
+    # The agent hands `options` to mount(2) as data and knows only the read-only flag, so
+    # only the valued options (size=, mode=, ...) travel; nosuid/nodev/noexec are dropped.
+    mounts = [
+        Mount(m.destination, m.fstype, "tmpfs", ",".join(o for o in m.options if "=" in o),
+              readonly="ro" in m.options)
+        for m in s.mounts
+    ]  # fmt: skip
+    return StartSpec(
+        process=to_process_spec(s.process, winsize),
+        hostname=s.hostname,
+        time_ns=time.time_ns(),
+        entropy=os.urandom(64),
+        lower=LOWER_DEVICE,
+        lower_fstype=plan.image.fstype,
+        upper=UPPER_DEVICE if plan.disk.disk is not None else None,
+        mounts=mounts,
+    )
+
+
+def parse_publish(value: str) -> tuple[PortMapping, ...]:
+    from bareboat.spec.parse import parse_publish as parse_one
+
+    return tuple(parse_one(v.strip()) for v in value.split(",") if v.strip())
+
+
+def parse_size(value: str) -> int:
+    from bareboat.spec.parse import parse_memory
+
+    return parse_memory(value)
+
+
+def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
+    try:
+        data = path.read_bytes()[-16384:]
+    except OSError:
+        return "(no console log)"
+    text = data.decode(errors="replace").replace("\r", "")
+    tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join(tail) if tail else "(the console log is empty)"
+
+
+def lower_tree(rootfs_path: Path) -> Path:
+    """The image tree under a container's rootfs: the overlay's single lowerdir, if it is one."""
+    target = os.fsencode(rootfs_path)
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            left, _, right = line.rstrip(b"\n").partition(b" - ")
+            point = left.split(b" ")[4].decode("unicode_escape").encode("latin-1")
+            fields = right.split(b" ")
+            if point != target or len(fields) < 3 or fields[0] != b"overlay":
+                continue
+            for opt in fields[2].split(b","):
+                if opt.startswith(b"lowerdir=") and b":" not in opt:
+                    return Path(os.fsdecode(opt[len(b"lowerdir=") :]))
+    return rootfs_path
+
+
+def tree_key(tree: Path) -> str:
+    """A cache key for an immutable rootfs tree: its path and the identity of its inode."""
+    st = tree.stat()
+    ident = f"{tree.resolve()}\0{st.st_dev}\0{st.st_ino}\0{st.st_ctime_ns}"
+    return "tree-" + hashlib.sha256(ident.encode()).hexdigest()[:40]
+
+
+def socket_dir(roots: Roots, cid: str) -> Path:
+    """A directory for one VM's sockets whose paths fit a sockaddr_un (108 bytes).
+
+    The container's own state directory is too deep (two 64-character ids); the short name
+    under the state root serves where it fits, else one under the temporary directory.
+    Both follow from the roots and the id alone, so every process finds the same one.
+    """
+    short = roots.state / "vm" / cid[:16]
+    if len(os.fsencode(short)) + len("/agent.sock") < 100:
+        return short
+    digest = hashlib.sha256(f"{roots.state}\0{cid}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"bareboat-vm-{digest}"
+
+
+def _pid_is_ours(pid: int, vmdir: VmDir) -> bool:
+    """Guard against pid reuse: the process must be a QEMU whose argv names our files."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"qemu-system" in cmdline and os.fsencode(vmdir.sockets) in cmdline
+
+
+def _winsize(fd: int) -> tuple[int, int]:
+    with contextlib.suppress(OSError):
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+        return rows, cols
+    return (0, 0)
+
+
+# --- the backend ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Running:
+    vm: Any  # QemuProcess
+    hub: Hub | None = None
+
+
+class MicrovmBackend:
+    name = "microvm"
+
+    def __init__(self, roots: Roots | None = None, *, boot_timeout: float | None = None) -> None:
+        self.roots = roots or Roots.from_env()
+        env_timeout = os.environ.get(ENV_BOOT_TIMEOUT)
+        self.boot_timeout = boot_timeout or (float(env_timeout) if env_timeout else BOOT_TIMEOUT_S)
+        self._plans: dict[str, VmPlan] = {}
+        self._running: dict[str, _Running] = {}
+
+    # --- paths ---------------------------------------------------------------------------
+    def vmdir(self, ctx: BackendContext) -> VmDir:
+        return VmDir(ctx.state_dir / ctx.id, socket_dir(self.roots, ctx.id))
+
+    def record_dir(self, ctx: BackendContext) -> Path:
+        return self.roots.containers / ctx.id
+
+    # --- create ----------------------------------------------------------------------------
+    def plan(self, ctx: BackendContext) -> VmPlan:
+        """Everything `start` needs, checked and built (kernel, init, image, disk)."""
+        from .initbuild import build_initramfs
+        from .kernel import resolve_kernel
+
+        spec = vmspec.parse_config(ctx.spec)
+        ann = ctx.spec.get("annotations") or {}
+        if not isinstance(ann, dict):
+            raise UsageError("invalid config.json: annotations must be an object")
+        net = network.plan_network(
+            str(ann.get(ANN_NETWORK, "none")), parse_publish(str(ann.get(ANN_PUBLISH, "")))
+        )
+        kernel_ann = ann.get(ANN_KERNEL)
+        kernel = resolve_kernel(self.roots, configured=Path(kernel_ann) if kernel_ann else None)
+        initrd = build_initramfs(self.roots)
+        tree = lower_tree(ctx.rootfs)
+        image = rootfs.ensure_image(self.roots, tree, key=tree_key(tree))
+        disk = rootfs.WritableLayer()
+        if ann.get(ANN_DISK):
+            size = parse_size(str(ann[ANN_DISK]))
+            disk = rootfs.make_disk(self.record_dir(ctx) / "vm-disk.ext4", size)
+        cmdline = tuple(str(ann.get(ANN_CMDLINE, "")).split())
+        return VmPlan(spec, kernel.path, initrd, image, disk, net, cmdline)
+
+    def create(self, ctx: BackendContext) -> None:
+        plan = self.plan(ctx)
+        self.vmdir(ctx).path.mkdir(parents=True, exist_ok=True)
+        self._plans[ctx.id] = plan
+
+    def vm_config(self, ctx: BackendContext, plan: VmPlan) -> Any:
+        from .accel import choose_accel
+        from .qemu import Disk, PortForward, SerialPort, VMConfig, host_tsc_khz
+
+        d = self.vmdir(ctx)
+        disks = [Disk(plan.image.path, readonly=True, serial="bb-lower")]
+        if plan.disk.disk is not None:
+            disks.append(Disk(plan.disk.disk, serial="bb-upper"))
+        forwards = tuple(
+            PortForward(p.host_port, p.guest_port, p.protocol, p.host_ip)  # type: ignore[arg-type]
+            for p in plan.net.ports
+        )
+        return VMConfig(
+            kernel=plan.kernel,
+            initrd=plan.initrd,
+            qmp_socket=d.qmp,
+            cmdline=(*plan.net.kernel_args, *plan.cmdline),
+            vcpus=plan.spec.vcpus,
+            memory_mib=plan.spec.memory >> 20,
+            accel=choose_accel(self.roots).accel,
+            disks=tuple(disks),
+            serial_ports=(SerialPort(AGENT_PORT, d.agent),),
+            console_log=d.console,
+            network="user" if plan.net.mode == "user" else "none",
+            port_forwards=forwards,
+            tsc_khz=host_tsc_khz(),
+        )
+
+    # --- start ----------------------------------------------------------------------------
+    def start(self, ctx: BackendContext, stdio: Stdio) -> int:
+        from .qemu import QemuProcess
+
+        plan = self._plans.get(ctx.id) or self.plan(ctx)
+        d = self.vmdir(ctx)
+        d.path.mkdir(parents=True, exist_ok=True)
+        d.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        d.exit.unlink(missing_ok=True)
+        d.console.unlink(missing_ok=True)
+        network.check_ports_free(plan.net.ports)
+        vm = QemuProcess(self.vm_config(ctx, plan), stderr=d.qemu_log)
+        running = _Running(vm)
+        sock: socket.socket | None = None
+        fds: list[int] = []
+        try:
+            vm.launch()
+            assert vm.pid is not None
+            atomic_write_text(d.pidfile, json.dumps({"pid": vm.pid}))
+            self._running[ctx.id] = running
+            sock, decoder, pending = self._boot(vm, d)
+            winsize = (0, 0)
+            if stdio.tty:
+                winsize = _winsize(stdio.stdout)
+                # The guest's pty does the line discipline; ours must pass bytes through.
+                with contextlib.suppress(termios.error):
+                    tty.setraw(stdio.stdin)
+            sock.sendall(
+                encode_frame(Frame(FrameType.START, 0, encode_start(start_spec(plan, winsize))))
+            )
+            pending += self._await_started(vm, d, sock, decoder)
+            fds = [os.dup(stdio.stdout), os.dup(stdio.stderr)]
+            stdin = os.dup(stdio.stdin) if not _is_devnull(stdio.stdin) else None
+            if stdin is not None:
+                fds.append(stdin)
+            hub = Hub(
+                sock,
+                stdin=stdin,
+                stdout=fds[0],
+                stderr=fds[1],
+                ctl_path=d.ctl,
+                exit_path=d.exit,
+                qemu_pid=vm.pid,
+                pending=pending,
+                decoder=decoder,
+            )
+            running.hub = hub
+            hub.start()
+            return vm.pid
+        except BaseException:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if sock is not None:
+                sock.close()
+            self._running.pop(ctx.id, None)
+            vm.shutdown(quit_timeout=1.0, term_timeout=1.0)
+            self._keep_console(ctx)
+            self._cleanup(d)
+            raise
+
+    def _boot(self, vm: Any, d: VmDir) -> tuple[socket.socket, FrameDecoder, list[Frame]]:
+        """Connect to the agent and wait for its HELLO, or explain why it never came."""
+        deadline = time.monotonic() + self.boot_timeout
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            while True:
+                try:
+                    sock.connect(str(d.agent))
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    self._check_alive(vm, d, deadline)
+                    time.sleep(0.005)
+            decoder = FrameDecoder()
+            pending: list[Frame] = []
+            ask = 0.0
+            while True:
+                now = time.monotonic()
+                self._check_alive(vm, d, deadline)
+                if now >= ask:
+                    # QEMU drops guest bytes while no host is connected: ask again.
+                    sock.sendall(encode_frame(Frame(FrameType.HELLO, 0)))
+                    ask = now + 0.5
+                sock.settimeout(max(0.01, min(0.1, deadline - now)))
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    self._check_alive(vm, d, deadline, wait=2.0)
+                    raise GuestError(self._why(vm, d, "the VM closed the agent channel at boot"))
+                for frame in decoder.feed(data):
+                    if isinstance(decode_event(frame), Hello):
+                        pending = []
+                        sock.settimeout(None)
+                        return sock, decoder, pending
+                    raise AgentProtocolError(f"agent sent {frame.type.name} before HELLO")
+        except BaseException:
+            sock.close()
+            raise
+
+    def _await_started(
+        self, vm: Any, d: VmDir, sock: socket.socket, decoder: FrameDecoder
+    ) -> list[Frame]:
+        """Frames up to STARTED (returned for the hub to relay), or the start's failure."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        pending: list[Frame] = []
+        errors: list[AgentError] = []
+        while True:
+            self._check_alive(vm, d, deadline, what="the workload did not start")
+            sock.settimeout(0.1)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                raise GuestError(self._why(vm, d, "the VM stopped while starting the workload"))
+            for frame in decoder.feed(data):
+                event = decode_event(frame)
+                if isinstance(event, Hello):
+                    continue  # an answer to one of our repeated asks
+                if getattr(event, "session", 0) != 0:
+                    raise AgentProtocolError(
+                        f"agent sent {frame.type.name} for a session never started"
+                    )
+                if isinstance(event, AgentError):
+                    errors.append(event)
+                elif isinstance(event, Exited):
+                    # START failed: ERROR (NOT_FOUND, ...) then EXIT 127/126/125.
+                    kind = errors[0].kind if errors else ErrorKind.SPAWN
+                    msg = errors[0].message if errors else f"exit status {event.status}"
+                    err_cls = _ERRORS.get(kind, GuestError)
+                    if kind in (ErrorKind.ROOTFS, ErrorKind.INTERNAL):
+                        msg = self._why(vm, d, f"the guest init failed: {msg}")
+                    raise err_cls(msg)
+                elif isinstance(event, Started):
+                    return pending
+                elif isinstance(event, Output):
+                    pending.append(frame)
+
+    def _check_alive(
+        self, vm: Any, d: VmDir, deadline: float, *, wait: float = 0.0, what: str = ""
+    ) -> None:
+        if vm.wait(wait) is not None:
+            raise GuestError(self._why(vm, d, "the VM stopped during boot"))
+        if time.monotonic() > deadline:
+            raise BootTimeout(
+                self._why(vm, d, what or f"the guest agent was not ready in {self.boot_timeout:g}s")
+            )
+
+    def _why(self, vm: Any, d: VmDir, message: str) -> str:
+        panic = vm.panic_line() if vm is not None else None
+        if panic:
+            message = f"the guest kernel panicked ({panic})"
+        elif vm is not None and vm.returncode is not None and vm.returncode < 0:
+            message = f"{message}: QEMU was killed by signal {-vm.returncode}"
+        elif vm is not None and vm.returncode not in (None, 0):
+            message = f"{message}: QEMU exited with {vm.returncode}: {vm.stderr_tail()}"
+        tail = console_tail(d.console)
+        return f"{message}; console log tail:\n{tail}"
+
+    def _keep_console(self, ctx: BackendContext) -> None:
+        """Keep a failed VM's console log beside the container's record (removed by rm)."""
+        src = self.vmdir(ctx).console
+        dest = self.record_dir(ctx) / "console.log"
+        if src.exists() and dest.parent.is_dir():
+            with contextlib.suppress(OSError):
+                shutil.copyfile(src, dest)
+
+    # --- after start ----------------------------------------------------------------------------
+    def exit_code(self, ctx: BackendContext, status: int) -> int:
+        d = self.vmdir(ctx)
+        running = self._running.get(ctx.id)
+        if running is not None and running.hub is not None:
+            running.hub.done.wait(5.0)
+        rec = ExitRecord.load(d.exit)
+        if rec is not None and not rec.error:
+            return rec.code
+        self._keep_console(ctx)
+        vm = running.vm if running is not None else None
+        if rec is not None:
+            if rec.code == 137 and "SIGKILL" in rec.error:
+                return rec.code
+            raise GuestError(f"{rec.error}; console log tail:\n{console_tail(d.console)}")
+        if os.WIFSIGNALED(status):
+            raise GuestError(
+                f"the VM died: QEMU was killed by signal {os.WTERMSIG(status)}; console log tail:\n"
+                + console_tail(d.console)
+            )
+        raise GuestError(self._why(vm, d, "the VM stopped before the workload exited"))
+
+    def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
+        d = self.vmdir(ctx)
+        try:
+            with CtlClient(d.ctl) as c:
+                c.signal(int(sig))
+            return
+        except BackendError:
+            pass
+        # No hub (the monitor is gone): a kill must still end the VM.
+        if int(sig) == signal.SIGKILL:
+            qpid = pid or self._recorded_pid(d)
+            if qpid and _pid_is_ours(qpid, d):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(qpid, signal.SIGKILL)
+
+    def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
+        with contextlib.suppress(BackendError), CtlClient(self.vmdir(ctx).ctl) as c:
+            c.send(Frame(FrameType.RESIZE, 0, struct.pack(">HH", rows, cols)))
+
+    def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
+        import sys
+
+        p = vmspec.parse_process(process)
+        winsize = _winsize(0) if p.terminal else (0, 0)
+        payload = encode_process(to_process_spec(p, winsize))
+
+        def show(err: AgentError) -> None:
+            print(f"bareboat: exec failed: {err.message}", file=sys.stderr, flush=True)
+
+        with CtlClient(self.vmdir(ctx).ctl) as c:
+            return c.exec(
+                payload, stdin=None if detach else 0, stdout=1, stderr=2, detach=detach,
+                on_error=show,
+            )  # fmt: skip
+
+    def state(self, ctx: BackendContext) -> str:
+        d = self.vmdir(ctx)
+        pid = self._recorded_pid(d)
+        if pid and _pid_is_ours(pid, d):
+            return "running"
+        return "stopped" if d.path.exists() else "unknown"
+
+    def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
+        d = self.vmdir(ctx)
+        running = self._running.pop(ctx.id, None)
+        if running is not None:
+            self._stop_vm(d, running.vm.pid)
+            running.vm.shutdown(quit_timeout=2.0, term_timeout=2.0)
+            if running.hub is not None:
+                running.hub.stop()
+        else:
+            pid = self._recorded_pid(d)
+            if pid and _pid_is_ours(pid, d):
+                self._stop_vm(d, pid)
+        self._plans.pop(ctx.id, None)
+        self._cleanup(d)
+
+    def _stop_vm(self, d: VmDir, pid: int | None) -> None:
+        """POWEROFF through the hub, then SIGTERM, then SIGKILL; each waits a little."""
+        if pid is None or not _pid_is_ours(pid, d):
+            return
+        with contextlib.suppress(BackendError), CtlClient(d.ctl, timeout=1.0) as c:
+            c.send(Frame(FrameType.POWEROFF, 0))
+        for sig, wait in ((None, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+            if sig is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not _pid_is_ours(pid, d):
+                    return
+                time.sleep(0.02)
+
+    def _recorded_pid(self, d: VmDir) -> int | None:
+        try:
+            return int(json.loads(d.pidfile.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _cleanup(self, d: VmDir) -> None:
+        shutil.rmtree(d.sockets, ignore_errors=True)
+        shutil.rmtree(d.path, ignore_errors=True)
+
+
+def _is_devnull(fd: int) -> bool:
+    try:
+        st, null = os.fstat(fd), os.stat(os.devnull)
+    except OSError:
+        return False
+    return (st.st_rdev, st.st_ino) == (null.st_rdev, null.st_ino)

@@ -1,0 +1,461 @@
+"""The host end of a running VM's agent channel, and the control socket other processes use.
+
+QEMU's virtio-serial socket takes one connection, so one object must own it for the VM's
+life: the `Hub`, a thread inside the container's monitor. It relays the workload's streams
+(session 0) between the agent and the monitor's stdio fds, records the workload's exit, and
+serves a unix control socket on which any bareboat process (the CLI's `kill`, `exec`, `rm -f`)
+speaks the same framed protocol as the agent: SIGNAL, RESIZE and POWEROFF for the VM, or an
+EXEC session of its own, whose frames the hub renumbers to the agent's session ids and back.
+
+The guest is untrusted: its frames pass the agent codec's bounds and checks, events for
+sessions it was never given are a protocol violation, and a violation ends the VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bareboat.errors import AgentProtocolError, BackendError
+from bareboat.fsutil import atomic_write_text
+
+from .agent import (
+    GUEST_LIMITS,
+    HOST_TYPES,
+    MAX_DATA,
+    MAX_PAYLOAD,
+    AgentError,
+    Exited,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    Output,
+    Started,
+    decode_event,
+    encode_frame,
+)
+
+# What a control client may send, and how large (the hub checks its clients too).
+CTL_LIMITS: dict[FrameType, int] = {t: MAX_PAYLOAD for t in HOST_TYPES}
+OUTBUF_HIGH = 4 << 20  # stop reading new input while this much waits for the agent
+KILL_GRACE_S = 5.0  # after a SIGKILL the workload must be gone by then, or QEMU is killed
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    """How the workload ended, as exit.json keeps it for `exit_code` (any process)."""
+
+    code: int
+    error: str = ""
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps({"code": self.code, "error": self.error}))
+
+    @classmethod
+    def load(cls, path: Path) -> ExitRecord | None:
+        try:
+            data = json.loads(path.read_text())
+            return cls(int(data["code"]), str(data.get("error", "")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass
+class _Client:
+    sock: socket.socket
+    decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(CTL_LIMITS))
+    sessions: dict[int, int] = field(default_factory=dict)  # client's id -> agent's id
+
+
+class Hub:
+    """Relays one VM's agent channel; `run` is the body of its thread."""
+
+    def __init__(
+        self,
+        agent: socket.socket,
+        *,
+        stdin: int | None,
+        stdout: int,
+        stderr: int,
+        ctl_path: Path,
+        exit_path: Path,
+        qemu_pid: int,
+        pending: list[Frame] | None = None,
+        decoder: FrameDecoder | None = None,
+    ) -> None:
+        self.agent = agent
+        self.stdin = stdin
+        self.out: dict[str, int | None] = {"stdout": stdout, "stderr": stderr}
+        self.ctl_path = ctl_path
+        self.exit_path = exit_path
+        self.qemu_pid = qemu_pid
+        self.pending = list(pending or [])
+        self.decoder = decoder or FrameDecoder()
+        self.outbuf = bytearray()
+        self.sel = selectors.DefaultSelector()
+        self.clients: dict[int, _Client] = {}  # by fd
+        self.owner: dict[int, tuple[_Client, int]] = {}  # agent session -> (client, its id)
+        self.next_session = 1
+        self.exited: ExitRecord | None = None
+        self.errors: list[str] = []
+        self.kill_deadline: float | None = None
+        self.done = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ctl_path.unlink(missing_ok=True)
+        self.listener.bind(str(ctl_path))
+        os.chmod(ctl_path, 0o600)
+        self.listener.listen(16)
+        self.listener.setblocking(False)
+        self.thread = threading.Thread(target=self.run, name="bareboat-vm-hub", daemon=True)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the loop (after the VM is gone) and release everything the hub holds."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
+        self._close()
+
+    def _close(self) -> None:
+        for c in list(self.clients.values()):
+            self._drop(c)
+        for s in (self.listener, self.agent):
+            with contextlib.suppress(OSError):
+                s.close()
+        self.ctl_path.unlink(missing_ok=True)
+        for name in ("stdout", "stderr"):
+            self._end_stream(name)
+        for fd in (self.stdin, self._wake_r, self._wake_w):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.stdin = None
+        self._wake_r = self._wake_w = -1
+        with contextlib.suppress(Exception):
+            self.sel.close()
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._loop()
+        except AgentProtocolError as err:
+            self._fatal(f"the guest broke the agent protocol: {err}")
+        except Exception as err:  # noqa: BLE001 - the VM must not outlive a broken relay
+            self._fatal(f"the VM's relay failed: {err!r}")
+        finally:
+            self.done.set()
+
+    def _loop(self) -> None:
+        self.agent.setblocking(False)
+        self.sel.register(self.agent, selectors.EVENT_READ, "agent")
+        self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+        self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        if self.stdin is not None:
+            os.set_blocking(self.stdin, False)
+            self.sel.register(self.stdin, selectors.EVENT_READ, "stdin")
+        for frame in self.pending:
+            self._from_agent(frame)
+        self.pending = []
+        while True:
+            self._update_interest()
+            timeout = None
+            if self.kill_deadline is not None:
+                timeout = max(0.0, self.kill_deadline - time.monotonic())
+            for key, mask in self.sel.select(timeout):
+                what = key.data
+                if what == "wake":
+                    return
+                if what == "agent":
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush()
+                    if mask & selectors.EVENT_READ and not self._read_agent():
+                        return
+                elif what == "listen":
+                    self._accept()
+                elif what == "stdin":
+                    self._read_stdin()
+                elif isinstance(what, _Client):
+                    self._read_client(what)
+            if self.kill_deadline is not None and time.monotonic() >= self.kill_deadline:
+                self._fatal("the workload did not end after SIGKILL; the VM was killed", 137)
+                return
+
+    def _update_interest(self) -> None:
+        mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbuf else 0)
+        self.sel.modify(self.agent, mask, "agent")
+        if self.stdin is not None:
+            full = len(self.outbuf) > OUTBUF_HIGH
+            registered = self.stdin in self.sel.get_map()
+            if full and registered:
+                self.sel.unregister(self.stdin)
+            elif not full and not registered:
+                self.sel.register(self.stdin, selectors.EVENT_READ, "stdin")
+
+    # --- agent side --------------------------------------------------------------------------
+    def send(self, frame: Frame) -> None:
+        self.outbuf += encode_frame(frame)
+
+    def _flush(self) -> None:
+        try:
+            n = self.agent.send(self.outbuf)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.outbuf.clear()  # the VM is gone; nothing will read it
+            return
+        del self.outbuf[:n]
+
+    def _read_agent(self) -> bool:
+        try:
+            data = self.agent.recv(256 * 1024)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            return False  # QEMU closed the channel: the VM is gone
+        for frame in self.decoder.feed(data):
+            self._from_agent(frame)
+        return True
+
+    def _from_agent(self, frame: Frame) -> None:
+        event = decode_event(frame)
+        if isinstance(event, Output | Exited | AgentError | Started):
+            session = event.session
+        else:
+            return  # HELLO again, PONG: nothing to relay
+        if session == 0:
+            self._workload(event)
+            return
+        owner = self.owner.get(session)
+        if owner is None:
+            if session >= self.next_session:
+                raise AgentProtocolError(f"agent sent a frame for unknown session {session}")
+            return  # a session whose client went away
+        client, local = owner
+        self._to_client(client, Frame(frame.type, local, frame.payload))
+        if isinstance(event, Exited):
+            del self.owner[session]
+            client.sessions.pop(local, None)
+
+    def _workload(self, event: Output | Exited | AgentError | Started) -> None:
+        if isinstance(event, Output):
+            fd = self.out.get(event.stream)
+            if fd is None:
+                if event.data:
+                    raise AgentProtocolError(f"agent sent {event.stream} after its end")
+                return
+            if not event.data:
+                self._end_stream(event.stream)
+                return
+            try:
+                _write_all(fd, event.data)
+            except OSError:
+                self._end_stream(event.stream)  # nobody reads it any more; keep relaying
+        elif isinstance(event, AgentError):
+            self.errors.append(event.message)
+        elif isinstance(event, Exited):
+            if self.exited is not None:
+                raise AgentProtocolError("agent sent a second EXIT for the workload")
+            self.exited = ExitRecord(event.status, "; ".join(self.errors))
+            self.exited.save(self.exit_path)
+            self.kill_deadline = None
+            for name in ("stdout", "stderr"):
+                self._end_stream(name)
+            # Acknowledge the exit by powering off: the agent keeps serving until then.
+            self.send(Frame(FrameType.POWEROFF, 0))
+
+    def _end_stream(self, name: str) -> None:
+        fd = self.out.get(name)
+        self.out[name] = None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _read_stdin(self) -> None:
+        assert self.stdin is not None
+        try:
+            data = os.read(self.stdin, MAX_DATA)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # EIO: a pty whose other side closed
+        self.send(Frame(FrameType.STDIN, 0, data))
+        if not data:
+            self.sel.unregister(self.stdin)
+            os.close(self.stdin)
+            self.stdin = None
+
+    def _fatal(self, message: str, code: int = 125) -> None:
+        """End the VM now (hostile guest, hung workload): record why, kill QEMU."""
+        if self.exited is None:
+            self.exited = ExitRecord(code, message)
+            with contextlib.suppress(OSError):
+                self.exited.save(self.exit_path)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.qemu_pid, signal.SIGKILL)
+
+    # --- control clients ---------------------------------------------------------------------
+    def _accept(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            sock, _ = self.listener.accept()
+            sock.settimeout(5)
+            client = _Client(sock)
+            self.clients[sock.fileno()] = client
+            self.sel.register(sock, selectors.EVENT_READ, client)
+
+    def _drop(self, c: _Client) -> None:
+        self.clients.pop(c.sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(c.sock)
+        for sid in list(c.sessions.values()):
+            self.owner.pop(sid, None)  # its sessions run on; their output has no reader
+        c.sock.close()
+
+    def _to_client(self, c: _Client, frame: Frame) -> None:
+        try:
+            c.sock.sendall(encode_frame(frame))
+        except OSError:
+            self._drop(c)
+
+    def _read_client(self, c: _Client) -> None:
+        try:
+            data = c.sock.recv(256 * 1024)
+            frames = c.decoder.feed(data) if data else None
+        except (OSError, AgentProtocolError):
+            frames = None
+        if frames is None:
+            self._drop(c)
+            return
+        for f in frames:
+            self._from_client(c, f)
+
+    def _from_client(self, c: _Client, f: Frame) -> None:
+        if f.type is FrameType.POWEROFF:
+            self.send(Frame(FrameType.POWEROFF, 0))
+            return
+        if f.type is FrameType.EXEC:
+            if f.session == 0 or f.session in c.sessions:
+                self._drop(c)
+                return
+            sid = self.next_session
+            self.next_session += 1
+            c.sessions[f.session] = sid
+            self.owner[sid] = (c, f.session)
+            self.send(Frame(FrameType.EXEC, sid, f.payload))
+            return
+        if f.type not in (FrameType.SIGNAL, FrameType.RESIZE, FrameType.STDIN):
+            self._drop(c)
+            return
+        if f.session == 0:
+            if f.type is FrameType.STDIN or self.exited is not None:
+                return  # the workload's stdin is the monitor's; a finished one takes nothing
+            if f.type is FrameType.SIGNAL and f.payload == signal.SIGKILL.to_bytes(4, "big"):
+                self.kill_deadline = time.monotonic() + KILL_GRACE_S
+            self.send(f)
+            return
+        target = c.sessions.get(f.session)
+        if target is not None:
+            self.send(Frame(f.type, target, f.payload))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+# --- the client side (any process) ----------------------------------------------------------
+
+
+class CtlClient:
+    """A connection to a running VM's hub."""
+
+    def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(path))
+        except OSError as err:
+            self.sock.close()
+            raise BackendError(f"the VM is not running ({err.strerror})") from None
+        self.decoder = FrameDecoder(GUEST_LIMITS)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> CtlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, frame: Frame) -> None:
+        try:
+            self.sock.sendall(encode_frame(frame))
+        except OSError as err:
+            raise BackendError(f"lost the VM's control socket: {err}") from None
+
+    def _pump_stdin(self, fd: int) -> None:
+        with contextlib.suppress(OSError, BackendError):
+            while True:
+                data = os.read(fd, MAX_DATA)
+                self.send(Frame(FrameType.STDIN, 1, data))
+                if not data:
+                    return
+
+    def signal(self, sig: int, session: int = 0) -> None:
+        self.send(Frame(FrameType.SIGNAL, session, sig.to_bytes(4, "big")))
+
+    def exec(
+        self,
+        payload: bytes,
+        *,
+        stdin: int | None,
+        stdout: int,
+        stderr: int,
+        detach: bool = False,
+        on_error: Callable[[AgentError], None] | None = None,
+    ) -> int:
+        """Run one EXEC session to its end, relaying the given fds; its exit status."""
+        self.send(Frame(FrameType.EXEC, 1, payload))
+        if detach:
+            return 0
+        self.sock.settimeout(None)
+        if stdin is not None:
+            # A thread, not the selector: stdin may be a regular file, which epoll refuses.
+            threading.Thread(target=self._pump_stdin, args=(stdin,), daemon=True).start()
+        fds = {"stdout": stdout, "stderr": stderr}
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ, "sock")
+        try:
+            while True:
+                sel.select()
+                data = self.sock.recv(256 * 1024)
+                if not data:
+                    raise BackendError("the VM ended before the exec session did")
+                for frame in self.decoder.feed(data):
+                    event = decode_event(frame)
+                    if isinstance(event, Output) and event.data:
+                        _write_all(fds[event.stream], event.data)
+                    elif isinstance(event, AgentError) and on_error is not None:
+                        on_error(event)
+                    elif isinstance(event, Exited):
+                        return event.status
+        finally:
+            sel.close()
