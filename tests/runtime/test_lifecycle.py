@@ -48,8 +48,8 @@ def test_create_start_state_kill_delete(runtime: Runtime, tmp_path: Path) -> Non
     pid = int(pidfile.read_text())
     assert st["pid"] == pid and os.path.exists(f"/proc/{pid}")
     # Recorded isolation decides later calls.
-    rec = json.loads((runtime.root / "bareboat" / "c1.json").read_text())
-    assert rec["isolation"] == "container"
+    rec = (runtime.root / "bareboat" / "c1.rec").read_text()
+    assert rec == f"container\n{bundle}\n"
 
     runtime("start", "c1")
     st = wait_status(runtime, "c1", "running")
@@ -76,7 +76,7 @@ def test_create_start_state_kill_delete(runtime: Runtime, tmp_path: Path) -> Non
     validator.validate(st)
     assert st["status"] == "stopped"
     runtime("delete", "c1")
-    assert not (runtime.root / "bareboat" / "c1.json").exists()
+    assert not (runtime.root / "bareboat" / "c1.rec").exists()
     assert runtime("state", "c1", check=False).returncode != 0
     # force is idempotent
     runtime("delete", "--force", "c1")
@@ -120,7 +120,7 @@ def test_run_foreground_passes_exit_code_and_output(runtime: Runtime, tmp_path: 
     bundle = make_bundle(tmp_path / "b", ["sh", "-c", "echo out; echo err >&2; exit 7"])
     res = runtime("run", "--bundle", str(bundle), "c3", check=False)
     assert (res.returncode, res.stdout, res.stderr) == (7, "out\n", "err\n")
-    assert not (runtime.root / "bareboat" / "c3.json").exists()
+    assert not (runtime.root / "bareboat" / "c3.rec").exists()
 
 
 def test_hooks_run_when_delegated(runtime: Runtime, tmp_path: Path) -> None:
@@ -149,7 +149,7 @@ def test_errors_go_to_log_as_json_lines(runtime: Runtime, tmp_path: Path) -> Non
     lines = [json.loads(x) for x in runtime.log.read_text().splitlines()]
     assert lines[-1]["level"] == "error" and "config.json" in lines[-1]["msg"]
     assert set(lines[-1]) == {"level", "msg", "time"}
-    assert not (runtime.root / "bareboat" / "c5.json").exists()
+    assert not (runtime.root / "bareboat" / "c5.rec").exists()
     # Unknown container: runc's own error, non-zero.
     assert runtime("state", "nope", check=False).returncode != 0
     assert runtime("kill", "../x", check=False).returncode != 0
@@ -161,7 +161,7 @@ def test_unavailable_isolation_leaves_nothing(runtime: Runtime, tmp_path: Path) 
         "create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "p"), "c6", check=False
     )
     assert res.returncode != 0 and "wasm" in res.stderr
-    assert not (runtime.root / "bareboat" / "c6.json").exists()
+    assert not (runtime.root / "bareboat" / "c6.rec").exists()
 
 
 def test_duplicate_id_is_refused(runtime: Runtime, tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_duplicate_id_is_refused(runtime: Runtime, tmp_path: Path) -> None:
     )
     assert res.returncode != 0 and "already exists" in res.stderr
     runtime("delete", "--force", "c7")
-    assert not (runtime.root / "bareboat" / "c7.json").exists()
+    assert not (runtime.root / "bareboat" / "c7.rec").exists()
 
 
 def test_features_spec_version(runtime: Runtime, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def test_detached_exec_pause_update_stop_rm(pm: Podman) -> None:
         assert pm("inspect", "--format", "{{.State.Status}}", cid).stdout.strip() == "paused"
         pm("unpause", cid)
         pm("update", "--memory", "64m", cid)
-        assert (pm.rtroot / "bareboat-runtime" / "bareboat" / f"{cid}.json").exists()
+        assert (pm.rtroot / "bareboat-runtime" / "bareboat" / f"{cid}.rec").exists()
         pm("stop", "-t", "1", cid)
         state = json.loads(pm("inspect", cid).stdout)[0]["State"]
         assert state["Status"] == "exited"
@@ -59,7 +59,7 @@ def test_detached_exec_pause_update_stop_rm(pm: Podman) -> None:
     # The runtime kept its state where podman told it to, and dropped the record.
     records = pm.rtroot / "bareboat-runtime" / "bareboat"
     assert records.is_dir()
-    assert not (records / f"{cid}.json").exists()
+    assert not (records / f"{cid}.rec").exists()
 
 
 def test_run_tty(pm: Podman) -> None:

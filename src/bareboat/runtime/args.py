@@ -11,8 +11,6 @@ first positional argument past the id is the command to run (runc behaves the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from bareboat.errors import UsageError
 
 # Global flags: name -> takes a value.
@@ -123,30 +121,32 @@ POSITIONALS: dict[str, tuple[int, int, bool]] = {
 }
 
 
-@dataclass
+# Plain classes rather than dataclasses: `dataclasses` pulls in `inspect` (~7 ms of import),
+# which this module, started 3-5 times per container, cannot afford.
 class Globals:
-    root: str = ""
-    log: str = ""
-    log_format: str = "text"
-    debug: bool = False
-    systemd_cgroup: bool = False
-    version: bool = False
-    help: bool = False
-    # The global flags exactly as given (normalised to --x=y), to pass on to runc.
-    passthrough: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.root = ""
+        self.log = ""
+        self.log_format = "text"
+        self.debug = False
+        self.systemd_cgroup = False
+        self.version = False
+        self.help = False
+        # The global flags as given (normalised to --x=y), to pass on to runc.
+        self.passthrough: list[str] = []
 
 
-@dataclass
 class Invocation:
-    globals: Globals
-    command: str = ""
-    # Canonical long flag -> value ("" for switches); repeated flags -> list in `multi`.
-    flags: dict[str, str] = field(default_factory=dict)
-    multi: dict[str, list[str]] = field(default_factory=dict)
-    positionals: list[str] = field(default_factory=list)
-    trailer: list[str] = field(default_factory=list)
-    # The command's own tokens as given, for handing on to runc unchanged.
-    tokens: list[str] = field(default_factory=list)
+    def __init__(self, globals: Globals) -> None:
+        self.globals = globals
+        self.command = ""
+        # Canonical long flag -> value ("" for switches); repeated flags also in `multi`.
+        self.flags: dict[str, str] = {}
+        self.multi: dict[str, list[str]] = {}
+        self.positionals: list[str] = []
+        self.trailer: list[str] = []
+        # The command's own tokens as given, for handing on to runc unchanged.
+        self.tokens: list[str] = []
 
     @property
     def id(self) -> str:

@@ -3,20 +3,24 @@
 Layout under the root (`--root`, else BAREBOAT_RUNTIME_ROOT, else $BAREBOAT_STATE/runtime,
 i.e. /run/bareboat/runtime):
   runc/            the delegated runc's own `--root` (container isolation)
-  bareboat/ID.json {"id", "isolation", "bundle"}: written before the container exists, so
-                   every later call dispatches to the same isolation, removed by `delete`.
+  bareboat/ID.rec   two lines, the isolation and the bundle path: written before the container
+                   exists, so every later call dispatches to the same isolation; removed by
+                   `delete`. Plain lines, not JSON: `json` drags `re` into every call.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
 from bareboat.errors import ContainerNotFound, UsageError
+
+# Typing names only for mypy: `typing` imports `re` and `collections.abc` (~10 ms here), and
+# with postponed annotations nothing needs them at run time. mypy treats any TYPE_CHECKING
+# name as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 
 DEFAULT_STATE = "/run/bareboat"
 
@@ -36,53 +40,73 @@ def check_id(cid: str) -> str:
     return cid
 
 
-@dataclass(frozen=True)
+# Plain classes and str paths, not dataclasses, NamedTuples and pathlib: each costs
+# milliseconds of import on a path that podman and containerd run several times per container.
 class Record:
-    id: str
-    isolation: str
-    bundle: str
+    __slots__ = ("bundle", "id", "isolation")
+
+    def __init__(self, id: str, isolation: str, bundle: str) -> None:
+        self.id = id
+        self.isolation = isolation
+        self.bundle = bundle
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Record) and (self.id, self.isolation, self.bundle) == (
+            other.id,
+            other.isolation,
+            other.bundle,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.isolation, self.bundle))
 
 
-@dataclass(frozen=True)
 class RuntimeRoot:
-    path: Path
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
     @classmethod
     def of(cls, root: str, env: Mapping[str, str] | None = None) -> RuntimeRoot:
-        return cls(Path(root or default_root(os.environ if env is None else env)))
+        return cls(os.path.abspath(root or default_root(os.environ if env is None else env)))
 
     @property
-    def runc(self) -> Path:
-        return self.path / "runc"
+    def runc(self) -> str:
+        return os.path.join(self.path, "runc")
 
     @property
-    def records(self) -> Path:
-        return self.path / "bareboat"
+    def records(self) -> str:
+        return os.path.join(self.path, "bareboat")
 
-    def state_dir(self, cid: str) -> Path:
+    def state_dir(self, cid: str) -> str:
         """Per-container working directory of the isolations bareboat runs itself."""
-        return self.path / "bareboat" / check_id(cid)
+        return os.path.join(self.path, "bareboat", check_id(cid))
 
-    def record_path(self, cid: str) -> Path:
-        return self.records / f"{check_id(cid)}.json"
+    def record_path(self, cid: str) -> str:
+        return os.path.join(self.records, f"{check_id(cid)}.rec")
 
     def load(self, cid: str) -> Record | None:
         try:
-            with open(self.record_path(cid), "rb") as f:
-                data = json.load(f)
-            return Record(str(data["id"]), str(data["isolation"]), str(data["bundle"]))
+            with open(self.record_path(cid), encoding="utf-8") as f:
+                lines = f.read().split("\n")
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, UnicodeDecodeError) as e:
             raise ContainerNotFound(f"container {cid}: unreadable record: {e}") from None
+        if len(lines) != 3 or lines[2] != "":
+            raise ContainerNotFound(f"container {cid}: malformed record")
+        return Record(cid, lines[0], lines[1])
 
     def save(self, rec: Record) -> None:
-        self.records.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self.record_path(rec.id)
-        data = {"id": rec.id, "isolation": rec.isolation, "bundle": rec.bundle}
-        from bareboat.fsutil import atomic_write_text  # tempfile is not cheap to import
+        if "\n" in rec.bundle or "\n" in rec.isolation:
+            raise UsageError(f"bundle path {rec.bundle!r} holds a newline")
+        os.makedirs(self.records, mode=0o700, exist_ok=True)
+        from pathlib import Path  # create only: pathlib and tempfile cost import time
 
-        atomic_write_text(path, json.dumps(data))
+        from bareboat.fsutil import atomic_write_text
+
+        atomic_write_text(Path(self.record_path(rec.id)), f"{rec.isolation}\n{rec.bundle}\n")
 
     def claim(self, rec: Record) -> None:
         """Save a new record; an id already in use is an error (as in runc)."""
@@ -91,8 +115,10 @@ class RuntimeRoot:
         self.save(rec)
 
     def drop(self, cid: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:  # noqa: SIM105 - contextlib costs import time here
             os.unlink(self.record_path(cid))
+        except FileNotFoundError:
+            pass
 
     def all(self) -> list[Record]:
         try:
@@ -101,7 +127,7 @@ class RuntimeRoot:
             return []
         out = []
         for name in names:
-            if name.endswith(".json"):
+            if name.endswith(".rec"):
                 rec = self.load(name[:-5])
                 if rec is not None:
                     out.append(rec)
