@@ -86,6 +86,16 @@ def timed(fn: Callable[[], object], runs: int) -> list[float]:
     return out
 
 
+def interleaved(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, dict[str, float]]:
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t)
+    return {name: stats(s) for name, s in samples.items()}
+
+
 def stats(samples: list[float]) -> dict[str, float]:
     s = sorted(samples)
     return {
@@ -140,20 +150,6 @@ def bench_module(name: str, wasm: bytes, work: Path, runs: int) -> dict[str, Any
         except wasmtime.ExitTrap as e:
             assert e.code == 0
 
-    cold()  # first-touch effects (page cache, lazy init) out of the way
-    entry = cache.entry(ref.digest, EngineSettings())
-    results = {
-        "cold": stats(timed(cold, max(3, runs // 4))),
-    }
-    warm()
-    results["warm"] = stats(timed(warm, runs))
-    results["raw"] = stats(
-        timed(lambda: raw_run(lambda e: wasmtime.Module(e, wasm)), max(3, runs // 4))
-    )
-    results["raw-pre"] = stats(
-        timed(lambda: raw_run(lambda e: wasmtime.Module.deserialize_file(e, str(entry))), runs)
-    )
-
     # raw-inst: the module compiled once in this process and reused with its engine; each run
     # is Store + WASI + Linker + instantiate + _start only (no per-run engine, no file at all).
     config = wasmtime.Config()
@@ -177,7 +173,27 @@ def bench_module(name: str, wasm: bytes, work: Path, runs: int) -> dict[str, Any
         except wasmtime.ExitTrap as e:
             assert e.code == 0
 
-    results["raw-inst"] = stats(timed(raw_inst, runs))
+    cold()  # first-touch effects (page cache, lazy init) out of the way
+    entry = cache.entry(ref.digest, EngineSettings())
+    # Interleaved, one sample of each mode per round, so that load from elsewhere on the
+    # machine falls on every mode alike.
+    results = interleaved(
+        {
+            "cold": cold,
+            "raw": lambda: raw_run(lambda e: wasmtime.Module(e, wasm)),
+        },
+        max(3, runs // 4),
+    )
+    warm()
+    results |= interleaved(
+        {
+            "warm": warm,
+            "raw-pre": lambda: raw_run(lambda e: wasmtime.Module.deserialize_file(e, str(entry))),
+            "raw-inst": raw_inst,
+        },
+        runs,
+    )
+    results = {m: results[m] for m in ("cold", "warm", "raw", "raw-pre", "raw-inst")}
     return {
         "module_bytes": len(wasm),
         "compiled_bytes": entry.stat().st_size,
