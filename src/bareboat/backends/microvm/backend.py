@@ -424,15 +424,17 @@ class MicrovmBackend:
             while True:
                 now = time.monotonic()
                 self._check_alive(vm, d, deadline)
-                if now >= ask:
-                    # QEMU drops guest bytes while no host is connected: ask again.
-                    sock.sendall(encode_frame(Frame(FrameType.HELLO, 0)))
-                    ask = now + 0.5
                 sock.settimeout(max(0.01, min(0.1, deadline - now)))
                 try:
+                    if now >= ask:
+                        # QEMU drops guest bytes while no host is connected: ask again.
+                        sock.sendall(encode_frame(Frame(FrameType.HELLO, 0)))
+                        ask = now + 0.5
                     data = sock.recv(65536)
                 except TimeoutError:
                     continue
+                except OSError:
+                    data = b""  # QEMU went away (a panic, a kill) with the channel open
                 if not data:
                     self._check_alive(vm, d, deadline, wait=2.0)
                     raise GuestError(self._why(vm, d, "the VM closed the agent channel at boot"))
@@ -460,7 +462,10 @@ class MicrovmBackend:
                 data = sock.recv(65536)
             except TimeoutError:
                 continue
+            except OSError:
+                data = b""
             if not data:
+                vm.wait(2.0)  # let QEMU finish dying so the reason (panic, signal) is known
                 raise GuestError(self._why(vm, d, "the VM stopped while starting the workload"))
             for frame in decoder.feed(data):
                 event = decode_event(frame)
