@@ -28,7 +28,7 @@ VERSION = "0.1.0"
 SPEC_VERSION = "1.0.2-dev"
 
 # Isolations this runtime can run under the OCI contract today.
-SUPPORTED = ("container",)
+SUPPORTED = ("container", "process")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,131 @@
+"""`process` isolation under the OCI contract, driven the way conmon and the shim drive it:
+create (blocked before exec) / start / state / exec / ps / pause / kill / delete, hooks, and
+the pid file naming the workload itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Runtime, make_bundle
+
+PROCESS = {"io.bareboat.isolation": "process"}
+
+
+def wait_status(runtime: Runtime, cid: str, want: str, timeout: float = 10) -> str:
+    end = time.monotonic() + timeout
+    while True:
+        status = str(runtime.state(cid)["status"])
+        if status == want or time.monotonic() > end:
+            return status
+        time.sleep(0.02)
+
+
+def test_lifecycle(runtime: Runtime, tmp_path: Path) -> None:
+    bundle = make_bundle(
+        tmp_path / "b", ["sh", "-c", "echo started > /tmp/marker; sleep 100"], annotations=PROCESS
+    )
+    pidfile = tmp_path / "pid"
+    runtime("create", "--bundle", str(bundle), "--pid-file", str(pidfile), "p1")
+    runtime.ids.append("p1")
+    pid = int(pidfile.read_text())
+    st = runtime.state("p1")
+    assert (st["status"], st["pid"]) == ("created", pid)
+    # Not started yet: the workload has not run.
+    time.sleep(0.2)
+    assert not (bundle / "rootfs" / "tmp" / "marker").exists()
+
+    runtime("start", "p1")
+    assert wait_status(runtime, "p1", "running") == "running"
+    end = time.monotonic() + 10
+    while not (bundle / "rootfs" / "tmp" / "marker").exists() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert (bundle / "rootfs" / "tmp" / "marker").read_text() == "started\n"
+    # The pid file names the workload itself, chrooted into the bundle's rootfs.
+    assert os.readlink(f"/proc/{pid}/root") == str((bundle / "rootfs").resolve())
+
+    res = runtime("exec", "--cwd", "/tmp", "-e", "X=42", "p1", "sh", "-c", "echo $X; pwd; exit 3",
+                  check=False)  # fmt: skip
+    assert (res.returncode, res.stdout) == (3, "42\n/tmp\n")
+    pfile = tmp_path / "process.json"
+    pfile.write_text(json.dumps({"args": ["cat", "/tmp/marker"], "cwd": "/", "env": []}))
+    assert runtime("exec", "--process", str(pfile), "p1").stdout == "started\n"
+
+    pids = json.loads(runtime("ps", "--format", "json", "p1").stdout)
+    assert pid in pids
+
+    runtime("pause", "p1")
+    assert runtime.state("p1")["status"] == "paused"
+    runtime("resume", "p1")
+    assert runtime.state("p1")["status"] == "running"
+
+    assert runtime("update", "--resources", "-", "p1", input="{}", check=False).returncode != 0
+    assert runtime("delete", "p1", check=False).returncode != 0  # running, no --force
+
+    runtime("kill", "p1", "KILL")
+    assert wait_status(runtime, "p1", "stopped") == "stopped"
+    runtime("delete", "p1")
+    assert not (runtime.root / "bareboat" / "p1").exists()
+    assert not (runtime.root / "bareboat" / "p1.rec").exists()
+    runtime("delete", "--force", "p1")  # idempotent
+
+
+def test_hooks_run_in_order(runtime: Runtime, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", ["true"], annotations=PROCESS)
+    log = tmp_path / "hooks.log"
+    config = json.loads((bundle / "config.json").read_text())
+
+    def hook(name: str) -> dict[str, object]:
+        # The state arrives on stdin: record its status too.
+        script = (
+            f'read s; echo {name} $(echo "$s" | grep -o "\\"status\\": *\\"[a-z]*\\"") >> {log}'
+        )
+        return {"path": "/bin/sh", "args": ["sh", "-c", script]}
+
+    kinds = ("createRuntime", "prestart", "poststart", "poststop")
+    config["hooks"] = {k: [hook(k)] for k in kinds}
+    (bundle / "config.json").write_text(json.dumps(config))
+    runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "p2")
+    runtime.ids.append("p2")
+    runtime("start", "p2")
+    wait_status(runtime, "p2", "stopped")
+    runtime("delete", "p2")
+    lines = [line.split()[0] for line in log.read_text().splitlines()]
+    assert lines == list(kinds)
+    assert '"created"' in log.read_text().splitlines()[0]
+    assert '"stopped"' in log.read_text().splitlines()[-1]
+
+
+def test_failing_hook_fails_create_and_cleans_up(runtime: Runtime, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", ["sleep", "100"], annotations=PROCESS)
+    config = json.loads((bundle / "config.json").read_text())
+    config["hooks"] = {"prestart": [{"path": "/bin/false", "args": ["false"]}]}
+    (bundle / "config.json").write_text(json.dumps(config))
+    res = runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "p3",
+                  check=False)  # fmt: skip
+    assert res.returncode != 0 and "prestart hook" in res.stderr
+    assert not (runtime.root / "bareboat" / "p3.rec").exists()
+    assert not (runtime.root / "bareboat" / "p3").exists()
+    assert not (tmp_path / "pid").exists()
+
+
+def test_missing_command_exits_127_through_pid(runtime: Runtime, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", ["/nonexistent"], annotations=PROCESS)
+    runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "p4")
+    runtime.ids.append("p4")
+    runtime("start", "p4")
+    assert wait_status(runtime, "p4", "stopped") == "stopped"
+    runtime("delete", "p4")
+
+
+@pytest.mark.parametrize("bad", ["kvm", "microvm"])
+def test_other_isolations_refused_cleanly(runtime: Runtime, tmp_path: Path, bad: str) -> None:
+    bundle = make_bundle(tmp_path / "b", ["true"], annotations={"io.bareboat.isolation": bad})
+    res = runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "p5",
+                  check=False)  # fmt: skip
+    assert res.returncode != 0
+    assert not (runtime.root / "bareboat" / "p5.rec").exists()
