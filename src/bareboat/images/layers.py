@@ -557,12 +557,12 @@ def unpack_rootfs(
         except OSError as e:
             raise StoreError(f"cannot move the unpacked tree to {dest}: {e.strerror}") from e
     except BaseException:
-        _force_rmtree(tmp)
+        remove_tree(tmp)
         raise
     return total
 
 
-def _force_rmtree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Remove a scratch tree, also where a layer left directories we may not enter."""
     try:
         shutil.rmtree(path)

@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import os
 import re
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -443,13 +442,12 @@ class ImageStore:
 
     @staticmethod
     def _remove_tree(path: Path) -> None:
-        if path.is_dir() and not path.is_symlink():
-            # Unpacked trees may hold read-only directories; make them writable to delete.
-            def onerror(func: Callable[..., object], p: str, exc: object) -> None:
-                os.chmod(os.path.dirname(p), 0o755)
-                func(p)
+        # Unpacked trees may hold directories without write permission; layers.remove_tree
+        # makes them writable without following symlinks, then deletes.
+        from bareboat.images.layers import remove_tree
 
-            shutil.rmtree(path, onerror=onerror)
+        if path.is_dir() and not path.is_symlink():
+            remove_tree(path)
 
     # --- root filesystems -----------------------------------------------------------------
 
