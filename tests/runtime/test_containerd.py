@@ -43,8 +43,20 @@ def test_ctr_run_exit_code_and_output(cd: Containerd) -> None:
     )
 
 
-def test_ctr_detached_exec_kill(cd: Containerd) -> None:
-    cd("run", "-d", *runtime_flags(cd), cd.image, "t2", "sleep", "100")
+def test_ctr_run_process_isolation(cd: Containerd) -> None:
+    script = "echo out; echo err >&2; exit 9"
+    ann = ["--annotation", "io.bareboat.isolation=process"]
+    res = cd("run", "--rm", *runtime_flags(cd), *ann, cd.image, "t3", "sh", "-c", script,
+             check=False)  # fmt: skip
+    assert (res.returncode, res.stdout, res.stderr) == (9, "out\n", "err\n")
+    ours = cd.base / "runc-root" / "bareboat-runtime" / "default"
+    assert list((ours / "bareboat").iterdir()) == []
+
+
+@pytest.mark.parametrize("isolation", ["container", "process"])
+def test_ctr_detached_exec_kill(cd: Containerd, isolation: str) -> None:
+    ann = ["--annotation", f"io.bareboat.isolation={isolation}"]
+    cd("run", "-d", *runtime_flags(cd), *ann, cd.image, "t2", "sleep", "100")
     try:
         fifo = str(cd.base / "fifo")
         script = "echo exec-ok; exit 5"
