@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -16,8 +15,15 @@ def _now() -> str:
 def format_line(msg: str, log_format: str, level: str = "error") -> str:
     msg = " ".join(msg.split())  # one line, whatever the message held
     if log_format == "json":
+        import json  # only here: json drags `re` in, and errors in text need neither
+
         return json.dumps({"level": level, "msg": msg, "time": _now()})
-    return f"time={json.dumps(_now())} level={level} msg={json.dumps(msg)}"
+    return f"time={_quote(_now())} level={level} msg={_quote(msg)}"
+
+
+def _quote(text: str) -> str:
+    """logrus's text format quotes values like Go's %q (enough of it for one line)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def error(msg: str, *, log: str = "", log_format: str = "text") -> None:
