@@ -410,6 +410,7 @@ def build_kernel(
                     indent=2,
                 ),
             )
+            os.chmod(staged / "info.json", 0o644)
             check_vmlinux(staged / "vmlinux")
             if final.exists():  # --force: replace the old entry as a whole
                 old = base / f".build-old-{key}"
