@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bareboat.backends.microvm import accel
-from bareboat.errors import UsageError
+from bareboat.errors import BackendUnavailable, UsageError
 from bareboat.paths import Roots
 
 
@@ -37,6 +37,7 @@ def test_explicit_choice_wins_without_probing(
     roots: Roots, monkeypatch: pytest.MonkeyPatch, value: str, want: str
 ) -> None:
     monkeypatch.setattr(accel, "run_probe", _no_probe)
+    monkeypatch.setattr(accel, "kvm_usable", lambda: None)  # as on a host with /dev/kvm
     monkeypatch.setenv(accel.ENV_ACCEL, "auto")
     choice = accel.choose_accel(roots, value)
     assert choice.accel == want and "requested" in choice.reason
@@ -47,6 +48,15 @@ def test_environment_overrides_the_probe(roots: Roots, monkeypatch: pytest.Monke
     monkeypatch.setenv(accel.ENV_ACCEL, "tcg")
     choice = accel.choose_accel(roots)
     assert choice == accel.AccelChoice("tcg", "tcg $BAREBOAT_ACCEL")
+
+
+def test_forced_kvm_without_a_kvm_device_is_unavailable(
+    roots: Roots, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accel, "KVM_DEVICE", Path("/nonexistent/kvm"))
+    monkeypatch.setenv(accel.ENV_ACCEL, "kvm")
+    with pytest.raises(BackendUnavailable, match=r"KVM was requested \(\$BAREBOAT_ACCEL\)"):
+        accel.choose_accel(roots)
 
 
 def test_unknown_accelerator_is_a_usage_error(roots: Roots) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bareboat.errors import UsageError
+from bareboat.errors import BackendUnavailable, UsageError
 from bareboat.fsutil import atomic_write, atomic_write_text
 from bareboat.paths import Roots
 
@@ -202,6 +202,10 @@ def choose_accel(
     if requested not in ("kvm", "tcg", "auto"):
         raise UsageError(f"unknown accelerator {requested!r} (kvm, tcg or auto)")
     if requested == "kvm":
+        # Forced KVM skips the speed probe (the user knows the host), not the device check:
+        # a clear error now beats QEMU failing at every start.
+        if (problem := kvm_usable()) is not None:
+            raise BackendUnavailable(f"KVM was requested ({origin}) but {problem}")
         return AccelChoice("kvm", f"kvm {origin}")
     if requested == "tcg":
         return AccelChoice("tcg", f"tcg {origin}")
