@@ -173,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for _ in range(args.runs):
             for name, fn in cases.items():
                 samples[name].append(fn())
+        load = os.getloadavg()[0]  # the machine is shared: say how busy it was
         medians = {k: statistics.median(v) for k, v in samples.items()}
         podman = medians.get("podman run --rm (runc)")
         imports = import_cost(env)
@@ -186,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratio = f"{med / podman:.2f}x" if podman else "-"
         print(f"{name:<26} {med * 1000:>10.1f} {ratio:>10}")
     print(f"imports of `bareboat run` (python -X importtime): {imports * 1000:.1f} ms")
+    print(f"load average (1 min) at the end: {load:.2f} on {os.cpu_count()} CPUs")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "samples_s": samples,
         "ratio_vs_podman": {k: v / podman for k, v in medians.items()} if podman else None,
         "run_imports_s": imports,
+        "loadavg_1min": load,
     }
     (out / "run.json").write_text(json.dumps(result, indent=2))
     import matplotlib

@@ -216,3 +216,34 @@ def test_ctrl_c_before_attach_leaves_nothing(bb: Run, image: str, roots: Roots) 
         while leftovers(roots) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert leftovers(roots) == []
+
+
+def test_interactive_tty_input(bb: Run, image: str) -> None:
+    import pty
+    import select
+
+    script = "echo ready; read x; echo got-$x; exit 5"
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execv(bareboat_argv()[0], bareboat_argv("run", "--rm", "-it", image, "sh", "-c", script))
+    out = b""
+    sent = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if not sent and b"ready" in out:  # typed once the workload listens, as a user would
+            os.write(fd, b"hello\n")
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 5, out
+    assert b"got-hello" in out
