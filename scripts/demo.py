@@ -50,7 +50,7 @@ def step(*args: str, check: bool = True) -> int:
 
 def microvm_ready() -> bool:
     out = subprocess.run([BAREBOAT, "guest", "info"], capture_output=True, text=True)
-    return out.returncode == 0 and "missing" not in out.stdout.lower()
+    return out.returncode == 0 and "built: False" not in out.stdout
 
 
 def main() -> int:
