@@ -59,6 +59,9 @@ def test_exec(bb: Run, image: str) -> None:
     assert (r.returncode, r.stdout, r.stderr) == (4, "in\n", "err\n")
     r = bb("exec", "-u", "app", "-w", "/tmp", "-e", "X=1", cid, "sh", "-c", "id -u; pwd; echo $X")
     assert r.stdout.split() == ["1000", "/tmp", "1"], r.stderr
+    # -e overrides the container's own variable instead of adding a second one
+    r = bb("exec", "-e", "PATH=/bin", cid, "sh", "-c", "env | grep -c ^PATH=; echo $PATH")
+    assert r.stdout.split() == ["1", "/bin"], r.stderr
     r = bb("exec", "-i", cid, "cat", input="piped\n")
     assert r.stdout == "piped\n"
     # the exec'd process sees the container's own files

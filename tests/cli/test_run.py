@@ -247,3 +247,19 @@ def test_interactive_tty_input(bb: Run, image: str) -> None:
     os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 5, out
     assert b"got-hello" in out
+
+
+@pytest.mark.parametrize("isolation", ["container", "process"])
+def test_container_gets_its_own_etc_files(bb: Run, image: str, isolation: str) -> None:
+    r = bb(
+        "run", "--rm", "--isolation", isolation, "--hostname", "boaty", image,
+        "sh", "-c", "cat /etc/hostname; grep -c boaty /etc/hosts; test -s /etc/resolv.conf",
+    )  # fmt: skip
+    assert (r.returncode, r.stdout.split()) == (0, ["boaty", "1"]), r.stderr
+
+
+def test_missing_bind_source_is_created(bb: Run, image: str, tmp_path: Path) -> None:
+    src = tmp_path / "new" / "dir"
+    r = bb("run", "--rm", "-v", f"{src}:/data", image, "sh", "-c", "echo hi > /data/f")
+    assert r.returncode == 0, r.stderr
+    assert (src / "f").read_text() == "hi\n"

@@ -29,7 +29,7 @@ from bareboat.spec.options import Isolation, RunOptions
 
 from .names import ID_RE, check_name, new_id, random_name
 from .overlay import Overlay, unmount_tree
-from .state import Record, RecordStore, State, alive, write_replace
+from .state import Record, RecordStore, State, alive
 
 
 class ImageSource(Protocol):
@@ -221,6 +221,9 @@ class Engine:
             empty = self.roots.images / "empty-rootfs"
             options, lower = prepare(image, options, images=self.images, empty_root=empty)
         lower = lower or self.images.rootfs(image)
+        for m in options.mounts:  # docker creates a missing `-v` source as a directory
+            if m.kind == "bind" and not os.path.lexists(m.source):
+                Path(m.source).mkdir(parents=True, exist_ok=True)
         cid = new_id()
         p = self.paths(cid)
         try:
@@ -230,6 +233,7 @@ class Engine:
                 rootfs=lower,
                 container_id=cid,
                 root_path=str(p.rootfs),
+                etc_dir=p.bundle / "etc",
             )
             with self._lock():
                 name = check_name(options.name) if options.name else self._free_name()
@@ -238,10 +242,8 @@ class Engine:
                 p.record.mkdir(parents=True)
                 (p.record / "lower").write_text(str(lower))
                 p.bundle.mkdir(parents=True)
-                if auto_remove:  # not worth an fsync: see RecordStore.save
-                    write_replace(p.bundle / "config.json", json.dumps(spec).encode())
-                else:
-                    write_bundle(p.bundle, spec)
+                # A --rm container's bundle is not worth an fsync: see RecordStore.save
+                write_bundle(p.bundle, spec, etc_dir=p.bundle / "etc", durable=not auto_remove)
                 rec = Record(
                     id=cid,
                     name=name,
@@ -385,6 +387,7 @@ class Engine:
         tty: bool = False,
         detach: bool = False,
     ) -> int:
+        from bareboat.spec.builder import exec_process
         from bareboat.spec.users import resolve_user
 
         rec = self.get(ref)
@@ -393,17 +396,14 @@ class Engine:
         if not args:
             raise UsageError("exec needs a command")
         ctx = self.context(rec.id)
-        process: dict[str, Any] = dict(ctx.spec["process"])
-        process["args"] = list(args)
-        process["env"] = [*process.get("env", []), *env]
-        process["terminal"] = tty
-        if workdir:
-            process["cwd"] = workdir
-        if user:
-            u = resolve_user(ctx.rootfs, user)
-            process["user"] = {"uid": u.uid, "gid": u.gid}
-            if u.additional_gids:
-                process["user"]["additionalGids"] = list(u.additional_gids)
+        process = exec_process(
+            ctx.spec["process"],
+            args,
+            env=env,
+            workdir=workdir,
+            user=resolve_user(ctx.rootfs, user) if user else None,
+            tty=tty,
+        )
         return self.backend(rec.isolation).exec(ctx, process, detach=detach)
 
     def logs(self, ref: str, *, follow: bool = False) -> Iterator[tuple[float, str, bytes]]:

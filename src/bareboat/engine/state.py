@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bareboat.errors import ContainerError, InvalidStateTransition
-from bareboat.fsutil import atomic_write_text
+from bareboat.fsutil import atomic_write, atomic_write_text
 from bareboat.spec.options import Isolation, Mount, PortMapping, Rlimit, RunOptions
 
 
@@ -152,15 +152,7 @@ class RecordStore:
 
 def write_replace(path: Path, data: bytes) -> None:
     """Write beside `path` and rename over it: atomic for readers, not durable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, data, durable=False)
 
 
 def process_start_time(pid: int) -> int | None:

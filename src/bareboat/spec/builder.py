@@ -280,11 +280,18 @@ def build_spec(
     return spec
 
 
-def write_bundle(bundle_dir: Path, spec: dict[str, Any], *, etc_dir: Path | None = None) -> Path:
+def write_bundle(
+    bundle_dir: Path,
+    spec: dict[str, Any],
+    *,
+    etc_dir: Path | None = None,
+    durable: bool = True,
+) -> Path:
     """Write `spec` as `bundle_dir/config.json`, atomically; return that path.
 
     With `etc_dir` (the one given to `build_spec`), first write the container's hostname,
     hosts and resolv.conf there, so config.json never names files that do not exist.
+    `durable=False` skips the fsyncs (see `fsutil.atomic_open`).
     """
     import json
 
@@ -293,12 +300,12 @@ def write_bundle(bundle_dir: Path, spec: dict[str, Any], *, etc_dir: Path | None
     data = json.dumps(spec, indent=2).encode() + b"\n"
     if etc_dir is not None:
         for name, content in etcfiles.etc_files(spec).items():
-            with atomic_open(etc_dir / name) as f:
+            with atomic_open(etc_dir / name, durable=durable) as f:
                 # Temporary files are 0600; the container's user, often not root, reads these.
                 os.fchmod(f.fileno(), 0o644)
                 f.write(content)
     path = bundle_dir / "config.json"
-    atomic_write(path, data)
+    atomic_write(path, data, durable=durable)
     return path
 
 
