@@ -20,6 +20,9 @@
 #ifndef RNDADDENTROPY
 #define RNDADDENTROPY _IOW('R', 0x03, int[2])
 #endif
+#ifndef RNDRESEEDCRNG
+#define RNDRESEEDCRNG _IO('R', 0x07)
+#endif
 
 static int do_mount(const char *src, const char *dst, const char *type, unsigned long flags,
 		    const char *data, char *err, size_t errlen)
@@ -155,6 +158,11 @@ void apply_identity(const struct start_spec *s)
 		int fd = open("/dev/random", O_WRONLY | O_CLOEXEC);
 		if (fd < 0 || ioctl(fd, RNDADDENTROPY, &info) < 0)
 			logmsg("RNDADDENTROPY: %s", strerror(errno));
+		/* Adding entropy does not reseed a crng that is already ready: a guest restored
+		 * from a template would go on with the template's crng state (same
+		 * /proc/sys/kernel/random/uuid in every clone, measured). Reseed it now. */
+		if (fd >= 0 && ioctl(fd, RNDRESEEDCRNG) < 0)
+			logmsg("RNDRESEEDCRNG: %s", strerror(errno));
 		if (fd >= 0)
 			close(fd);
 	}

@@ -125,6 +125,10 @@ class AgentTimeout(GuestError):
     """The guest agent did not answer in time."""
 
 
+class TemplateError(GuestError):
+    """A microVM template is missing, corrupt, stale or failed to restore (boot cold instead)."""
+
+
 # --- wasm ---------------------------------------------------------------------------------
 
 

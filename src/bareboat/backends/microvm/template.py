@@ -1,0 +1,636 @@
+"""MicroVM templates: boot once, save the VM at agent-ready, start clones from the snapshot.
+
+A template is one directory `roots.templates/<key>/` with three files:
+
+- `ram`: the guest RAM, a `memory-backend-file` the template VM ran in (`share=on`, so the
+  pages land in the file);
+- `state`: the device state QEMU's migration wrote (with `x-ignore-shared` the RAM itself is
+  not in it: ~63 KB);
+- `manifest.json`: format version, inputs, sizes and the state file's sha256.
+
+The directory is built under a temporary name and renamed into place with the manifest already
+inside it, so a template exists exactly when its manifest does; creation runs under a lock.
+
+A clone maps the same RAM file privately (`share=off`: copy on write, so clones of one
+template share every page none of them wrote, and never write the file), starts QEMU with
+`-incoming defer` and loads the state over QMP (QEMU 7.2 cannot set `x-ignore-shared` with
+`-global` nor read a `file:` URI). The guest resumes inside the agent, which waits at READY;
+the host reconnects to the agent channel and asks for HELLO again. Everything that makes a
+guest itself (hostname, wall-clock time, RNG entropy, the workload) comes in START afterwards,
+so clones share no identity. What clones *do* share: the guest kernel's memory layout (KASLR,
+stack canaries set at boot) and every unwritten RAM page, a KSM-like side channel between
+clones of one template.
+
+The key covers every input that would change what was saved: image, kernel, init, kernel
+command line, vCPUs, memory, network mode, accelerator, QEMU version and this format's version.
+Any change gives a new key, so a stale template is never used, only left for `prune`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from bareboat.errors import BackendError, BareboatError, TemplateError, UsageError
+from bareboat.fsutil import atomic_write_text
+from bareboat.paths import Roots
+
+if TYPE_CHECKING:
+    from .agent import AgentClient
+    from .qemu import QemuProcess, VMConfig
+
+FORMAT_VERSION = 1
+AGENT_PORT = "bareboat.agent"  # the name the guest init opens (backend.AGENT_PORT)
+MANIFEST = "manifest.json"
+RAM = "ram"
+STATE = "state"
+MEM_ID = "bbmem"
+LOCK_TIMEOUT_S = 120.0
+MAX_STATE_BYTES = 64 << 20  # the device state is ~63 KB; anything near this is not ours
+
+
+@dataclass(frozen=True)
+class TemplateInputs:
+    """Everything a template depends on; two equal inputs give the same key."""
+
+    image: str  # the image's digest (or the rootfs image's cache key)
+    kernel: Path
+    initrd: Path
+    lower: Path  # the read-only rootfs disk, attached at the same place in every clone
+    vcpus: int = 1
+    memory_mib: int = 128
+    network: str = "none"
+    accel: str = "tcg"
+    cmdline: tuple[str, ...] = ()
+    tb_size_mib: int | None = None
+    tsc_khz: int | None = None
+
+    def validate(self) -> None:
+        if self.network != "none":
+            # slirp keeps host sockets and forwards in its migrated state; phase 1 clones
+            # only network-less VMs (the caller cold-boots the rest).
+            raise TemplateError(f"templates support only network mode none, not {self.network}")
+        if self.memory_mib < 32 or not 1 <= self.vcpus <= 255:
+            raise UsageError(f"bad template size: {self.vcpus} vCPUs, {self.memory_mib} MiB")
+
+
+def _file_identity(path: Path) -> str:
+    """A cheap identity of a file's content: path, size, inode and mtime (no hashing of a
+    20 MB kernel on every run); rebuilding the kernel or init changes it."""
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_ino}:{st.st_mtime_ns}"
+
+
+@functools.cache
+def qemu_version(qemu: str = "qemu-system-x86_64") -> str:
+    try:
+        out = subprocess.run(
+            [qemu, "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BackendError(f"cannot ask {qemu} for its version: {e}") from None
+    return out.splitlines()[0].strip() if out else "unknown"
+
+
+def key_material(inputs: TemplateInputs, *, qemu: str | None = None) -> dict[str, Any]:
+    """The plain data the key hashes (kept in the manifest, so `ls` can show it)."""
+    try:
+        kernel, initrd, lower = (
+            _file_identity(p) for p in (inputs.kernel, inputs.initrd, inputs.lower)
+        )
+    except OSError as e:
+        raise TemplateError(f"a template input is missing: {e}") from None
+    return {
+        "format": FORMAT_VERSION,
+        "image": inputs.image,
+        "kernel": kernel,
+        "init": initrd,
+        "lower": lower,
+        "vcpus": inputs.vcpus,
+        "memory_mib": inputs.memory_mib,
+        "network": inputs.network,
+        "accel": inputs.accel,
+        "cmdline": list(inputs.cmdline),
+        "tb_size_mib": inputs.tb_size_mib,
+        "tsc_khz": inputs.tsc_khz,
+        "qemu": qemu if qemu is not None else qemu_version(),
+    }
+
+
+def template_key(inputs: TemplateInputs, *, qemu: str | None = None) -> str:
+    raw = json.dumps(key_material(inputs, qemu=qemu), sort_keys=True).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def templates_dir(roots: Roots) -> Path:
+    return roots.templates
+
+
+# --- the manifest and validation ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: int
+    key: str
+    inputs: dict[str, Any]
+    ram_size: int
+    state_size: int
+    state_sha256: str
+    created: float
+    create_s: float  # boot + save time
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            d = json.loads(text)
+            if not isinstance(d, dict):
+                raise TypeError("not an object")
+            if d.get("version") != FORMAT_VERSION:
+                raise TemplateError(
+                    f"template format version {d.get('version')!r}, this bareboat reads "
+                    f"{FORMAT_VERSION}"
+                )
+            m = cls(
+                version=int(d["version"]),
+                key=str(d["key"]),
+                inputs=dict(d["inputs"]),
+                ram_size=int(d["ram_size"]),
+                state_size=int(d["state_size"]),
+                state_sha256=str(d["state_sha256"]),
+                created=float(d["created"]),
+                create_s=float(d["create_s"]),
+            )
+        except TemplateError:
+            raise
+        except (ValueError, TypeError, KeyError) as e:
+            raise TemplateError(f"template manifest is malformed: {e}") from None
+        return m
+
+
+@dataclass(frozen=True)
+class Template:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def key(self) -> str:
+        return self.manifest.key
+
+    @property
+    def ram(self) -> Path:
+        return self.path / RAM
+
+    @property
+    def state(self) -> Path:
+        return self.path / STATE
+
+    @property
+    def memory_mib(self) -> int:
+        return self.manifest.ram_size >> 20
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_template(path: Path) -> Template:
+    """The template in `path`, validated; TemplateError says what is wrong with it.
+
+    Checks the cheap things that catch a broken or foreign template: manifest version, the key
+    matching the directory, the RAM file's size, the state file's size and checksum.
+    """
+    try:
+        text = (path / MANIFEST).read_text()
+    except FileNotFoundError:
+        raise TemplateError(f"template {path.name[:12]} has no manifest") from None
+    except OSError as e:
+        raise TemplateError(f"template {path.name[:12]}: cannot read its manifest: {e}") from None
+    m = Manifest.from_json(text)
+    t = Template(path, m)
+    short = path.name[:12]
+    if m.key != path.name:
+        raise TemplateError(f"template {short}: manifest is for another key")
+    if m.ram_size != int(m.inputs.get("memory_mib", -1)) << 20:
+        raise TemplateError(f"template {short}: RAM size does not match its memory size")
+    try:
+        ram_size = t.ram.stat().st_size
+        state_size = t.state.stat().st_size
+    except OSError as e:
+        raise TemplateError(f"template {short} is incomplete: {e}") from None
+    if ram_size != m.ram_size:
+        raise TemplateError(
+            f"template {short}: RAM file is {ram_size} bytes, manifest says {m.ram_size}"
+        )
+    if state_size != m.state_size or state_size > MAX_STATE_BYTES:
+        raise TemplateError(
+            f"template {short}: state file is {state_size} bytes, manifest says {m.state_size}"
+        )
+    if _sha256(t.state) != m.state_sha256:
+        raise TemplateError(f"template {short}: state file checksum mismatch (corrupt)")
+    return t
+
+
+def find_template(roots: Roots, inputs: TemplateInputs) -> Template | None:
+    """The valid template for `inputs`; None when there is none; TemplateError when there
+    is one but it is broken (the caller reports it and boots cold)."""
+    inputs.validate()
+    path = templates_dir(roots) / template_key(inputs)
+    if not path.exists():
+        return None
+    return load_template(path)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory under the templates root, for `ls` and `prune`."""
+
+    key: str
+    path: Path
+    template: Template | None
+    error: str = ""
+
+
+def list_templates(roots: Roots) -> list[Entry]:
+    d = templates_dir(roots)
+    out: list[Entry] = []
+    if not d.is_dir():
+        return out
+    for p in sorted(d.iterdir()):
+        if not p.is_dir():
+            continue
+        if p.name.startswith("."):
+            out.append(Entry(p.name, p, None, "unfinished (a creation was interrupted)"))
+            continue
+        try:
+            out.append(Entry(p.name, p, load_template(p)))
+        except TemplateError as e:
+            out.append(Entry(p.name, p, None, str(e)))
+    return out
+
+
+def remove_template(roots: Roots, key: str) -> bool:
+    """Remove one template (by key or unique key prefix). Running clones keep their mapping."""
+    d = templates_dir(roots)
+    if not key or "/" in key or key.startswith("."):
+        raise UsageError(f"bad template key {key!r}")
+    matches = [p for p in d.iterdir() if p.name.startswith(key)] if d.is_dir() else []
+    if len(matches) > 1:
+        raise UsageError(f"template key prefix {key!r} is ambiguous")
+    if not matches:
+        return False
+    with _lock(d, matches[0].name):
+        shutil.rmtree(matches[0], ignore_errors=True)
+    return True
+
+
+def prune_templates(roots: Roots, *, all: bool = False) -> list[str]:
+    """Remove broken and unfinished templates (every template with `all`); their names."""
+    removed: list[str] = []
+    for e in list_templates(roots):
+        if all or e.template is None:
+            if e.key.startswith("."):
+                # an unfinished directory of a creation still running holds its lock
+                key = e.key.split("-")[1] if e.key.count("-") >= 2 else e.key
+                try:
+                    with _lock(templates_dir(roots), key, timeout=0.0):
+                        shutil.rmtree(e.path, ignore_errors=True)
+                except TemplateError:
+                    continue
+            else:
+                shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(e.key)
+    d = templates_dir(roots)
+    if d.is_dir():
+        for lock in d.glob(".*.lock"):
+            with contextlib.suppress(OSError):
+                lock.unlink()
+    return removed
+
+
+@contextlib.contextmanager
+def _lock(directory: Path, key: str, *, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / f".{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TemplateError(
+                        f"template {key[:12]} is being created by another process"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- the VM command lines (plain data) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VmFiles:
+    """Host-side paths of one template or clone VM; none of them is in the migrated state."""
+
+    sockets: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.sockets / "qmp.sock"
+
+    @property
+    def agent(self) -> Path:
+        return self.sockets / "agent.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.sockets / "console.log"
+
+
+def vm_config(inputs: TemplateInputs, *, ram: Path, files: VmFiles, clone: bool) -> VMConfig:
+    """The QEMU config of the template VM (`clone=False`) or of a clone.
+
+    Both have the same devices in the same order (the migrated state names devices by their
+    place); they differ in the RAM mapping (`share=on` writes the template's pages into the
+    file, `share=off` maps it copy-on-write) and `-incoming defer` for a clone.
+    """
+    from .qemu import Disk, SerialPort, VMConfig
+
+    share = "off" if clone else "on"
+    mem = (
+        f"memory-backend-file,id={MEM_ID},size={inputs.memory_mib}M,"
+        f"mem-path={str(ram).replace(',', ',,')},share={share}"
+    )
+    extra: tuple[str, ...] = ("-object", mem, "-machine", f"memory-backend={MEM_ID}")
+    if clone:
+        extra += ("-incoming", "defer")
+    return VMConfig(
+        kernel=inputs.kernel,
+        initrd=inputs.initrd,
+        qmp_socket=files.qmp,
+        cmdline=inputs.cmdline,
+        vcpus=inputs.vcpus,
+        memory_mib=inputs.memory_mib,
+        accel=inputs.accel,  # type: ignore[arg-type]
+        disks=(Disk(inputs.lower, readonly=True, serial="bb-lower"),),
+        serial_ports=(SerialPort(AGENT_PORT, files.agent),),
+        console_log=files.console,
+        network="none",
+        tb_size_mib=inputs.tb_size_mib,
+        tsc_khz=inputs.tsc_khz,
+        extra_args=extra,
+    )
+
+
+def _socket_dir(prefix: str) -> Path:
+    # unix socket paths must fit 108 bytes; the roots may be deep (tests), /tmp is not
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def _wait_migration(vm: QemuProcess, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = vm.command("query-migrate") or {}
+        status = info.get("status", "none")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise TemplateError(f"{what} failed: {info.get('error-desc', status)}")
+        if vm.returncode is not None:
+            raise TemplateError(f"{what} failed: QEMU exited with {vm.returncode}")
+        if time.monotonic() > deadline:
+            raise TemplateError(f"{what} did not finish in {timeout:g}s")
+        time.sleep(0.002)
+
+
+def _connect_agent(vm: QemuProcess, files: VmFiles, timeout: float) -> AgentClient:
+    from .agent import AgentClient
+
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(files.agent))
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+            if vm.returncode is not None:
+                raise TemplateError(
+                    f"QEMU exited with {vm.returncode}: {vm.stderr_tail()}"
+                ) from None
+            if time.monotonic() > deadline:
+                raise TemplateError("the agent socket did not open") from None
+            time.sleep(0.002)
+    client = AgentClient(s)
+    try:
+        client.wait_hello(max(0.1, deadline - time.monotonic()))
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+# --- create -----------------------------------------------------------------------------------
+
+
+def create_template(
+    roots: Roots, inputs: TemplateInputs, *, boot_timeout: float = 60.0, replace: bool = False
+) -> Template:
+    """Boot the template VM, wait for the agent at READY, save it; returns the template.
+
+    An existing valid template is returned as is (unless `replace`); a broken one is replaced.
+    """
+    from .qemu import QemuProcess
+
+    inputs.validate()
+    key = template_key(inputs)
+    root = templates_dir(roots)
+    final = root / key
+    with _lock(root, key):
+        if final.exists() and not replace:
+            with contextlib.suppress(TemplateError):
+                return load_template(final)
+        t0 = time.monotonic()
+        work = root / f".tmp-{key}-{secrets.token_hex(4)}"
+        work.mkdir(parents=True)
+        files = VmFiles(_socket_dir("bb-tpl-"))
+        try:
+            ram = work / RAM
+            state = work / STATE
+            cfg = vm_config(inputs, ram=ram, files=files, clone=False)
+            with QemuProcess(cfg) as vm:
+                client = _connect_agent(vm, files, boot_timeout)
+                # Round trip once more so the agent is idle in its READY read loop, then
+                # hang up: each clone's host connects afresh and asks for HELLO again.
+                client.ping(timeout=boot_timeout)
+                client.close()
+                vm.command(
+                    "migrate-set-capabilities",
+                    capabilities=[{"capability": "x-ignore-shared", "state": True}],
+                )
+                vm.command("migrate", uri="exec:cat > " + shlex.quote(str(state)))
+                _wait_migration(vm, 60.0, "saving the template")
+            ram_size = ram.stat().st_size
+            if ram_size != inputs.memory_mib << 20:
+                raise TemplateError(f"template RAM file is {ram_size} bytes, expected more")
+            manifest = Manifest(
+                version=FORMAT_VERSION,
+                key=key,
+                inputs=key_material(inputs),
+                ram_size=ram_size,
+                state_size=state.stat().st_size,
+                state_sha256=_sha256(state),
+                created=time.time(),
+                create_s=round(time.monotonic() - t0, 3),
+            )
+            atomic_write_text(work / MANIFEST, manifest.to_json())
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(files.sockets, ignore_errors=True)
+    return load_template(final)
+
+
+# --- clones -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Clone:
+    """A VM restored from a template, its agent connected and at READY (send START next).
+
+    A context manager: leaving it stops QEMU, closes the agent and removes the clone's
+    sockets directory (the console log with it, unless `keep_console` names a place).
+    """
+
+    vm: QemuProcess
+    agent: AgentClient
+    files: VmFiles
+    restore_s: float
+    owns_sockets: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __enter__(self) -> Clone:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.agent.close()
+        finally:
+            try:
+                self.vm.shutdown(quit_timeout=1.0, term_timeout=1.0)
+            finally:
+                if self.owns_sockets:
+                    shutil.rmtree(self.files.sockets, ignore_errors=True)
+
+
+def restore_clone(
+    template: Template,
+    inputs: TemplateInputs,
+    *,
+    sockets: Path | None = None,
+    timeout: float = 30.0,
+) -> Clone:
+    """Start a clone of `template` and connect to its agent; nothing is left on failure.
+
+    `inputs` must be the template's inputs (the clone's devices must match); the caller found
+    the template by them. A failed restore raises TemplateError: boot cold instead.
+    """
+    from .qemu import QemuProcess
+
+    if template.memory_mib != inputs.memory_mib:
+        raise TemplateError("template memory size does not match the clone's")
+    t0 = time.monotonic()
+    owns = sockets is None
+    files = VmFiles(sockets if sockets is not None else _socket_dir("bb-clone-"))
+    files.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+    vm = QemuProcess(vm_config(inputs, ram=template.ram, files=files, clone=True))
+    try:
+        vm.launch()
+        t_launch = time.monotonic()
+        vm.command(
+            "migrate-set-capabilities",
+            capabilities=[{"capability": "x-ignore-shared", "state": True}],
+        )
+        vm.command("migrate-incoming", uri="exec:cat " + shlex.quote(str(template.state)))
+        _wait_incoming(vm, timeout)
+        t_loaded = time.monotonic()
+        agent = _connect_agent(vm, files, max(0.1, t0 + timeout - time.monotonic()))
+    except BaseException as e:
+        vm.shutdown(quit_timeout=0.5, term_timeout=1.0)
+        if owns:
+            shutil.rmtree(files.sockets, ignore_errors=True)
+        if isinstance(e, TemplateError) or not isinstance(e, BareboatError):
+            raise
+        raise TemplateError(f"restoring template {template.key[:12]} failed: {e}") from None
+    now = time.monotonic()
+    return Clone(
+        vm,
+        agent,
+        files,
+        restore_s=now - t0,
+        owns_sockets=owns,
+        timings={"launch": t_launch - t0, "load": t_loaded - t_launch, "hello": now - t_loaded},
+    )
+
+
+def _wait_incoming(vm: QemuProcess, timeout: float) -> None:
+    """Wait until the incoming migration is done and the vCPUs run (QEMU autostarts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if vm.returncode is not None:
+            raise TemplateError(
+                f"QEMU exited with {vm.returncode} loading the template: {vm.stderr_tail()}"
+            )
+        status = vm.status()
+        if status == "running":
+            return
+        if status not in ("inmigrate", "prelaunch", "restore-vm", "paused"):
+            raise TemplateError(f"loading the template left the VM {status}")
+        if status == "paused":
+            info = vm.command("query-migrate") or {}
+            if info.get("status") == "failed":
+                raise TemplateError(f"loading the template failed: {info.get('error-desc')}")
+            if info.get("status") == "completed":
+                vm.cont()
+        if time.monotonic() > deadline:
+            raise TemplateError(f"loading the template did not finish in {timeout:g}s")
+        time.sleep(0.002)
