@@ -323,11 +323,8 @@ def prune_templates(roots: Roots, *, all: bool = False) -> list[str]:
             else:
                 shutil.rmtree(e.path, ignore_errors=True)
             removed.append(e.key)
-    d = templates_dir(roots)
-    if d.is_dir():
-        for lock in d.glob(".*.lock"):
-            with contextlib.suppress(OSError):
-                lock.unlink()
+    # The empty `.KEY.lock` files stay: unlinking a lock file another process has open would
+    # let a third lock a new inode beside it.
     return removed
 
 
