@@ -32,7 +32,7 @@ import time
 import tty
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bareboat.backends.base import BackendContext, Stdio
 from bareboat.errors import (
@@ -70,6 +70,9 @@ from .agent import (
     encode_start,
 )
 from .hub import CtlClient, ExitRecord, Hub
+
+if TYPE_CHECKING:
+    from .qemu import QemuProcess
 
 AGENT_PORT = "bareboat.agent"
 LOWER_DEVICE = "/dev/vda"  # virtio-mmio disks enumerate in command-line order (measured)
@@ -279,6 +282,7 @@ class MicrovmBackend:
         self.boot_timeout = boot_timeout or (float(env_timeout) if env_timeout else BOOT_TIMEOUT_S)
         self._plans: dict[str, VmPlan] = {}
         self._running: dict[str, _Running] = {}
+        self.template_used: str | None = None  # the template key the last start cloned
 
     # --- paths ---------------------------------------------------------------------------
     def vmdir(self, ctx: BackendContext) -> VmDir:
@@ -361,7 +365,8 @@ class MicrovmBackend:
         sock: socket.socket | None = None
         fds: list[int] = []
         try:
-            vm.launch()
+            vm = self._launch(ctx, plan, vm, d)
+            running.vm = vm
             assert vm.pid is not None
             atomic_write_text(d.pidfile, json.dumps({"pid": vm.pid}))
             self._running[ctx.id] = running
@@ -405,6 +410,32 @@ class MicrovmBackend:
             self._keep_console(ctx)
             self._cleanup(d)
             raise
+
+    def _launch(self, ctx: BackendContext, plan: VmPlan, vm: QemuProcess, d: VmDir) -> QemuProcess:
+        """A clone of this VM's template when there is one (made first when asked), else
+        `vm` booted cold. A broken template is reported and the VM boots cold."""
+        import sys
+
+        from . import template
+
+        self.template_used = None
+        ann = ctx.spec.get("annotations") or {}
+        mode = template.template_mode(ann.get(template.ANN_TEMPLATE))
+        inputs = template.inputs_for(vm.cfg, plan.image.key) if mode != "off" else None
+        if inputs is not None:
+            try:
+                found = template.find_template(self.roots, inputs)
+                if found is None and mode == "create":
+                    found = template.create_template(self.roots, inputs)
+                if found is not None:
+                    files = template.VmFiles(d.sockets, d.console, d.qemu_log)
+                    clone = template.launch_clone(found, inputs, files)
+                    self.template_used = found.key
+                    return clone
+            except GuestError as e:
+                print(f"bareboat: not using the VM template, booting cold: {e}", file=sys.stderr)
+        vm.launch()
+        return vm
 
     def _boot(self, vm: Any, d: VmDir) -> tuple[socket.socket, FrameDecoder, list[Frame]]:
         """Connect to the agent and wait for its HELLO, or explain why it never came."""

@@ -138,6 +138,24 @@ def template_key(inputs: TemplateInputs, *, qemu: str | None = None) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+ENV_TEMPLATE = "BAREBOAT_TEMPLATE"
+ANN_TEMPLATE = "io.bareboat.vm.template"
+MODES = ("auto", "create", "off")
+
+
+def template_mode(annotation: object = None) -> str:
+    """How a run uses templates: `auto` (a clone when a template exists, else cold), `create`
+    (make the template on first use), `off` (always cold). The run's annotation (`--template`,
+    `--no-template`) wins over $BAREBOAT_TEMPLATE, which wins over `auto`."""
+    for value in (annotation, os.environ.get(ENV_TEMPLATE)):
+        if value:
+            mode = str(value).strip().lower()
+            if mode not in MODES:
+                raise UsageError(f"bad template mode {value!r} (auto, create or off)")
+            return mode
+    return "auto"
+
+
 def templates_dir(roots: Roots) -> Path:
     return roots.templates
 
@@ -357,6 +375,8 @@ class VmFiles:
     """Host-side paths of one template or clone VM; none of them is in the migrated state."""
 
     sockets: Path
+    console_log: Path | None = None  # default: beside the sockets
+    qemu_log: Path | None = None  # QEMU's stdout/stderr (default: an anonymous temp file)
 
     @property
     def qmp(self) -> Path:
@@ -368,7 +388,7 @@ class VmFiles:
 
     @property
     def console(self) -> Path:
-        return self.sockets / "console.log"
+        return self.console_log or self.sockets / "console.log"
 
 
 def vm_config(inputs: TemplateInputs, *, ram: Path, files: VmFiles, clone: bool) -> VMConfig:
@@ -559,6 +579,35 @@ class Clone:
                     shutil.rmtree(self.files.sockets, ignore_errors=True)
 
 
+def launch_clone(
+    template: Template, inputs: TemplateInputs, files: VmFiles, *, timeout: float = 30.0
+) -> QemuProcess:
+    """Start QEMU on the template's RAM and state; returns it running (the guest inside the
+    agent's READY loop). On failure QEMU is stopped and TemplateError raised: boot cold.
+    """
+    from .qemu import QemuProcess
+
+    if template.memory_mib != inputs.memory_mib:
+        raise TemplateError("template memory size does not match the clone's")
+    vm = QemuProcess(
+        vm_config(inputs, ram=template.ram, files=files, clone=True), stderr=files.qemu_log
+    )
+    try:
+        vm.launch()
+        vm.command(
+            "migrate-set-capabilities",
+            capabilities=[{"capability": "x-ignore-shared", "state": True}],
+        )
+        vm.command("migrate-incoming", uri="exec:cat " + shlex.quote(str(template.state)))
+        _wait_incoming(vm, timeout)
+    except BaseException as e:
+        vm.shutdown(quit_timeout=0.5, term_timeout=1.0)
+        if isinstance(e, TemplateError) or not isinstance(e, BareboatError):
+            raise
+        raise TemplateError(f"restoring template {template.key[:12]} failed: {e}") from None
+    return vm
+
+
 def restore_clone(
     template: Template,
     inputs: TemplateInputs,
@@ -570,26 +619,20 @@ def restore_clone(
 
     `inputs` must be the template's inputs (the clone's devices must match); the caller found
     the template by them. A failed restore raises TemplateError: boot cold instead.
+    This is the in-process fast path for programs that start many sandboxes.
     """
-    from .qemu import QemuProcess
-
-    if template.memory_mib != inputs.memory_mib:
-        raise TemplateError("template memory size does not match the clone's")
     t0 = time.monotonic()
     owns = sockets is None
     files = VmFiles(sockets if sockets is not None else _socket_dir("bb-clone-"))
     files.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
-    vm = QemuProcess(vm_config(inputs, ram=template.ram, files=files, clone=True))
     try:
-        vm.launch()
-        t_launch = time.monotonic()
-        vm.command(
-            "migrate-set-capabilities",
-            capabilities=[{"capability": "x-ignore-shared", "state": True}],
-        )
-        vm.command("migrate-incoming", uri="exec:cat " + shlex.quote(str(template.state)))
-        _wait_incoming(vm, timeout)
-        t_loaded = time.monotonic()
+        vm = launch_clone(template, inputs, files, timeout=timeout)
+    except BaseException:
+        if owns:
+            shutil.rmtree(files.sockets, ignore_errors=True)
+        raise
+    t_loaded = time.monotonic()
+    try:
         agent = _connect_agent(vm, files, max(0.1, t0 + timeout - time.monotonic()))
     except BaseException as e:
         vm.shutdown(quit_timeout=0.5, term_timeout=1.0)
@@ -597,7 +640,7 @@ def restore_clone(
             shutil.rmtree(files.sockets, ignore_errors=True)
         if isinstance(e, TemplateError) or not isinstance(e, BareboatError):
             raise
-        raise TemplateError(f"restoring template {template.key[:12]} failed: {e}") from None
+        raise TemplateError(f"the clone's agent did not answer: {e}") from None
     now = time.monotonic()
     return Clone(
         vm,
@@ -605,7 +648,42 @@ def restore_clone(
         files,
         restore_s=now - t0,
         owns_sockets=owns,
-        timings={"launch": t_launch - t0, "load": t_loaded - t_launch, "hello": now - t_loaded},
+        timings={"restore": t_loaded - t0, "hello": now - t_loaded},
+    )
+
+
+def inputs_for(cfg: VMConfig, image: str) -> TemplateInputs | None:
+    """The template inputs of a cold-boot config, or None when such a VM is not templated
+    (phase 1: no network, exactly the read-only image disk, nothing extra on the command line).
+    """
+    from .qemu import Disk
+
+    plain = (
+        cfg.network == "none"
+        and not cfg.port_forwards
+        and cfg.initrd is not None
+        and len(cfg.disks) == 1
+        and cfg.disks[0] == Disk(cfg.disks[0].path, readonly=True, serial="bb-lower")
+        and [p.name for p in cfg.serial_ports] == [AGENT_PORT]
+        and cfg.rng
+        and cfg.quiet
+        and not cfg.paused
+        and cfg.vsock_cid is None
+        and not cfg.extra_args
+    )
+    if not plain or cfg.initrd is None:
+        return None
+    return TemplateInputs(
+        image=image,
+        kernel=cfg.kernel,
+        initrd=cfg.initrd,
+        lower=cfg.disks[0].path,
+        vcpus=cfg.vcpus,
+        memory_mib=cfg.memory_mib,
+        accel=cfg.accel,
+        cmdline=cfg.cmdline,
+        tb_size_mib=cfg.tb_size_mib,
+        tsc_khz=cfg.tsc_khz,
     )
 
 
