@@ -121,6 +121,10 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     a("--ulimit", action="append", default=[])
     a("--timeout", type=float, help="wasm: end the module after SECONDS (exit 124)")
     a("--fuel", type=int, help="wasm: CPU budget in wasmtime fuel units (exit 124 when spent)")
+    a("--template", dest="template", action="store_const", const="create",
+      help="microvm: start a clone of the image's template, made on first use")  # fmt: skip
+    a("--no-template", dest="template", action="store_const", const="off",
+      help="microvm: always boot cold, even when a template exists")  # fmt: skip
     a("-i", "--interactive", action="store_true")
     a("-t", "--tty", action="store_true")
 
@@ -169,6 +173,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     env_values = tuple(v for v in (parse.parse_env(e) for e in env) if v is not None)
     labels = dict(parse.parse_label(x) for x in args.label)
     labels.update(_wasm_limits(args))
+    if getattr(args, "template", None):  # read by the microvm backend (template.ANN_TEMPLATE)
+        labels["io.bareboat.vm.template"] = args.template
     entrypoint = None
     if args.entrypoint is not None:
         entrypoint = tuple(shlex.split(args.entrypoint)) if args.entrypoint else ()

@@ -15,7 +15,7 @@ from typing import NoReturn
 from bareboat import __version__
 from bareboat.errors import BareboatError
 
-from . import bench, containers, guest, images
+from . import bench, containers, guest, images, templates
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for group in (images, containers, guest, bench):
+    for group in (images, containers, guest, templates, bench):
         group.register(sub)
     return parser
 

@@ -365,7 +365,7 @@ class MicrovmBackend:
         sock: socket.socket | None = None
         fds: list[int] = []
         try:
-            vm = self._launch(ctx, plan, vm, d)
+            vm = self._launch(ctx, plan, vm, d, stdio)
             running.vm = vm
             assert vm.pid is not None
             atomic_write_text(d.pidfile, json.dumps({"pid": vm.pid}))
@@ -411,11 +411,12 @@ class MicrovmBackend:
             self._cleanup(d)
             raise
 
-    def _launch(self, ctx: BackendContext, plan: VmPlan, vm: QemuProcess, d: VmDir) -> QemuProcess:
+    def _launch(
+        self, ctx: BackendContext, plan: VmPlan, vm: QemuProcess, d: VmDir, stdio: Stdio
+    ) -> QemuProcess:
         """A clone of this VM's template when there is one (made first when asked), else
-        `vm` booted cold. A broken template is reported and the VM boots cold."""
-        import sys
-
+        `vm` booted cold. A broken template is reported (on the run's stderr: the monitor's
+        own goes to its log) and the VM boots cold."""
         from . import template
 
         self.template_used = None
@@ -433,7 +434,10 @@ class MicrovmBackend:
                     self.template_used = found.key
                     return clone
             except GuestError as e:
-                print(f"bareboat: not using the VM template, booting cold: {e}", file=sys.stderr)
+                with contextlib.suppress(OSError):
+                    os.write(
+                        stdio.stderr, f"bareboat: template not used, booting cold: {e}\n".encode()
+                    )
         vm.launch()
         return vm
 
