@@ -19,6 +19,12 @@ from bareboat.paths import Roots
 QEMU = "QEMU emulator version 7.2.0"
 
 
+@pytest.fixture(autouse=True)
+def fixed_qemu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Templates here are written for this QEMU version (no `qemu --version` runs)."""
+    monkeypatch.setattr(T, "qemu_version", lambda: QEMU)
+
+
 @pytest.fixture
 def inputs(tmp_path: Path) -> T.TemplateInputs:
     for name in ("vmlinux", "initrd", "rootfs.erofs"):
@@ -187,6 +193,27 @@ def test_prune_removes_broken_and_unfinished_only(roots: Roots, inputs: T.Templa
     assert good.path.is_dir() and not bad.path.exists() and not unfinished.exists()
     assert T.prune_templates(roots, all=True) == [good.key]
     assert [p for p in roots.templates.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_stale_templates_are_listed_and_pruned(
+    roots: Roots, inputs: T.TemplateInputs, tmp_path: Path
+) -> None:
+    t = fake_template(roots, inputs)
+    [entry] = T.list_templates(roots)
+    assert entry.template is not None and entry.stale == ""
+    (tmp_path / "vmlinux").write_bytes(b"rebuilt kernel")
+    [entry] = T.list_templates(roots)
+    assert entry.template is not None and entry.stale == "its kernel changed"
+    assert T.prune_templates(roots) == [t.key]
+
+
+def test_a_qemu_upgrade_makes_templates_stale(
+    roots: Roots, inputs: T.TemplateInputs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_template(roots, inputs)
+    monkeypatch.setattr(T, "qemu_version", lambda: "QEMU emulator version 9.0.0")
+    [entry] = T.list_templates(roots)
+    assert entry.stale == "QEMU changed"
 
 
 def test_remove_by_prefix(roots: Roots, inputs: T.TemplateInputs) -> None:

@@ -70,6 +70,7 @@ def _ls(args: argparse.Namespace) -> int:
                 "path": str(e.path),
                 "valid": e.template is not None,
                 "error": e.error,
+                "stale": e.stale,
                 **({"manifest": e.template.manifest.__dict__} if e.template else {}),
             }
             for e in entries
@@ -84,7 +85,8 @@ def _ls(args: argparse.Namespace) -> int:
         m = e.template.manifest
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created))
         mem = f"{m.ram_size >> 20}M"
-        print(f"{e.key[:12]:<14}{mem:>8}{m.inputs.get('vcpus', '?'):>6}  {created:<20}ok")
+        status = f"stale: {e.stale}" if e.stale else "ok"
+        print(f"{e.key[:12]:<14}{mem:>8}{m.inputs.get('vcpus', '?'):>6}  {created:<20}{status}")
     return 0
 
 
@@ -136,6 +138,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     rm.add_argument("keys", nargs="+", metavar="KEY")
     rm.set_defaults(func=_rm)
 
-    pr = t.add_parser("prune", help="remove broken and unfinished templates")
+    pr = t.add_parser("prune", help="remove broken, stale and unfinished templates")
     pr.add_argument("--all", action="store_true", help="remove every template")
     pr.set_defaults(func=_prune)

@@ -290,6 +290,24 @@ class Entry:
     path: Path
     template: Template | None
     error: str = ""
+    stale: str = ""  # why no run can use it any more (an input file changed or went away)
+
+
+def stale_reason(manifest: Manifest) -> str:
+    """Why a valid template can no longer match any run: an input file (kernel, init, image
+    disk) was rebuilt or removed, or QEMU was upgraded. "" when it may still be used."""
+    for name in ("kernel", "init", "lower"):
+        ident = str(manifest.inputs.get(name, ""))
+        path = ident.rsplit(":", 3)[0]
+        try:
+            if _file_identity(Path(path)) != ident:
+                return f"its {name} changed"
+        except OSError:
+            return f"its {name} is gone"
+    with contextlib.suppress(BackendError):
+        if manifest.inputs.get("qemu") != qemu_version():
+            return "QEMU changed"
+    return ""
 
 
 def list_templates(roots: Roots) -> list[Entry]:
@@ -304,7 +322,8 @@ def list_templates(roots: Roots) -> list[Entry]:
             out.append(Entry(p.name, p, None, "unfinished (a creation was interrupted)"))
             continue
         try:
-            out.append(Entry(p.name, p, load_template(p)))
+            t = load_template(p)
+            out.append(Entry(p.name, p, t, stale=stale_reason(t.manifest)))
         except TemplateError as e:
             out.append(Entry(p.name, p, None, str(e)))
     return out
@@ -326,10 +345,10 @@ def remove_template(roots: Roots, key: str) -> bool:
 
 
 def prune_templates(roots: Roots, *, all: bool = False) -> list[str]:
-    """Remove broken and unfinished templates (every template with `all`); their names."""
+    """Remove broken, stale and unfinished templates (every one with `all`); their names."""
     removed: list[str] = []
     for e in list_templates(roots):
-        if all or e.template is None:
+        if all or e.template is None or e.stale:
             if e.key.startswith("."):
                 # an unfinished directory of a creation still running holds its lock
                 key = e.key.split("-")[1] if e.key.count("-") >= 2 else e.key
@@ -496,7 +515,8 @@ def create_template(
                 return load_template(final)
         t0 = time.monotonic()
         work = root / f".tmp-{key}-{secrets.token_hex(4)}"
-        work.mkdir(parents=True)
+        # private: the RAM file holds the guest's memory
+        work.mkdir(parents=True, mode=0o700)
         files = VmFiles(_socket_dir("bb-tpl-"))
         try:
             ram = work / RAM
