@@ -42,6 +42,29 @@ def check_id(cid: str) -> str:
 
 # Plain classes and str paths, not dataclasses, NamedTuples and pathlib: each costs
 # milliseconds of import on a path that podman and containerd run several times per container.
+def write_atomic(path: str, text: str) -> None:
+    """Write a temp file beside `path` and rename it over: readers see all or nothing.
+
+    Not bareboat.fsutil: its tempfile/pathlib imports and fsync cost ~10 ms on every
+    `create`, and these records live on the runtime root (tmpfs /run) and describe processes
+    that do not survive a reboot anyway, so durability buys nothing.
+    """
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:  # noqa: SIM105 - contextlib costs import time here
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 class Record:
     __slots__ = ("bundle", "id", "isolation")
 
@@ -102,11 +125,7 @@ class RuntimeRoot:
         if "\n" in rec.bundle or "\n" in rec.isolation:
             raise UsageError(f"bundle path {rec.bundle!r} holds a newline")
         os.makedirs(self.records, mode=0o700, exist_ok=True)
-        from pathlib import Path  # create only: pathlib and tempfile cost import time
-
-        from bareboat.fsutil import atomic_write_text
-
-        atomic_write_text(Path(self.record_path(rec.id)), f"{rec.isolation}\n{rec.bundle}\n")
+        write_atomic(self.record_path(rec.id), f"{rec.isolation}\n{rec.bundle}\n")
 
     def claim(self, rec: Record) -> None:
         """Save a new record; an id already in use is an error (as in runc)."""
