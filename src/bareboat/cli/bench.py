@@ -81,6 +81,19 @@ def _add_template(bench: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=run)
 
 
+def _add_runtime(bench: argparse._SubParsersAction[Any]) -> None:
+    p = bench.add_parser(
+        "runtime", help="podman run --rm IMAGE true: bareboat-runtime against plain runc"
+    )
+    p.add_argument("--runs", type=int, default=10, help="samples per case (default 10)")
+    p.add_argument("--out", default="bench/results", help="results directory")
+
+    def run(args: argparse.Namespace) -> int:
+        return run_script("runtime", ["--runs", str(args.runs), "--out", args.out])
+
+    p.set_defaults(func=run)
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this group's commands to the `bareboat` parser."""
     p = sub.add_parser("bench", help="run a benchmark (from a source checkout)")
@@ -89,3 +102,4 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _add_run(bench)
     _add_wasm(bench)
     _add_template(bench)
+    _add_runtime(bench)
