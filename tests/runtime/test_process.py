@@ -55,6 +55,10 @@ def test_lifecycle(runtime: Runtime, tmp_path: Path) -> None:
     pfile.write_text(json.dumps({"args": ["cat", "/tmp/marker"], "cwd": "/", "env": []}))
     assert runtime("exec", "--process", str(pfile), "p1").stdout == "started\n"
 
+    listed = json.loads(runtime("list", "--format", "json").stdout)
+    assert [(c["id"], c["status"], c["pid"]) for c in listed] == [("p1", "running", pid)]
+    assert "p1" in runtime("list").stdout
+
     pids = json.loads(runtime("ps", "--format", "json", "p1").stdout)
     assert pid in pids
 

@@ -147,7 +147,7 @@ class RuntimeRoot:
         out = []
         for name in names:
             if name.endswith(".rec"):
-                rec = self.load(name[:-5])
+                rec = self.load(name[: -len(".rec")])
                 if rec is not None:
                     out.append(rec)
         return out
