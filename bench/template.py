@@ -61,7 +61,7 @@ def start_spec(args: list[str], hostname: str = "bench") -> StartSpec:
     )
 
 
-def setup(work: Path) -> tuple[Roots, T.TemplateInputs]:
+def setup(work: Path, tb_size: int | None = None) -> tuple[Roots, T.TemplateInputs]:
     from tests.support.imagebuild import Image, write_image
 
     from bareboat.backends.microvm.accel import choose_accel
@@ -89,6 +89,7 @@ def setup(work: Path) -> tuple[Roots, T.TemplateInputs]:
         lower=erofs,
         accel=choose_accel(roots).accel,
         tsc_khz=host_tsc_khz(),
+        tb_size_mib=tb_size,
     )
     return roots, inputs
 
@@ -176,10 +177,12 @@ def pss_per_idle_clone(template: T.Template, inputs: T.TemplateInputs, k: int) -
     return {"clones": k, "pss_mib": pss / k / 2**20, "rss_mib": rss / k / 2**20}
 
 
-def measure(runs: int, sizes: list[int], n_throughput: int) -> dict[str, Any]:
+def measure(
+    runs: int, sizes: list[int], n_throughput: int, tb_size: int | None = None
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bb-bench-tpl-"))
     try:
-        roots, inputs = setup(work)
+        roots, inputs = setup(work, tb_size)
         t0 = time.perf_counter()
         template = T.create_template(roots, inputs)
         create_s = time.perf_counter() - t0
@@ -197,6 +200,7 @@ def measure(runs: int, sizes: list[int], n_throughput: int) -> dict[str, Any]:
             "qemu": T.qemu_version(),
             "accel": inputs.accel,
             "memory_mib": inputs.memory_mib,
+            "tb_size_mib": inputs.tb_size_mib,
             "cpus": os.cpu_count(),
             "loadavg_start": os.getloadavg(),
             "template": {
@@ -227,7 +231,8 @@ def measure(runs: int, sizes: list[int], n_throughput: int) -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     lines = [
-        f"{r['qemu']}, accel {r['accel']}, {r['memory_mib']} MiB guests, {r['cpus']} CPUs",
+        f"{r['qemu']}, accel {r['accel']}, {r['memory_mib']} MiB guests, {r['cpus']} CPUs,"
+        f" tb-size {r['tb_size_mib'] or 'default'}",
         f"template: created in {r['template']['create_s']:.2f} s, state "
         f"{r['template']['state_bytes'] / 1024:.0f} KiB, RAM file "
         f"{r['template']['ram_file_bytes_allocated'] / 2**20:.0f} MiB allocated",
@@ -279,10 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=10, help="cold/clone pairs (default 10)")
     ap.add_argument("--clones", type=int, default=20, help="clones per throughput run")
     ap.add_argument("--pss", default="1,5,20", help="idle clone counts (default 1,5,20)")
+    ap.add_argument(
+        "--tb-size", type=int, help="TCG translation cache MiB (default: QEMU's, as run uses)"
+    )
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.pss.split(",") if x]
-    r = measure(args.runs, sizes, args.clones)
+    r = measure(args.runs, sizes, args.clones, args.tb_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "template.json").write_text(json.dumps(r, indent=1))
