@@ -70,3 +70,15 @@ def test_broken_template_falls_back_to_cold_boot(
     assert (r.error, r.code, r.stdout) == (None, 4, b"cold\n")
     assert vm.backend.template_used is None
     assert r.stderr.startswith(b"bareboat: template not used, booting cold: ")
+
+
+def test_template_asked_for_a_networked_vm_boots_cold_and_says_so(vm: VM) -> None:  # noqa: F811
+    r = vm.run(
+        "/bin/sh",
+        "-c",
+        "echo ok",
+        annotations={T.ANN_TEMPLATE: "create", "io.bareboat.network": "user"},
+    )
+    assert (r.error, r.code, r.stdout) == (None, 0, b"ok\n")
+    assert b"booting cold: templates are made only for VMs without network" in r.stderr
+    assert templates(vm) == [] and vm.backend.template_used is None

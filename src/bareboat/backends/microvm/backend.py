@@ -423,6 +423,9 @@ class MicrovmBackend:
         ann = ctx.spec.get("annotations") or {}
         mode = template.template_mode(ann.get(template.ANN_TEMPLATE))
         inputs = template.inputs_for(vm.cfg, plan.image.key) if mode != "off" else None
+        reason = ""
+        if inputs is None and mode == "create":
+            reason = "templates are made only for VMs without network or persistent disk"
         if inputs is not None:
             try:
                 found = template.find_template(self.roots, inputs)
@@ -434,10 +437,12 @@ class MicrovmBackend:
                     self.template_used = found.key
                     return clone
             except GuestError as e:
-                with contextlib.suppress(OSError):
-                    os.write(
-                        stdio.stderr, f"bareboat: template not used, booting cold: {e}\n".encode()
-                    )
+                reason = str(e)
+        if reason:
+            with contextlib.suppress(OSError):
+                os.write(
+                    stdio.stderr, f"bareboat: template not used, booting cold: {reason}\n".encode()
+                )
         vm.launch()
         return vm
 
