@@ -21,8 +21,8 @@ QEMU = "QEMU emulator version 7.2.0"
 
 @pytest.fixture(autouse=True)
 def fixed_qemu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Templates here are written for this QEMU version (no `qemu --version` runs)."""
-    monkeypatch.setattr(T, "qemu_version", lambda: QEMU)
+    """Templates here are written for this (fake) QEMU binary."""
+    monkeypatch.setattr(T, "qemu_identity", lambda: QEMU)
 
 
 @pytest.fixture
@@ -211,7 +211,7 @@ def test_a_qemu_upgrade_makes_templates_stale(
     roots: Roots, inputs: T.TemplateInputs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_template(roots, inputs)
-    monkeypatch.setattr(T, "qemu_version", lambda: "QEMU emulator version 9.0.0")
+    monkeypatch.setattr(T, "qemu_identity", lambda: "/usr/bin/qemu-system-x86_64:1:2:3")
     [entry] = T.list_templates(roots)
     assert entry.stale == "QEMU changed"
 

@@ -108,6 +108,15 @@ def qemu_version(qemu: str = "qemu-system-x86_64") -> str:
     return out.splitlines()[0].strip() if out else "unknown"
 
 
+def qemu_identity(qemu: str = "qemu-system-x86_64") -> str:
+    """The QEMU binary's identity (an upgrade replaces the file). Cheaper than asking it for
+    its version, which would add a process start to every run that looks for a template."""
+    path = shutil.which(qemu)
+    if path is None:
+        raise TemplateError(f"{qemu} not found")
+    return _file_identity(Path(path))
+
+
 def key_material(inputs: TemplateInputs, *, qemu: str | None = None) -> dict[str, Any]:
     """The plain data the key hashes (kept in the manifest, so `ls` can show it)."""
     try:
@@ -129,7 +138,7 @@ def key_material(inputs: TemplateInputs, *, qemu: str | None = None) -> dict[str
         "cmdline": list(inputs.cmdline),
         "tb_size_mib": inputs.tb_size_mib,
         "tsc_khz": inputs.tsc_khz,
-        "qemu": qemu if qemu is not None else qemu_version(),
+        "qemu": qemu if qemu is not None else qemu_identity(),
     }
 
 
@@ -304,8 +313,8 @@ def stale_reason(manifest: Manifest) -> str:
                 return f"its {name} changed"
         except OSError:
             return f"its {name} is gone"
-    with contextlib.suppress(BackendError):
-        if manifest.inputs.get("qemu") != qemu_version():
+    with contextlib.suppress(TemplateError, OSError):
+        if manifest.inputs.get("qemu") != qemu_identity():
             return "QEMU changed"
     return ""
 
