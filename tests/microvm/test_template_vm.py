@@ -252,3 +252,32 @@ def test_no_leftovers_after_clones(
     # a clone that wrote memory did not write the template's RAM file (share=off)
     assert T._sha256(template.ram) == ram_before
     assert T.load_template(template.path) == template
+
+
+def test_concurrent_creation_makes_one_template(
+    setup: tuple[Roots, T.TemplateInputs], tmp_path: Path
+) -> None:
+    roots, inputs = setup
+    mine = Roots(root=tmp_path / "root", state=tmp_path / "state", cache=roots.cache)
+    made: list[T.Template] = []
+    threads = [
+        threading.Thread(target=lambda: made.append(T.create_template(mine, inputs)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(made) == 2 and made[0] == made[1]
+    names = [p.name for p in mine.templates.iterdir() if not p.name.endswith(".lock")]
+    assert names == [made[0].key]
+
+
+def test_a_clone_with_other_inputs_is_refused(
+    setup: tuple[Roots, T.TemplateInputs], template: T.Template
+) -> None:
+    _, inputs = setup
+    before = socket_dirs()
+    with pytest.raises(TemplateError, match="memory"):
+        T.restore_clone(template, replace(inputs, memory_mib=256))
+    assert socket_dirs() == before
