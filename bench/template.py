@@ -177,8 +177,37 @@ def pss_per_idle_clone(template: T.Template, inputs: T.TemplateInputs, k: int) -
     return {"clones": k, "pss_mib": pss / k / 2**20, "rss_mib": rss / k / 2**20}
 
 
+def end_to_end(work: Path, runs: int) -> dict[str, Any]:
+    """`bareboat run --rm --isolation microvm IMAGE true`, --no-template vs a template, through
+    the CLI (fresh interpreter, engine, monitor, overlay, teardown), alternating per round."""
+    from bareboat.images.store import ImageStore
+
+    roots = Roots(root=work / "e2e-root", state=work / "e2e-state", cache=Roots.from_env().cache)
+    image = ImageStore(roots).load(work / "layout")[0].names[0]
+    env = {**os.environ, "BAREBOAT_ROOT": str(roots.root), "BAREBOAT_STATE": str(roots.state)}
+
+    def bb(*args: str) -> float:
+        t0 = time.perf_counter()
+        p = subprocess.run(
+            [sys.executable, "-m", "bareboat.cli.main", *args],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if p.returncode != 0:
+            raise RuntimeError(f"bareboat {' '.join(args)} failed: {p.stderr.strip()}")
+        return time.perf_counter() - t0
+
+    run = ("run", "--rm", "--isolation", "microvm")
+    bb(*run, "--no-template", image, "true")  # unpack the image, build its EROFS disk
+    bb("template", "create", image)
+    cold, clone = [], []
+    for _ in range(runs):
+        cold.append(bb(*run, "--no-template", image, "true"))
+        clone.append(bb(*run, image, "true"))
+    return {"cold": stats(cold), "clone": stats(clone)}
+
+
 def measure(
-    runs: int, sizes: list[int], n_throughput: int, tb_size: int | None = None
+    runs: int, sizes: list[int], n_throughput: int, tb_size: int | None = None, e2e: int = 0
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bb-bench-tpl-"))
     try:
@@ -223,6 +252,8 @@ def measure(
             str(w): throughput(template, inputs, n_throughput, w) for w in (1, 2)
         }
         result["pss"] = [pss_per_idle_clone(template, inputs, k) for k in sizes]
+        if e2e:
+            result["cli_run_true"] = end_to_end(work, e2e)
         result["loadavg_end"] = os.getloadavg()
         return result
     finally:
@@ -247,6 +278,16 @@ def table(r: dict[str, Any]) -> str:
         "   (goal <= 0.1)",
         "clones/s (restore + run true + teardown): "
         + ", ".join(f"{w} worker(s) {v:.1f}" for w, v in r["clones_per_s"].items()),
+        "",
+        *(
+            [
+                "bareboat run --rm --isolation microvm IMAGE true (CLI, median ms): cold "
+                f"{r['cli_run_true']['cold']['median_ms']:.0f}, template "
+                f"{r['cli_run_true']['clone']['median_ms']:.0f}",
+            ]
+            if "cli_run_true" in r
+            else []
+        ),
         "",
         f"{'idle clones':<12}{'PSS MiB/clone':>14}{'RSS MiB/clone':>14}   (goal PSS <= 40)",
     ]
@@ -283,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench template", description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10, help="cold/clone pairs (default 10)")
     ap.add_argument("--clones", type=int, default=20, help="clones per throughput run")
+    ap.add_argument("--e2e", type=int, default=5, help="CLI run pairs (default 5, 0: none)")
     ap.add_argument("--pss", default="1,5,20", help="idle clone counts (default 1,5,20)")
     ap.add_argument(
         "--tb-size", type=int, help="TCG translation cache MiB (default: QEMU's, as run uses)"
@@ -290,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.pss.split(",") if x]
-    r = measure(args.runs, sizes, args.clones, args.tb_size)
+    r = measure(args.runs, sizes, args.clones, args.tb_size, args.e2e)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "template.json").write_text(json.dumps(r, indent=1))
