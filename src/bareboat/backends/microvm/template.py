@@ -543,9 +543,19 @@ def create_template(
                 )
                 vm.command("migrate", uri="exec:cat > " + shlex.quote(str(state)))
                 _wait_migration(vm, 60.0, "saving the template")
+            # QEMU wrote both through the page cache; the manifest must not outlive them in a
+            # host crash (the RAM file has no checksum: it is too big to hash per run)
+            for path in (ram, state):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             ram_size = ram.stat().st_size
             if ram_size != inputs.memory_mib << 20:
-                raise TemplateError(f"template RAM file is {ram_size} bytes, expected more")
+                raise TemplateError(
+                    f"template RAM file is {ram_size} bytes, not {inputs.memory_mib} MiB"
+                )
             manifest = Manifest(
                 version=FORMAT_VERSION,
                 key=key,
