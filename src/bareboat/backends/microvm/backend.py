@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import tempfile
 import termios
@@ -54,6 +55,7 @@ from .agent import (
     AgentError,
     ErrorKind,
     Exited,
+    File,
     Frame,
     FrameDecoder,
     FrameType,
@@ -186,7 +188,29 @@ def start_spec(plan: VmPlan, winsize: tuple[int, int] = (0, 0)) -> StartSpec:
         lower_fstype=plan.image.fstype,
         upper=UPPER_DEVICE if plan.disk.disk is not None else None,
         mounts=mounts,
+        files=[File(f.path, read_guest_file(f), readonly=f.readonly) for f in s.files],
+        readonly_root=s.readonly_rootfs,
     )
+
+
+def read_guest_file(f: vmspec.GuestFile) -> bytes:
+    """The contents of a small host file bound into the guest (hosts, hostname, resolv.conf).
+
+    Only regular files of at most `vmspec.MAX_COPIED_FILE` bytes: the guest gets a copy, so a
+    FIFO or a huge file named in a client's config.json must not hang or bloat the start.
+    """
+    try:
+        fd = os.open(f.source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise UsageError(f"cannot read {f.source} for {f.path} in the guest: {e.strerror}") from e
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > vmspec.MAX_COPIED_FILE:
+            raise UsageError(
+                f"{f.source} for {f.path} in the guest must be a regular file of at most "
+                f"{vmspec.MAX_COPIED_FILE} bytes"
+            )
+        return fh.read(vmspec.MAX_COPIED_FILE + 1)[: vmspec.MAX_COPIED_FILE]
 
 
 def parse_publish(value: str) -> tuple[PortMapping, ...]:
