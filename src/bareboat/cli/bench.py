@@ -70,13 +70,13 @@ def _add_wasm(bench: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=run)
 
 
-def _add_template(bench: argparse._SubParsersAction[Any]) -> None:
-    p = bench.add_parser("template", help="microVM templates: cold vs clone start, clones/s, PSS")
-    p.add_argument("--runs", type=int, default=10, help="cold/clone pairs (default 10)")
+def _add_microvm(bench: argparse._SubParsersAction[Any]) -> None:
+    p = bench.add_parser("microvm", help="microVM run --rm IMAGE true vs raw QEMU; phases; PSS")
+    p.add_argument("--runs", type=int, default=7, help="samples per case (default 7)")
     p.add_argument("--out", default="bench/results", help="results directory")
 
     def run(args: argparse.Namespace) -> int:
-        return run_script("template", ["--runs", str(args.runs), "--out", args.out])
+        return run_script("microvm", ["--runs", str(args.runs), "--out", args.out])
 
     p.set_defaults(func=run)
 
@@ -94,6 +94,17 @@ def _add_runtime(bench: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=run)
 
 
+def _add_template(bench: argparse._SubParsersAction[Any]) -> None:
+    p = bench.add_parser("template", help="microVM templates: cold vs clone start, clones/s, PSS")
+    p.add_argument("--runs", type=int, default=10, help="cold/clone pairs (default 10)")
+    p.add_argument("--out", default="bench/results", help="results directory")
+
+    def run(args: argparse.Namespace) -> int:
+        return run_script("template", ["--runs", str(args.runs), "--out", args.out])
+
+    p.set_defaults(func=run)
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this group's commands to the `bareboat` parser."""
     p = sub.add_parser("bench", help="run a benchmark (from a source checkout)")
@@ -101,5 +112,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _add_pull(bench)
     _add_run(bench)
     _add_wasm(bench)
-    _add_template(bench)
+    _add_microvm(bench)
     _add_runtime(bench)
+    _add_template(bench)
