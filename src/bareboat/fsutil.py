@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -40,3 +42,39 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, text.encode())
+
+
+@contextlib.contextmanager
+def exclusive_lock(
+    path: Path,
+    *,
+    timeout: float,
+    mode: int = 0o644,
+    on_timeout: Callable[[], Exception] | None = None,
+) -> Iterator[None]:
+    """An exclusive flock on `path` (created), held while the block runs.
+
+    Waits up to `timeout` seconds (0 tries once), then raises `on_timeout()` or a StoreError
+    naming the lock. The kernel drops the lock if we die, so a crash never leaves it held.
+    The lock file itself stays: unlinking one another process holds would let a third lock
+    a new inode beside it.
+    """
+    from bareboat.errors import StoreError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    if on_timeout is not None:
+                        raise on_timeout() from None
+                    raise StoreError(f"timed out waiting for the lock {path}") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)

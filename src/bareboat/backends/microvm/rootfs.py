@@ -12,18 +12,15 @@ Plan, then execute: `erofs_argv`/`ext4_argv`/`disk_argv` are plain data; `ensure
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bareboat.errors import BackendError, StoreError, UsageError
+from bareboat.fsutil import exclusive_lock
 from bareboat.paths import Roots
 
 EROFS = "erofs"
@@ -135,26 +132,6 @@ def ext4_size(tree: Path) -> int:
     return (size + (1 << 20) - 1) & ~((1 << 20) - 1)
 
 
-@contextlib.contextmanager
-def file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """An exclusive flock on `path` (created), given up when the block ends or we die."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StoreError(f"timed out waiting for the lock {path}") from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _run(argv: list[str], timeout: float) -> None:
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
@@ -197,7 +174,7 @@ def ensure_image(
     found = _existing(directory, key)
     if found:
         return found
-    with file_lock(directory / f".{key}.lock"):
+    with exclusive_lock(directory / f".{key}.lock", timeout=LOCK_TIMEOUT_S):
         found = _existing(directory, key)  # another builder finished while we waited
         if found:
             return found
@@ -227,7 +204,7 @@ def remove_image(roots: Roots, key: str) -> bool:
     """Drop a cached image (when its image leaves the store). True if one was removed."""
     directory = cache_dir(roots)
     removed = False
-    with file_lock(directory / f".{key}.lock"):
+    with exclusive_lock(directory / f".{key}.lock", timeout=LOCK_TIMEOUT_S):
         for fstype in (EROFS, EXT4):
             path = directory / f"{key}.{fstype}"
             if path.exists():

@@ -29,7 +29,6 @@ Any change gives a new key, so a stale template is never used, only left for `pr
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -41,14 +40,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from bareboat.errors import BackendError, BareboatError, TemplateError, UsageError
-from bareboat.fsutil import atomic_write_text
+from bareboat.fsutil import atomic_write_text, exclusive_lock
 from bareboat.paths import Roots
 
 if TYPE_CHECKING:
@@ -374,25 +372,17 @@ def prune_templates(roots: Roots, *, all: bool = False) -> list[str]:
     return removed
 
 
-@contextlib.contextmanager
-def _lock(directory: Path, key: str, *, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / f".{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TemplateError(
-                        f"template {key[:12]} is being created by another process"
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
+def _lock(
+    directory: Path, key: str, *, timeout: float = LOCK_TIMEOUT_S
+) -> contextlib.AbstractContextManager[None]:
+    return exclusive_lock(
+        directory / f".{key}.lock",
+        timeout=timeout,
+        mode=0o600,
+        on_timeout=lambda: TemplateError(
+            f"template {key[:12]} is being created by another process"
+        ),
+    )
 
 
 # --- the VM command lines (plain data) ----------------------------------------------------------
