@@ -47,7 +47,7 @@ def test_no_template_by_default(vm: VM) -> None:  # noqa: F811
     assert templates(vm) == [] and vm.backend.template_used is None
 
 
-@pytest.mark.parametrize("damage", ["state", "ram", "version"])
+@pytest.mark.parametrize("damage", ["state", "ram", "ram-in-place", "version"])
 def test_broken_template_falls_back_to_cold_boot(
     vm: VM,  # noqa: F811
     damage: str,
@@ -63,6 +63,10 @@ def test_broken_template_falls_back_to_cold_boot(
         t.state.write_bytes(bytes(data))
     elif damage == "ram":
         os.truncate(t.ram, 1 << 20)
+    elif damage == "ram-in-place":  # same size, so only the clone's failure to resume shows it
+        size = t.ram.stat().st_size
+        with t.ram.open("r+b") as f:
+            f.write(os.urandom(size))
     else:
         path = t.path / T.MANIFEST
         path.write_text(path.read_text().replace('"version": 1', '"version": 99'))

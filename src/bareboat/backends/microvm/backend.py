@@ -81,6 +81,8 @@ LOWER_DEVICE = "/dev/vda"  # virtio-mmio disks enumerate in command-line order (
 UPPER_DEVICE = "/dev/vdb"
 BOOT_TIMEOUT_S = 30.0  # TCG boots in ~1 s here; a loaded CI host may need far more
 START_TIMEOUT_S = 30.0
+# A clone resumes in ~60 ms here; one that has not after this is broken: boot cold instead.
+CLONE_READY_TIMEOUT_S = 8.0
 ENV_BOOT_TIMEOUT = "BAREBOAT_BOOT_TIMEOUT"
 CONSOLE_TAIL_LINES = 15
 
@@ -191,6 +193,12 @@ def start_spec(plan: VmPlan, winsize: tuple[int, int] = (0, 0)) -> StartSpec:
         files=[File(f.path, read_guest_file(f), readonly=f.readonly) for f in s.files],
         readonly_root=s.readonly_rootfs,
     )
+
+
+def _tell(stdio: Stdio, message: str) -> None:
+    """A note on the run's own stderr (the monitor's stderr goes to its log)."""
+    with contextlib.suppress(OSError):
+        os.write(stdio.stderr, f"bareboat: {message}\n".encode())
 
 
 def read_guest_file(f: vmspec.GuestFile) -> bytes:
@@ -390,11 +398,23 @@ class MicrovmBackend:
         fds: list[int] = []
         try:
             vm = self._launch(ctx, plan, vm, d, stdio)
-            running.vm = vm
+            self._register(ctx, running, vm, d)
+            if self.template_used is not None:
+                try:
+                    sock, decoder, pending = self._boot(vm, d, timeout=CLONE_READY_TIMEOUT_S)
+                except GuestError as e:
+                    # Size and checksums of a template are checked before use, but RAM damaged
+                    # in place only shows when the clone never resumes: boot cold instead.
+                    vm.shutdown(quit_timeout=1.0, term_timeout=1.0)
+                    _tell(stdio, f"template not used, booting cold: the clone did not resume: {e}")
+                    self.template_used = None
+                    d.console.unlink(missing_ok=True)
+                    vm = QemuProcess(self.vm_config(ctx, plan), stderr=d.qemu_log)
+                    vm.launch()
+                    self._register(ctx, running, vm, d)
+            if sock is None:
+                sock, decoder, pending = self._boot(vm, d)
             assert vm.pid is not None
-            atomic_write_text(d.pidfile, json.dumps({"pid": vm.pid}))
-            self._running[ctx.id] = running
-            sock, decoder, pending = self._boot(vm, d)
             winsize = (0, 0)
             if stdio.tty:
                 winsize = _winsize(stdio.stdout)
@@ -463,16 +483,22 @@ class MicrovmBackend:
             except GuestError as e:
                 reason = str(e)
         if reason:
-            with contextlib.suppress(OSError):
-                os.write(
-                    stdio.stderr, f"bareboat: template not used, booting cold: {reason}\n".encode()
-                )
+            _tell(stdio, f"template not used, booting cold: {reason}")
         vm.launch()
         return vm
 
-    def _boot(self, vm: Any, d: VmDir) -> tuple[socket.socket, FrameDecoder, list[Frame]]:
+    def _register(self, ctx: BackendContext, running: _Running, vm: QemuProcess, d: VmDir) -> None:
+        """Record `vm` as this container's QEMU, for kill/delete from this and other processes."""
+        running.vm = vm
+        assert vm.pid is not None
+        atomic_write_text(d.pidfile, json.dumps({"pid": vm.pid}))
+        self._running[ctx.id] = running
+
+    def _boot(
+        self, vm: Any, d: VmDir, *, timeout: float | None = None
+    ) -> tuple[socket.socket, FrameDecoder, list[Frame]]:
         """Connect to the agent and wait for its HELLO, or explain why it never came."""
-        deadline = time.monotonic() + self.boot_timeout
+        deadline = time.monotonic() + (timeout or self.boot_timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             while True:
