@@ -112,6 +112,8 @@ void sessions_kill_all(void);
 
 /* rootfs.c: VM boot mounts and root assembly */
 int boot_mounts(void);
+void net_setup(void);
+int mount_options(const char *opts, unsigned long *flags, char *data, size_t len);
 int open_channel(const char *name, int timeout_ms);
 /* assemble the root for START; returns the root path (or NULL for "no chroot") via *root */
 int assemble_root(const struct start_spec *s, const char **root, char *err, size_t errlen);

@@ -230,6 +230,8 @@ int main(int argc, char **argv)
 		signal(SIGINT, SIG_IGN);
 		signal(SIGHUP, SIG_IGN);
 		boot_mounts();
+		/* before HELLO: a template snapshot then carries configured interfaces */
+		net_setup();
 		chan_fd = open_channel("bareboat.agent", 10000);
 		if (chan_fd < 0) {
 			logmsg("no virtio-serial port named bareboat.agent; powering off");

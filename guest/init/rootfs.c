@@ -38,6 +38,52 @@ static int do_mount(const char *src, const char *dst, const char *type, unsigned
 	return 0;
 }
 
+/* mount(8)-style flag words become MS_* bits (set, or cleared by their opposite); valued
+ * options (size=, mode=...) stay as data for the filesystem. Unknown words are refused
+ * rather than handed to the kernel as data, where they would mean something else. */
+static const struct { const char *word; unsigned long set, clear; } mount_words[] = {
+	{ "ro", MS_RDONLY, 0 },		{ "rw", 0, MS_RDONLY },
+	{ "nosuid", MS_NOSUID, 0 },	{ "suid", 0, MS_NOSUID },
+	{ "nodev", MS_NODEV, 0 },	{ "dev", 0, MS_NODEV },
+	{ "noexec", MS_NOEXEC, 0 },	{ "exec", 0, MS_NOEXEC },
+	{ "sync", MS_SYNCHRONOUS, 0 },	{ "async", 0, MS_SYNCHRONOUS },
+	{ "dirsync", MS_DIRSYNC, 0 },
+	{ "noatime", MS_NOATIME, MS_RELATIME | MS_STRICTATIME },
+	{ "atime", 0, MS_NOATIME },
+	{ "relatime", MS_RELATIME, MS_NOATIME | MS_STRICTATIME },
+	{ "strictatime", MS_STRICTATIME, MS_NOATIME | MS_RELATIME },
+	{ "nodiratime", MS_NODIRATIME, 0 }, { "diratime", 0, MS_NODIRATIME },
+};
+
+int mount_options(const char *opts, unsigned long *flags, char *data, size_t len)
+{
+	size_t used = 0;
+	data[0] = 0;
+	for (const char *p = opts; *p;) {
+		size_t n = strcspn(p, ",");
+		if (n && memchr(p, '=', n)) {
+			if (used + n + 2 > len)
+				return -1;
+			if (used)
+				data[used++] = ',';
+			memcpy(data + used, p, n);
+			data[used += n] = 0;
+		} else if (n) {
+			size_t i = 0;
+			for (; i < sizeof mount_words / sizeof mount_words[0]; i++)
+				if (strlen(mount_words[i].word) == n && !strncmp(mount_words[i].word, p, n))
+					break;
+			if (i == sizeof mount_words / sizeof mount_words[0])
+				return -1;
+			*flags = (*flags & ~mount_words[i].clear) | mount_words[i].set;
+		}
+		p += n;
+		if (*p == ',')
+			p++;
+	}
+	return 0;
+}
+
 /* mkdir -p for a path under the new root (the overlay is writable) */
 static int mkdir_p(char *path)
 {
@@ -245,9 +291,16 @@ int assemble_root(const struct start_spec *s, const char **root, char *err, size
 			snprintf(err, errlen, "mkdir %s: %s", m->target, strerror(errno));
 			return -1;
 		}
+		/* nosuid,nodev unless the options say suid/dev: the spec builder already asks
+		 * for docker's defaults, this only keeps an older host's START as safe as before */
 		unsigned long flags = MS_NOSUID | MS_NODEV | ((m->flags & 1) ? MS_RDONLY : 0);
+		char data[BB_MAX_STR + 1];
+		if (mount_options(m->options, &flags, data, sizeof data) < 0) {
+			snprintf(err, errlen, "mount %s: bad options %s", m->target, m->options);
+			return -1;
+		}
 		if (do_mount(m->source[0] ? m->source : m->fstype, path, m->fstype, flags,
-			     m->options[0] ? m->options : NULL, err, errlen))
+			     data[0] ? data : NULL, err, errlen))
 			return -1;
 	}
 	for (int i = 0; i < s->nfiles; i++)

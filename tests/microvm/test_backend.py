@@ -230,6 +230,48 @@ def test_tmpfs_mount(vm: VM) -> None:
     assert r.stdout.startswith(b"tmpfs /scratch tmpfs")
 
 
+def test_tmpfs_flag_words_reach_the_mount(vm: VM) -> None:
+    # docker's --tmpfs defaults (nosuid,nodev,noexec) are flags, not data: a copied binary
+    # on the mount must not run (EACCES -> 126), and /proc/mounts shows the flags
+    script = "grep ' /x ' /proc/mounts; cp /bin/busybox /x/true; /x/true; echo rc=$?"
+    r = vm.run("/bin/sh", "-c", script, mounts=(Mount("/x", kind="tmpfs", options=("size=8m",)),))
+    line, *rest = r.stdout.decode().splitlines()
+    flags = line.split()[3].split(",")
+    assert {"nosuid", "nodev", "noexec"} <= set(flags), line
+    assert "size=8192k" in flags, line
+    assert rest[-1] == "rc=126", r.stdout
+
+
+def test_tmpfs_exec_word_allows_exec(vm: VM) -> None:
+    script = "grep ' /x ' /proc/mounts; cp /bin/busybox /x/true; /x/true; echo rc=$?"
+    opts = ("exec", "noatime", "ro")
+    r = vm.run("/bin/sh", "-c", script, mounts=(Mount("/x", kind="tmpfs", options=opts[:2]),))
+    line, *rest = r.stdout.decode().splitlines()
+    flags = line.split()[3].split(",")
+    assert "noexec" not in flags and {"nosuid", "nodev", "noatime"} <= set(flags), line
+    assert rest[-1] == "rc=0", r.stdout
+    ro = (Mount("/x", kind="tmpfs", options=opts),)
+    r = vm.run("/bin/sh", "-c", "grep ' /x ' /proc/mounts; touch /x/f", mounts=ro)
+    assert r.stdout.split()[3].split(b",")[0] == b"ro" and r.code != 0, r
+
+
+def test_loopback_is_up_without_network(vm: VM) -> None:
+    # init brings lo up itself: a server on 127.0.0.1 answers a client in the same guest
+    script = (
+        "cat /sys/class/net/lo/flags; ip addr show lo | grep -o 'inet [0-9./]*';"
+        "ls /sys/class/net | tr '\\n' ' '; echo;"
+        "mkdir -p /www && echo hello-lo > /www/index.html && httpd -p 127.0.0.1:8080 -h /www &&"
+        "wget -q -O - http://127.0.0.1:8080/index.html"
+    )
+    r = vm.run("/bin/sh", "-c", script)
+    lines = r.stdout.decode().splitlines()
+    assert r.code == 0, r
+    assert int(lines[0], 16) & 1, lines  # IFF_UP
+    assert lines[1] == "inet 127.0.0.1/8"
+    assert "eth0" not in lines[2].split()  # no NIC with network none
+    assert lines[3] == "hello-lo"
+
+
 def test_bind_mount_is_refused(vm: VM, tmp_path: Path) -> None:
     from bareboat.errors import UsageError
 
@@ -305,8 +347,10 @@ def test_port_publishing(vm: VM) -> None:
             time.sleep(0.2)
         vm.backend.kill(ctx, pid, signal.SIGKILL)
 
+    # init configures lo and eth0 itself (slirp's 10.0.2.15/24 via 10.0.2.2): the workload
+    # only reports what it sees and serves
     script = (
-        "ip link set lo up; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0 2>/dev/null;"
+        "ip addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default;"
         "mkdir -p /www && echo hello-from-vm > /www/index.html && httpd -f -p 80 -h /www"
     )
     from bareboat.spec.options import PortMapping
@@ -319,3 +363,6 @@ def test_port_publishing(vm: VM) -> None:
     )  # fmt: skip
     assert r.code == 137
     assert b"hello-from-vm" in got.get("reply", b"")
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "inet 10.0.2.15/24", r.stdout
+    assert lines[1].startswith("default via 10.0.2.2 dev eth0"), r.stdout

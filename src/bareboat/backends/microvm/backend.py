@@ -174,13 +174,12 @@ def to_process_spec(p: vmspec.GuestProcess, winsize: tuple[int, int] = (0, 0)) -
 def start_spec(plan: VmPlan, winsize: tuple[int, int] = (0, 0)) -> StartSpec:
     """START for this VM: the process, identity, root disks and extra mounts."""
     s = plan.spec
-    # The agent hands `options` to mount(2) as data and knows only the read-only flag, so
-    # only the valued options (size=, mode=, ...) travel; nosuid/nodev/noexec are dropped.
+    # The whole option list travels (vmspec checked every word): the agent turns flag words
+    # (nosuid, noexec, ro...) into mount(2) flags and passes the valued ones as data.
     mounts = [
-        Mount(m.destination, m.fstype, "tmpfs", ",".join(o for o in m.options if "=" in o),
-              readonly="ro" in m.options)
+        Mount(m.destination, m.fstype, "tmpfs", ",".join(m.options), readonly="ro" in m.options)
         for m in s.mounts
-    ]  # fmt: skip
+    ]
     return StartSpec(
         process=to_process_spec(s.process, winsize),
         hostname=s.hostname,
