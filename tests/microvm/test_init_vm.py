@@ -262,3 +262,31 @@ def test_vm_bad_lower_is_a_rootfs_error(assets: Assets, tmp_path: Path) -> None:
         assert "nonexistent" in res.errors[0].message
         g.client.poweroff()
         assert g.vm.wait(30) is not None  # type: ignore[attr-defined]
+
+
+def test_vm_mount_flag_words_and_bad_word(assets: Assets, tmp_path: Path) -> None:
+    # straight at the agent: flag words become MS_* flags, a word it does not know is a
+    # ROOTFS error rather than data the filesystem might read some other way
+    with boot(assets, tmp_path) as g:
+        opts = "noexec,nosuid,nodev,noatime,size=1m,mode=0700"
+        g.client.start(
+            start_spec("grep ' /x ' /proc/mounts", mounts=[Mount("/x", "tmpfs", options=opts)])
+        )
+        res = g.client.wait(0, timeout=30)
+        assert res.exit.code == 0, res.stderr
+        flags = set(res.stdout.split()[3].split(b","))
+        assert {
+            b"rw",
+            b"nosuid",
+            b"nodev",
+            b"noexec",
+            b"noatime",
+            b"size=1024k",
+            b"mode=700",
+        } <= flags
+    (tmp_path / "bad").mkdir()
+    with boot(assets, tmp_path / "bad") as g:
+        g.client.start(start_spec("true", mounts=[Mount("/x", "tmpfs", options="nosuid,bind")]))
+        res = g.client.wait(0, timeout=30)
+        assert res.exit.code == 125 and res.errors[0].kind == ErrorKind.ROOTFS
+        assert "bad options" in res.errors[0].message
