@@ -15,7 +15,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from bareboat.errors import AgentProtocolError, AgentTimeout, BootTimeout, UsageError
@@ -757,19 +757,27 @@ class AgentClient:
 
     def _take(self, want: type[Event], session: int | None, timeout: float) -> Event:
         """The first queued or arriving event of a kind (and session); others stay queued."""
-        deadline = time.monotonic() + timeout
+        return self._take_first(
+            lambda e: isinstance(e, want)
+            and (session is None or getattr(e, "session", None) == session),
+            timeout,
+            f"agent sent no {want.__name__} in {timeout:g}s",
+        )
+
+    def _take_first(self, match: Callable[[Event], bool], timeout: float, late: str) -> Event:
+        """The first queued or arriving event that `match`es; AgentTimeout(`late`) after
+        `timeout` seconds. Unmatched events stay queued, in order."""
+        deadline = time.monotonic() + max(timeout, 0)
         while True:
             for i, event in enumerate(self._queue):
-                if isinstance(event, want) and (
-                    session is None or getattr(event, "session", None) == session
-                ):
+                if match(event):
                     del self._queue[i]
                     if isinstance(event, Output):
                         self._queued_bytes -= len(event.data)
                     return event
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AgentTimeout(f"agent sent no {want.__name__} in {timeout:g}s")
+                raise AgentTimeout(late)
             r, _, _ = select.select([self.sock], [], [], left)
             if r:
                 self._receive()
@@ -844,20 +852,11 @@ class AgentClient:
                 )
 
     def _take_session(self, session: int, timeout: float) -> Event:
-        deadline = time.monotonic() + max(timeout, 0)
-        while True:
-            for i, event in enumerate(self._queue):
-                if not isinstance(event, Hello) and event.session == session:
-                    del self._queue[i]
-                    if isinstance(event, Output):
-                        self._queued_bytes -= len(event.data)
-                    return event
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AgentTimeout(f"session {session} did not finish in time")
-            r, _, _ = select.select([self.sock], [], [], left)
-            if r:
-                self._receive()
+        return self._take_first(
+            lambda e: not isinstance(e, Hello) and e.session == session,
+            timeout,
+            f"session {session} did not finish in time",
+        )
 
     def sessions(self) -> Iterable[int]:
         return list(self._sessions)
