@@ -20,6 +20,7 @@ sending agent messages. `start` returns the pid the monitor waits on (QEMU's), a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from dataclasses import dataclass
@@ -96,6 +97,14 @@ def wait_status_to_code(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.waitstatus_to_exitcode(status)
+
+
+def signal_pid(pid: int | None, sig: int) -> None:
+    """Send `sig` to the workload `pid` the monitor started; gone already is fine."""
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
 
 
 # --- Linux calls the standard library lacks (3.11) -------------------------------------------

@@ -8,7 +8,6 @@ monitor's one recursive unmount of the rootfs removes them all.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import signal
@@ -25,6 +24,7 @@ from bareboat.backends.base import (
     Started,
     Stdio,
     mount,
+    signal_pid,
     wait_status_to_code,
 )
 from bareboat.errors import BackendError
@@ -136,10 +136,7 @@ class ProcessBackend:
         return wait_status_to_code(status)
 
     def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+        signal_pid(pid, sig)
 
     def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
         """Nothing to do: the workload holds the pty slave itself."""

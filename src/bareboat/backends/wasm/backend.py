@@ -35,7 +35,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bareboat.backends.base import BackendContext, Started, Stdio, wait_status_to_code
+from bareboat.backends.base import (
+    BackendContext,
+    Started,
+    Stdio,
+    signal_pid,
+    wait_status_to_code,
+)
 from bareboat.errors import WasmError
 from bareboat.paths import Roots
 
@@ -266,10 +272,7 @@ class WasmBackend:
         return wait_status_to_code(status)
 
     def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+        signal_pid(pid, sig)
 
     def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
         """Nothing to do: WASI preview 1 has no terminal size."""
