@@ -89,3 +89,36 @@ def cgroups_of(cid: str) -> list[Path]:
     """Cgroup directories named after the container (v1 controllers and cgroup2)."""
     base = Path("/sys/fs/cgroup")
     return [d for d in base.glob("*/*") if cid in d.name] + [d for d in base.glob(f"*{cid}*")]
+
+
+def read_pty(
+    pid: int, fd: int, *, timeout: float = 30.0, answer: tuple[bytes, bytes] | None = None
+) -> tuple[int, bytes]:
+    """Read the pty master `fd` of the child `pid` to its end, reap the child, close `fd`.
+
+    With `answer=(prompt, reply)`, `reply` is typed once `prompt` has appeared, as a user
+    would. Returns the child's exit code and everything it printed.
+    """
+    import select
+    import time
+
+    out = b""
+    pending = answer
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child side closed
+            break
+        if not chunk:
+            break
+        out += chunk
+        if pending is not None and pending[0] in out:
+            os.write(fd, pending[1])
+            pending = None
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from bareboat.paths import Roots
-from tests.cli.conftest import Run, bareboat_argv, cgroups_of, leftovers
+from tests.cli.conftest import Run, bareboat_argv, cgroups_of, leftovers, read_pty
 
 
 def inspect(bb: Run, ref: str) -> dict[str, object]:
@@ -179,18 +179,8 @@ def test_exec_with_a_tty(bb: Run, image: str) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the child
         os.execv(bareboat_argv()[0], bareboat_argv("exec", "-it", cid, "sh", "-c", "tty; exit 3"))
-    out = b""
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 3, out
+    code, out = read_pty(pid, fd)
+    assert code == 3, out
     assert b"/dev/pts/" in out
 
 

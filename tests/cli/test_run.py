@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bareboat.paths import Roots
-from tests.cli.conftest import Run, bareboat_argv, leftovers
+from tests.cli.conftest import Run, bareboat_argv, leftovers, read_pty
 
 
 @pytest.mark.parametrize("runtime", ["crun", "runc"])
@@ -184,20 +184,9 @@ def test_tty(bb: Run, image: str, roots: Roots) -> None:
             bareboat_argv()[0],
             bareboat_argv("run", "--rm", "-it", image, "sh", "-c", "tty; stty size"),
         )
-    out = b""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
+    code, out = read_pty(pid, fd)
     text = out.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert code == 0, text
     assert "/dev/pts/" in text and "33 101" in text
 
 
@@ -220,32 +209,14 @@ def test_ctrl_c_before_attach_leaves_nothing(bb: Run, image: str, roots: Roots) 
 
 def test_interactive_tty_input(bb: Run, image: str) -> None:
     import pty
-    import select
 
     script = "echo ready; read x; echo got-$x; exit 5"
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the child
         os.execv(bareboat_argv()[0], bareboat_argv("run", "--rm", "-it", image, "sh", "-c", script))
-    out = b""
-    sent = False
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-        if not sent and b"ready" in out:  # typed once the workload listens, as a user would
-            os.write(fd, b"hello\n")
-            sent = True
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 5, out
+    # typed once the workload listens, as a user would
+    code, out = read_pty(pid, fd, answer=(b"ready", b"hello\n"))
+    assert code == 5, out
     assert b"got-hello" in out
 
 
