@@ -42,6 +42,23 @@ def wrapper(base: Path, name: str, target: str, rtroot: Path) -> str:
     return str(path)
 
 
+
+def run_client(
+    name: str,
+    argv: list[str],
+    args: tuple[str, ...],
+    env: dict[str, str],
+    check: bool,
+    timeout: float,
+) -> subprocess.CompletedProcess[str]:
+    """Run a client command with no stdin; with `check`, a failure names the call and stderr."""
+    res = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(args)}: rc={res.returncode} {res.stderr!r}")
+    return res
+
 class Podman:
     """podman with private storage, run root, tmp dir and containers.conf; cgroupfs and file
     events because there is no systemd here."""
@@ -86,17 +103,8 @@ class Podman:
     def __call__(
         self, *args: str, runtime: str = "", check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(
-            self.argv(*args, runtime=runtime),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
-        if check and res.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)}: rc={res.returncode} {res.stderr!r}")
-        return res
+        argv = self.argv(*args, runtime=runtime)
+        return run_client("podman", argv, args, self.env, check, timeout)
 
     def close(self) -> None:
         self("rm", "--all", "--force", "--time", "0", check=False)
@@ -190,17 +198,8 @@ class Containerd:
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(
-            [self.ctr, "--address", str(self.sock), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
-        if check and res.returncode != 0:
-            raise AssertionError(f"ctr {' '.join(args)}: rc={res.returncode} {res.stderr!r}")
-        return res
+        argv = [self.ctr, "--address", str(self.sock), *args]
+        return run_client("ctr", argv, args, self.env, check, timeout)
 
     def close(self) -> None:
         if self.proc.poll() is None:
