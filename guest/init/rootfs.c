@@ -152,6 +152,21 @@ int boot_mounts(void)
 	return rc;
 }
 
+/* The first line of a small (sysfs) file into buf, without its newline; -1 if unreadable or empty. */
+static int read_line(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, len - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	buf[strcspn(buf, "\n")] = 0;
+	return 0;
+}
+
 int open_channel(const char *name, int timeout_ms)
 {
 	/* the port appears when virtio-serial has probed; poll for it briefly */
@@ -163,19 +178,10 @@ int open_channel(const char *name, int timeout_ms)
 				continue;
 			char path[512], buf[128];
 			snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
-			int fd = open(path, O_RDONLY | O_CLOEXEC);
-			if (fd < 0)
-				continue;
-			ssize_t n = read(fd, buf, sizeof buf - 1);
-			close(fd);
-			if (n <= 0)
-				continue;
-			buf[n] = 0;
-			buf[strcspn(buf, "\n")] = 0;
-			if (strcmp(buf, name))
+			if (read_line(path, buf, sizeof buf) < 0 || strcmp(buf, name))
 				continue;
 			snprintf(path, sizeof path, "/dev/%s", e->d_name);
-			fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY);
+			int fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY);
 			if (fd >= 0) {
 				closedir(d);
 				return fd;
@@ -230,15 +236,8 @@ static const char *resolve_dev(const char *spec, char *buf, size_t len)
 		if (e->d_name[0] == '.')
 			continue;
 		snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
-		int fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
+		if (read_line(path, serial, sizeof serial) < 0)
 			continue;
-		ssize_t n = read(fd, serial, sizeof serial - 1);
-		close(fd);
-		if (n <= 0)
-			continue;
-		serial[n] = 0;
-		serial[strcspn(serial, "\n")] = 0;
 		if (!strcmp(serial, spec + 7)) {
 			snprintf(buf, len, "/dev/%s", e->d_name);
 			found = buf;
