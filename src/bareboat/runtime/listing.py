@@ -28,9 +28,9 @@ def list_all(inv: Invocation, root: RuntimeRoot) -> int:
     known = {r.get("id") for r in rows}
     for rec in root.all():
         if rec.isolation != "container" and rec.id not in known:
-            from . import process
+            from .lifecycle import state_of
 
-            st = process.state_of(root, rec)
+            st = state_of(root, rec)
             rows.append({**st, "rootfs": "", "created": st.get("created", ""), "owner": ""})
     if inv.flag("--format") == "json":
         print(json.dumps(rows))

@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 VERSION = "0.1.0"
 SPEC_VERSION = "1.0.2-dev"
 
-# Isolations this runtime can run under the OCI contract today.
-SUPPORTED = ("container", "process")
+# Isolations bareboat runs itself under the OCI contract, each a module of this package with
+# `create(inv, root, bundle, config)` and `command(inv, root, rec)`; `container` goes to runc.
+OWN = {"process": "process", "microvm": "vm"}
+SUPPORTED = ("container", *OWN)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,12 +86,16 @@ def dispatch(inv: args.Invocation, argv0: str) -> int:
         if cmd == "delete":
             return delete_container(inv, root)
         return _delegate(inv, root)
-    if iso == "process":
-        from . import process
-
+    if iso in OWN:
         assert rec is not None
-        return process.command(inv, root, rec)
+        return int(_module(iso).command(inv, root, rec))
     raise BackendUnavailable(f"container {cid}: isolation {iso} cannot be driven here")
+
+
+def _module(isolation: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f"{__package__}.{OWN[isolation]}")
 
 
 def read_config(bundle: str) -> dict[str, Any]:
@@ -122,10 +128,8 @@ def create(inv: args.Invocation, root: RuntimeRoot, argv0: str) -> int:
         )
     root.claim(Record(cid, iso, bundle))
     try:
-        if iso == "process":
-            from . import process
-
-            rc = process.create(inv, root, bundle, config)
+        if iso in OWN:
+            rc = int(_module(iso).create(inv, root, bundle, config))
         else:
             rc = _create_container(inv, root)
     except BaseException:

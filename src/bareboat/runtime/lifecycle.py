@@ -1,0 +1,338 @@
+"""The parts of the runc contract every isolation that bareboat runs itself shares.
+
+Each such container has a *gate process*: the pid in `--pid-file`, a child of `create` that
+the client's subreaper (conmon, the containerd shim) inherits and waits on. It sets up, then
+blocks opening `exec.fifo` for writing; `start` opens the fifo for reading, which releases it,
+and reads until the gate closes its end: `b"0"` means the workload started, anything else is
+the error to report. The gate lives exactly as long as the workload and ends with its status
+(for `process` isolation it *is* the workload after exec; for microvm and wasm it is a shim
+that relays the workload's stdio and exit).
+
+Under the runtime root, `bareboat/ID/` holds `state.json` (the gate's pid and start time,
+creation time, annotations), `exec.fifo` while created, and `paused` while paused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+from bareboat.errors import BackendError, ContainerError, UsageError
+
+from .records import Record, RuntimeRoot
+
+TYPE_CHECKING = False  # typing costs import time on every call; mypy treats this as true
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .args import Invocation
+
+OCI_VERSION = "1.0.2-dev"
+HOOK_TIMEOUT = 30.0
+START_TIMEOUT = 120.0  # a microVM under TCG on a loaded host may take this long to START
+GATE_OK = b"0"
+
+
+# --- config.json as plain data ---------------------------------------------------------------
+
+
+def parse_signal(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    name = text.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise UsageError(f"unknown signal {text!r}") from None
+
+
+def process_env(process: dict[str, Any]) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in process.get("env") or [] if "=" in e)
+
+
+def hooks_of(config: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    hooks = (config.get("hooks") or {}).get(kind) or []
+    if not isinstance(hooks, list) or not all(isinstance(h, dict) and h.get("path") for h in hooks):
+        raise UsageError(f"config.json: malformed {kind} hooks")
+    return hooks
+
+
+def load_config(rec: Record) -> dict[str, Any]:
+    with open(os.path.join(rec.bundle, "config.json"), "rb") as f:
+        data = json.load(f)
+    return data if isinstance(data, dict) else {}
+
+
+def rootfs_of(bundle: str, config: dict[str, Any]) -> str:
+    path = (config.get("root") or {}).get("path") or "rootfs"
+    rootfs = os.path.join(bundle, path)
+    if not os.path.isdir(rootfs):
+        raise UsageError(f"rootfs {rootfs} is not a directory")
+    return os.path.realpath(rootfs)
+
+
+def exec_process(inv: Invocation) -> dict[str, Any]:
+    """The process to exec: the --process file, or the flags form."""
+    if inv.flag("--process"):
+        with open(inv.flag("--process"), "rb") as f:
+            process = json.load(f)
+        if not isinstance(process, dict) or not process.get("args"):
+            raise UsageError(f"{inv.flag('--process')}: not a process with args")
+    else:
+        if not inv.trailer:
+            raise UsageError("exec: no command given")
+        process = {
+            "args": inv.trailer,
+            "cwd": inv.flag("--cwd") or "/",
+            "env": inv.multi.get("--env", []),
+        }
+        if inv.flag("--user"):
+            uid, _, gid = inv.flag("--user").partition(":")
+            process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+        process["terminal"] = inv.has("--tty")
+    if inv.has("--tty"):
+        process["terminal"] = True
+    return process
+
+
+# --- state ---------------------------------------------------------------------------------
+
+
+def state_dir(root: RuntimeRoot, cid: str) -> str:
+    return root.state_dir(cid)
+
+
+def read_state(root: RuntimeRoot, cid: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(state_dir(root, cid), "state.json"), "rb") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_state(root: RuntimeRoot, cid: str, st: dict[str, Any]) -> None:
+    from .records import write_atomic
+
+    write_atomic(os.path.join(state_dir(root, cid), "state.json"), json.dumps(st))
+
+
+def new_state(pid: int, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "pid": pid,
+        "start_time": proc_start(pid),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "annotations": config.get("annotations") or {},
+        **extra,
+    }
+
+
+def proc_start(pid: int) -> str:
+    """The process's start time (field 22 of /proc/PID/stat), to tell a reused pid apart;
+    "" when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return "" if fields[0] in ("Z", "X") else fields[19]
+
+
+def alive(st: dict[str, Any]) -> bool:
+    pid = int(st.get("pid") or 0)
+    return pid > 0 and proc_start(pid) == st.get("start_time")
+
+
+def status_of(root: RuntimeRoot, rec: Record, st: dict[str, Any]) -> str:
+    if not st or not alive(st):
+        return "stopped"
+    sdir = state_dir(root, rec.id)
+    if os.path.exists(os.path.join(sdir, "exec.fifo")):
+        return "created"
+    if os.path.exists(os.path.join(sdir, "paused")):
+        return "paused"
+    return "running"
+
+
+def state_of(root: RuntimeRoot, rec: Record) -> dict[str, Any]:
+    st = read_state(root, rec.id)
+    status = status_of(root, rec, st)
+    return {
+        "ociVersion": OCI_VERSION,
+        "id": rec.id,
+        "status": status,
+        "pid": int(st.get("pid") or 0) if status != "stopped" else 0,
+        "bundle": rec.bundle,
+        "created": st.get("created", ""),
+        "annotations": st.get("annotations") or {},
+    }
+
+
+def require(root: RuntimeRoot, rec: Record, *wanted: str, action: str) -> dict[str, Any]:
+    """The container's state file, if its status is one of `wanted`; else a clear error."""
+    st = read_state(root, rec.id)
+    status = status_of(root, rec, st)
+    if status not in wanted:
+        raise ContainerError(f"container {rec.id} is {status}: cannot {action}")
+    return st
+
+
+def set_paused(root: RuntimeRoot, cid: str, paused: bool) -> None:
+    marker = os.path.join(state_dir(root, cid), "paused")
+    if paused:
+        open(marker, "w").close()
+    elif os.path.exists(marker):
+        os.unlink(marker)
+
+
+# --- hooks, console, pid file ----------------------------------------------------------------
+
+
+def run_hooks(kind: str, hooks: list[dict[str, Any]], state: dict[str, Any]) -> None:
+    import subprocess
+
+    payload = json.dumps({k: state[k] for k in ("ociVersion", "id", "status", "pid", "bundle")})
+    for hook in hooks:
+        args = hook.get("args") or [hook["path"]]
+        env = process_env({"env": hook.get("env") or []})
+        try:
+            res = subprocess.run(
+                args,
+                executable=hook["path"],
+                input=payload,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=float(hook.get("timeout") or HOOK_TIMEOUT),
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise BackendError(f"{kind} hook {hook['path']} failed: {e}") from None
+        if res.returncode != 0:
+            detail = (res.stderr.strip().splitlines() or [""])[-1]
+            raise BackendError(f"{kind} hook {hook['path']} exited with {res.returncode}: {detail}")
+
+
+def created_hooks(root: RuntimeRoot, rec: Record, config: dict[str, Any]) -> None:
+    """createRuntime then prestart, with the state of a created container (runc's order)."""
+    state = {**state_of(root, rec), "status": "created"}
+    run_hooks("createRuntime", hooks_of(config, "createRuntime"), state)
+    run_hooks("prestart", hooks_of(config, "prestart"), state)
+
+
+def send_console(sock_path: str, master: int) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(sock_path)
+        socket.send_fds(s, [b"/dev/ptmx"], [master])
+
+
+def console_pair(inv: Invocation, process: dict[str, Any]) -> tuple[int | None, int | None]:
+    """A pty (master, slave) when the process wants a terminal, else (None, None)."""
+    if not process.get("terminal"):
+        return None, None
+    if not inv.flag("--console-socket"):
+        raise UsageError("process.terminal is set but no --console-socket was given")
+    return os.openpty()
+
+
+def write_pid_file(inv: Invocation, pid: int) -> None:
+    if inv.flag("--pid-file"):
+        from .records import write_atomic
+
+        write_atomic(os.path.abspath(inv.flag("--pid-file")), str(pid))
+
+
+# --- the start gate --------------------------------------------------------------------------
+
+
+def make_gate(sdir: str) -> str:
+    fifo = os.path.join(sdir, "exec.fifo")
+    os.mkfifo(fifo, 0o600)
+    return fifo
+
+
+def wait_for_start(fifo: str) -> int:
+    """In the gate process: block until `start` opens the fifo; the fd to report on."""
+    return os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
+
+
+def report_start(fd: int, error: str = "") -> None:
+    """In the gate process: tell `start` the workload runs (or why it does not)."""
+    try:  # noqa: SIM105 - contextlib costs import time here
+        os.write(fd, error.encode()[:4000] if error else GATE_OK)
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def release(root: RuntimeRoot, rec: Record) -> None:
+    """`start`: open the gate and wait for its report; then poststart hooks."""
+    st = require(root, rec, "created", action="start it (it is not created)")
+    fifo = os.path.join(state_dir(root, rec.id), "exec.fifo")
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    got = b""
+    try:
+        # Opening released the writer blocked in its open(); read until it closes its end.
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                data = None
+            if data:
+                got += data
+            elif data == b"" and got:
+                break
+            if not alive(st):
+                if got:
+                    break
+                raise ContainerError(f"container {rec.id} died before it started")
+            if time.monotonic() > deadline:
+                raise ContainerError(f"container {rec.id} did not start in {START_TIMEOUT:g}s")
+            if not data:
+                time.sleep(0.0005)
+    finally:
+        os.close(fd)
+    os.unlink(fifo)
+    if got != GATE_OK:
+        raise ContainerError(got.decode(errors="replace"))
+    run_hooks("poststart", hooks_of(load_config(rec), "poststart"), state_of(root, rec))
+
+
+def wait_gone(st: dict[str, Any], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(st):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def forget(root: RuntimeRoot, rec: Record, st: dict[str, Any]) -> None:
+    """The tail of `delete`: remove the state and record, then run poststop hooks."""
+    import shutil
+
+    try:
+        config = load_config(rec)
+    except (OSError, ValueError):
+        config = {}  # the client may have removed the bundle already
+    shutil.rmtree(state_dir(root, rec.id), ignore_errors=True)
+    root.drop(rec.id)
+    if st:
+        state = {**state_of(root, rec), "status": "stopped", "pid": 0}
+        try:
+            run_hooks("poststop", hooks_of(config, "poststop"), state)
+        except BackendError as e:  # runc warns and goes on: the container is gone already
+            print(f"bareboat-runtime: warning: {e}", file=sys.stderr)
+
+
+def print_state(root: RuntimeRoot, rec: Record) -> int:
+    print(json.dumps(state_of(root, rec), indent=2))
+    return 0
