@@ -29,7 +29,7 @@ SPEC_VERSION = "1.0.2-dev"
 
 # Isolations bareboat runs itself under the OCI contract, each a module of this package with
 # `create(inv, root, bundle, config)` and `command(inv, root, rec)`; `container` goes to runc.
-OWN = {"process": "process", "microvm": "vm"}
+OWN = {"process": "process", "microvm": "vm", "wasm": "wasm"}
 SUPPORTED = ("container", *OWN)
 
 
