@@ -139,6 +139,11 @@ def _create(
             os.close(ready_r)
             if master is not None:
                 os.close(master)
+            if slave is not None:
+                # containerd's runc shim (docker's too) reads create's stdout to EOF when there
+                # is a terminal: this gate must not hold it open, so its stdio is the pty now.
+                for fd in (0, 1, 2):
+                    os.dup2(slave, fd)
             _apply_mounts(config, rootfs)
             os.write(ready_w, b"ok")
             os.close(ready_w)
