@@ -4,6 +4,7 @@ sockets in a temp dir of its own (never the machine's defaults)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -42,7 +43,6 @@ def wrapper(base: Path, name: str, target: str, rtroot: Path) -> str:
     return str(path)
 
 
-
 def run_client(
     name: str,
     argv: list[str],
@@ -58,6 +58,7 @@ def run_client(
     if check and res.returncode != 0:
         raise AssertionError(f"{name} {' '.join(args)}: rc={res.returncode} {res.stderr!r}")
     return res
+
 
 class Podman:
     """podman with private storage, run root, tmp dir and containers.conf; cgroupfs and file
@@ -235,3 +236,163 @@ def containerd(base: Path, layout: Path) -> Iterator[Containerd]:
         yield c
     finally:
         c.close()
+
+
+# One docker runtime name per isolation: docker 20.10 has no `run --annotation`, so each entry's
+# path is a `bareboat-runtime-<suffix>` symlink and the runtime takes the isolation from the name.
+DOCKER_RUNTIMES = {
+    "container": "bareboat-container",
+    "process": "bareboat-process",
+    "microvm": "bareboat-vm",
+}
+_NAME_SUFFIX = {"container": "container", "process": "process", "microvm": "vm"}
+# dockerd's plugin manager puts its exec root here whatever --exec-root says.
+_DOCKER_PLUGINS = Path("/run/docker/plugins")
+
+
+class Docker:
+    """A private dockerd 20.10 (data root, exec root, pid file, socket, config and trust key in
+    a temp dir; its own containerd under the exec root) with one `runtimes` entry per
+    isolation; no bridge, no iptables, cgroupfs (there is no systemd here)."""
+
+    def __init__(self, base: Path, layout: Path) -> None:
+        self.dockerd = _need("dockerd")
+        # The client of the docker.io package, not whatever `docker` comes first on PATH.
+        self.docker = "/usr/bin/docker"
+        if not os.access(self.docker, os.X_OK):
+            self.docker = _need("docker")
+        _need("skopeo")
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        self.sock = base / "docker.sock"
+        self.exec_root = base / "exec"
+        self._made_plugins_dir = not _DOCKER_PLUGINS.parent.exists()
+        cfg = base / "daemon.json"
+        # The trust key would go to /etc/docker/key.json; only the config file can move it.
+        config = {"runtimes": self._runtimes(), "deprecated-key-path": str(base / "key.json")}
+        cfg.write_text(json.dumps(config))
+        self.env = {**os.environ, "DOCKER_CONFIG": str(base / "client")}
+        self.log = open(base / "dockerd.log", "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [
+                self.dockerd,
+                "--config-file", str(cfg),
+                "--data-root", str(base / "data"),
+                "--exec-root", str(self.exec_root),
+                "--pidfile", str(base / "docker.pid"),
+                "-H", f"unix://{self.sock}",
+                "--iptables=false", "--ip6tables=false", "--bridge=none",
+                "--exec-opt", "native.cgroupdriver=cgroupfs",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            self._wait_ready()
+            archive = base / "image.tar"
+            self.image = f"busybox-test:{IMAGE_TAG}"
+            subprocess.run(
+                ["skopeo", "copy", f"oci:{layout}:{IMAGE_TAG}",
+                 f"docker-archive:{archive}:{self.image}"],
+                check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+            self("load", "--input", str(archive))
+        except BaseException:
+            self.close()
+            raise
+
+    def _runtimes(self) -> dict[str, dict[str, str]]:
+        bindir = self.base / "bin"
+        bindir.mkdir(exist_ok=True)
+        entries = {"bareboat": {"path": str(RUNTIME)}}
+        for isolation, name in DOCKER_RUNTIMES.items():
+            link = bindir / f"bareboat-runtime-{_NAME_SUFFIX[isolation]}"
+            link.symlink_to(RUNTIME)
+            entries[name] = {"path": str(link)}
+        return entries
+
+    def _wait_ready(self) -> None:
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dockerd exited: {self.logs()}")
+            if self.sock.exists() and self("version", check=False).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"dockerd did not come up: {self.logs()}")
+
+    def logs(self) -> str:
+        return (self.base / "dockerd.log").read_text(errors="replace")[-3000:]
+
+    @property
+    def runtime_root(self) -> Path:
+        """Where docker's shims tell every runtime to keep its state (`--root`)."""
+        return self.exec_root / "runtime-runc" / "moby"
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [self.docker, "--host", f"unix://{self.sock}", *args]
+        return run_client("docker", argv, args, self.env, check, timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            # A container stuck in the runtime must not keep the daemon up: then SIGTERM it.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                ids = self("ps", "--all", "--quiet", check=False, timeout=30).stdout.split()
+                if ids:
+                    self("rm", "--force", *ids, check=False, timeout=60)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+        self.log.close()
+        kill_under(self.base)
+        unmount_under(self.base)
+        if self._made_plugins_dir:
+            for d in (_DOCKER_PLUGINS, _DOCKER_PLUGINS.parent):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.base)
+
+
+def processes_under(base: Path) -> list[int]:
+    """Processes whose command line names a path below `base` (a daemon's containerd, shims)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if f"{base}/" in cmdline.replace("\0", " "):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_under(base: Path) -> None:
+    """KILL what a stopped daemon left running of its own (found by its temp dir), and wait."""
+    pids = [p for p in processes_under(base) if p != os.getpid()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + 10
+    while pids and time.monotonic() < end:
+        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def docker(base: Path, layout: Path) -> Iterator[Docker]:
+    d = Docker(base, layout)
+    try:
+        yield d
+    finally:
+        d.close()

@@ -1,25 +1,138 @@
-"""docker 20.10 with bareboat-runtime in daemon.json `runtimes`: only where a docker daemon can
-run. On the build machines it cannot (no systemd, and dockerd's own containerd and iptables
-set-up fail there), so this skips with the reason."""
+"""A private docker 20.10 daemon with bareboat-runtime in daemon.json `runtimes`, one entry per
+isolation: run/exec/stop/rm, exit codes and output unchanged against runc, docker's prestart
+hook, and nothing left behind."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from .clients import DOCKER_RUNTIMES, Docker, docker, processes_under
 
-def test_docker_runtime() -> None:
-    if not shutil.which("dockerd") or not shutil.which("docker"):
-        pytest.skip("docker is not installed")
-    res = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0:
-        pytest.skip(
-            "no docker daemon can run here; docker is covered by the recorded calls "
-            "(tests/runtime/test_args.py) and the shared client fixtures"
-        )
-    pytest.skip(
-        "a docker daemon is up, but starting a private one with a `runtimes` entry "
-        "is not written yet"
+
+@pytest.fixture(scope="module")
+def dk(tmp_path_factory: pytest.TempPathFactory, busybox_layout: Path) -> Iterator[Docker]:
+    with docker(tmp_path_factory.mktemp("docker"), busybox_layout) as d:
+        yield d
+
+
+# microvm joins (DOCKER_RUNTIMES already has its `bareboat-vm` entry) when the runtime drives it.
+ISOLATIONS = ["container", "process"]
+
+
+def run_args(dk: Docker, isolation: str) -> list[str]:
+    return ["--network", "none", "--runtime", DOCKER_RUNTIMES[isolation]]
+
+
+def record(dk: Docker, cid: str) -> Path:
+    return dk.runtime_root / "bareboat" / f"{cid}.rec"
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_run_exit_code_and_streams_unchanged(dk: Docker, isolation: str) -> None:
+    script = "echo out; echo err >&2; exit 7"
+    ours = dk("run", "--rm", *run_args(dk, isolation), dk.image, "sh", "-c", script,
+              check=False)  # fmt: skip
+    ref = dk("run", "--rm", "--network", "none", "--runtime", "runc", dk.image,
+             "sh", "-c", script, check=False)  # fmt: skip
+    assert (ours.returncode, ours.stdout, ours.stderr) == (7, "out\n", "err\n")
+    assert (ours.returncode, ours.stdout, ours.stderr) == (
+        ref.returncode,
+        ref.stdout,
+        ref.stderr,
     )
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_run_missing_command_is_127(dk: Docker, isolation: str) -> None:
+    res = dk("run", "--rm", *run_args(dk, isolation), dk.image, "/nonexistent", check=False)
+    assert res.returncode == 127, res.stderr
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_run_tty(dk: Docker, isolation: str) -> None:
+    res = dk("run", "--rm", "-t", *run_args(dk, isolation), dk.image, "sh", "-c", "tty; exit 4",
+             check=False)  # fmt: skip
+    assert res.returncode == 4
+    assert res.stdout.startswith("/dev/pts/")
+
+
+def prestart_hook_ran(dk: Docker, cid: str) -> bool:
+    """docker's prestart hook (`libnetwork-setkey`) bind-mounts the container's network
+    namespace onto the sandbox key: the key then is that namespace."""
+    key, pid = dk("inspect", "--format", "{{.NetworkSettings.SandboxKey}} {{.State.Pid}}",
+                  cid).stdout.split()  # fmt: skip
+    try:
+        return os.stat(key).st_ino == os.stat(f"/proc/{pid}/ns/net").st_ino
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_detached_exec_hook_stop_rm(dk: Docker, isolation: str) -> None:
+    cid = dk("run", "-d", *run_args(dk, isolation), dk.image, "sleep", "100").stdout.strip()
+    try:
+        assert record(dk, cid).read_text().splitlines()[0] == isolation
+        assert prestart_hook_ran(dk, cid)
+        res = dk("exec", cid, "sh", "-c", "echo exec-ok; echo exec-err >&2; exit 3", check=False)
+        assert (res.returncode, res.stdout, res.stderr) == (3, "exec-ok\n", "exec-err\n")
+        res = dk("exec", "-t", cid, "sh", "-c", "tty", check=False)
+        assert res.returncode == 0 and res.stdout.startswith("/dev/pts/")
+        dk("exec", "-d", cid, "sleep", "30")
+        dk("stop", "--time", "1", cid)
+        state = json.loads(dk("inspect", cid).stdout)[0]["State"]
+        assert state["Status"] == "exited"
+        # In a PID namespace sleep is PID 1 and ignores TERM, so docker KILLs it.
+        assert state["ExitCode"] == (137 if isolation == "container" else 143)
+        dk("rm", cid)
+    finally:
+        dk("rm", "--force", cid, check=False)
+    assert cid not in dk("ps", "--all", "--quiet", "--no-trunc").stdout
+    assert not record(dk, cid).exists()
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_rm_force_running(dk: Docker, isolation: str) -> None:
+    cid = dk("run", "-d", *run_args(dk, isolation), dk.image, "sleep", "100").stdout.strip()
+    pid = int(dk("inspect", "--format", "{{.State.Pid}}", cid).stdout)
+    assert Path(f"/proc/{pid}").exists()
+    dk("rm", "--force", cid)
+    assert cid not in dk("ps", "--all", "--quiet", "--no-trunc").stdout
+    assert not Path(f"/proc/{pid}").exists()
+    assert not record(dk, cid).exists()
+
+
+def test_plain_entry_is_container_isolation(dk: Docker) -> None:
+    cid = dk("run", "-d", "--network", "none", "--runtime", "bareboat", dk.image,
+             "sleep", "100").stdout.strip()  # fmt: skip
+    try:
+        assert record(dk, cid).read_text().splitlines()[0] == "container"
+    finally:
+        dk("rm", "--force", cid)
+
+
+def test_nothing_left_behind(dk: Docker) -> None:
+    # Runs last among the tests on the shared daemon: every container above was removed.
+    dk("run", "--rm", "--network", "none", "--runtime", "bareboat", dk.image, "true")
+    assert list((dk.runtime_root / "runc").iterdir()) == []
+    assert list((dk.runtime_root / "bareboat").iterdir()) == []
+
+
+def test_daemon_stops_clean(tmp_path: Path, busybox_layout: Path) -> None:
+    """A daemon closed with a container still running leaves no process, mount or file."""
+    base = tmp_path / "dockerd"
+    pids = []
+    with docker(base, busybox_layout) as d:
+        for isolation in ISOLATIONS:
+            cid = d("run", "-d", *run_args(d, isolation), d.image, "sleep", "100").stdout.strip()
+            pids.append(int(d("inspect", "--format", "{{.State.Pid}}", cid).stdout))
+        assert processes_under(base)
+    assert processes_under(base) == []
+    assert [p for p in pids if Path(f"/proc/{p}").exists()] == []
+    mounts = Path("/proc/self/mounts").read_text()
+    assert f" {base}" not in mounts
+    assert not base.exists()
