@@ -18,7 +18,7 @@ def pm(tmp_path_factory: pytest.TempPathFactory, busybox_layout: Path) -> Iterat
         yield p
 
 
-ISOLATIONS = ["container", "process"]
+ISOLATIONS = ["container", "process", "microvm"]
 
 
 def iso(isolation: str) -> list[str]:
@@ -44,7 +44,7 @@ def test_run_exit_code_and_streams_unchanged(pm: Podman, isolation: str) -> None
 def test_run_missing_command_is_127(pm: Podman, isolation: str) -> None:
     res = pm("run", "--rm", "--network", "none", *iso(isolation), pm.image, "/nonexistent",
              check=False)  # fmt: skip
-    assert res.returncode == 127
+    assert res.returncode == 127, res.stderr
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)

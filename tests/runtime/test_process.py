@@ -126,7 +126,7 @@ def test_missing_command_exits_127_through_pid(runtime: Runtime, tmp_path: Path)
     runtime("delete", "p4")
 
 
-@pytest.mark.parametrize("bad", ["kvm", "microvm"])
+@pytest.mark.parametrize("bad", ["kvm", "gvisor"])
 def test_other_isolations_refused_cleanly(runtime: Runtime, tmp_path: Path, bad: str) -> None:
     bundle = make_bundle(tmp_path / "b", ["true"], annotations={"io.bareboat.isolation": bad})
     res = runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "p5",

@@ -53,6 +53,10 @@ class FrameType(enum.IntEnum):
     POWEROFF = 12
     PING = 13
     PONG = 14
+    # Host-side only: a control client asks the hub to stop or continue the vCPUs (QMP).
+    # Never sent to a guest; the hub answers PONG (done) or ERROR.
+    PAUSE = 15
+    RESUME = 16
 
 
 class ErrorKind(enum.IntEnum):
@@ -758,8 +762,9 @@ class AgentClient:
     def _take(self, want: type[Event], session: int | None, timeout: float) -> Event:
         """The first queued or arriving event of a kind (and session); others stay queued."""
         return self._take_first(
-            lambda e: isinstance(e, want)
-            and (session is None or getattr(e, "session", None) == session),
+            lambda e: (
+                isinstance(e, want) and (session is None or getattr(e, "session", None) == session)
+            ),
             timeout,
             f"agent sent no {want.__name__} in {timeout:g}s",
         )

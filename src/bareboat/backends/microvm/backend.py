@@ -242,8 +242,8 @@ def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
     return "\n".join(tail) if tail else "(the console log is empty)"
 
 
-def lower_tree(rootfs_path: Path) -> Path:
-    """The image tree under a container's rootfs: the overlay's single lowerdir, if it is one."""
+def overlay_layers(rootfs_path: Path) -> tuple[list[Path], Path | None]:
+    """The lowerdirs and upperdir of the overlay mounted at `rootfs_path` ([], None if none)."""
     target = os.fsencode(rootfs_path)
     with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
         for line in f:
@@ -252,10 +252,22 @@ def lower_tree(rootfs_path: Path) -> Path:
             fields = right.split(b" ")
             if point != target or len(fields) < 3 or fields[0] != b"overlay":
                 continue
+            lowers: list[Path] = []
+            upper = None
             for opt in fields[2].split(b","):
-                if opt.startswith(b"lowerdir=") and b":" not in opt:
-                    return Path(os.fsdecode(opt[len(b"lowerdir=") :]))
-    return rootfs_path
+                if opt.startswith(b"lowerdir="):
+                    value = os.fsdecode(opt[len(b"lowerdir=") :])
+                    lowers = [Path(p) for p in value.split(":") if p]
+                elif opt.startswith(b"upperdir="):
+                    upper = Path(os.fsdecode(opt[len(b"upperdir=") :]))
+            return lowers, upper
+    return [], None
+
+
+def lower_tree(rootfs_path: Path) -> Path:
+    """The image tree under a container's rootfs: the overlay's single lowerdir, if it is one."""
+    lowers, _ = overlay_layers(rootfs_path)
+    return lowers[0] if len(lowers) == 1 else rootfs_path
 
 
 def tree_key(tree: Path) -> str:
@@ -299,6 +311,17 @@ def _winsize(fd: int) -> tuple[int, int]:
 
 
 @dataclass
+class Booted:
+    """A VM whose agent said HELLO: what `run_workload` needs to START it."""
+
+    plan: VmPlan
+    vm: QemuProcess
+    sock: socket.socket
+    decoder: FrameDecoder
+    pending: list[Frame]
+
+
+@dataclass
 class _Running:
     vm: Any  # QemuProcess
     hub: Hub | None = None
@@ -338,14 +361,18 @@ class MicrovmBackend:
         kernel_ann = ann.get(ANN_KERNEL)
         kernel = resolve_kernel(self.roots, configured=Path(kernel_ann) if kernel_ann else None)
         initrd = build_initramfs(self.roots)
-        tree = lower_tree(ctx.rootfs)
-        image = rootfs.ensure_image(self.roots, tree, key=tree_key(tree))
+        image = self.image_for(ctx)
         disk = rootfs.WritableLayer()
         if ann.get(ANN_DISK):
             size = parse_size(str(ann[ANN_DISK]))
             disk = rootfs.make_disk(self.record_dir(ctx) / "vm-disk.ext4", size)
         cmdline = tuple(str(ann.get(ANN_CMDLINE, "")).split())
         return VmPlan(spec, kernel.path, initrd, image, disk, net, cmdline)
+
+    def image_for(self, ctx: BackendContext) -> rootfs.RootfsImage:
+        """The read-only disk of the container's image: cached per image tree."""
+        tree = lower_tree(ctx.rootfs)
+        return rootfs.ensure_image(self.roots, tree, key=tree_key(tree))
 
     def create(self, ctx: BackendContext) -> None:
         plan = self.plan(ctx)
@@ -382,6 +409,11 @@ class MicrovmBackend:
 
     # --- start ----------------------------------------------------------------------------
     def start(self, ctx: BackendContext, stdio: Stdio) -> int:
+        return self.run_workload(ctx, self.boot(ctx, stdio), stdio)
+
+    def boot(self, ctx: BackendContext, stdio: Stdio) -> Booted:
+        """Launch QEMU (or a template clone) and wait for the agent's HELLO: a VM ready to
+        START its workload. The OCI runtime does this at `create`, the engine at `start`."""
         from .qemu import QemuProcess
 
         plan = self._plans.get(ctx.id) or self.plan(ctx)
@@ -394,7 +426,6 @@ class MicrovmBackend:
         vm = QemuProcess(self.vm_config(ctx, plan), stderr=d.qemu_log)
         running = _Running(vm)
         sock: socket.socket | None = None
-        fds: list[int] = []
         try:
             vm = self._launch(ctx, plan, vm, d, stdio)
             self._register(ctx, running, vm, d)
@@ -413,23 +444,33 @@ class MicrovmBackend:
                     self._register(ctx, running, vm, d)
             if sock is None:
                 sock, decoder, pending = self._boot(vm, d)
-            assert vm.pid is not None
+        except BaseException:
+            self._abort(ctx, vm, sock, [])
+            raise
+        return Booted(plan, vm, sock, decoder, pending)
+
+    def run_workload(self, ctx: BackendContext, b: Booted, stdio: Stdio) -> int:
+        """START the workload in a booted VM and hand its channel to the hub; QEMU's pid."""
+        d = self.vmdir(ctx)
+        vm = b.vm
+        assert vm.pid is not None
+        fds: list[int] = []
+        try:
             winsize = (0, 0)
             if stdio.tty:
                 winsize = _winsize(stdio.stdout)
                 # The guest's pty does the line discipline; ours must pass bytes through.
                 with contextlib.suppress(termios.error):
                     tty.setraw(stdio.stdin)
-            sock.sendall(
-                encode_frame(Frame(FrameType.START, 0, encode_start(start_spec(plan, winsize))))
-            )
-            pending += self._await_started(vm, d, sock, decoder)
+            start = encode_start(start_spec(b.plan, winsize))
+            b.sock.sendall(encode_frame(Frame(FrameType.START, 0, start)))
+            pending = b.pending + self._await_started(vm, d, b.sock, b.decoder)
             fds = [os.dup(stdio.stdout), os.dup(stdio.stderr)]
             stdin = os.dup(stdio.stdin) if not _is_devnull(stdio.stdin) else None
             if stdin is not None:
                 fds.append(stdin)
             hub = Hub(
-                sock,
+                b.sock,
                 stdin=stdin,
                 stdout=fds[0],
                 stderr=fds[1],
@@ -437,22 +478,29 @@ class MicrovmBackend:
                 exit_path=d.exit,
                 qemu_pid=vm.pid,
                 pending=pending,
-                decoder=decoder,
+                decoder=b.decoder,
+                vm_control=lambda what: vm.stop() if what is FrameType.PAUSE else vm.cont(),
             )
-            running.hub = hub
+            self._running[ctx.id].hub = hub
             hub.start()
             return vm.pid
         except BaseException:
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            if sock is not None:
-                sock.close()
-            self._running.pop(ctx.id, None)
-            vm.shutdown(quit_timeout=1.0, term_timeout=1.0)
-            self._keep_console(ctx)
-            self._cleanup(d)
+            self._abort(ctx, vm, b.sock, fds)
             raise
+
+    def _abort(
+        self, ctx: BackendContext, vm: QemuProcess, sock: socket.socket | None, fds: list[int]
+    ) -> None:
+        """Undo a failed boot or start: QEMU stopped, the console log kept, files removed."""
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if sock is not None:
+            sock.close()
+        self._running.pop(ctx.id, None)
+        vm.shutdown(quit_timeout=1.0, term_timeout=1.0)
+        self._keep_console(ctx)
+        self._cleanup(self.vmdir(ctx))
 
     def _launch(
         self, ctx: BackendContext, plan: VmPlan, vm: QemuProcess, d: VmDir, stdio: Stdio

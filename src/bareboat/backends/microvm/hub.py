@@ -25,15 +25,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bareboat.errors import AgentProtocolError, BackendError
+from bareboat.errors import AgentProtocolError, BackendError, BareboatError
 from bareboat.fsutil import atomic_write_text
 
 from .agent import (
     GUEST_LIMITS,
     HOST_TYPES,
     MAX_DATA,
+    MAX_ERROR_MESSAGE,
     MAX_PAYLOAD,
     AgentError,
+    ErrorKind,
     Exited,
     Frame,
     FrameDecoder,
@@ -45,7 +47,11 @@ from .agent import (
 )
 
 # What a control client may send, and how large (the hub checks its clients too).
-CTL_LIMITS: dict[FrameType, int] = {t: MAX_PAYLOAD for t in HOST_TYPES}
+CTL_LIMITS: dict[FrameType, int] = {
+    **{t: MAX_PAYLOAD for t in HOST_TYPES},
+    FrameType.PAUSE: 0,
+    FrameType.RESUME: 0,
+}
 OUTBUF_HIGH = 4 << 20  # stop reading new input while this much waits for the agent
 KILL_GRACE_S = 5.0  # after a SIGKILL the workload must be gone by then, or QEMU is killed
 
@@ -91,8 +97,10 @@ class Hub:
         qemu_pid: int,
         pending: list[Frame] | None = None,
         decoder: FrameDecoder | None = None,
+        vm_control: Callable[[FrameType], None] | None = None,
     ) -> None:
         self.agent = agent
+        self.vm_control = vm_control  # PAUSE/RESUME: stop or continue the vCPUs
         self.stdin = stdin
         self.out: dict[str, int | None] = {"stdout": stdout, "stderr": stderr}
         self.ctl_path = ctl_path
@@ -348,6 +356,9 @@ class Hub:
         if f.type is FrameType.POWEROFF:
             self.send(Frame(FrameType.POWEROFF, 0))
             return
+        if f.type in (FrameType.PAUSE, FrameType.RESUME):
+            self._control_vm(c, f.type)
+            return
         if f.type is FrameType.EXEC:
             if f.session == 0 or f.session in c.sessions:
                 self._drop(c)
@@ -371,6 +382,18 @@ class Hub:
         target = c.sessions.get(f.session)
         if target is not None:
             self.send(Frame(f.type, target, f.payload))
+
+    def _control_vm(self, c: _Client, what: FrameType) -> None:
+        try:
+            if self.vm_control is None:
+                raise BackendError("this VM cannot be paused")
+            self.vm_control(what)
+        except (BareboatError, OSError) as err:
+            msg = str(err).encode()[:MAX_ERROR_MESSAGE]
+            reply = Frame(FrameType.ERROR, 0, int(ErrorKind.INTERNAL).to_bytes(2, "big") + msg)
+        else:
+            reply = Frame(FrameType.PONG, 0)
+        self._to_client(c, reply)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -422,6 +445,23 @@ class CtlClient:
     def signal(self, sig: int, session: int = 0) -> None:
         self.send(Frame(FrameType.SIGNAL, session, sig.to_bytes(4, "big")))
 
+    def control_vm(self, what: FrameType) -> None:
+        """PAUSE or RESUME the VM's vCPUs; returns when the hub has done it."""
+        self.send(Frame(what, 0))
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError as err:
+                raise BackendError(f"lost the VM's control socket: {err}") from None
+            if not data:
+                raise BackendError("the VM ended before it could be paused or resumed")
+            for frame in self.decoder.feed(data):
+                event = decode_event(frame)
+                if isinstance(event, AgentError):
+                    raise BackendError(event.message)
+                if frame.type is FrameType.PONG:
+                    return
+
     def exec(
         self,
         payload: bytes,
@@ -431,6 +471,7 @@ class CtlClient:
         stderr: int,
         detach: bool = False,
         on_error: Callable[[AgentError], None] | None = None,
+        on_started: Callable[[], None] | None = None,
     ) -> int:
         """Run one EXEC session to its end, relaying the given fds; its exit status."""
         self.send(Frame(FrameType.EXEC, 1, payload))
@@ -455,6 +496,8 @@ class CtlClient:
                         _write_all(fds[event.stream], event.data)
                     elif isinstance(event, AgentError) and on_error is not None:
                         on_error(event)
+                    elif isinstance(event, Started) and on_started is not None:
+                        on_started()
                     elif isinstance(event, Exited):
                         return event.status
         finally:

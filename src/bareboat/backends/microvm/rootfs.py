@@ -181,22 +181,36 @@ def ensure_image(
         # Temporaries of a builder that died holding this lock; no live builder owns them.
         for stale in directory.glob(f".{key}.*.tmp"):
             stale.unlink(missing_ok=True)
-        fstype = available_fstype(fstype)
-        final = directory / f"{key}.{fstype}"
-        tmp = directory / f".{key}.{os.getpid()}.tmp"
-        try:
-            if fstype == EROFS:
-                _run(erofs_argv(tree, tmp), timeout)
-            else:
-                _run(ext4_argv(tree, tmp, ext4_size(tree)), timeout)
-            # Shared by every VM and attached read-only; no one needs to write it.
-            tmp.chmod(0o444)
+        return build_image(tree, directory, key=key, fstype=fstype, timeout=timeout)
+
+
+def build_image(
+    tree: Path,
+    directory: Path,
+    *,
+    key: str,
+    fstype: str = EROFS,
+    timeout: float = BUILD_TIMEOUT_S,
+    durable: bool = True,
+) -> RootfsImage:
+    """Build the read-only image of `tree` as `directory/KEY.FSTYPE` (temp file, then rename)."""
+    fstype = available_fstype(fstype)
+    final = directory / f"{key}.{fstype}"
+    tmp = directory / f".{key}.{os.getpid()}.tmp"
+    try:
+        if fstype == EROFS:
+            _run(erofs_argv(tree, tmp), timeout)
+        else:
+            _run(ext4_argv(tree, tmp, ext4_size(tree)), timeout)
+        # Attached read-only by every VM that uses it; no one needs to write it.
+        tmp.chmod(0o444)
+        if durable:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return RootfsImage(path=final, fstype=fstype, key=key)
 
 

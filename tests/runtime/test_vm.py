@@ -1,0 +1,246 @@
+"""`microvm` isolation under the OCI contract, driven as conmon and the containerd shim drive it:
+create boots the VM without starting the workload; the pid file names a gate process that a
+subreaper waits on and that carries the workload's exit status; start, state, exec, ps,
+pause/resume (vCPUs), kill, delete --force; hooks; bad input leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bareboat.paths import Roots
+
+from .conftest import RUNTIME, Runtime, make_bundle
+
+VM = {"io.bareboat.isolation": "microvm"}
+
+# A subreaper, as conmon and the shim are: runs `create`, says so, then waits for the gate
+# (reparented to it when create exits) and prints its exit status.
+SUBREAPER = r"""
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+rc = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL).returncode
+os.write(2, f"created {rc}\n".encode())
+if rc:
+    sys.exit(0)
+while True:
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        break
+    os.write(2, f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+"""
+
+
+def vm_or_skip() -> None:
+    from bareboat.backends.microvm.kernel import resolve_kernel
+    from bareboat.errors import KernelMissing
+
+    try:
+        resolve_kernel(Roots.from_env())
+    except KernelMissing as err:
+        pytest.skip(str(err))
+    if not any(Path(d, "qemu-system-x86_64").exists() for d in ("/usr/bin", "/usr/local/bin")):
+        pytest.skip("qemu-system-x86 is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _vm(runtime: Runtime) -> Iterator[None]:
+    vm_or_skip()
+    yield
+    # Nothing of this test's VMs outlives it: no QEMU (its argv names the console log under
+    # the runtime root), no gate (its argv names the root).
+    left = subprocess.run(["pgrep", "-af", str(runtime.root)], capture_output=True, text=True)
+    assert left.stdout == "", left.stdout
+
+
+class Reaped:
+    """A runtime call under a subreaper (`create`, `exec --detach`): the output of what it
+    leaves running and the exit status of every process the subreaper inherits."""
+
+    def __init__(self, runtime: Runtime, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SUBREAPER, str(RUNTIME), "--root", str(runtime.root), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        assert line.startswith("created"), line
+        self.create_rc = int(line.split()[1])
+
+    def finish(self, timeout: float = 60) -> tuple[str, str, dict[int, int]]:
+        out, err = self.proc.communicate(timeout=timeout)
+        exits = {}
+        rest = []
+        for line in err.splitlines():
+            if line.startswith("exit "):
+                _, pid, code = line.split()
+                exits[int(pid)] = int(code)
+            else:
+                rest.append(line)
+        return out, "\n".join(rest), exits
+
+
+def create(runtime: Runtime, bundle: Path, cid: str, pidfile: Path) -> Reaped:
+    return Reaped(runtime, "create", "--bundle", str(bundle), "--pid-file", str(pidfile), cid)
+
+
+def wait_status(runtime: Runtime, cid: str, want: str, timeout: float = 30) -> str:
+    end = time.monotonic() + timeout
+    while True:
+        status = str(runtime.state(cid)["status"])
+        if status == want or time.monotonic() > end:
+            return status
+        time.sleep(0.05)
+
+
+def test_create_boots_start_runs_gate_carries_status(runtime: Runtime, tmp_path: Path) -> None:
+    script = "echo out; echo err >&2; cat /proc/sys/kernel/hostname; exit 7"
+    bundle = make_bundle(tmp_path / "b", ["sh", "-c", script], annotations=VM)
+    config = json.loads((bundle / "config.json").read_text())
+    config["hostname"] = "vmhost"
+    (bundle / "config.json").write_text(json.dumps(config))
+    pidfile = tmp_path / "pid"
+    reaped = create(runtime, bundle, "v1", pidfile)
+    runtime.ids.append("v1")
+    assert reaped.create_rc == 0
+    gate = int(pidfile.read_text())
+    st = runtime.state("v1")
+    assert (st["status"], st["pid"]) == ("created", gate)
+    # Booted but not started: QEMU runs, the workload has not printed anything.
+    ps = json.loads(runtime("ps", "--format", "json", "v1").stdout)
+    assert ps[0] == gate and len(ps) == 2
+    assert b"qemu-system" in Path(f"/proc/{ps[1]}/cmdline").read_bytes()
+    runtime("start", "v1")
+    out, err, exits = reaped.finish()
+    assert out == "out\nvmhost\n"
+    assert "err" in err.splitlines()
+    assert exits == {gate: 7}
+    assert runtime.state("v1")["status"] == "stopped"
+    runtime("delete", "v1")
+    assert not (runtime.root / "bareboat" / "v1").exists()
+    assert not (runtime.root / "bareboat" / "v1.rec").exists()
+
+
+def test_exec_pause_kill_delete(runtime: Runtime, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", ["sleep", "100"], annotations=VM)
+    pidfile = tmp_path / "pid"
+    reaped = create(runtime, bundle, "v2", pidfile)
+    runtime.ids.append("v2")
+    gate = int(pidfile.read_text())
+    runtime("start", "v2")
+    assert runtime.state("v2")["status"] == "running"
+
+    res = runtime("exec", "--cwd", "/tmp", "-e", "X=42", "v2", "sh", "-c", "echo $X; pwd; exit 3",
+                  check=False)  # fmt: skip
+    assert (res.returncode, res.stdout) == (3, "42\n/tmp\n")
+    res = runtime("exec", "v2", "/nonexistent", check=False)
+    assert res.returncode == 127
+
+    # A detached exec: its gate is named by the pid file and ends with the session's status.
+    epid = tmp_path / "exec.pid"
+    pfile = tmp_path / "process.json"
+    pfile.write_text(json.dumps({"args": ["sh", "-c", "exit 5"], "cwd": "/", "env": []}))
+    execd = Reaped(runtime, "exec", "--detach", "--pid-file", str(epid), "--process", str(pfile),
+                   "v2")  # fmt: skip
+    assert execd.create_rc == 0
+    egate = int(epid.read_text())
+    assert egate != gate
+    assert execd.finish()[2] == {egate: 5}
+    res = runtime("exec", "--detach", "--pid-file", str(tmp_path / "bad.pid"), "v2", "/nope",
+                  check=False)  # fmt: skip
+    assert res.returncode != 0 and "no such file or directory" in res.stderr
+    assert not (tmp_path / "bad.pid").exists()
+
+    runtime("pause", "v2")
+    assert runtime.state("v2")["status"] == "paused"
+    # Stopped vCPUs: an exec cannot start until the VM is resumed.
+    runtime("resume", "v2")
+    assert runtime.state("v2")["status"] == "running"
+    assert runtime("exec", "v2", "true", check=False).returncode == 0
+
+    assert runtime("update", "--resources", "-", "v2", input="{}", check=False).returncode != 0
+    assert runtime("delete", "v2", check=False).returncode != 0  # running, no --force
+    runtime("kill", "v2", "TERM")
+    _, _, exits = reaped.finish()
+    assert exits == {gate: 143}  # sleep is not PID 1 in the guest: TERM ends it
+    runtime("delete", "v2")
+    runtime("delete", "--force", "v2")  # idempotent
+
+
+def test_delete_force_of_running_vm_and_kill_of_created(runtime: Runtime, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", ["sleep", "100"], annotations=VM)
+    reaped = create(runtime, bundle, "v3", tmp_path / "pid")
+    runtime.ids.append("v3")
+    runtime("start", "v3")
+    gate = int((tmp_path / "pid").read_text())
+    runtime("delete", "--force", "v3")
+    _, _, exits = reaped.finish()
+    # The gate was killed; its QEMU, orphaned to the subreaper, died with it (PDEATHSIG).
+    assert exits[gate] == -9 and set(exits.values()) == {-9}
+    assert not (runtime.root / "bareboat" / "v3").exists()
+
+    reaped = create(runtime, bundle, "v4", tmp_path / "pid4")
+    runtime.ids.append("v4")
+    gate = int((tmp_path / "pid4").read_text())
+    runtime("kill", "v4", "KILL")  # created, never started
+    _, _, exits = reaped.finish()
+    assert exits[gate] == -9 and set(exits.values()) == {-9}
+    assert runtime.state("v4")["status"] == "stopped"
+    runtime("delete", "v4")
+
+
+def test_hooks_run_in_order(runtime: Runtime, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", ["true"], annotations=VM)
+    log = tmp_path / "hooks.log"
+    config = json.loads((bundle / "config.json").read_text())
+    kinds = ("createRuntime", "prestart", "poststart", "poststop")
+    config["hooks"] = {
+        k: [{"path": "/bin/sh", "args": ["sh", "-c", f"echo {k} >> {log}"]}] for k in kinds
+    }
+    (bundle / "config.json").write_text(json.dumps(config))
+    reaped = create(runtime, bundle, "v5", tmp_path / "pid")
+    runtime.ids.append("v5")
+    runtime("start", "v5")
+    reaped.finish()
+    runtime("delete", "v5")
+    assert log.read_text().split() == list(kinds)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [(["/nonexistent"], 127, "no such file or directory"), (["/etc"], 126, "permission denied")],
+)
+def test_bad_command_fails_create_and_leaves_nothing(
+    runtime: Runtime, tmp_path: Path, args: list[str], code: int, words: str
+) -> None:
+    bundle = make_bundle(tmp_path / "b", args, annotations=VM)
+    res = runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "v6",
+                  check=False)  # fmt: skip
+    assert res.returncode != 0
+    assert words in res.stderr.lower()
+    assert not (runtime.root / "bareboat" / "v6.rec").exists()
+    assert not (runtime.root / "bareboat" / "v6").exists()
+    assert not (tmp_path / "pid").exists()
+    del code  # the runtime exits 1 like runc; the client maps the words to 127/126
+
+
+def test_guest_crash_is_reported_and_cleaned(runtime: Runtime, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", ["true"], annotations=VM)
+    config = json.loads((bundle / "config.json").read_text())
+    # A kernel command line that makes the guest panic before the agent is up.
+    config["annotations"]["io.bareboat.vm.cmdline"] = "rdinit=/nonexistent panic=-1"
+    (bundle / "config.json").write_text(json.dumps(config))
+    res = runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "v7",
+                  check=False, timeout=120)  # fmt: skip
+    assert res.returncode != 0
+    assert "panic" in res.stderr.lower() or "stopped during boot" in res.stderr
+    assert not (runtime.root / "bareboat" / "v7").exists()
+    assert not os.path.exists(tmp_path / "pid")
