@@ -43,17 +43,21 @@ def test_ctr_run_exit_code_and_output(cd: Containerd) -> None:
     )
 
 
-def test_ctr_run_process_isolation(cd: Containerd) -> None:
+@pytest.mark.parametrize("isolation", ["process", "microvm"])
+def test_ctr_run_own_isolation(cd: Containerd, isolation: str) -> None:
     script = "echo out; echo err >&2; exit 9"
-    ann = ["--annotation", "io.bareboat.isolation=process"]
+    ann = ["--annotation", f"io.bareboat.isolation={isolation}"]
     res = cd("run", "--rm", *runtime_flags(cd), *ann, cd.image, "t3", "sh", "-c", script,
              check=False)  # fmt: skip
     assert (res.returncode, res.stdout, res.stderr) == (9, "out\n", "err\n")
+    res = cd("run", "--rm", *runtime_flags(cd), *ann, cd.image, "t3", "/nonexistent",
+             check=False)  # fmt: skip
+    assert res.returncode != 0 and "no such file or directory" in res.stderr.lower()
     ours = cd.base / "runc-root" / "bareboat-runtime" / "default"
     assert list((ours / "bareboat").iterdir()) == []
 
 
-@pytest.mark.parametrize("isolation", ["container", "process"])
+@pytest.mark.parametrize("isolation", ["container", "process", "microvm"])
 def test_ctr_detached_exec_kill(cd: Containerd, isolation: str) -> None:
     ann = ["--annotation", f"io.bareboat.isolation={isolation}"]
     cd("run", "-d", *runtime_flags(cd), *ann, cd.image, "t2", "sleep", "100")
