@@ -174,6 +174,44 @@ def test_args_and_env_from_config(runtime: Runtime, tmp_path: Path) -> None:
     runtime("delete", "w2")
 
 
+def test_rootfs_volume_and_timeout_from_config(runtime: Runtime, tmp_path: Path) -> None:
+    """The rootfs is the module's `/` (read-only), a directory bind its volume, and the
+    timeout annotation ends a module that runs too long with 124."""
+    (tmp_path / "vol").mkdir()
+    (tmp_path / "vol" / "data.txt").write_text("from the volume\n")
+    bundle = wasm_bundle(tmp_path / "b", wat.cat(4, "data.txt"))
+    (bundle / "rootfs" / "app" / "cat-root.wasm").write_bytes(wat.cat(3, "etc/motd"))
+    (bundle / "rootfs" / "app" / "write-root.wasm").write_bytes(wat.write_file(3, "x", b"x"))
+    (bundle / "rootfs" / "app" / "sleep.wasm").write_bytes(talker(sleep_s=100))
+    (bundle / "rootfs" / "app" / "spin.wasm").write_bytes(wat.spin())
+    (bundle / "rootfs" / "etc" / "motd").write_text("from the rootfs\n")
+    config = json.loads((bundle / "config.json").read_text())
+    config["mounts"].append(
+        {"destination": "/vol", "type": "bind", "source": str(tmp_path / "vol"),
+         "options": ["rbind", "ro"]}
+    )  # fmt: skip
+    (bundle / "config.json").write_text(json.dumps(config))
+    assert client_run(runtime, bundle, "v1", tmp_path)[:2] == ({"code": 0}, "from the volume\n")
+
+    def rerun(cid: str, args: list[str], **annotations: str) -> tuple[dict[str, int], str]:
+        config["process"]["args"] = args
+        config["annotations"] = {**WASM, **annotations}
+        (bundle / "config.json").write_text(json.dumps(config))
+        return client_run(runtime, bundle, cid, tmp_path)[:2]
+
+    assert rerun("v2", ["/app/cat-root.wasm"]) == ({"code": 0}, "from the rootfs\n")
+    assert rerun("v3", ["/app/write-root.wasm"]) == ({"code": wat.ERRNO_PERM}, "")
+    start = time.monotonic()
+    # Asleep in a host call, where the epoch deadline cannot reach it: the gate ends it.
+    code, _ = rerun("v4", ["/app/sleep.wasm"], **{"io.bareboat.wasm.timeout": "0.5"})
+    assert code == {"code": 124} and time.monotonic() - start < 30
+    assert (tmp_path / "v4.err").read_text() == "err\nbareboat: timed out after 0.5s\n"
+    code, _ = rerun("v5", ["/app/spin.wasm"], **{"io.bareboat.wasm.timeout": "0.5"})
+    assert code == {"code": 124}
+    for cid in ("v1", "v2", "v3", "v4", "v5"):
+        runtime("delete", cid)
+
+
 def test_kill_ends_the_module_with_the_signal(runtime: Runtime, tmp_path: Path) -> None:
     bundle = wasm_bundle(tmp_path / "b", talker(sleep_s=100))
     status, _, _ = client_run(runtime, bundle, "w3", tmp_path, kill="TERM")
@@ -204,6 +242,8 @@ def test_lifecycle(runtime: Runtime, tmp_path: Path) -> None:
     runtime("start", "w4")
     assert wait_status(runtime, "w4", "running") == "running"
     assert json.loads(runtime("ps", "--format", "json", "w4").stdout) == [pid]
+    listed = json.loads(runtime("list", "--format", "json").stdout)
+    assert [(c["id"], c["status"], c["pid"]) for c in listed] == [("w4", "running", pid)]
     runtime("pause", "w4")
     assert runtime.state("w4")["status"] == "paused"
     assert proc_state(pid) == "T"

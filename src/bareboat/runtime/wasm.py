@@ -40,6 +40,7 @@ ISOLATION = "wasm"
 # directories): podman's container marker file. /etc/{hostname,hosts,resolv.conf} and the
 # kernel filesystems are dropped by the backend's `spec_preopens` already.
 _CLIENT_FILES = frozenset({"/run/.containerenv"})
+TIMEOUT_GRACE = 0.5  # seconds the runner's own deadline gets before the gate ends itself
 
 
 # --- create --------------------------------------------------------------------------------
@@ -154,6 +155,8 @@ def _gate(fifo: str, slave: int | None, plan: WasmPlan, cache: ModuleCache) -> N
         _own_stdio(slave)
         fd = lc.wait_for_start(fifo)
         lc.report_start(fd)
+        if plan.limits.timeout is not None:
+            _watchdog(plan.limits.timeout)
         code = run_plan(plan, cache).exit_code
     except BaseException as e:  # noqa: BLE001 - the child must never return into main
         try:  # noqa: SIM105 - contextlib costs import time here
@@ -162,6 +165,23 @@ def _gate(fifo: str, slave: int | None, plan: WasmPlan, cache: ModuleCache) -> N
             pass
     finally:
         os._exit(code)
+
+
+def _watchdog(timeout: float) -> None:
+    """The runner's epoch deadline stops Wasm code, not a module blocked in a host call
+    (sleeping in poll_oneoff, reading stdin). Past the deadline and a grace period the gate
+    ends itself, with the runner's timeout code and message."""
+    import threading
+
+    from bareboat.backends.wasm.runner import EXIT_TIMEOUT
+
+    def expire() -> None:
+        os.write(2, f"bareboat: timed out after {timeout:g}s\n".encode())
+        os._exit(EXIT_TIMEOUT)
+
+    timer = threading.Timer(timeout + TIMEOUT_GRACE, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def _own_stdio(slave: int | None) -> None:
