@@ -20,8 +20,7 @@ def dk(tmp_path_factory: pytest.TempPathFactory, busybox_layout: Path) -> Iterat
         yield d
 
 
-# microvm joins (DOCKER_RUNTIMES already has its `bareboat-vm` entry) when the runtime drives it.
-ISOLATIONS = ["container", "process"]
+ISOLATIONS = ["container", "process", "microvm"]
 
 
 def run_args(dk: Docker, isolation: str) -> list[str]:

@@ -68,15 +68,17 @@ class Reaped:
     def __init__(self, runtime: Runtime, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SUBREAPER, str(RUNTIME), "--root", str(runtime.root), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
         )  # fmt: skip
         assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
+        # Unbuffered: a buffered readline could swallow the exit lines that follow at once.
+        line = self.proc.stderr.readline().decode()
         assert line.startswith("created"), line
         self.create_rc = int(line.split()[1])
 
     def finish(self, timeout: float = 60) -> tuple[str, str, dict[int, int]]:
-        out, err = self.proc.communicate(timeout=timeout)
+        out_b, err_b = self.proc.communicate(timeout=timeout)
+        out, err = out_b.decode(), err_b.decode()
         exits = {}
         rest = []
         for line in err.splitlines():
@@ -244,3 +246,54 @@ def test_guest_crash_is_reported_and_cleaned(runtime: Runtime, tmp_path: Path) -
     assert "panic" in res.stderr.lower() or "stopped during boot" in res.stderr
     assert not (runtime.root / "bareboat" / "v7").exists()
     assert not os.path.exists(tmp_path / "pid")
+
+
+@pytest.fixture
+def overlay_bundle(tmp_path: Path) -> Iterator[Path]:
+    """A bundle whose rootfs is an overlay of a busybox tree, as podman and containerd mount
+    it; unmounted at the end."""
+    base = make_bundle(tmp_path / "img", ["true"], annotations=VM)
+    bundle = tmp_path / "b"
+    (bundle / "rootfs").mkdir(parents=True)
+    for d in ("upper", "work"):
+        (tmp_path / d).mkdir()
+    (bundle / "config.json").write_text((base / "config.json").read_text())
+    opts = f"lowerdir={base / 'rootfs'},upperdir={tmp_path / 'upper'},workdir={tmp_path / 'work'}"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(bundle / "rootfs")],
+                   check=True)  # fmt: skip
+    try:
+        yield bundle
+    finally:
+        subprocess.run(["umount", "-l", str(bundle / "rootfs")], check=False)
+
+
+def _run_in_vm(runtime: Runtime, bundle: Path, cid: str, args: list[str]) -> tuple[str, int, bool]:
+    """The output and status of `args` in a VM, and whether it had a disk of its own."""
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["args"] = args
+    (bundle / "config.json").write_text(json.dumps(config))
+    pidfile = bundle.parent / f"{cid}.pid"
+    reaped = create(runtime, bundle, cid, pidfile)
+    runtime.ids.append(cid)
+    gate = int(pidfile.read_text())
+    private = any((runtime.root / "bareboat" / cid).glob("rootfs.*"))
+    runtime("start", cid)
+    out, _, exits = reaped.finish()
+    runtime("delete", cid)
+    return out, exits[gate], private
+
+
+def test_rootfs_overlay_content_reaches_the_guest(
+    runtime: Runtime, overlay_bundle: Path, tmp_path: Path
+) -> None:
+    rootfs = overlay_bundle / "rootfs"
+    # Only mount-point placeholders in the upper dir: the image's cached disk serves.
+    (rootfs / "etc" / "hosts").touch()
+    out, code, private = _run_in_vm(runtime, overlay_bundle, "v8", ["sh", "-c", "echo ok"])
+    assert (out, code, private) == ("ok\n", 0, False)
+    # The client changed the tree (a file, a deletion): the VM sees exactly the merged view.
+    (rootfs / "data.txt").write_text("from the client\n")
+    (rootfs / "bin" / "ls").unlink()
+    script = "cat /data.txt; test -e /bin/ls || echo no-ls"
+    out, code, private = _run_in_vm(runtime, overlay_bundle, "v9", ["sh", "-c", script])
+    assert (out, code, private) == ("from the client\nno-ls\n", 0, True)

@@ -42,7 +42,7 @@ from .records import Record, RuntimeRoot
 
 if TYPE_CHECKING:
     from bareboat.backends.base import BackendContext, Stdio
-    from bareboat.backends.microvm.backend import Booted, MicrovmBackend, VmDir
+    from bareboat.backends.microvm.backend import Booted, MicrovmBackend, VmDir, VmPlan
     from bareboat.backends.microvm.rootfs import RootfsImage
 
 # Signals the gate passes on to the workload instead of dying of them.
@@ -50,6 +50,7 @@ FORWARDED = (
     signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
 )  # fmt: skip
 PLACEHOLDER_SCAN_LIMIT = 2000  # entries of an upper dir checked before giving up on the cache
+PRIVATE_IMAGE = "rootfs"  # the key of a disk built for one container only
 
 
 # --- where one VM's files are ------------------------------------------------------------------
@@ -90,14 +91,19 @@ def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
                 return vmrootfs.ensure_image(self.roots, tree, key=tree_key(tree))
             # The client's own tree (or one it changed): a disk of this container's only.
             out = Path(lc.state_dir(root, ctx.id))
-            return vmrootfs.build_image(Path(rootfs), out, key="rootfs", durable=False)
+            return vmrootfs.build_image(Path(rootfs), out, key=PRIVATE_IMAGE, durable=False)
+
+        def template_allowed(self, plan: VmPlan) -> bool:
+            # A template is keyed by its image disk: only a shared, cached one can have one.
+            return plan.image.key != PRIVATE_IMAGE
 
     return RuntimeVmBackend()
 
 
 def _only_placeholders(rootfs: Path) -> bool:
-    """True if the overlay's upper dir holds nothing but directories and empty regular files
-    (mount points the client made): then the lower dir alone is the tree the VM must see."""
+    """True if the overlay's upper dir holds nothing but directories, empty regular files
+    (mount points the client made) and links into /proc: then the lower dir alone is the tree
+    the VM must see."""
     from bareboat.backends.microvm.backend import overlay_layers
 
     _, upper = overlay_layers(rootfs)
@@ -113,6 +119,8 @@ def _only_placeholders(rootfs: Path) -> bool:
                 return False  # too much to check: not placeholders
             if stat.S_ISREG(st.st_mode) and st.st_size == 0:
                 continue
+            if stat.S_ISLNK(st.st_mode) and os.readlink(path).startswith("/proc/"):
+                continue  # podman's /etc/mtab -> /proc/mounts: about the guest's own /proc
             if not stat.S_ISDIR(st.st_mode) or _opaque(path):
                 return False  # content, a symlink, a whiteout (0:0 char device), or a dir
                 # that hides the lower one's entries

@@ -374,6 +374,10 @@ class MicrovmBackend:
         tree = lower_tree(ctx.rootfs)
         return rootfs.ensure_image(self.roots, tree, key=tree_key(tree))
 
+    def template_allowed(self, plan: VmPlan) -> bool:
+        """Whether this VM may be a template's clone (its image disk is shared and keyed)."""
+        return True
+
     def create(self, ctx: BackendContext) -> None:
         plan = self.plan(ctx)
         self.vmdir(ctx).path.mkdir(parents=True, exist_ok=True)
@@ -513,6 +517,8 @@ class MicrovmBackend:
         self.template_used = None
         ann = ctx.spec.get("annotations") or {}
         mode = template.template_mode(ann.get(template.ANN_TEMPLATE))
+        if not self.template_allowed(plan):
+            mode = "off"
         inputs = template.inputs_for(vm.cfg, plan.image.key) if mode != "off" else None
         reason = ""
         if inputs is None and mode == "create":
