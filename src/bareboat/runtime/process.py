@@ -223,7 +223,7 @@ def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     sig = lc.parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
     st = lc.read_state(root, rec.id)
     if not lc.alive(st):
-        raise ContainerError(f"container {rec.id} is not running")
+        raise ContainerError(f"cannot kill container {rec.id}: container not running")
     targets = container_pids(st) if inv.has("--all") else [int(st["pid"])]
     for pid in targets:
         with contextlib.suppress(ProcessLookupError):

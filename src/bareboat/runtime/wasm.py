@@ -240,7 +240,7 @@ def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     sig = lc.parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
     st = lc.read_state(root, rec.id)
     if not lc.alive(st):
-        raise ContainerError(f"container {rec.id} is not running")
+        raise ContainerError(f"cannot kill container {rec.id}: container not running")
     _signal(int(st["pid"]), sig)
     return 0
 

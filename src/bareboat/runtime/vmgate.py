@@ -1,0 +1,412 @@
+"""The heavy half of `microvm` isolation under the OCI contract (see runtime/vm.py): `create`
+(plan the VM, fork the gate, boot to HELLO), the gate process itself, and `exec`. Only these
+import the microVM backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bareboat.errors import BackendUnavailable, BareboatError, ContainerError, UsageError
+
+from . import lifecycle as lc
+from .args import Invocation
+from .records import Record, RuntimeRoot
+from .vm import FORWARDED, VmPaths, remove_files
+
+if TYPE_CHECKING:
+    from bareboat.backends.base import BackendContext, Stdio
+    from bareboat.backends.microvm.backend import Booted, MicrovmBackend, VmDir, VmPlan
+    from bareboat.backends.microvm.rootfs import RootfsImage
+
+PLACEHOLDER_SCAN_LIMIT = 2000  # entries of an upper dir checked before giving up on the cache
+PRIVATE_IMAGE = "rootfs"  # the key of a disk built for one container only
+
+
+def vm_dir(root: RuntimeRoot, cid: str) -> VmDir:
+    from bareboat.backends.microvm.backend import VmDir
+
+    p = VmPaths(root, cid)
+    return VmDir(Path(p.path), Path(p.sockets))
+
+
+def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
+    from bareboat.backends.microvm import rootfs as vmrootfs
+    from bareboat.backends.microvm.backend import MicrovmBackend, lower_tree, tree_key
+
+    class RuntimeVmBackend(MicrovmBackend):
+        """The microVM backend with its files in the runtime's state dir and the rootfs
+        named by the bundle's config.json."""
+
+        def vmdir(self, ctx: BackendContext) -> VmDir:
+            return vm_dir(root, ctx.id)
+
+        def record_dir(self, ctx: BackendContext) -> Path:
+            return Path(lc.state_dir(root, ctx.id))
+
+        def image_for(self, ctx: BackendContext) -> RootfsImage:
+            tree = lower_tree(Path(rootfs))
+            if tree != Path(rootfs) and _only_placeholders(Path(rootfs)):
+                return vmrootfs.ensure_image(self.roots, tree, key=tree_key(tree))
+            # The client's own tree (or one it changed): a disk of this container's only.
+            out = Path(lc.state_dir(root, ctx.id))
+            return vmrootfs.build_image(Path(rootfs), out, key=PRIVATE_IMAGE, durable=False)
+
+        def template_allowed(self, plan: VmPlan) -> bool:
+            # A template is keyed by its image disk: only a shared, cached one can have one.
+            return plan.image.key != PRIVATE_IMAGE
+
+    return RuntimeVmBackend()
+
+
+def _only_placeholders(rootfs: Path) -> bool:
+    """True if the overlay's upper dir holds nothing but directories, empty regular files
+    (mount points the client made) and links into /proc: then the lower dir alone is the tree
+    the VM must see."""
+    from bareboat.backends.microvm.backend import overlay_layers
+
+    _, upper = overlay_layers(rootfs)
+    if upper is None:
+        return True
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(upper):
+        for name in filenames + dirnames:
+            seen += 1
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if seen > PLACEHOLDER_SCAN_LIMIT:
+                return False  # too much to check: not placeholders
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                continue
+            if stat.S_ISLNK(st.st_mode) and os.readlink(path).startswith("/proc/"):
+                continue  # podman's /etc/mtab -> /proc/mounts: about the guest's own /proc
+            if not stat.S_ISDIR(st.st_mode) or _opaque(path):
+                return False  # content, a symlink, a whiteout (0:0 char device), or a dir
+                # that hides the lower one's entries
+    return True
+
+
+def _opaque(path: str) -> bool:
+    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+    return False
+
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def check_command(rootfs: Path, process: dict[str, Any]) -> None:
+    """Fail `create` as runc and crun do when the command is not in the rootfs: clients (podman)
+    turn that error into 127/126, while an error at `start` would only give 126."""
+    from bareboat.errors import CommandNotExecutable, CommandNotFound
+    from bareboat.spec.rootread import open_in_root
+
+    arg0 = str(process["args"][0])
+    if "/" in arg0:
+        candidates = [arg0 if arg0.startswith("/") else f"{process.get('cwd') or '/'}/{arg0}"]
+    else:
+        path = lc.process_env(process).get("PATH", DEFAULT_PATH)
+        candidates = [f"{d or '.'}/{arg0}" for d in path.split(":")]
+    denied = False
+    for candidate in candidates:
+        try:
+            fd = open_in_root(rootfs, candidate, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            return
+        denied = True
+    if denied:
+        raise CommandNotExecutable(f"exec {arg0}: permission denied")
+    raise CommandNotFound(f"executable file `{arg0}` not found in $PATH: no such file or directory")
+
+
+def _context(cid: str, bundle: str, sdir: str, config: dict[str, Any]) -> BackendContext:
+    from bareboat.backends.base import BackendContext
+
+    return BackendContext(id=cid, bundle=Path(bundle), state_dir=Path(sdir), spec=config)
+
+
+# --- create ------------------------------------------------------------------------------------
+
+
+def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:
+    if inv.command == "run":
+        raise BackendUnavailable("`run` is not supported for microvm isolation: create + start")
+    process = config.get("process") or {}
+    if not process.get("args"):
+        raise UsageError("config.json: process.args is empty")
+    rootfs = lc.rootfs_of(bundle, config)
+    sdir = lc.state_dir(root, inv.id)
+    os.makedirs(sdir, mode=0o700)
+    try:
+        return _create(inv, root, bundle, config, rootfs, sdir)
+    except BaseException:
+        remove_files(root, inv.id)
+        raise
+
+
+def _create(
+    inv: Invocation,
+    root: RuntimeRoot,
+    bundle: str,
+    config: dict[str, Any],
+    rootfs: str,
+    sdir: str,
+) -> int:
+    check_command(Path(rootfs), config.get("process") or {})
+    backend = _backend(root, inv.id, rootfs)
+    ctx = _context(inv.id, bundle, sdir, config)
+    backend.create(ctx)  # the plan: every check that can fail before a VM exists
+    fifo = lc.make_gate(sdir)
+    master, slave = lc.console_pair(inv, config.get("process") or {})
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        if master is not None:
+            os.close(master)
+        _gate(backend, ctx, fifo, ready_w, slave)  # never returns
+    os.close(ready_w)
+    if slave is not None:
+        os.close(slave)
+    with os.fdopen(ready_r, "rb") as r:
+        ready = r.read()
+    if ready != b"ok":
+        os.waitpid(pid, 0)
+        if master is not None:
+            os.close(master)
+        raise ContainerError(ready.decode(errors="replace") or "the VM's gate process died")
+    try:
+        if master is not None:
+            lc.send_console(inv.flag("--console-socket"), master)
+            os.close(master)
+        lc.write_state(root, inv.id, lc.new_state(pid, config))
+        lc.created_hooks(root, Record(inv.id, "microvm", bundle), config)
+        lc.write_pid_file(inv, pid)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # QEMU dies with it
+        os.waitpid(pid, 0)
+        raise
+    return 0
+
+
+# --- the gate process ------------------------------------------------------------------------
+
+
+def _gate(
+    backend: MicrovmBackend, ctx: BackendContext, fifo: str, ready_w: int, slave: int | None
+) -> None:
+    """The body of the gate process: boot, wait for `start`, run the workload, exit with it."""
+    code = 125
+    try:
+        try:
+            os.setsid()  # out of the caller's process group: its signals are not the workload's
+            stdio = _gate_stdio(slave)
+            booted = backend.boot(ctx, stdio)
+        except BaseException as e:  # noqa: BLE001 - every failure is create's to report
+            os.write(ready_w, (str(e) or repr(e)).encode()[:65536])
+            os._exit(1)
+        os.write(ready_w, b"ok")
+        os.close(ready_w)
+        gate = lc.wait_for_start(fifo)
+        try:
+            backend.run_workload(ctx, booted, stdio)
+        except BareboatError as e:
+            lc.report_start(gate, _start_error(e))
+            os._exit(e.exit_code)
+        lc.report_start(gate)
+        code = _serve(backend, ctx, booted, stdio)
+    except BaseException as e:  # noqa: BLE001 - the gate must never return into create
+        with contextlib.suppress(Exception):
+            os.write(2, f"bareboat-runtime: the VM's gate failed: {e!r}\n".encode())
+    finally:
+        os._exit(code)
+
+
+def _gate_stdio(slave: int | None) -> Stdio:
+    from bareboat.backends.base import Stdio
+
+    if slave is None:
+        return Stdio(0, 1, 2)
+    import fcntl
+    import termios
+
+    # The pty becomes the gate's controlling terminal, so a resize by the client (conmon sets
+    # the window size on the master) reaches the gate as SIGWINCH. It replaces the stdio
+    # inherited from `create`: a client that reads create's output to its end (the runc shim)
+    # must not wait for the gate.
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+    return Stdio(0, 1, 2, tty=True)
+
+
+def _start_error(e: BareboatError) -> str:
+    from bareboat.errors import CommandNotExecutable, CommandNotFound
+
+    msg = str(e)
+    # podman and the containerd shim read the runtime's words to pick 127 and 126.
+    if isinstance(e, CommandNotFound) and "no such file or directory" not in msg.lower():
+        msg += ": no such file or directory"
+    elif isinstance(e, CommandNotExecutable) and "permission denied" not in msg.lower():
+        msg += ": permission denied"
+    return msg
+
+
+def _serve(backend: MicrovmBackend, ctx: BackendContext, b: Booted, stdio: Stdio) -> int:
+    """Relay until the workload ends and the VM is off; the workload's exit status."""
+    running = backend._running[ctx.id]
+    hub = running.hub
+    assert hub is not None
+
+    def forward(sig: int, _frame: object) -> None:
+        backend.kill(ctx, b.vm.pid, sig)
+
+    def resize(_sig: int, _frame: object) -> None:
+        from bareboat.backends.microvm.backend import _winsize
+
+        backend.resize(ctx, *_winsize(stdio.stdout))
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    if stdio.tty:
+        signal.signal(signal.SIGWINCH, resize)
+    while not hub.done.wait(1.0):
+        pass
+    for sig in (*FORWARDED, signal.SIGWINCH):
+        signal.signal(sig, signal.SIG_IGN)
+    rc = b.vm.wait(10.0)
+    if rc is None:
+        b.vm.shutdown(quit_timeout=1.0, term_timeout=2.0)
+        rc = b.vm.returncode or 0
+    status = -rc if rc < 0 else rc << 8  # a wait status, as the engine's monitor has it
+    try:
+        code = backend.exit_code(ctx, status)
+    except BareboatError as e:
+        with contextlib.suppress(OSError):
+            os.write(stdio.stderr, f"bareboat-runtime: {e}\n".encode())
+        code = e.exit_code
+    backend.delete(ctx)
+    return code
+
+
+# --- exec --------------------------------------------------------------------------------------
+
+
+def exec_in(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
+    from bareboat.backends.microvm import vmspec
+    from bareboat.backends.microvm.agent import encode_process
+    from bareboat.backends.microvm.backend import _winsize, to_process_spec
+
+    lc.require(root, rec, "running", action="exec in it (it is not running)")
+    process = lc.exec_process(inv)
+    p = vmspec.parse_process(process)
+    master, slave = lc.console_pair(inv, process)
+    winsize = _winsize(slave) if slave is not None else (0, 0)
+    payload = encode_process(to_process_spec(p, winsize))
+    ctl = vm_dir(root, rec.id).ctl
+    if not inv.has("--detach"):
+        if master is not None:
+            lc.send_console(inv.flag("--console-socket"), master)
+            os.close(master)
+        fds = (slave, slave, slave) if slave is not None else (0, 1, 2)
+        return _run_session(ctl, payload, fds, on_started=None)
+    return _exec_detached(inv, ctl, payload, master, slave)
+
+
+def _run_session(
+    ctl: Path,
+    payload: bytes,
+    fds: tuple[int, int, int],
+    on_started: Any,
+    errors: list[str] | None = None,
+) -> int:
+    from bareboat.backends.microvm.backend import _is_devnull
+    from bareboat.backends.microvm.hub import CtlClient
+
+    found = errors if errors is not None else []
+
+    def on_error(err: Any) -> None:
+        found.append(str(err.message))
+        if errors is None:
+            print(f"bareboat-runtime: exec failed: {err.message}", file=sys.stderr, flush=True)
+
+    stdin = None if _is_devnull(fds[0]) else fds[0]
+    with CtlClient(ctl) as c:
+        return c.exec(
+            payload, stdin=stdin, stdout=fds[1], stderr=fds[2], on_error=on_error,
+            on_started=on_started,
+        )  # fmt: skip
+
+
+def _exec_detached(
+    inv: Invocation, ctl: Path, payload: bytes, master: int | None, slave: int | None
+) -> int:
+    """Fork an exec gate that relays the session and ends with its status; return once the
+    session has started (or report why it did not)."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 125
+        try:
+            os.close(ready_r)
+            if master is not None:
+                os.close(master)
+            if slave is not None:
+                os.setsid()
+            errors: list[str] = []
+            told: list[bool] = []
+
+            def started() -> None:
+                os.write(ready_w, b"ok")
+                os.close(ready_w)
+                told.append(True)
+
+            fds = (slave, slave, slave) if slave is not None else (0, 1, 2)
+            code = _run_session(ctl, payload, fds, started, errors)
+            if not told:  # the session never started: say why
+                msg = "; ".join(errors) or f"exit status {code}"
+                os.write(ready_w, _exec_error(msg, code).encode())
+        except BaseException as e:  # noqa: BLE001 - the child must never return into main
+            with contextlib.suppress(OSError):
+                os.write(ready_w, f"exec failed: {e}".encode())
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    if slave is not None:
+        os.close(slave)
+    with os.fdopen(ready_r, "rb") as r:
+        ready = r.read()
+    if ready != b"ok":
+        os.waitpid(pid, 0)
+        if master is not None:
+            os.close(master)
+        raise ContainerError(ready.decode(errors="replace") or "the exec gate died")
+    if master is not None:
+        lc.send_console(inv.flag("--console-socket"), master)
+        os.close(master)
+    lc.write_pid_file(inv, pid)
+    return 0
+
+
+def _exec_error(msg: str, code: int) -> str:
+    if code == 127 and "no such file or directory" not in msg.lower():
+        msg += ": no such file or directory"
+    elif code == 126 and "permission denied" not in msg.lower():
+        msg += ": permission denied"
+    return f"exec failed: {msg}"
