@@ -120,3 +120,12 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
     rt = Runtime(tmp_path / "rtroot", tmp_path / "runtime.log")
     yield rt
     rt.cleanup()
+
+
+def cpu_quota(cgroup: Path) -> tuple[int, int]:
+    """A cgroup's CPU quota and period, from cgroup v2 or v1 files."""
+    if (cgroup / "cpu.max").exists():
+        quota, period = (cgroup / "cpu.max").read_text().split()
+        return int(quota), int(period)
+    return (int((cgroup / "cpu.cfs_quota_us").read_text()),
+            int((cgroup / "cpu.cfs_period_us").read_text()))  # fmt: skip

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from .clients import Podman, podman
+from .conftest import cpu_quota
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,12 @@ def test_detached_exec_pause_update_stop_rm(pm: Podman, isolation: str) -> None:
         pm("unpause", cid)
         if isolation == "container":  # process isolation has no cgroups to update
             pm("update", "--memory", "64m", cid)
+        if isolation == "microvm":  # a VM's host CPU can change, its RAM cannot
+            pm("update", "--cpus", "0.5", cid)
+            state = pm.rtroot / "bareboat-runtime" / "bareboat" / cid / "state.json"
+            cgroup = Path(json.loads(state.read_text())["cgroup"])
+            assert cpu_quota(cgroup) == (50000, 100000)
+            assert pm("update", "--memory", "64m", cid, check=False).returncode != 0
         assert (pm.rtroot / "bareboat-runtime" / "bareboat" / f"{cid}.rec").exists()
         pm("stop", "-t", "1", cid)
         state = json.loads(pm("inspect", cid).stdout)[0]["State"]

@@ -17,7 +17,7 @@ import pytest
 
 from bareboat.paths import Roots
 
-from .conftest import RUNTIME, Runtime, make_bundle
+from .conftest import RUNTIME, Runtime, cpu_quota, make_bundle
 
 VM = {"io.bareboat.isolation": "microvm"}
 
@@ -168,12 +168,25 @@ def test_exec_pause_kill_delete(runtime: Runtime, tmp_path: Path) -> None:
     assert runtime.state("v2")["status"] == "running"
     assert runtime("exec", "v2", "true", check=False).returncode == 0
 
-    assert runtime("update", "--resources", "-", "v2", input="{}", check=False).returncode != 0
+    # The VM's QEMU runs in its cgroup; update changes its host CPU, never its RAM.
+    cgroup = Path(
+        json.loads((runtime.root / "bareboat" / "v2" / "state.json").read_text())["cgroup"]
+    )
+    qemu = json.loads(runtime("ps", "--format", "json", "v2").stdout)[1]
+    assert str(qemu) in (cgroup / "cgroup.procs").read_text().split()
+    runtime("update", "--resources", "-", "v2", input='{"cpu": {"quota": 50000, "period": 100000}}')
+    assert cpu_quota(cgroup) == (50000, 100000)
+    runtime("update", "--cpu-quota", "25000", "v2")
+    assert cpu_quota(cgroup) == (25000, 100000)
+    res = runtime("update", "--resources", "-", "v2", input='{"memory": {"limit": 1073741824}}',
+                  check=False)  # fmt: skip
+    assert res.returncode != 0 and "memory is fixed" in res.stderr
     assert runtime("delete", "v2", check=False).returncode != 0  # running, no --force
     runtime("kill", "v2", "TERM")
     _, _, exits = reaped.finish()
     assert exits == {gate: 143}  # sleep is not PID 1 in the guest: TERM ends it
     runtime("delete", "v2")
+    assert not cgroup.exists()
     runtime("delete", "--force", "v2")  # idempotent
 
 

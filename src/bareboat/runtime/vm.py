@@ -155,6 +155,12 @@ def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
             os.kill(int(st["pid"]), signal.SIGKILL)
         lc.wait_gone(st)
     _kill_qemu(root, rec.id)
+    if st.get("cgroup"):
+        from pathlib import Path
+
+        from bareboat.backends.microvm import hostcgroup
+
+        hostcgroup.remove(Path(st["cgroup"]))
     remove_files(root, rec.id)
     lc.forget(root, rec, st)
     return 0
@@ -216,9 +222,67 @@ def _ps(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
 
 
 def _update(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    raise BackendUnavailable(
-        "microvm isolation: a VM's memory and vCPUs are fixed when it boots; nothing can be updated"
-    )
+    """The VM's host CPU limits (its QEMU's cgroup); its RAM and vCPUs are fixed at boot."""
+    from pathlib import Path
+
+    from bareboat.backends.microvm import hostcgroup
+
+    st = lc.require(root, rec, "created", "running", "paused", action="update it")
+    resources = _update_resources(inv)
+    memory = (resources.get("memory") or {}).get("limit")
+    booted = ((lc.load_config(rec).get("linux") or {}).get("resources") or {}).get("memory") or {}
+    if memory not in (None, 0, -1, booted.get("limit")):
+        raise BackendUnavailable(
+            "microvm isolation: a VM's memory is fixed when it boots; only CPU can be updated"
+        )
+    limits = hostcgroup.cpu_limits(resources)
+    if not st.get("cgroup"):
+        if limits.empty:
+            return 0
+        raise BackendUnavailable(f"container {rec.id}: its VM has no cgroup to limit its CPU")
+    hostcgroup.apply(Path(st["cgroup"]), limits)
+    return 0
+
+
+def _update_resources(inv: Invocation) -> dict[str, Any]:
+    """LinuxResources from `--resources FILE|-`, else from runc's flags."""
+    import json
+    import sys
+
+    from bareboat.errors import UsageError
+
+    source = inv.flag("--resources")
+    if source:
+        try:
+            if source == "-":
+                data = json.load(sys.stdin)
+            else:
+                with open(source, "rb") as f:
+                    data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"update: cannot read resources from {source}: {e}") from None
+        if not isinstance(data, dict):
+            raise UsageError("update: resources must be a JSON object")
+        return data
+    cpu: dict[str, int] = {}
+    for flag, key in (
+        ("--cpu-quota", "quota"),
+        ("--cpu-period", "period"),
+        ("--cpu-share", "shares"),
+    ):
+        if inv.flag(flag):
+            try:
+                cpu[key] = int(inv.flag(flag))
+            except ValueError:
+                raise UsageError(f"update: {flag} must be an integer") from None
+    memory = {"limit": _size(inv.flag("--memory"))} if inv.flag("--memory") else {}
+    return {"cpu": cpu, "memory": memory}
+
+
+def _size(text: str) -> int:
+    from bareboat.spec.parse import parse_memory
+
+    return parse_memory(text)
 
 
 def _exec(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:

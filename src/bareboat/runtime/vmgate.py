@@ -193,14 +193,44 @@ def _create(
         if master is not None:
             lc.send_console(inv.flag("--console-socket"), master)
             os.close(master)
-        lc.write_state(root, inv.id, lc.new_state(pid, config))
+        cgroup = _limit_cpu(root, inv.id, config)
+        lc.write_state(root, inv.id, lc.new_state(pid, config, cgroup=cgroup))
         lc.created_hooks(root, Record(inv.id, "microvm", bundle), config)
         lc.write_pid_file(inv, pid)
     except BaseException:
         os.kill(pid, signal.SIGKILL)  # QEMU dies with it
         os.waitpid(pid, 0)
+        drop_cgroup(root, inv.id, config)
         raise
     return 0
+
+
+def _limit_cpu(root: RuntimeRoot, cid: str, config: dict[str, Any]) -> str:
+    """Put the VM's QEMU in its cgroup with the spec's CPU limits; the cgroup's path, or ""
+    where the host has no cgroup for it and no limit was asked for."""
+    from bareboat.backends.microvm import hostcgroup
+    from bareboat.errors import BackendError
+
+    linux = config.get("linux") or {}
+    limits = hostcgroup.cpu_limits(linux.get("resources"))
+    try:
+        d = hostcgroup.cgroup_dir(str(linux.get("cgroupsPath") or ""), cid)
+        hostcgroup.attach(d, VmPaths(root, cid).qemu_pid())
+        hostcgroup.apply(d, limits)
+    except BackendError:
+        if limits.empty:
+            return ""  # nothing asked: run without a cgroup of our own
+        raise
+    return str(d)
+
+
+def drop_cgroup(root: RuntimeRoot, cid: str, config: dict[str, Any]) -> None:
+    from bareboat.backends.microvm import hostcgroup
+    from bareboat.errors import BackendError
+
+    linux = config.get("linux") or {}
+    with contextlib.suppress(BackendError, UsageError, ValueError):
+        hostcgroup.remove(hostcgroup.cgroup_dir(str(linux.get("cgroupsPath") or ""), cid))
 
 
 # --- the gate process ------------------------------------------------------------------------
