@@ -258,6 +258,8 @@ def test_lifecycle(runtime: Runtime, tmp_path: Path) -> None:
 
     runtime("kill", "w4", "KILL")
     assert wait_status(runtime, "w4", "stopped") == "stopped"
+    res = runtime("kill", "w4", "KILL", check=False)
+    assert res.returncode != 0 and "container not running" in res.stderr  # runc's words
     runtime("delete", "w4")
     assert_gone(runtime, "w4")
     assert log.read_text().split() == ["createRuntime", "prestart", "poststart", "poststop"]
