@@ -4,6 +4,7 @@ output unchanged, per isolation."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,6 +98,15 @@ def test_unavailable_isolation_is_a_clear_error(pm: Podman) -> None:
              pm.image, "true", check=False)  # fmt: skip
     assert res.returncode != 0
     assert "unknown isolation 'kvm'" in res.stderr
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_run_interactive_stdin(pm: Podman, isolation: str) -> None:
+    argv = pm.argv("run", "-i", "--rm", "--network", "none", *iso(isolation), pm.image,
+                   "sh", "-c", "cat; echo done; exit 4")  # fmt: skip
+    res = subprocess.run(argv, input="hello stdin\n", capture_output=True, text=True, env=pm.env,
+                         timeout=120, check=False)  # fmt: skip
+    assert (res.returncode, res.stdout) == (4, "hello stdin\ndone\n")
 
 
 def test_nothing_left_behind(pm: Podman) -> None:
