@@ -41,7 +41,9 @@ def cpu_limits(resources: Any) -> CpuLimits:
         return CpuLimits()
     if not isinstance(resources, dict):
         raise UsageError("resources must be a JSON object")
-    cpu = resources.get("cpu") or {}
+    cpu = resources.get("cpu")
+    if cpu is None:
+        cpu = {}
     if not isinstance(cpu, dict):
         raise UsageError("resources.cpu must be a JSON object")
 
