@@ -22,7 +22,6 @@ from tests.wasm import wat
 
 from .clients import Containerd, Podman, containerd, podman
 from .conftest import RUNTIME, Runtime, make_bundle
-from .test_containerd import runtime_flags
 
 WASM = {"io.bareboat.isolation": "wasm"}
 
@@ -341,6 +340,30 @@ def test_bad_module_is_one_clear_line_and_leaves_nothing(
     assert list((runtime.root / "bareboat").iterdir()) == []
 
 
+def test_invoked_name_picks_wasm(runtime: Runtime, tmp_path: Path) -> None:
+    """`bareboat-runtime-wasm` (a symlink, one per RuntimeClass) needs no annotation."""
+    bundle = make_bundle(tmp_path / "b", ["/app/m.wasm"])
+    (bundle / "rootfs" / "app").mkdir()
+    (bundle / "rootfs" / "app" / "m.wasm").write_bytes(talker(code=5))
+    link = tmp_path / "bin" / "bareboat-runtime-wasm"
+    link.parent.mkdir()
+    link.symlink_to(RUNTIME)
+    err = tmp_path / "create.err"
+    with err.open("w") as f:  # a file, not a pipe: the gate keeps the stdio it inherits
+        res = subprocess.run(
+            [str(link), "--root", str(runtime.root), "create", "--bundle", str(bundle),
+             "--pid-file", str(tmp_path / "pid"), "n1"],
+            stdin=subprocess.DEVNULL, stdout=f, stderr=f, timeout=60,
+        )  # fmt: skip
+    runtime.ids.append("n1")
+    assert res.returncode == 0, err.read_text()
+    assert (runtime.root / "bareboat" / "n1.rec").read_text() == f"wasm\n{bundle}\n"
+    runtime("start", "n1")
+    assert wait_status(runtime, "n1", "stopped") == "stopped"
+    runtime("delete", "n1")
+    assert_gone(runtime, "n1")
+
+
 def test_control_commands_do_not_import_wasmtime(runtime: Runtime, tmp_path: Path) -> None:
     bundle = wasm_bundle(tmp_path / "b", talker(sleep_s=100))
     runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "w9")
@@ -458,6 +481,15 @@ def cd(
         mp.setenv("BAREBOAT_CACHE", str(module_cache))
         with containerd(tmp_path_factory.mktemp("cdw"), wasm_layout) as c:
             yield c
+
+
+def runtime_flags(cd: Containerd) -> list[str]:
+    """The shim passes `--root` itself (from --runc-root), so the binary can be the real one."""
+    return [
+        "--runc-binary", str(RUNTIME),
+        "--runc-root", str(cd.base / "runc-root" / "bareboat-runtime"),
+        "--fifo-dir", str(cd.base / "fifo"),
+    ]  # fmt: skip
 
 
 def ctr_records(cd: Containerd) -> list[Path]:
