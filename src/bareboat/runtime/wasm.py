@@ -8,8 +8,9 @@ in its rootfs, run by wasmtime in the gate process.
   `start` costs no new interpreter and no second `import wasmtime` (as the engine's wasm
   backend forks its monitor).
 - After `start` the gate runs the module with the client's stdio (or the pty slave) and ends
-  with its exit code: `proc_exit(n)` gives n, a trap 134, a timeout or fuel budget 124, and a
-  signal ends the process itself (SIG_DFL), so the client sees 128+N as for any process.
+  with its exit code: `proc_exit(n)` gives n, a trap 134, a timeout or fuel budget 124 (a
+  watchdog thread ends a module asleep in a host call, where the epoch deadline cannot reach),
+  and a signal ends the process itself (SIG_DFL), so the client sees 128+N as for any process.
 - `exec` cannot work: a Wasm sandbox has no processes to add. `update`: nothing to update.
 
 `state`, `kill`, `delete`, `start` never import wasmtime: they only read the state dir.
