@@ -4,6 +4,7 @@ sockets in a temp dir of its own (never the machine's defaults)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -138,17 +139,40 @@ state = "{base}/state"
   address = ""
 [plugins."io.containerd.grpc.v1.cri"]
   disable_cgroup = true
+  disable_apparmor = true
+  # This host (itself a container) lacks CAP_SYS_RESOURCE: the sandbox's oom_score_adj -998
+  # fails in runc with EACCES; keep scores at or above containerd's own.
+  restrict_oom_score_adj = true
+  sandbox_image = "{sandbox_image}"
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  # Declaring runtimes replaces the default `runc` entry, which the default name points at.
+  default_runtime_name = "bareboat"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.bareboat]
   runtime_type = "io.containerd.runc.v2"
+  container_annotations = ["io.bareboat.*"]
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.bareboat.options]
     BinaryName = "{runtime}"
+    Root = "{base}/runc-root/cri"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.bareboat-vm]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.bareboat-vm.options]
+    BinaryName = "{vm_runtime}"
+    Root = "{base}/runc-root/cri"
 [plugins."io.containerd.runtime.v1.linux"]
   runtime = "{runtime}"
 """
 
 
+# The pod sandbox image of the CRI plugin (what registry.k8s.io/pause is elsewhere): a busybox
+# image whose entrypoint sleeps, imported by the CRI tests; there is no registry to pull from.
+SANDBOX_IMAGE = "docker.io/library/bareboat-sandbox:test"
+
+
 class Containerd:
-    """A private containerd 1.6 (root, state and sockets in a temp dir) and its `ctr`."""
+    """A private containerd 1.6 (root, state and sockets in a temp dir) and its `ctr`. Its CRI
+    plugin has two runtime handlers (what a Kubernetes RuntimeClass names): `bareboat` and
+    `bareboat-vm`, whose BinaryName is a `bareboat-runtime-vm` symlink (microvm by name); both
+    keep their state under `runc-root/cri`."""
 
     def __init__(self, base: Path, layout: Path) -> None:
         self.containerd = _need("containerd")
@@ -158,7 +182,14 @@ class Containerd:
         base.mkdir(parents=True, exist_ok=True)
         self.sock = base / "containerd.sock"
         cfg = base / "config.toml"
-        cfg.write_text(CONTAINERD_CONFIG.format(base=base, runtime=RUNTIME))
+        vm_runtime = base / "bin" / "bareboat-runtime-vm"
+        vm_runtime.parent.mkdir(exist_ok=True)
+        vm_runtime.symlink_to(RUNTIME)
+        cfg.write_text(
+            CONTAINERD_CONFIG.format(
+                base=base, runtime=RUNTIME, vm_runtime=vm_runtime, sandbox_image=SANDBOX_IMAGE
+            )
+        )
         self.env = {**os.environ, "BAREBOAT_RUNTIME_ROOT": str(base / "rtroot")}
         self.log = open(base / "containerd.log", "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
@@ -204,10 +235,14 @@ class Containerd:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            for c in self("containers", "list", "--quiet", check=False).stdout.split():
-                self("tasks", "kill", "--signal", "KILL", c, check=False)
-                self("tasks", "delete", "--force", c, check=False)
-                self("containers", "delete", c, check=False)
+            # ctr's namespace and the CRI plugin's (pods a failed CRI test left): a killed
+            # shim would orphan a pod's first process, which its pid namespace keeps alive.
+            for ns in ("default", "k8s.io"):
+                ctr = functools.partial(self, "--namespace", ns, check=False)
+                for c in ctr("containers", "list", "--quiet").stdout.split():
+                    ctr("tasks", "kill", "--signal", "KILL", c)
+                    ctr("tasks", "delete", "--force", c)
+                    ctr("containers", "delete", c)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
@@ -215,6 +250,8 @@ class Containerd:
                 self.proc.kill()
                 self.proc.wait(timeout=20)
         self.log.close()
+        # Shims outlive their containerd: what a failed CRI test left (by socket path) goes.
+        kill_under(self.base)
         unmount_under(self.base)
         with contextlib.suppress(OSError):
             shutil.rmtree(self.base)
