@@ -172,8 +172,8 @@ def test_cri_pod_through_runtime_handler(
         app = cri.container_config("app", cd.image, ["sh", "-c", script], "app.log", annotations)
         cid = crisvc.create_container(pod_id, app, pod)
         crisvc.start_container(cid)
-        status = crisvc.wait_exited(cid)
-        assert (status.state, status.exit_code) == (cri.CONTAINER_EXITED, 3), status
+        status = crisvc.wait_exited(cid, timeout=60)
+        assert (status.state, status.exit_code) == (cri.CONTAINER_EXITED, 3), (status, cd.logs())
         log = Path(status.log_path).read_text()
         # CRI log lines: "<time> stdout F cri-ok".
         assert " stdout F cri-ok\n" in log and " stderr F cri-err\n" in log, log
