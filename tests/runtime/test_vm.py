@@ -5,10 +5,15 @@ pause/resume (vCPUs), kill, delete --force; hooks; bad input leaves nothing behi
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import select
+import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,3 +315,86 @@ def test_rootfs_overlay_content_reaches_the_guest(
     script = "cat /data.txt; test -e /bin/ls || echo no-ls"
     out, code, private = _run_in_vm(runtime, overlay_bundle, "v9", ["sh", "-c", script])
     assert (out, code, private) == ("from the client\nno-ls\n", 0, True)
+
+
+def _console(path: Path) -> socket.socket:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    return server
+
+
+def _take_master(server: socket.socket) -> int:
+    conn, _ = server.accept()
+    with conn:
+        _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+    return fds[0]
+
+
+def _set_size(master: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _read_all(master: int, timeout: float = 30) -> str:
+    out = b""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if not ready:
+            continue
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: every slave end is closed
+            break
+        if not data:
+            break
+        out += data
+    return out.decode(errors="replace").replace("\r", "")
+
+
+def test_tty_size_and_resize_reach_the_guest(runtime: Runtime, tmp_path: Path) -> None:
+    script = "busybox stty size; sleep 2; busybox stty size"
+    bundle = make_bundle(tmp_path / "b", ["sh", "-c", script], annotations=VM, terminal=True)
+    server = _console(tmp_path / "console.sock")
+    reaped = Reaped(runtime, "create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"),
+                    "--console-socket", str(server.getsockname()), "v10")  # fmt: skip
+    runtime.ids.append("v10")
+    master = _take_master(server)
+    try:
+        _set_size(master, 30, 90)  # as conmon does once it has the master
+        runtime("start", "v10")
+        time.sleep(1)
+        _set_size(master, 40, 100)  # the gate gets SIGWINCH and resizes the guest's pty
+        assert _read_all(master).split("\n")[:2] == ["30 90", "40 100"]
+    finally:
+        os.close(master)
+        server.close()
+    reaped.finish()
+    runtime("delete", "v10")
+
+
+def test_exec_tty_resize(runtime: Runtime, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", ["sleep", "100"], annotations=VM)
+    reaped = create(runtime, bundle, "v11", tmp_path / "pid")
+    runtime.ids.append("v11")
+    runtime("start", "v11")
+    server = _console(tmp_path / "console.sock")
+    pfile = tmp_path / "process.json"
+    script = "sleep 1; busybox stty size; sleep 2; busybox stty size"
+    pfile.write_text(json.dumps({"args": ["sh", "-c", script], "cwd": "/", "terminal": True}))
+    execd = Reaped(runtime, "exec", "--detach", "--tty", "--console-socket",
+                   str(server.getsockname()), "--pid-file", str(tmp_path / "exec.pid"),
+                   "--process", str(pfile), "v11")  # fmt: skip
+    master = _take_master(server)
+    try:
+        _set_size(master, 30, 90)
+        time.sleep(2)
+        _set_size(master, 40, 100)
+        assert _read_all(master).split("\n")[:2] == ["30 90", "40 100"]
+    finally:
+        os.close(master)
+        server.close()
+    assert list(execd.finish()[2].values()) == [0]
+    runtime("kill", "v11", "KILL")
+    reaped.finish()
+    runtime("delete", "v11")

@@ -365,6 +365,7 @@ def _run_session(
     fds: tuple[int, int, int],
     on_started: Any,
     errors: list[str] | None = None,
+    tty: int | None = None,
 ) -> int:
     from bareboat.backends.microvm.backend import _is_devnull
     from bareboat.backends.microvm.hub import CtlClient
@@ -380,7 +381,7 @@ def _run_session(
     with CtlClient(ctl) as c:
         return c.exec(
             payload, stdin=stdin, stdout=fds[1], stderr=fds[2], on_error=on_error,
-            on_started=on_started,
+            on_started=on_started, tty=tty,
         )  # fmt: skip
 
 
@@ -398,7 +399,13 @@ def _exec_detached(
             if master is not None:
                 os.close(master)
             if slave is not None:
+                # The pty becomes this gate's controlling terminal: the client's resizes
+                # arrive as SIGWINCH and go to the session as RESIZE.
+                import fcntl
+                import termios
+
                 os.setsid()
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
             errors: list[str] = []
             told: list[bool] = []
 
@@ -408,7 +415,7 @@ def _exec_detached(
                 told.append(True)
 
             fds = (slave, slave, slave) if slave is not None else (0, 1, 2)
-            code = _run_session(ctl, payload, fds, started, errors)
+            code = _run_session(ctl, payload, fds, started, errors, tty=slave)
             if not told:  # the session never started: say why
                 msg = "; ".join(errors) or f"exit status {code}"
                 os.write(ready_w, _exec_error(msg, code).encode())

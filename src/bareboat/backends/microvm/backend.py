@@ -716,7 +716,7 @@ class MicrovmBackend:
         with CtlClient(self.vmdir(ctx).ctl) as c:
             return c.exec(
                 payload, stdin=None if detach else 0, stdout=1, stderr=2, detach=detach,
-                on_error=show,
+                on_error=show, tty=0 if p.terminal and not detach else None,
             )  # fmt: skip
 
     def state(self, ctx: BackendContext) -> str:

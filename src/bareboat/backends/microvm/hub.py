@@ -19,9 +19,10 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -396,6 +397,46 @@ class Hub:
         self._to_client(c, reply)
 
 
+@contextlib.contextmanager
+def _winch_events(
+    sel: selectors.BaseSelector, tty: int | None
+) -> Iterator[Callable[[], tuple[int, int] | None]]:
+    """While relaying a session with a terminal: SIGWINCH makes the selector report "winch",
+    and the returned function then gives the terminal's new (rows, cols). The signal only
+    writes to a pipe (signal.set_wakeup_fd), so the frame is sent by the relay loop itself."""
+    if tty is None:
+        yield lambda: None
+        return
+    import fcntl
+    import termios
+
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_handler = signal.signal(signal.SIGWINCH, lambda *_: None)
+    old_fd = signal.set_wakeup_fd(w)
+    sel.register(r, selectors.EVENT_READ, "winch")
+
+    def size() -> tuple[int, int] | None:
+        with contextlib.suppress(OSError):
+            while os.read(r, 64):
+                pass
+        try:
+            rows, cols, _, _ = struct.unpack(
+                "HHHH", fcntl.ioctl(tty, termios.TIOCGWINSZ, b"\0" * 8)
+            )
+        except OSError:
+            return None
+        return rows, cols
+
+    try:
+        yield size
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGWINCH, old_handler)
+        sel.unregister(r)
+        os.close(r)
+        os.close(w)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -418,6 +459,7 @@ class CtlClient:
             self.sock.close()
             raise BackendError(f"the VM is not running ({err.strerror})") from None
         self.decoder = FrameDecoder(GUEST_LIMITS)
+        self._send_lock = threading.Lock()  # the stdin pump and the relay loop both send
 
     def close(self) -> None:
         self.sock.close()
@@ -430,7 +472,8 @@ class CtlClient:
 
     def send(self, frame: Frame) -> None:
         try:
-            self.sock.sendall(encode_frame(frame))
+            with self._send_lock:
+                self.sock.sendall(encode_frame(frame))
         except OSError as err:
             raise BackendError(f"lost the VM's control socket: {err}") from None
 
@@ -472,8 +515,11 @@ class CtlClient:
         detach: bool = False,
         on_error: Callable[[AgentError], None] | None = None,
         on_started: Callable[[], None] | None = None,
+        tty: int | None = None,
     ) -> int:
-        """Run one EXEC session to its end, relaying the given fds; its exit status."""
+        """Run one EXEC session to its end, relaying the given fds; its exit status. With
+        `tty` (a terminal whose size is the session's), a SIGWINCH resizes the session's pty:
+        call it from the main thread."""
         self.send(Frame(FrameType.EXEC, 1, payload))
         if detach:
             return 0
@@ -485,20 +531,37 @@ class CtlClient:
         sel = selectors.DefaultSelector()
         sel.register(self.sock, selectors.EVENT_READ, "sock")
         try:
-            while True:
-                sel.select()
-                data = self.sock.recv(256 * 1024)
-                if not data:
-                    raise BackendError("the VM ended before the exec session did")
-                for frame in self.decoder.feed(data):
-                    event = decode_event(frame)
-                    if isinstance(event, Output) and event.data:
-                        _write_all(fds[event.stream], event.data)
-                    elif isinstance(event, AgentError) and on_error is not None:
-                        on_error(event)
-                    elif isinstance(event, Started) and on_started is not None:
-                        on_started()
-                    elif isinstance(event, Exited):
-                        return event.status
+            with _winch_events(sel, tty) as resized:
+                return self._relay(sel, fds, on_error, on_started, resized)
         finally:
             sel.close()
+
+    def _relay(
+        self,
+        sel: selectors.BaseSelector,
+        fds: dict[str, int],
+        on_error: Callable[[AgentError], None] | None,
+        on_started: Callable[[], None] | None,
+        resized: Callable[[], tuple[int, int] | None],
+    ) -> int:
+        while True:
+            ready = {key.data for key, _ in sel.select()}
+            if "winch" in ready:
+                size = resized()
+                if size is not None:
+                    self.send(Frame(FrameType.RESIZE, 1, struct.pack(">HH", *size)))
+                if "sock" not in ready:
+                    continue
+            data = self.sock.recv(256 * 1024)
+            if not data:
+                raise BackendError("the VM ended before the exec session did")
+            for frame in self.decoder.feed(data):
+                event = decode_event(frame)
+                if isinstance(event, Output) and event.data:
+                    _write_all(fds[event.stream], event.data)
+                elif isinstance(event, AgentError) and on_error is not None:
+                    on_error(event)
+                elif isinstance(event, Started) and on_started is not None:
+                    on_started()
+                elif isinstance(event, Exited):
+                    return event.status
