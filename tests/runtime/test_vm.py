@@ -398,3 +398,41 @@ def test_exec_tty_resize(runtime: Runtime, tmp_path: Path) -> None:
     runtime("kill", "v11", "KILL")
     reaped.finish()
     runtime("delete", "v11")
+
+
+def test_create_killed_mid_boot_leaves_no_vm(runtime: Runtime, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", ["true"], annotations=VM)
+    config = json.loads((bundle / "config.json").read_text())
+    config["annotations"]["io.bareboat.vm.template"] = "off"  # a cold boot: time to kill it
+    (bundle / "config.json").write_text(json.dumps(config))
+    proc = subprocess.Popen([str(RUNTIME), "--root", str(runtime.root), "create", "--bundle",
+                             str(bundle), "--pid-file", str(tmp_path / "pid"), "v12"])  # fmt: skip
+    runtime.ids.append("v12")
+    end = time.monotonic() + 30
+    while not _procs(runtime, b"qemu-system") and time.monotonic() < end:
+        time.sleep(0.01)
+    assert _procs(runtime, b"qemu-system"), "QEMU never started"
+    proc.kill()
+    proc.wait()
+    end = time.monotonic() + 10
+    while _procs(runtime, b"") and time.monotonic() < end:
+        time.sleep(0.05)
+    assert _procs(runtime, b"") == []  # the gate and QEMU died with create
+    runtime("delete", "--force", "v12")
+    assert not (runtime.root / "bareboat" / "v12").exists()
+
+
+def _procs(runtime: Runtime, name: bytes) -> list[int]:
+    """Live (not zombie) processes whose argv names this test's runtime root (and `name`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if os.fsencode(runtime.root) in argv and name in argv and state != "Z":
+            found.append(int(entry.name))
+    return found

@@ -173,15 +173,19 @@ def _create(
     fifo = lc.make_gate(sdir)
     master, slave = lc.console_pair(inv, config.get("process") or {})
     ready_r, ready_w = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(ready_r)
         if master is not None:
             os.close(master)
-        _gate(backend, ctx, fifo, ready_w, slave)  # never returns
+        _gate(backend, ctx, fifo, ready_w, slave, parent)  # never returns
     os.close(ready_w)
     if slave is not None:
         os.close(slave)
+    # Recorded at once: a `delete --force` after this `create` was killed mid-boot finds the
+    # gate (and with it QEMU) to kill.
+    lc.write_state(root, inv.id, lc.new_state(pid, config))
     with os.fdopen(ready_r, "rb") as r:
         ready = r.read()
     if ready != b"ok":
@@ -237,18 +241,29 @@ def drop_cgroup(root: RuntimeRoot, cid: str, config: dict[str, Any]) -> None:
 
 
 def _gate(
-    backend: MicrovmBackend, ctx: BackendContext, fifo: str, ready_w: int, slave: int | None
+    backend: MicrovmBackend,
+    ctx: BackendContext,
+    fifo: str,
+    ready_w: int,
+    slave: int | None,
+    parent: int,
 ) -> None:
     """The body of the gate process: boot, wait for `start`, run the workload, exit with it."""
     code = 125
     try:
         try:
+            # Until the VM is ready the gate is `create`'s: if create dies, so do the gate
+            # and (by its own PDEATHSIG) QEMU. Once ready it must outlive create.
+            _die_with_parent(True)
+            if os.getppid() != parent:
+                os._exit(1)
             os.setsid()  # out of the caller's process group: its signals are not the workload's
             stdio = _gate_stdio(slave)
             booted = backend.boot(ctx, stdio)
         except BaseException as e:  # noqa: BLE001 - every failure is create's to report
             os.write(ready_w, (str(e) or repr(e)).encode()[:65536])
             os._exit(1)
+        _die_with_parent(False)
         os.write(ready_w, b"ok")
         os.close(ready_w)
         gate = lc.wait_for_start(fifo)
@@ -264,6 +279,13 @@ def _gate(
             os.write(2, f"bareboat-runtime: the VM's gate failed: {e!r}\n".encode())
     finally:
         os._exit(code)
+
+
+def _die_with_parent(on: bool) -> None:
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL) if on else 0, 0, 0, 0)
 
 
 def _gate_stdio(slave: int | None) -> Stdio:
