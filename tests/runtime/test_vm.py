@@ -436,3 +436,16 @@ def _procs(runtime: Runtime, name: bytes) -> list[int]:
         if os.fsencode(runtime.root) in argv and name in argv and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def test_installed_vm_name_picks_microvm(runtime: Runtime, tmp_path: Path) -> None:
+    # The `bareboat-runtime-vm` script the package installs: no annotation, still a VM.
+    bundle = make_bundle(tmp_path / "b", ["true"])
+    vm_runtime = RUNTIME.with_name("bareboat-runtime-vm")
+    subprocess.run([str(vm_runtime), "--root", str(runtime.root), "create", "--bundle",
+                    str(bundle), "--pid-file", str(tmp_path / "pid"), "v13"], check=True,
+                   timeout=60)  # fmt: skip
+    runtime.ids.append("v13")
+    assert (runtime.root / "bareboat" / "v13.rec").read_text().split("\n")[0] == "microvm"
+    assert len(json.loads(runtime("ps", "--format", "json", "v13").stdout)) == 2  # gate, QEMU
+    runtime("delete", "--force", "v13")
