@@ -281,8 +281,9 @@ DOCKER_RUNTIMES = {
     "container": "bareboat-container",
     "process": "bareboat-process",
     "microvm": "bareboat-vm",
+    "wasm": "bareboat-wasm",
 }
-_NAME_SUFFIX = {"container": "container", "process": "process", "microvm": "vm"}
+_NAME_SUFFIX = {"container": "container", "process": "process", "microvm": "vm", "wasm": "wasm"}
 # dockerd's plugin manager puts its exec root here whatever --exec-root says.
 _DOCKER_PLUGINS = Path("/run/docker/plugins")
 

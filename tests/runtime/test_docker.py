@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,6 +120,37 @@ def test_nothing_left_behind(dk: Docker) -> None:
     dk("run", "--rm", "--network", "none", "--runtime", "bareboat", dk.image, "true")
     assert list((dk.runtime_root / "runc").iterdir()) == []
     assert list((dk.runtime_root / "bareboat").iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def wasm_image(dk: Docker, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A "compat" Wasm image (entrypoint /app/talk.wasm: says out/err, exits 7), loaded into
+    the daemon as a docker-archive."""
+    from tests.support.imagebuild import Entry, Image, write_image
+
+    from .test_wasm_runtime import talker
+
+    base = tmp_path_factory.mktemp("wasm-image")
+    app = [
+        Entry("app", "dir", mode=0o755),
+        Entry("app/talk.wasm", data=talker(code=7), mode=0o755),
+    ]
+    write_image(base / "layout", Image(layers=[app], entrypoint=["/app/talk.wasm"], cmd=None))
+    name = "wasm-test:latest"
+    subprocess.run(
+        ["skopeo", "copy", f"oci:{base / 'layout'}:latest",
+         f"docker-archive:{base / 'image.tar'}:{name}"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    dk("load", "--input", str(base / "image.tar"))
+    return name
+
+
+def test_wasm_exit_code_output_and_bad_entrypoint(dk: Docker, wasm_image: str) -> None:
+    res = dk("run", "--rm", *run_args(dk, "wasm"), wasm_image, check=False)
+    assert (res.returncode, res.stdout, res.stderr) == (7, "out\n", "err\n")
+    res = dk("run", "--rm", *run_args(dk, "wasm"), dk.image, "sh", check=False)
+    assert res.returncode != 0 and "not a Wasm module" in res.stderr
 
 
 def test_daemon_stops_clean(tmp_path: Path, busybox_layout: Path) -> None:
