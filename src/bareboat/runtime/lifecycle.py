@@ -27,6 +27,7 @@ from .records import Record, RuntimeRoot
 
 TYPE_CHECKING = False  # typing costs import time on every call; mypy treats this as true
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     from .args import Invocation
@@ -336,3 +337,88 @@ def forget(root: RuntimeRoot, rec: Record, st: dict[str, Any]) -> None:
 def print_state(root: RuntimeRoot, rec: Record) -> int:
     print(json.dumps(state_of(root, rec), indent=2))
     return 0
+
+
+# --- the shape every gate-process isolation shares ---------------------------------------------
+
+
+def begin_create(inv: Invocation, root: RuntimeRoot, isolation: str) -> str:
+    """Refuse `run` (clients use create + start) and make the container's state dir."""
+    from bareboat.errors import BackendUnavailable
+
+    if inv.command == "run":
+        raise BackendUnavailable(
+            f"`run` is not supported for {isolation} isolation: create + start"
+        )
+    sdir = state_dir(root, inv.id)
+    os.makedirs(sdir, mode=0o700)
+    return sdir
+
+
+def process_of(config: dict[str, Any]) -> dict[str, Any]:
+    process = config.get("process") or {}
+    if not process.get("args"):
+        raise UsageError("config.json: process.args is empty")
+    return process
+
+
+def await_ready(pid: int, ready_r: int, master: int | None, what: str) -> None:
+    """In the parent of a forked gate: wait for its b"ok" (anything else before EOF is its
+    error); on failure reap it, close the pty master and raise."""
+    with os.fdopen(ready_r, "rb") as r:
+        ready = r.read()
+    if ready != b"ok":
+        os.waitpid(pid, 0)
+        if master is not None:
+            os.close(master)
+        raise ContainerError(ready.decode(errors="replace") or f"{what} died")
+
+
+def hand_console(inv: Invocation, master: int | None) -> None:
+    """The pty master goes to the client's --console-socket, and out of our hands."""
+    if master is not None:
+        send_console(inv.flag("--console-socket"), master)
+        os.close(master)
+
+
+def finish_create(
+    inv: Invocation,
+    root: RuntimeRoot,
+    rec: Record,
+    config: dict[str, Any],
+    pid: int,
+    master: int | None,
+    extra: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """After the gate is forked and set up: console, state, createRuntime and prestart hooks,
+    pid file (runc's order). On any failure the gate is killed and reaped."""
+    try:
+        hand_console(inv, master)
+        write_state(root, rec.id, new_state(pid, config, **(extra() if extra else {})))
+        created_hooks(root, rec, config)
+        write_pid_file(inv, pid)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+
+
+def dispatch(
+    inv: Invocation,
+    root: RuntimeRoot,
+    rec: Record,
+    handlers: Mapping[str, Callable[[Invocation, RuntimeRoot, Record], int]],
+    isolation: str,
+) -> int:
+    """`state` and `start` are the same for every gate isolation; the rest is theirs."""
+    from bareboat.errors import BackendUnavailable
+
+    if inv.command == "state":
+        return print_state(root, rec)
+    if inv.command == "start":
+        release(root, rec)
+        return 0
+    handler = handlers.get(inv.command)
+    if handler is None:
+        raise BackendUnavailable(f"{inv.command} is not supported for {isolation} isolation")
+    return handler(inv, root, rec)

@@ -21,7 +21,7 @@ import os
 import signal
 from typing import Any
 
-from bareboat.errors import BackendError, BackendUnavailable, ContainerError, UsageError
+from bareboat.errors import BackendError, BackendUnavailable, ContainerError
 
 from . import lifecycle as lc
 from .args import Invocation
@@ -104,15 +104,10 @@ def _exec(process: dict[str, Any]) -> None:
 
 
 def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:
-    if inv.command == "run":
-        raise BackendUnavailable("`run` is not supported for process isolation: create + start")
-    process = config.get("process") or {}
-    if not process.get("args"):
-        raise UsageError("config.json: process.args is empty")
-    rootfs = lc.rootfs_of(bundle, config)
-    sdir = lc.state_dir(root, inv.id)
-    os.makedirs(sdir, mode=0o700)
+    sdir = lc.begin_create(inv, root, "process")
     try:
+        process = lc.process_of(config)
+        rootfs = lc.rootfs_of(bundle, config)
         return _create(inv, root, bundle, config, process, rootfs, sdir)
     except BaseException:
         import shutil
@@ -165,17 +160,7 @@ def _create(
         os.waitpid(pid, 0)
         msg = ready.decode(errors="replace").removeprefix("error: ") or "child died"
         raise BackendError(f"process isolation: cannot set up the container: {msg}")
-    try:
-        if master is not None:
-            lc.send_console(inv.flag("--console-socket"), master)
-            os.close(master)
-        lc.write_state(root, inv.id, lc.new_state(pid, config))
-        lc.created_hooks(root, Record(inv.id, "process", bundle), config)
-        lc.write_pid_file(inv, pid)
-    except BaseException:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
+    lc.finish_create(inv, root, Record(inv.id, "process", bundle), config, pid, master)
     return 0
 
 
@@ -183,19 +168,7 @@ def _create(
 
 
 def command(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    handler = _COMMANDS.get(inv.command)
-    if handler is None:
-        raise BackendUnavailable(f"{inv.command} is not supported for process isolation")
-    return handler(inv, root, rec)
-
-
-def _state(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return lc.print_state(root, rec)
-
-
-def _start(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    lc.release(root, rec)
-    return 0
+    return lc.dispatch(inv, root, rec, _COMMANDS, "process")
 
 
 def container_pids(st: dict[str, Any]) -> list[int]:
@@ -297,9 +270,7 @@ def _exec_cmd(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     if slave is not None:
         os.close(slave)
     _tie_to_workload(int(st["pid"]), pid)
-    if master is not None:
-        lc.send_console(inv.flag("--console-socket"), master)
-        os.close(master)
+    lc.hand_console(inv, master)
     lc.write_pid_file(inv, pid)
     if inv.has("--detach"):
         return 0
@@ -343,8 +314,6 @@ def _tie_to_workload(main: int, child: int) -> None:
 
 
 _COMMANDS = {
-    "state": _state,
-    "start": _start,
     "kill": _kill,
     "delete": _delete,
     "pause": _pause,

@@ -108,19 +108,7 @@ def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, An
 
 
 def command(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    handler = _COMMANDS.get(inv.command)
-    if handler is None:
-        raise BackendUnavailable(f"{inv.command} is not supported for microvm isolation")
-    return handler(inv, root, rec)
-
-
-def _state(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return lc.print_state(root, rec)
-
-
-def _start(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    lc.release(root, rec)
-    return 0
+    return lc.dispatch(inv, root, rec, _COMMANDS, "microvm")
 
 
 def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
@@ -292,8 +280,6 @@ def _exec(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
 
 
 _COMMANDS = {
-    "state": _state,
-    "start": _start,
     "kill": _kill,
     "delete": _delete,
     "pause": _pause,

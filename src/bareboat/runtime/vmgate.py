@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bareboat.errors import BackendUnavailable, BareboatError, ContainerError, UsageError
+from bareboat.errors import BareboatError, UsageError
 
 from . import lifecycle as lc
 from .args import Invocation
@@ -143,15 +143,10 @@ def _context(cid: str, bundle: str, sdir: str, config: dict[str, Any]) -> Backen
 
 
 def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:
-    if inv.command == "run":
-        raise BackendUnavailable("`run` is not supported for microvm isolation: create + start")
-    process = config.get("process") or {}
-    if not process.get("args"):
-        raise UsageError("config.json: process.args is empty")
-    rootfs = lc.rootfs_of(bundle, config)
-    sdir = lc.state_dir(root, inv.id)
-    os.makedirs(sdir, mode=0o700)
+    sdir = lc.begin_create(inv, root, "microvm")
     try:
+        lc.process_of(config)
+        rootfs = lc.rootfs_of(bundle, config)
         return _create(inv, root, bundle, config, rootfs, sdir)
     except BaseException:
         remove_files(root, inv.id)
@@ -186,24 +181,12 @@ def _create(
     # Recorded at once: a `delete --force` after this `create` was killed mid-boot finds the
     # gate (and with it QEMU) to kill.
     lc.write_state(root, inv.id, lc.new_state(pid, config))
-    with os.fdopen(ready_r, "rb") as r:
-        ready = r.read()
-    if ready != b"ok":
-        os.waitpid(pid, 0)
-        if master is not None:
-            os.close(master)
-        raise ContainerError(ready.decode(errors="replace") or "the VM's gate process died")
+    lc.await_ready(pid, ready_r, master, "the VM's gate process")
     try:
-        if master is not None:
-            lc.send_console(inv.flag("--console-socket"), master)
-            os.close(master)
-        cgroup = _limit_cpu(root, inv.id, config)
-        lc.write_state(root, inv.id, lc.new_state(pid, config, cgroup=cgroup))
-        lc.created_hooks(root, Record(inv.id, "microvm", bundle), config)
-        lc.write_pid_file(inv, pid)
+        # Killing the gate on failure kills QEMU with it; the cgroup goes after.
+        lc.finish_create(inv, root, Record(inv.id, "microvm", bundle), config, pid, master,
+                         extra=lambda: {"cgroup": _limit_cpu(root, inv.id, config)})  # fmt: skip
     except BaseException:
-        os.kill(pid, signal.SIGKILL)  # QEMU dies with it
-        os.waitpid(pid, 0)
         drop_cgroup(root, inv.id, config)
         raise
     return 0
@@ -373,9 +356,7 @@ def exec_in(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     payload = encode_process(to_process_spec(p, winsize))
     ctl = vm_dir(root, rec.id).ctl
     if not inv.has("--detach"):
-        if master is not None:
-            lc.send_console(inv.flag("--console-socket"), master)
-            os.close(master)
+        lc.hand_console(inv, master)
         fds = (slave, slave, slave) if slave is not None else (0, 1, 2)
         return _run_session(ctl, payload, fds, on_started=None)
     return _exec_detached(inv, ctl, payload, master, slave)
@@ -449,16 +430,8 @@ def _exec_detached(
     os.close(ready_w)
     if slave is not None:
         os.close(slave)
-    with os.fdopen(ready_r, "rb") as r:
-        ready = r.read()
-    if ready != b"ok":
-        os.waitpid(pid, 0)
-        if master is not None:
-            os.close(master)
-        raise ContainerError(ready.decode(errors="replace") or "the exec gate died")
-    if master is not None:
-        lc.send_console(inv.flag("--console-socket"), master)
-        os.close(master)
+    lc.await_ready(pid, ready_r, master, "the exec gate")
+    lc.hand_console(inv, master)
     lc.write_pid_file(inv, pid)
     return 0
 

@@ -92,11 +92,8 @@ def _check_command(module: Any) -> None:
 
 
 def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:
-    if inv.command == "run":
-        raise BackendUnavailable("`run` is not supported for wasm isolation: create + start")
     process = config.get("process") or {}
-    sdir = lc.state_dir(root, inv.id)
-    os.makedirs(sdir, mode=0o700)
+    sdir = lc.begin_create(inv, root, ISOLATION)
     try:
         plan, cache = compile_plan(bundle, config, os.path.join(sdir, "tmpfs"))
         return _create(inv, root, bundle, config, process, sdir, plan, cache)
@@ -128,17 +125,7 @@ def _create(
         _gate(fifo, slave, plan, cache)  # never returns
     if slave is not None:
         os.close(slave)
-    try:
-        if master is not None:
-            lc.send_console(inv.flag("--console-socket"), master)
-            os.close(master)
-        lc.write_state(root, inv.id, lc.new_state(pid, config))
-        lc.created_hooks(root, Record(inv.id, ISOLATION, bundle), config)
-        lc.write_pid_file(inv, pid)
-    except BaseException:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
+    lc.finish_create(inv, root, Record(inv.id, ISOLATION, bundle), config, pid, master)
     return 0
 
 
@@ -210,19 +197,7 @@ def _max_fd() -> int:
 
 
 def command(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    handler = _COMMANDS.get(inv.command)
-    if handler is None:
-        raise BackendUnavailable(f"{inv.command} is not supported for wasm isolation")
-    return handler(inv, root, rec)
-
-
-def _state(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return lc.print_state(root, rec)
-
-
-def _start(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    lc.release(root, rec)
-    return 0
+    return lc.dispatch(inv, root, rec, _COMMANDS, ISOLATION)
 
 
 def _gate_pids(st: dict[str, Any]) -> list[int]:
@@ -296,8 +271,6 @@ def _exec(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
 
 
 _COMMANDS = {
-    "state": _state,
-    "start": _start,
     "kill": _kill,
     "delete": _delete,
     "pause": _pause,
