@@ -185,6 +185,16 @@ def require(root: RuntimeRoot, rec: Record, *wanted: str, action: str) -> dict[s
     return st
 
 
+def deletable(inv: Invocation, root: RuntimeRoot, rec: Record) -> dict[str, Any]:
+    """The state file of a container `delete` may remove: stopped or created, or any with
+    --force (runc's rule)."""
+    st = read_state(root, rec.id)
+    status = status_of(root, rec, st)
+    if status not in ("stopped", "created") and not inv.has("--force"):
+        raise ContainerError(f"container {rec.id} is {status}: stop it or use --force")
+    return st
+
+
 def set_paused(root: RuntimeRoot, cid: str, paused: bool) -> None:
     marker = os.path.join(state_dir(root, cid), "paused")
     if paused:

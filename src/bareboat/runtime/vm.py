@@ -134,10 +134,7 @@ def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
 
 
 def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    st = lc.read_state(root, rec.id)
-    status = lc.status_of(root, rec, st)
-    if status not in ("stopped", "created") and not inv.has("--force"):
-        raise ContainerError(f"container {rec.id} is {status}: stop it or use --force")
+    st = lc.deletable(inv, root, rec)
     if lc.alive(st):
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(st["pid"]), signal.SIGKILL)
