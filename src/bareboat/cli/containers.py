@@ -256,11 +256,12 @@ def _cleanup(engine: Engine, cid: str) -> None:
 
 def _run_attached(engine: Engine, cid: str, *, interactive: bool, tty: bool) -> int:
     """Start the container with this process attached; its exit code."""
+    from bareboat.engine.engine import wait_gone
     from bareboat.errors import BareboatError
 
-    rec = engine.get(cid)
     try:
         engine.start(cid, wait_attach=True)
+        rec = engine.get(cid)
         client = engine.attach(cid)
     except BareboatError:
         raise  # the monitor recorded (or for --rm removed) the container and cleaned up
@@ -272,7 +273,9 @@ def _run_attached(engine: Engine, cid: str, *, interactive: bool, tty: bool) -> 
         return _attached(client, interactive=interactive, tty=tty)
     finally:
         client.close()
-        del rec
+        # The monitor sends the code once it has cleaned up, then exits: with --rm nothing
+        # of the container may be left when `run` returns, the monitor included.
+        wait_gone(rec.monitor_pid, rec.monitor_start, 10)
 
 
 def _attached(client: AttachClient, *, interactive: bool, tty: bool) -> int:

@@ -322,9 +322,11 @@ class Engine:
                     client.close()
                 if code is None:
                     raise ContainerError(f"container {rec.short_id} is still running")
+                # The monitor sends the code once it has cleaned up, then exits: wait for
+                # that too, so that nothing of the container is left when we return.
+                wait_gone(rec.monitor_pid, rec.monitor_start, 10)
                 if code >= 0:
                     return code
-                _wait_gone(rec.monitor_pid, rec.monitor_start, 10)
         if not self.paths(cid).record.exists():
             return rec.exit_code or 0
         rec = self.get(cid)
@@ -435,10 +437,22 @@ class Engine:
                 time.sleep(0.1)
 
 
-def _wait_gone(pid: int | None, start: int | None, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while alive(pid, start) and time.monotonic() < deadline:
-        time.sleep(0.02)
+def wait_gone(pid: int | None, start: int | None, timeout: float) -> None:
+    """Until the process (told apart from a reused pid by its start time) has exited: a
+    pidfd, so the wait ends the moment it does (this is on the path of every `run`)."""
+    import select
+
+    if pid is None or not alive(pid, start):
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return  # gone already
+    try:
+        if alive(pid, start):  # still ours after the open: the pidfd names it
+            select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
 
 
 def _runs_in(pid: int, root: Path) -> bool:
