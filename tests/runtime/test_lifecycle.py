@@ -9,22 +9,15 @@ import time
 from pathlib import Path
 
 import jsonschema
-import pytest
 
-from .conftest import SCHEMAS, Runtime, make_bundle
+from .conftest import Runtime, make_bundle
 
 
 def state_schema() -> jsonschema.protocols.Validator:
-    if not (SCHEMAS / "state-schema.json").exists():
-        pytest.skip(f"no OCI runtime-spec schemas at {SCHEMAS}")
-    schema = json.loads((SCHEMAS / "state-schema.json").read_text())
-    defs = json.loads((SCHEMAS / "defs.json").read_text())
-    resolver = jsonschema.RefResolver(
-        SCHEMAS.as_uri() + "/",
-        schema,
-        store={"defs.json": defs, (SCHEMAS / "defs.json").as_uri(): defs},
-    )
-    return jsonschema.Draft4Validator(schema, resolver=resolver)
+    from tests.spec.schema import validator_for
+
+    validator: jsonschema.protocols.Validator = validator_for("state-schema.json")
+    return validator
 
 
 def wait_status(runtime: Runtime, cid: str, want: str, timeout: float = 10) -> dict[str, object]:

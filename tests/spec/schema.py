@@ -14,12 +14,18 @@ SCHEMA_DIR = Path("/usr/share/gocode/src/github.com/opencontainers/runtime-spec/
 
 @functools.cache
 def config_validator() -> Any:
-    """A Draft 4 validator for config-schema.json whose `$ref`s resolve to the local files."""
+    return validator_for("config-schema.json")
+
+
+@functools.cache
+def validator_for(name: str) -> Any:
+    """A Draft 4 validator for one runtime-spec schema file (config-schema.json,
+    state-schema.json) whose `$ref`s resolve to the local files."""
     import jsonschema
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT4
 
-    if not (SCHEMA_DIR / "config-schema.json").exists():
+    if not (SCHEMA_DIR / name).exists():
         pytest.skip(f"the OCI runtime-spec schemas are not installed in {SCHEMA_DIR}")
     # The files have no ids and refer to each other by bare file name ("defs.json#/..."),
     # so register each under its file name; relative refs then resolve against the root's.
@@ -28,9 +34,8 @@ def config_validator() -> Any:
         registry = registry.with_resource(
             f.name, Resource.from_contents(json.loads(f.read_text()), default_specification=DRAFT4)
         )
-    schema = json.loads((SCHEMA_DIR / "config-schema.json").read_text())
-    validator = jsonschema.Draft4Validator(schema, registry=registry)
-    return validator
+    schema = json.loads((SCHEMA_DIR / name).read_text())
+    return jsonschema.Draft4Validator(schema, registry=registry)
 
 
 def validate_config(config: dict[str, Any]) -> None:
