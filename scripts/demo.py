@@ -2,8 +2,9 @@
 
 Builds a small image from busybox-static (no internet needed), pushes it to a real
 `docker-registry` started on 127.0.0.1, pulls it with `bareboat pull`, shows it, and runs the same
-image as a plain process, a namespace container and a microVM. The store lives in a temporary
-root unless BAREBOAT_ROOT is set, so the demo leaves the machine as it found it.
+image as a plain process, a namespace container and a microVM; then podman runs it in a microVM
+through `bareboat-runtime`. The stores live in a temporary directory unless BAREBOAT_ROOT is set,
+so the demo leaves the machine as it found it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from tests.support.imagebuild import Entry, Image, busybox_entries, write_image 
 from tests.support.registry import Registry  # noqa: E402
 
 BAREBOAT = str(REPO / ".venv" / "bin" / "bareboat")
+RUNTIME = str(REPO / ".venv" / "bin" / "bareboat-runtime")
+PODMAN_CONF = """[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
 
 HELLO = """#!/bin/sh
 echo "hello from $(hostname): $(uname -sr), uid=$(id -u), pid=$$, cwd=$(pwd)"
@@ -53,6 +61,39 @@ def microvm_ready() -> bool:
     return out.returncode == 0 and "built: False" not in out.stdout
 
 
+def podman_step(work: Path, ref: str) -> None:
+    """podman with storage, run root and config of its own, running the image in a microVM
+    through bareboat-runtime (a wrapper pins the runtime's state root: podman does not pass
+    our environment to a runtime)."""
+    import shutil
+
+    if not shutil.which("podman"):
+        print("\n(podman is not installed: skipping the bareboat-runtime run)")
+        return
+    (work / "containers.conf").write_text(PODMAN_CONF)
+    wrapper = work / "bin" / "bareboat-runtime"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nBAREBOAT_RUNTIME_ROOT={work}/rtroot exec {RUNTIME} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "CONTAINERS_CONF": str(work / "containers.conf")}
+    base = ["podman", "--root", str(work / "podman"), "--runroot", str(work / "podman-run"),
+            "--tmpdir", str(work / "podman-tmp"), "--cgroup-manager", "cgroupfs",
+            "--events-backend", "file"]  # fmt: skip
+    run = ["run", "--rm", "--network", "none", "--tls-verify=false", "--annotation",
+           "io.bareboat.isolation=microvm", ref, "podman, in a microVM"]  # fmt: skip
+    print(f"\n$ podman --runtime bareboat-runtime {shlex.join(run)}", flush=True)
+    try:
+        subprocess.run([*base, "--runtime", str(wrapper), *run], env=env, check=True)
+    finally:
+        for cleanup in (["rm", "--all", "--force"], ["rmi", "--all", "--force"]):
+            subprocess.run([*base, *cleanup], env=env, capture_output=True, check=False)
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        for line in reversed(mounts):
+            target = line.split()[1]
+            if target.startswith(f"{work}/"):
+                subprocess.run(["umount", "-l", target], check=False)
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bareboat-demo-") as tmp:
         work = Path(tmp)
@@ -71,6 +112,7 @@ def main() -> int:
             step("run", "--rm", "--isolation", "container", ref, "in a container")
             if microvm_ready():
                 step("run", "--rm", "--isolation", "microvm", ref, "in a microVM")
+                podman_step(work, ref)
             else:
                 print("\n(the guest kernel/init are not built: skipping the microVM run)")
             step("info")
