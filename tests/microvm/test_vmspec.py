@@ -170,3 +170,33 @@ json_values = st.recursive(
 def test_hostile_configs_only_ever_raise_usage_errors(cfg: dict[str, Any]) -> None:
     with contextlib.suppress(UsageError):
         vmspec.parse_config(cfg)
+
+
+def test_podman_tmpfs_options_propagation_dropped_copyup_kept() -> None:
+    # What `podman run --read-only` / `--tmpfs` put in config.json.
+    mounts = [
+        {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+         "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]},
+        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+         "options": ["rw", "rprivate", "noexec", "notmpcopyup", "size=1m"]},
+    ]  # fmt: skip
+    spec = vmspec.parse_config({"process": {"args": ["true"]}, "mounts": mounts})
+    assert spec.mounts == (
+        GuestMount("/run", "tmpfs", ("rw", "nosuid", "nodev"), copyup=True),
+        GuestMount("/scratch", "tmpfs", ("rw", "noexec", "size=1m")),
+    )
+
+
+def test_copyup_only_over_nothing(tmp_path: Path) -> None:
+    from bareboat.backends.microvm.backend import check_copyup
+    from bareboat.errors import UsageError
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "pidfile").write_text("1")
+    for dest in ("/empty", "/absent"):
+        check_copyup(vmspec.VmSpec(vmspec.GuestProcess(("true",)), mounts=(
+            GuestMount(dest, "tmpfs", copyup=True),)), tmp_path)  # fmt: skip
+    with pytest.raises(UsageError, match="tmpcopyup"):
+        check_copyup(vmspec.VmSpec(vmspec.GuestProcess(("true",)), mounts=(
+            GuestMount("/full", "tmpfs", copyup=True),)), tmp_path)  # fmt: skip

@@ -109,6 +109,21 @@ def test_run_interactive_stdin(pm: Podman, isolation: str) -> None:
     assert (res.returncode, res.stdout) == (4, "hello stdin\ndone\n")
 
 
+def test_microvm_tmpfs_read_only_user_and_bind_refused(pm: Podman) -> None:
+    vm = ["run", "--rm", "--network", "none", *iso("microvm")]
+    res = pm(*vm, "--tmpfs", "/scratch", "--read-only", "--user", "1000:1000", "--memory",
+             "300m", "--cpus", "2", pm.image, "sh", "-c",
+             "touch /scratch/a && echo tmpfs-ok; touch /x || echo ro-ok; id -u; nproc; "
+             "read -r _ kb _ < /proc/meminfo; [ $kb -gt 200000 ] && [ $kb -le 307200 ] && "
+             "echo mem-ok", check=False)  # fmt: skip
+    # The guest's RAM is --memory and its vCPUs are --cpus.
+    assert (res.returncode, res.stdout) == (0, "tmpfs-ok\nro-ok\n1000\n2\nmem-ok\n"), res.stderr
+    host = pm.base / "vol"
+    host.mkdir(exist_ok=True)
+    res = pm(*vm, "-v", f"{host}:/vol", pm.image, "true", check=False)
+    assert res.returncode != 0 and "no virtiofs" in res.stderr
+
+
 def test_nothing_left_behind(pm: Podman) -> None:
     # Runs last in this module: every container above was removed through the runtime.
     pm("run", "--rm", "--network", "none", pm.image, "true")

@@ -50,6 +50,9 @@ def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
         def record_dir(self, ctx: BackendContext) -> Path:
             return Path(lc.state_dir(root, ctx.id))
 
+        def rootfs_dir(self, ctx: BackendContext) -> Path:
+            return Path(rootfs)
+
         def image_for(self, ctx: BackendContext) -> RootfsImage:
             tree = lower_tree(Path(rootfs))
             if tree != Path(rootfs) and _only_placeholders(Path(rootfs)):

@@ -270,6 +270,29 @@ def lower_tree(rootfs_path: Path) -> Path:
     return lowers[0] if len(lowers) == 1 else rootfs_path
 
 
+def check_copyup(spec: vmspec.VmSpec, tree: Path) -> None:
+    """A `tmpcopyup` tmpfs is honoured only where the image has nothing to copy."""
+    from bareboat.spec.rootread import open_in_root
+
+    for m in spec.mounts:
+        if not m.copyup:
+            continue
+        try:
+            fd = open_in_root(tree, m.destination, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue  # not in the image: the tmpfs starts empty either way
+        try:
+            empty = not os.listdir(fd)
+        finally:
+            os.close(fd)
+        if not empty:
+            raise UsageError(
+                f"tmpfs at {m.destination} with tmpcopyup: the image has files there, and a "
+                "microVM cannot copy them into the tmpfs (mount it without tmpcopyup, e.g. "
+                "podman --mount type=tmpfs,destination=...,notmpcopyup)"
+            )
+
+
 def tree_key(tree: Path) -> str:
     """A cache key for an immutable rootfs tree: its path and the identity of its inode."""
     st = tree.stat()
@@ -361,6 +384,7 @@ class MicrovmBackend:
         kernel_ann = ann.get(ANN_KERNEL)
         kernel = resolve_kernel(self.roots, configured=Path(kernel_ann) if kernel_ann else None)
         initrd = build_initramfs(self.roots)
+        check_copyup(spec, self.rootfs_dir(ctx))
         image = self.image_for(ctx)
         disk = rootfs.WritableLayer()
         if ann.get(ANN_DISK):
@@ -368,6 +392,10 @@ class MicrovmBackend:
             disk = rootfs.make_disk(self.record_dir(ctx) / "vm-disk.ext4", size)
         cmdline = tuple(str(ann.get(ANN_CMDLINE, "")).split())
         return VmPlan(spec, kernel.path, initrd, image, disk, net, cmdline)
+
+    def rootfs_dir(self, ctx: BackendContext) -> Path:
+        """The container's root tree on the host (what the VM's disk is made of)."""
+        return ctx.rootfs
 
     def image_for(self, ctx: BackendContext) -> rootfs.RootfsImage:
         """The read-only disk of the container's image: cached per image tree."""

@@ -44,6 +44,10 @@ _TMPFS_OPTIONS = frozenset(
     }
 )  # fmt: skip
 _TMPFS_VALUE_OPTIONS = frozenset({"size", "mode", "uid", "gid", "nr_inodes", "nr_blocks"})
+# Mount propagation means nothing in a guest with one mount namespace: dropped.
+_PROPAGATION = frozenset(
+    {"private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable"}
+)
 RLIMITS = frozenset(
     {
         "RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE", "RLIMIT_LOCKS",
@@ -61,6 +65,9 @@ class GuestMount:
     destination: str
     fstype: str
     options: tuple[str, ...] = ()
+    # podman's `tmpcopyup`: the tmpfs starts with the image's content at that path. The guest
+    # cannot copy it, so the backend accepts it only where that content is empty.
+    copyup: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,11 +225,12 @@ def _mounts(mounts: object) -> tuple[tuple[GuestMount, ...], tuple[GuestFile, ..
             )
         if kind != "tmpfs":
             raise UsageError(f"mount type {kind!r} at {dest} is not supported in a microVM")
-        for opt in options:
+        kept = tuple(o for o in options if o not in _PROPAGATION | {"tmpcopyup", "notmpcopyup"})
+        for opt in kept:
             key, eq, _ = opt.partition("=")
             if not (key in _TMPFS_VALUE_OPTIONS if eq else opt in _TMPFS_OPTIONS):
                 raise _bad(f"mounts[{i}].options", f"has {opt!r}, not a tmpfs option")
-        out.append(GuestMount(dest, "tmpfs", options))
+        out.append(GuestMount(dest, "tmpfs", kept, copyup="tmpcopyup" in options))
     return tuple(out), tuple(files)
 
 
