@@ -401,3 +401,12 @@ def test_missing_qemu_binary_is_backend_unavailable(vm_dir: Path) -> None:
     with pytest.raises(BackendUnavailable, match="not found"):
         QemuProcess(cfg, qemu="/nonexistent/qemu").launch()
     assert not list(vm_dir.iterdir())
+
+
+def test_netns_runs_qemu_through_nsenter() -> None:
+    argv = build_argv(_cfg(network="user", netns=Path("/run/netns/ctr")))
+    assert argv[:3] == ["nsenter", "--net=/run/netns/ctr", "--"]
+    assert argv[3].endswith("qemu-system-x86_64")
+    assert "-netdev" in argv
+    with pytest.raises(UsageError, match="not absolute"):
+        build_argv(_cfg(netns=Path("netns/ctr")))

@@ -3,8 +3,11 @@ output unchanged, per isolation."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,6 +125,41 @@ def test_microvm_tmpfs_read_only_user_and_bind_refused(pm: Podman) -> None:
     host.mkdir(exist_ok=True)
     res = pm(*vm, "-v", f"{host}:/vol", pm.image, "true", check=False)
     assert res.returncode != 0 and "no virtiofs" in res.stderr
+
+
+def test_microvm_reaches_out_through_the_containers_network(pm: Podman) -> None:
+    # podman's default network: the VM's QEMU runs in the container's network namespace, so
+    # the guest's traffic leaves with the container's address.
+    probe = pm("run", "--rm", pm.image, "sh", "-c", "ip route | grep default", runtime="runc",
+               check=False)  # fmt: skip
+    if probe.returncode != 0 or "via" not in probe.stdout:
+        pytest.skip(f"podman's default network does not work here: {probe.stderr.strip()}")
+    gateway = probe.stdout.split("via")[1].split()[0]
+    server = socket.create_server(("0.0.0.0", 0))
+    server.settimeout(60)
+    port = server.getsockname()[1]
+    peers: list[str] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, addr = server.accept()
+            with conn:
+                peers.append(addr[0])
+                conn.sendall(b"hello-from-host\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        res = pm("run", "--rm", *iso("microvm"), pm.image, "sh", "-c",
+                 f"ip -4 addr show eth0 | grep -q 10.0.2.15 && nc {gateway} {port} </dev/null",
+                 check=False)  # fmt: skip
+        thread.join(30)
+    finally:
+        server.close()
+    assert (res.returncode, res.stdout) == (0, "hello-from-host\n"), res.stderr
+    # From the container's address on podman's network: QEMU in the host's namespace would
+    # have connected from the gateway's own address.
+    assert peers and peers[0] not in (gateway, "127.0.0.1")
 
 
 def test_nothing_left_behind(pm: Podman) -> None:

@@ -23,6 +23,7 @@ from .vm import FORWARDED, VmPaths, remove_files
 if TYPE_CHECKING:
     from bareboat.backends.base import BackendContext, Stdio
     from bareboat.backends.microvm.backend import Booted, MicrovmBackend, VmDir, VmPlan
+    from bareboat.backends.microvm.network import NetworkPlan
     from bareboat.backends.microvm.rootfs import RootfsImage
 
 PLACEHOLDER_SCAN_LIMIT = 2000  # entries of an upper dir checked before giving up on the cache
@@ -38,7 +39,12 @@ def vm_dir(root: RuntimeRoot, cid: str) -> VmDir:
 
 def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
     from bareboat.backends.microvm import rootfs as vmrootfs
-    from bareboat.backends.microvm.backend import MicrovmBackend, lower_tree, tree_key
+    from bareboat.backends.microvm.backend import (
+        ANN_NETWORK,
+        MicrovmBackend,
+        lower_tree,
+        tree_key,
+    )
 
     class RuntimeVmBackend(MicrovmBackend):
         """The microVM backend with its files in the runtime's state dir and the rootfs
@@ -53,6 +59,17 @@ def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
         def rootfs_dir(self, ctx: BackendContext) -> Path:
             return Path(rootfs)
 
+        def network_for(self, ctx: BackendContext, ann: dict[str, Any]) -> NetworkPlan:
+            # A network namespace the client set up (podman's bridge, CNI) with an interface
+            # in it: QEMU runs there with user-mode networking, so the guest reaches out as
+            # the container would. An annotation still wins.
+            from bareboat.backends.microvm import network
+
+            netns = _client_netns(ctx.spec)
+            if ANN_NETWORK in ann or netns is None or not network.netns_has_links(netns):
+                return super().network_for(ctx, ann)
+            return network.in_netns(network.plan_network("user"), netns)
+
         def image_for(self, ctx: BackendContext) -> RootfsImage:
             tree = lower_tree(Path(rootfs))
             if tree != Path(rootfs) and _only_placeholders(Path(rootfs)):
@@ -66,6 +83,17 @@ def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
             return plan.image.key != PRIVATE_IMAGE
 
     return RuntimeVmBackend()
+
+
+def _client_netns(config: dict[str, Any]) -> Path | None:
+    """The path of the network namespace config.json names (one the client made), if any."""
+    for ns in (config.get("linux") or {}).get("namespaces") or []:
+        if isinstance(ns, dict) and ns.get("type") == "network" and ns.get("path"):
+            path = Path(str(ns["path"]))
+            if not path.is_absolute():
+                raise UsageError(f"config.json: network namespace path {path} is not absolute")
+            return path
+    return None
 
 
 def _only_placeholders(rootfs: Path) -> bool:

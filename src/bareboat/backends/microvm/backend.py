@@ -378,9 +378,7 @@ class MicrovmBackend:
         ann = ctx.spec.get("annotations") or {}
         if not isinstance(ann, dict):
             raise UsageError("invalid config.json: annotations must be an object")
-        net = network.plan_network(
-            str(ann.get(ANN_NETWORK, "none")), parse_publish(str(ann.get(ANN_PUBLISH, "")))
-        )
+        net = self.network_for(ctx, ann)
         kernel_ann = ann.get(ANN_KERNEL)
         kernel = resolve_kernel(self.roots, configured=Path(kernel_ann) if kernel_ann else None)
         initrd = build_initramfs(self.roots)
@@ -392,6 +390,11 @@ class MicrovmBackend:
             disk = rootfs.make_disk(self.record_dir(ctx) / "vm-disk.ext4", size)
         cmdline = tuple(str(ann.get(ANN_CMDLINE, "")).split())
         return VmPlan(spec, kernel.path, initrd, image, disk, net, cmdline)
+
+    def network_for(self, ctx: BackendContext, ann: dict[str, Any]) -> network.NetworkPlan:
+        """The VM's network from the annotations (`none` unless asked)."""
+        mode = str(ann.get(ANN_NETWORK, "none"))
+        return network.plan_network(mode, parse_publish(str(ann.get(ANN_PUBLISH, ""))))
 
     def rootfs_dir(self, ctx: BackendContext) -> Path:
         """The container's root tree on the host (what the VM's disk is made of)."""
@@ -435,6 +438,7 @@ class MicrovmBackend:
             serial_ports=(SerialPort(AGENT_PORT, d.agent),),
             console_log=d.console,
             network="user" if plan.net.mode == "user" else "none",
+            netns=plan.net.netns,
             port_forwards=forwards,
             tsc_khz=host_tsc_khz(),
         )

@@ -12,7 +12,8 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from bareboat.errors import UsageError
 from bareboat.spec.options import PortMapping
@@ -34,6 +35,11 @@ class NetworkPlan:
     kernel_args: tuple[str, ...] = ()
     resolv_conf: str = ""
     ports: tuple[PortMapping, ...] = ()
+    netns: Path | None = None  # QEMU runs in this network namespace (see qemu.VMConfig.netns)
+
+
+def in_netns(plan: NetworkPlan, path: Path) -> NetworkPlan:
+    return replace(plan, netns=path)
 
 
 def hostfwd(p: PortMapping) -> str:
@@ -71,6 +77,24 @@ def plan_network(mode: str, publish: Sequence[PortMapping] = ()) -> NetworkPlan:
         resolv_conf=f"nameserver {DNS}\n",
         ports=tuple(publish),
     )
+
+
+def netns_has_links(path: Path) -> bool:
+    """True if the network namespace at `path` has an interface besides loopback (a client
+    such as podman gave the container a network), by `ip` run inside it."""
+    import subprocess
+
+    try:
+        res = subprocess.run(
+            ["nsenter", f"--net={path}", "--", "ip", "-o", "link", "show"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UsageError(f"cannot look into network namespace {path}: {e}") from None
+    if res.returncode != 0:
+        raise UsageError(f"cannot enter network namespace {path}: {res.stderr.strip()}")
+    names = [line.split(":")[1].strip() for line in res.stdout.splitlines() if ":" in line]
+    return any(n != "lo" for n in names)
 
 
 def check_ports_free(ports: Sequence[PortMapping]) -> None:
