@@ -317,6 +317,18 @@ def test_rootfs_overlay_content_reaches_the_guest(
     assert (out, code, private) == ("from the client\nno-ls\n", 0, True)
 
 
+def test_emptied_image_file_is_not_a_placeholder(
+    runtime: Runtime, overlay_bundle: Path, tmp_path: Path
+) -> None:
+    # An empty file over a non-empty one of the image is a change, not a mount point.
+    lower = tmp_path / "img" / "rootfs"
+    (lower / "etc" / "motd").write_text("welcome\n")
+    (overlay_bundle / "rootfs" / "etc" / "motd").write_text("")
+    out, code, private = _run_in_vm(runtime, overlay_bundle, "v14",
+                                    ["sh", "-c", "wc -c < /etc/motd"])  # fmt: skip
+    assert (out.strip(), code, private) == ("0", 0, True)
+
+
 def _console(path: Path) -> socket.socket:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))

@@ -101,8 +101,9 @@ def _only_placeholders(rootfs: Path) -> bool:
     (mount points the client made) and links into /proc: then the lower dir alone is the tree
     the VM must see."""
     from bareboat.backends.microvm.backend import overlay_layers
+    from bareboat.backends.microvm.vmspec import COPIED_FILES
 
-    _, upper = overlay_layers(rootfs)
+    lowers, upper = overlay_layers(rootfs)
     if upper is None:
         return True
     seen = 0
@@ -114,13 +115,25 @@ def _only_placeholders(rootfs: Path) -> bool:
             if seen > PLACEHOLDER_SCAN_LIMIT:
                 return False  # too much to check: not placeholders
             if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-                continue
+                inside = "/" + os.path.relpath(path, upper)
+                if inside in COPIED_FILES or not _has_content(lowers[0], inside):
+                    continue
+                return False  # an emptied image file: the merged view differs from the image
             if stat.S_ISLNK(st.st_mode) and os.readlink(path).startswith("/proc/"):
                 continue  # podman's /etc/mtab -> /proc/mounts: about the guest's own /proc
             if not stat.S_ISDIR(st.st_mode) or _opaque(path):
                 return False  # content, a symlink, a whiteout (0:0 char device), or a dir
                 # that hides the lower one's entries
     return True
+
+
+def _has_content(lower: Path, inside: str) -> bool:
+    """Whether the image's tree has a non-empty regular file at `inside`."""
+    try:
+        st = os.lstat(lower / inside.lstrip("/"))
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0
 
 
 def _opaque(path: str) -> bool:
