@@ -70,8 +70,11 @@ def test_detached_exec_pause_update_stop_rm(pm: Podman, isolation: str) -> None:
         if isolation == "microvm":  # a VM's host CPU can change, its RAM cannot
             pm("update", "--cpus", "0.5", cid)
             state = pm.rtroot / "bareboat-runtime" / "bareboat" / cid / "state.json"
-            cgroup = Path(json.loads(state.read_text())["cgroup"])
+            cgroup = Path(json.loads(state.read_text())["cgroups"][0])
             assert cpu_quota(cgroup) == (50000, 100000)
+            # podman's stats read the VM's cgroups: its QEMU's memory is tens of MB.
+            usage = pm("stats", "--no-stream", "--format", "{{.MemUsage}}", cid).stdout
+            assert usage.split()[0].endswith("MB") and float(usage.split()[0][:-2]) > 20, usage
             assert pm("update", "--memory", "64m", cid, check=False).returncode != 0
         assert (pm.rtroot / "bareboat-runtime" / "bareboat" / f"{cid}.rec").exists()
         pm("stop", "-t", "1", cid)

@@ -173,12 +173,15 @@ def test_exec_pause_kill_delete(runtime: Runtime, tmp_path: Path) -> None:
     assert runtime.state("v2")["status"] == "running"
     assert runtime("exec", "v2", "true", check=False).returncode == 0
 
-    # The VM's QEMU runs in its cgroup; update changes its host CPU, never its RAM.
-    cgroup = Path(
-        json.loads((runtime.root / "bareboat" / "v2" / "state.json").read_text())["cgroup"]
-    )
-    qemu = json.loads(runtime("ps", "--format", "json", "v2").stdout)[1]
-    assert str(qemu) in (cgroup / "cgroup.procs").read_text().split()
+    # The gate and its QEMU run in the container's cgroups (every one of them, for the
+    # client's stats); update changes the VM's host CPU, never its RAM.
+    state = json.loads((runtime.root / "bareboat" / "v2" / "state.json").read_text())
+    cgroups = [Path(d) for d in state["cgroups"]]
+    cgroup = cgroups[0]
+    for d in cgroups:
+        assert set(map(str, json.loads(runtime("ps", "--format", "json", "v2").stdout))) <= set(
+            (d / "cgroup.procs").read_text().split()
+        )
     runtime("update", "--resources", "-", "v2", input='{"cpu": {"quota": 50000, "period": 100000}}')
     assert cpu_quota(cgroup) == (50000, 100000)
     runtime("update", "--cpu-quota", "25000", "v2")
@@ -191,7 +194,7 @@ def test_exec_pause_kill_delete(runtime: Runtime, tmp_path: Path) -> None:
     _, _, exits = reaped.finish()
     assert exits == {gate: 143}  # sleep is not PID 1 in the guest: TERM ends it
     runtime("delete", "v2")
-    assert not cgroup.exists()
+    assert not any(d.exists() for d in cgroups)
     runtime("delete", "--force", "v2")  # idempotent
 
 
@@ -430,8 +433,10 @@ def test_create_killed_mid_boot_leaves_no_vm(runtime: Runtime, tmp_path: Path) -
     while _procs(runtime, b"") and time.monotonic() < end:
         time.sleep(0.05)
     assert _procs(runtime, b"") == []  # the gate and QEMU died with create
+    state = json.loads((runtime.root / "bareboat" / "v12" / "state.json").read_text())
     runtime("delete", "--force", "v12")
     assert not (runtime.root / "bareboat" / "v12").exists()
+    assert not any(Path(d).exists() for d in state["cgroups"])  # the gate had made them
 
 
 def _procs(runtime: Runtime, name: bytes) -> list[int]:

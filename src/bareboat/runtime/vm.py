@@ -140,12 +140,13 @@ def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
             os.kill(int(st["pid"]), signal.SIGKILL)
         lc.wait_gone(st)
     _kill_qemu(root, rec.id)
-    if st.get("cgroup"):
+    if st.get("cgroups"):
         from pathlib import Path
 
         from bareboat.backends.microvm import hostcgroup
 
-        hostcgroup.remove(Path(st["cgroup"]))
+        for d in st["cgroups"]:
+            hostcgroup.remove(Path(d))
     remove_files(root, rec.id)
     lc.forget(root, rec, st)
     return 0
@@ -221,11 +222,11 @@ def _update(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
             "microvm isolation: a VM's memory is fixed when it boots; only CPU can be updated"
         )
     limits = hostcgroup.cpu_limits(resources)
-    if not st.get("cgroup"):
+    if not st.get("cgroups"):
         if limits.empty:
             return 0
         raise BackendUnavailable(f"container {rec.id}: its VM has no cgroup to limit its CPU")
-    hostcgroup.apply(Path(st["cgroup"]), limits)
+    hostcgroup.apply(Path(st["cgroups"][0]), limits)
     return 0
 
 

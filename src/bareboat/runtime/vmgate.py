@@ -193,6 +193,7 @@ def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, An
         rootfs = lc.rootfs_of(bundle, config)
         return _create(inv, root, bundle, config, rootfs, sdir)
     except BaseException:
+        drop_cgroups(inv.id, config)
         remove_files(root, inv.id)
         raise
 
@@ -224,44 +225,60 @@ def _create(
         os.close(slave)
     # Recorded at once: a `delete --force` after this `create` was killed mid-boot finds the
     # gate (and with it QEMU) to kill.
-    lc.write_state(root, inv.id, lc.new_state(pid, config))
+    # The cgroups the gate joins (the cpu one first), for update and delete to find.
+    cgroups = {"cgroups": [str(d) for d in _cgroups_of(inv.id, config)]}
+    lc.write_state(root, inv.id, lc.new_state(pid, config, **cgroups))
     lc.await_ready(pid, ready_r, master, "the VM's gate process")
     try:
-        # Killing the gate on failure kills QEMU with it; the cgroup goes after.
+        # Killing the gate on failure kills QEMU with it; the cgroups go after.
         lc.finish_create(inv, root, Record(inv.id, "microvm", bundle), config, pid, master,
-                         extra=lambda: {"cgroup": _limit_cpu(root, inv.id, config)})  # fmt: skip
+                         extra=lambda: cgroups)  # fmt: skip
     except BaseException:
-        drop_cgroup(root, inv.id, config)
+        drop_cgroups(inv.id, config)
         raise
     return 0
 
 
-def _limit_cpu(root: RuntimeRoot, cid: str, config: dict[str, Any]) -> str:
-    """Put the VM's QEMU in its cgroup with the spec's CPU limits; the cgroup's path, or ""
-    where the host has no cgroup for it and no limit was asked for."""
+def _cgroups_of(cid: str, config: dict[str, Any]) -> list[Path]:
+    from bareboat.backends.microvm import hostcgroup
+    from bareboat.errors import BackendError
+
+    linux = config.get("linux") or {}
+    try:
+        return hostcgroup.cgroup_dirs(str(linux.get("cgroupsPath") or ""), cid)
+    except BackendError:
+        return []
+
+
+def join_cgroups(cid: str, config: dict[str, Any]) -> list[str]:
+    """In the gate, before it launches QEMU: join the container's cgroups (QEMU inherits
+    them, so all its memory and CPU count there) and apply the spec's CPU limits. The
+    cgroups' paths; none where the host has no cgroup for us and no limit was asked for."""
     from bareboat.backends.microvm import hostcgroup
     from bareboat.errors import BackendError
 
     linux = config.get("linux") or {}
     limits = hostcgroup.cpu_limits(linux.get("resources"))
+    dirs: list[Path] = []
     try:
-        d = hostcgroup.cgroup_dir(str(linux.get("cgroupsPath") or ""), cid)
-        hostcgroup.attach(d, VmPaths(root, cid).qemu_pid())
-        hostcgroup.apply(d, limits)
+        for d in hostcgroup.cgroup_dirs(str(linux.get("cgroupsPath") or ""), cid):
+            hostcgroup.attach(d, os.getpid())
+            dirs.append(d)
+        hostcgroup.apply(dirs[0], limits)
     except BackendError:
         if limits.empty:
-            return ""  # nothing asked: run without a cgroup of our own
+            return [str(d) for d in dirs]  # as far as the host lets us: nothing was asked
         raise
-    return str(d)
+    return [str(d) for d in dirs]
 
 
-def drop_cgroup(root: RuntimeRoot, cid: str, config: dict[str, Any]) -> None:
+def drop_cgroups(cid: str, config: dict[str, Any]) -> None:
+    """Remove the VM's cgroups (after its processes are gone)."""
     from bareboat.backends.microvm import hostcgroup
-    from bareboat.errors import BackendError
 
-    linux = config.get("linux") or {}
-    with contextlib.suppress(BackendError, UsageError, ValueError):
-        hostcgroup.remove(hostcgroup.cgroup_dir(str(linux.get("cgroupsPath") or ""), cid))
+    with contextlib.suppress(UsageError, ValueError):
+        for d in _cgroups_of(cid, config):
+            hostcgroup.remove(d)
 
 
 # --- the gate process ------------------------------------------------------------------------
@@ -286,6 +303,7 @@ def _gate(
                 os._exit(1)
             os.setsid()  # out of the caller's process group: its signals are not the workload's
             stdio = _gate_stdio(slave)
+            join_cgroups(ctx.id, ctx.spec)
             booted = backend.boot(ctx, stdio)
         except BaseException as e:  # noqa: BLE001 - every failure is create's to report
             os.write(ready_w, (str(e) or repr(e)).encode()[:65536])

@@ -22,6 +22,8 @@ from bareboat.errors import BackendError, UsageError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CPU = ("cpu", "cpu,cpuacct")  # names the v1 cpu hierarchy is mounted under
+# v1 hierarchies the VM joins too (no limits), so that a client's `stats` reads its usage.
+V1_ACCOUNTING = ("cpuacct", "memory", "pids")
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,27 @@ def cgroup_dir(cgroups_path: str, cid: str) -> Path:
     raise BackendError("no cgroup cpu controller on this host: cannot limit a VM's host CPU")
 
 
+def cgroup_dirs(cgroups_path: str, cid: str) -> list[Path]:
+    """Every cgroup the VM joins: the cpu one first (where limits apply), then, on v1, the
+    same path in the accounting hierarchies (each once, however they are co-mounted)."""
+    cpu = cgroup_dir(cgroups_path, cid)
+    if _is_v2(cpu):
+        return [cpu]
+    rel = cpu.relative_to(CGROUP_ROOT).parts[1:]
+    dirs, seen = [cpu], {os.path.realpath(CGROUP_ROOT / cpu.relative_to(CGROUP_ROOT).parts[0])}
+    for name in V1_ACCOUNTING:
+        hierarchy = CGROUP_ROOT / name
+        if (hierarchy / "cgroup.procs").exists() and os.path.realpath(hierarchy) not in seen:
+            seen.add(os.path.realpath(hierarchy))
+            dirs.append(hierarchy.joinpath(*rel))
+    return dirs
+
+
 def _is_v2(d: Path) -> bool:
+    """Whether `d` is in the unified hierarchy (mounted at the root itself), not a v1 one."""
     parts = d.relative_to(CGROUP_ROOT).parts
-    return not parts or parts[0] not in V1_CPU
+    v1 = bool(parts) and parts[0] in (*V1_CPU, *V1_ACCOUNTING)
+    return not v1 and (CGROUP_ROOT / "cgroup.controllers").exists()
 
 
 def _write(path: Path, value: str) -> None:
