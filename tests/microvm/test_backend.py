@@ -12,6 +12,7 @@ import io
 import os
 import signal
 import socket
+import stat
 import subprocess
 import tarfile
 import threading
@@ -272,11 +273,33 @@ def test_loopback_is_up_without_network(vm: VM) -> None:
     assert lines[3] == "hello-lo"
 
 
-def test_bind_mount_is_refused(vm: VM, tmp_path: Path) -> None:
+def test_bind_mount_shares_a_host_directory(vm: VM, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in.txt").write_text("from the host\n")
+    script = "cat /data/in.txt && echo from-the-guest > /data/out.txt && id -u > /data/uid"
+    r = vm.run("/bin/sh", "-c", script, mounts=(Mount("/data", source=str(shared)),))
+    assert (r.code, r.stdout) == (0, b"from the host\n"), r.stderr
+    assert (shared / "out.txt").read_text() == "from-the-guest\n"  # back on the host
+    # A hostile guest's setuid file and device node stay harmless on the host.
+    planted = vm.run("/bin/sh", "-c", "touch /data/s && chmod 4755 /data/s && "
+                     "mknod /data/null c 1 3 && ls -l /data/s /data/null",
+                     mounts=(Mount("/data", source=str(shared)),))  # fmt: skip
+    assert planted.code == 0, planted.stderr
+    assert b"rws" in planted.stdout  # the guest sees what it asked for
+    assert not (shared / "s").stat().st_mode & 0o6000
+    assert stat.S_ISREG((shared / "null").lstat().st_mode)
+    ro = vm.run("/bin/sh", "-c", "echo x > /data/x",
+                mounts=(Mount("/data", source=str(shared), readonly=True),))  # fmt: skip
+    assert ro.code != 0 and not (shared / "x").exists()
+
+
+def test_bind_mount_of_a_file_is_refused(vm: VM, tmp_path: Path) -> None:
     from bareboat.errors import UsageError
 
-    r = vm.run("true", mounts=(Mount("/data", source=str(tmp_path)),))
-    assert isinstance(r.error, UsageError) and "virtiofs" in str(r.error)
+    (tmp_path / "f").write_text("x")
+    r = vm.run("true", mounts=(Mount("/data", source=str(tmp_path / "f")),))
+    assert isinstance(r.error, UsageError) and "not a directory" in str(r.error)
 
 
 def test_writes_go_to_the_vm_not_the_image(vm: VM) -> None:

@@ -410,3 +410,15 @@ def test_netns_runs_qemu_through_nsenter() -> None:
     assert "-netdev" in argv
     with pytest.raises(UsageError, match="not absolute"):
         build_argv(_cfg(netns=Path("netns/ctr")))
+
+
+def test_shares_are_9p_devices() -> None:
+    from bareboat.backends.microvm.qemu import Share
+
+    argv = build_argv(_cfg(shares=(Share(Path("/srv/a,b"), "bb0", readonly=True),)))
+    assert _after(argv, "-fsdev") == [
+        "local,id=fs0,path=/srv/a,,b,security_model=mapped-xattr,readonly=on"
+    ]
+    assert _after(argv, "-device")[-2] == "virtio-9p-device,fsdev=fs0,mount_tag=bb0"
+    with pytest.raises(UsageError, match="tag"):
+        build_argv(_cfg(shares=(Share(Path("/srv"), "bad tag"),)))

@@ -83,11 +83,16 @@ def test_defaults_and_floors() -> None:
     assert vmspec.parse_config(unlimited).memory == vmspec.DEFAULT_MEMORY
 
 
-def test_bind_mounts_are_refused_with_a_reason() -> None:
+def test_bind_mounts_become_9p_shares() -> None:
     cfg = config(mounts=[{"destination": "/data", "type": "bind", "source": "/srv",
-                          "options": ["rbind", "rw"]}])  # fmt: skip
-    with pytest.raises(UsageError, match="virtiofs"):
-        vmspec.parse_config(cfg)
+                          "options": ["rbind", "rprivate", "ro", "nosuid"]}])  # fmt: skip
+    assert vmspec.parse_config(cfg).mounts == (
+        GuestMount("/data", "9p", ("ro", "nosuid"), source="/srv"),
+    )
+    odd = config(mounts=[{"destination": "/data", "type": "bind", "source": "/srv",
+                          "options": ["rbind", "idmap"]}])  # fmt: skip
+    with pytest.raises(UsageError, match="idmap"):
+        vmspec.parse_config(odd)
 
 
 def test_runtime_files_are_copied_not_mounted() -> None:

@@ -115,7 +115,7 @@ def test_run_interactive_stdin(pm: Podman, isolation: str) -> None:
     assert (res.returncode, res.stdout) == (4, "hello stdin\ndone\n")
 
 
-def test_microvm_tmpfs_read_only_user_and_bind_refused(pm: Podman) -> None:
+def test_microvm_tmpfs_read_only_user_and_volumes(pm: Podman) -> None:
     vm = ["run", "--rm", "--network", "none", *iso("microvm")]
     res = pm(*vm, "--tmpfs", "/scratch", "--read-only", "--user", "1000:1000", "--memory",
              "300m", "--cpus", "2", pm.image, "sh", "-c",
@@ -124,10 +124,16 @@ def test_microvm_tmpfs_read_only_user_and_bind_refused(pm: Podman) -> None:
              "echo mem-ok", check=False)  # fmt: skip
     # The guest's RAM is --memory and its vCPUs are --cpus.
     assert (res.returncode, res.stdout) == (0, "tmpfs-ok\nro-ok\n1000\n2\nmem-ok\n"), res.stderr
+    # A host directory (-v) is shared over virtio-9p: read, and written back.
     host = pm.base / "vol"
     host.mkdir(exist_ok=True)
-    res = pm(*vm, "-v", f"{host}:/vol", pm.image, "true", check=False)
-    assert res.returncode != 0 and "no virtiofs" in res.stderr
+    (host / "in").write_text("host-data\n")
+    res = pm(*vm, "-v", f"{host}:/vol", pm.image, "sh", "-c", "cat /vol/in; echo vm > /vol/out",
+             check=False)  # fmt: skip
+    assert (res.returncode, res.stdout) == (0, "host-data\n"), res.stderr
+    assert (host / "out").read_text() == "vm\n"
+    res = pm(*vm, "-v", f"{host}:/vol:ro", pm.image, "sh", "-c", "echo x > /vol/ro", check=False)
+    assert res.returncode != 0 and not (host / "ro").exists()
 
 
 def test_microvm_reaches_out_through_the_containers_network(pm: Podman) -> None:

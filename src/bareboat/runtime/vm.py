@@ -21,9 +21,10 @@ This module serves the calls on an existing VM and imports nothing of the backen
 container); `create`, the gate and `exec` live in runtime/vmgate.py.
 
 The rootfs is read at `create`: the guest writes to its own tmpfs layer, not back into the
-client's rootfs (there is no virtiofs here). A rootfs that is an overlay of one image
-directory plus mount-point placeholders (what podman and containerd make) reuses the image's
-cached disk; anything else gets a disk of its own in the container's state directory.
+client's rootfs (volumes, shared over 9p, are how files come back). A rootfs that is an
+overlay of one image directory plus mount-point placeholders (what podman and containerd
+make) reuses the image's cached disk; anything else gets a disk of its own in the
+container's state directory.
 """
 
 from __future__ import annotations

@@ -86,6 +86,9 @@ CLONE_READY_TIMEOUT_S = 8.0
 ENV_BOOT_TIMEOUT = "BAREBOAT_BOOT_TIMEOUT"
 CONSOLE_TAIL_LINES = 15
 
+# How the guest mounts a shared directory: QEMU's 9p server over virtio, no caching (the
+# host side may change under it), 256 KiB messages.
+NINEP_OPTIONS = ("trans=virtio", "version=9p2000.L", "msize=262144", "cache=none")
 ANN_NETWORK = "io.bareboat.network"
 ANN_PUBLISH = "io.bareboat.publish"
 ANN_DISK = "io.bareboat.vm.disk"
@@ -171,15 +174,37 @@ def to_process_spec(p: vmspec.GuestProcess, winsize: tuple[int, int] = (0, 0)) -
     )
 
 
+def share_tags(spec: vmspec.VmSpec) -> dict[str, str]:
+    """The 9p mount tag of each shared directory, by its destination in the guest."""
+    return {
+        m.destination: f"bb{i}" for i, m in enumerate(x for x in spec.mounts if x.fstype == "9p")
+    }
+
+
+def check_shares(spec: vmspec.VmSpec) -> None:
+    """Bind mounts reach a VM as 9p shares of directories: a file or a missing source is a
+    clear error here, not a failed mount in the guest."""
+    for m in spec.mounts:
+        if m.fstype == "9p" and not Path(m.source).is_dir():
+            what = "does not exist" if not os.path.lexists(m.source) else "is not a directory"
+            raise UsageError(
+                f"bind mount of {m.source} at {m.destination}: {m.source} {what} (a microVM "
+                "shares host directories, not single files)"
+            )
+
+
 def start_spec(plan: VmPlan, winsize: tuple[int, int] = (0, 0)) -> StartSpec:
     """START for this VM: the process, identity, root disks and extra mounts."""
     s = plan.spec
     # The whole option list travels (vmspec checked every word): the agent turns flag words
     # (nosuid, noexec, ro...) into mount(2) flags and passes the valued ones as data.
+    tags = share_tags(s)
     mounts = [
-        Mount(m.destination, m.fstype, "tmpfs", ",".join(m.options), readonly="ro" in m.options)
+        Mount(m.destination, m.fstype, tags.get(m.destination, "tmpfs"),
+              ",".join((*m.options, *(NINEP_OPTIONS if m.fstype == "9p" else ()))),
+              readonly="ro" in m.options)
         for m in s.mounts
-    ]
+    ]  # fmt: skip
     return StartSpec(
         process=to_process_spec(s.process, winsize),
         hostname=s.hostname,
@@ -383,6 +408,7 @@ class MicrovmBackend:
         kernel = resolve_kernel(self.roots, configured=Path(kernel_ann) if kernel_ann else None)
         initrd = build_initramfs(self.roots)
         check_copyup(spec, self.rootfs_dir(ctx))
+        check_shares(spec)
         image = self.image_for(ctx)
         disk = rootfs.WritableLayer()
         if ann.get(ANN_DISK):
@@ -416,7 +442,7 @@ class MicrovmBackend:
 
     def vm_config(self, ctx: BackendContext, plan: VmPlan) -> Any:
         from .accel import choose_accel
-        from .qemu import Disk, PortForward, SerialPort, VMConfig, host_tsc_khz
+        from .qemu import Disk, PortForward, SerialPort, Share, VMConfig, host_tsc_khz
 
         d = self.vmdir(ctx)
         disks = [Disk(plan.image.path, readonly=True, serial="bb-lower")]
@@ -439,6 +465,11 @@ class MicrovmBackend:
             console_log=d.console,
             network="user" if plan.net.mode == "user" else "none",
             netns=plan.net.netns,
+            shares=tuple(
+                Share(Path(m.source), share_tags(plan.spec)[m.destination], "ro" in m.options)
+                for m in plan.spec.mounts
+                if m.fstype == "9p"
+            ),
             port_forwards=forwards,
             tsc_khz=host_tsc_khz(),
         )

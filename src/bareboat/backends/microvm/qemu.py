@@ -67,6 +67,18 @@ class SerialPort:
 
 
 @dataclass(frozen=True)
+class Share:
+    """A host directory served to the guest by QEMU's built-in 9p server (virtio-9p-device),
+    mounted there by its `tag`. security_model=mapped-xattr: what the guest creates is owned by
+    QEMU's user on the host, with the guest's owner, mode and device numbers kept in xattrs, so
+    an untrusted guest can plant no setuid file or device node on the host."""
+
+    path: Path
+    tag: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
 class PortForward:
     """`-p HOST:GUEST`: a host port forwarded by user-mode networking to a guest port."""
 
@@ -104,6 +116,7 @@ class VMConfig:
     # Run QEMU in this network namespace (a client's, e.g. podman's): user-mode networking
     # then reaches out through the namespace's interfaces, with the container's address.
     netns: Path | None = None
+    shares: tuple[Share, ...] = ()
     extra_args: tuple[str, ...] = field(default=())
 
 
@@ -168,6 +181,15 @@ def validate(cfg: VMConfig) -> None:
         raise UsageError("tb-size must be at least 1 MiB")
     if cfg.netns is not None and not cfg.netns.is_absolute():
         raise UsageError(f"network namespace path {cfg.netns} is not absolute")
+    tags = [sh.tag for sh in cfg.shares]
+    for sh in cfg.shares:
+        # A 9p mount tag is at most 31 bytes.
+        if not sh.path.is_absolute():
+            raise UsageError(f"cannot share {sh.path} with a VM: not an absolute path")
+        if not re.match(r"^[A-Za-z0-9_]{1,31}$", sh.tag):
+            raise UsageError(f"bad 9p mount tag {sh.tag!r}")
+    if len(set(tags)) != len(tags):
+        raise UsageError("two shared directories have the same tag")
 
 
 def build_argv(cfg: VMConfig, *, qemu: str = QEMU_BINARY) -> list[str]:
@@ -216,6 +238,10 @@ def build_argv(cfg: VMConfig, *, qemu: str = QEMU_BINARY) -> list[str]:
         for fw in cfg.port_forwards:
             netdev += f",hostfwd={fw.protocol}:{fw.host_ip}:{fw.host_port}-:{fw.guest_port}"
         argv += ["-netdev", netdev, "-device", "virtio-net-device,netdev=net0"]
+    for i, sh in enumerate(cfg.shares):
+        ro = ",readonly=on" if sh.readonly else ""
+        argv += ["-fsdev", f"local,id=fs{i},path={_opt(sh.path)},security_model=mapped-xattr{ro}"]
+        argv += ["-device", f"virtio-9p-device,fsdev=fs{i},mount_tag={sh.tag}"]
     if cfg.rng:
         argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom"]
         argv += ["-device", "virtio-rng-device,rng=rng0"]

@@ -3,8 +3,8 @@
 The bundle format is the same for every backend; this module is where the microVM backend
 decides what of it a guest can honour. Namespaces, cgroups, seccomp and the standard
 /proc, /sys and /dev mounts are the VM boundary's job and the guest init's (it mounts those
-itself), so they are dropped. What a guest cannot do here is refused with one clear error:
-host bind mounts (`-v`) would need virtiofs, which this host lacks.
+itself), so they are dropped. Host bind mounts (`-v`) become 9p shares of the host directory;
+what a guest cannot do is refused with one clear error.
 
 Everything returned is plain, validated data; the backend turns it into the agent's START
 message and QEMU's argv.
@@ -60,7 +60,8 @@ U64_MAX = (1 << 64) - 1
 
 @dataclass(frozen=True)
 class GuestMount:
-    """A filesystem the guest init makes fresh (tmpfs is the only kind it can make here)."""
+    """A filesystem the guest init mounts: a fresh tmpfs, or (fstype "9p") the host directory
+    `source`, which QEMU serves over virtio-9p."""
 
     destination: str
     fstype: str
@@ -68,6 +69,7 @@ class GuestMount:
     # podman's `tmpcopyup`: the tmpfs starts with the image's content at that path. The guest
     # cannot copy it, so the backend accepts it only where that content is empty.
     copyup: bool = False
+    source: str = ""  # 9p: the host directory
 
 
 @dataclass(frozen=True)
@@ -214,15 +216,12 @@ def _mounts(mounts: object) -> tuple[tuple[GuestMount, ...], tuple[GuestFile, ..
         if dest == "/dev/shm":
             continue  # podman binds a host shm dir here; the guest's own /dev/shm serves
         if is_bind:
+            source = _abs(m.get("source"), f"mounts[{i}].source")
             if dest in COPIED_FILES:
-                source = _abs(m.get("source"), f"mounts[{i}].source")
                 files.append(GuestFile(dest, source, readonly="ro" in options))
                 continue
-            raise UsageError(
-                f"bind mount of {m.get('source')!r} at {dest} is not possible with "
-                "--isolation microvm: this host has no virtiofs to share host directories "
-                "(use --tmpfs, or copy the data into the image)"
-            )
+            out.append(GuestMount(dest, "9p", _bind_words(options, i), source=source))
+            continue
         if kind != "tmpfs":
             raise UsageError(f"mount type {kind!r} at {dest} is not supported in a microVM")
         kept = tuple(o for o in options if o not in _PROPAGATION | {"tmpcopyup", "notmpcopyup"})
@@ -232,6 +231,18 @@ def _mounts(mounts: object) -> tuple[tuple[GuestMount, ...], tuple[GuestFile, ..
                 raise _bad(f"mounts[{i}].options", f"has {opt!r}, not a tmpfs option")
         out.append(GuestMount(dest, "tmpfs", kept, copyup="tmpcopyup" in options))
     return tuple(out), tuple(files)
+
+
+def _bind_words(options: Sequence[str], i: int) -> tuple[str, ...]:
+    """A bind's flag words that mean something for the guest's 9p mount (ro, nosuid...)."""
+    kept = []
+    for opt in options:
+        if opt in ("bind", "rbind") or opt in _PROPAGATION:
+            continue
+        if opt not in _TMPFS_OPTIONS:
+            raise _bad(f"mounts[{i}].options", f"has {opt!r}, not an option a VM can honour")
+        kept.append(opt)
+    return tuple(kept)
 
 
 def vcpus_for(linux: Mapping[str, Any]) -> int:
