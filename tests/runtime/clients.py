@@ -44,6 +44,15 @@ def wrapper(base: Path, name: str, target: str, rtroot: Path) -> str:
     return str(path)
 
 
+def docker_archive(layout: Path, tag: str, archive: Path, name: str) -> None:
+    """The image `tag` of an OCI layout as a docker-archive tar named `name` (skopeo), for
+    clients that load only that format (docker 20.10, ctr import)."""
+    subprocess.run(
+        ["skopeo", "copy", f"oci:{layout}:{tag}", f"docker-archive:{archive}:{name}"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
 def run_client(
     name: str,
     argv: list[str],
@@ -204,11 +213,7 @@ class Containerd:
             self._wait_ready()
             archive = base / "image.tar"
             self.image = f"docker.io/library/busybox-test:{IMAGE_TAG}"
-            subprocess.run(
-                ["skopeo", "copy", f"oci:{layout}:{IMAGE_TAG}",
-                 f"docker-archive:{archive}:{self.image}"],
-                check=True, capture_output=True, timeout=120,
-            )  # fmt: skip
+            docker_archive(layout, IMAGE_TAG, archive, self.image)
             self("images", "import", str(archive))
         except BaseException:
             self.close()
@@ -332,11 +337,7 @@ class Docker:
             self._wait_ready()
             archive = base / "image.tar"
             self.image = f"busybox-test:{IMAGE_TAG}"
-            subprocess.run(
-                ["skopeo", "copy", f"oci:{layout}:{IMAGE_TAG}",
-                 f"docker-archive:{archive}:{self.image}"],
-                check=True, capture_output=True, timeout=120,
-            )  # fmt: skip
+            docker_archive(layout, IMAGE_TAG, archive, self.image)
             self("load", "--input", str(archive))
         except BaseException:
             self.close()

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .clients import DOCKER_RUNTIMES, Docker, docker, processes_under
+from .clients import DOCKER_RUNTIMES, Docker, docker, docker_archive, processes_under
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +136,7 @@ def wasm_image(dk: Docker, tmp_path_factory: pytest.TempPathFactory) -> str:
     ]
     write_image(base / "layout", Image(layers=[app], entrypoint=["/app/talk.wasm"], cmd=None))
     name = "wasm-test:latest"
-    subprocess.run(
-        ["skopeo", "copy", f"oci:{base / 'layout'}:latest",
-         f"docker-archive:{base / 'image.tar'}:{name}"],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    docker_archive(base / "layout", "latest", base / "image.tar", name)
     dk("load", "--input", str(base / "image.tar"))
     return name
 
