@@ -66,7 +66,9 @@ def prestart_hook_ran(dk: Docker, cid: str) -> bool:
     key, pid = dk("inspect", "--format", "{{.NetworkSettings.SandboxKey}} {{.State.Pid}}",
                   cid).stdout.split()  # fmt: skip
     try:
-        return os.stat(key).st_ino == os.stat(f"/proc/{pid}/ns/net").st_ino
+        ns = os.stat(f"/proc/{pid}/ns/net").st_ino
+        # ...and never the host's: the hook moves the container's interface into it.
+        return os.stat(key).st_ino == ns and ns != os.stat("/proc/self/ns/net").st_ino
     except FileNotFoundError:
         return False
 

@@ -133,3 +133,19 @@ def test_other_isolations_refused_cleanly(runtime: Runtime, tmp_path: Path, bad:
                   check=False)  # fmt: skip
     assert res.returncode != 0
     assert not (runtime.root / "bareboat" / "p5.rec").exists()
+
+
+def test_new_network_namespace_as_runc_makes_it(runtime: Runtime, tmp_path: Path) -> None:
+    # `runc spec` asks for a network namespace without a path: a new one, lo up, not the host's.
+    bundle = make_bundle(tmp_path / "b", ["sleep", "100"], annotations=PROCESS)
+    runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "p9")
+    runtime.ids.append("p9")
+    pid = int((tmp_path / "pid").read_text())
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    runtime("start", "p9")
+    res = runtime("exec", "p9", "cat", "/proc/net/dev")
+    names = [line.split(":")[0].strip() for line in res.stdout.splitlines()[2:]]
+    assert names == ["lo"]
+    flags = runtime("exec", "p9", "cat", "/sys/class/net/lo/flags").stdout  # its own sysfs
+    assert int(flags, 16) & 1  # IFF_UP
+    runtime("delete", "--force", "p9")

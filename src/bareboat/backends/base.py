@@ -110,6 +110,7 @@ def signal_pid(pid: int | None, sig: int) -> None:
 # --- Linux calls the standard library lacks (3.11) -------------------------------------------
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -166,6 +167,22 @@ def umount(target: Path, flags: int = 0) -> None:
 
 def unshare(flags: int) -> None:
     _check(libc().unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(libc().setns(fd, nstype), "setns")
+
+
+def loopback_up() -> None:
+    """Bring `lo` up in this process's network namespace (a new one starts with it down)."""
+    import fcntl
+    import socket
+    import struct
+
+    siocsifflags, iff_up, iff_loopback, iff_running = 0x8914, 0x1, 0x8, 0x40
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH14x", b"lo", iff_up | iff_loopback | iff_running)
+        fcntl.ioctl(s, siocsifflags, ifreq)
 
 
 def set_child_subreaper() -> None:

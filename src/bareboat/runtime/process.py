@@ -1,6 +1,8 @@
 """`process` isolation under the OCI contract: the workload runs chrooted into the bundle's
-rootfs with no namespaces but a private mount namespace (so the spec's mounts die with it and
-never land in the client's view of its overlay), no cgroups, no capability drop.
+rootfs with a private mount namespace (so the spec's mounts die with it and never land in the
+client's view of its overlay) and the network namespace the spec asks for (joined, or a new
+one: a client's network hook must configure that, not the host's), but no other namespace,
+no cgroups, no capability drop.
 
 The contract, as runc keeps it:
 - `create` forks the workload's process, which sets itself up and then blocks opening
@@ -139,6 +141,7 @@ def _create(
                 # is a terminal: this gate must not hold it open, so its stdio is the pty now.
                 for fd in (0, 1, 2):
                     os.dup2(slave, fd)
+            lc.enter_network(config)
             _apply_mounts(config, rootfs)
             os.write(ready_w, b"ok")
             os.close(ready_w)
@@ -260,6 +263,9 @@ def _exec_cmd(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
         try:
             if master is not None:
                 os.close(master)
+            # The workload's network namespace (its own, when the client asked for one).
+            lc.enter_network({"linux": {"namespaces": [
+                {"type": "network", "path": f"/proc/{int(st['pid'])}/ns/net"}]}})  # fmt: skip
             _enter(process, ctr_root, slave)
             _exec(process)
         finally:

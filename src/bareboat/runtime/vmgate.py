@@ -303,6 +303,7 @@ def _gate(
                 os._exit(1)
             os.setsid()  # out of the caller's process group: its signals are not the workload's
             stdio = _gate_stdio(slave)
+            lc.enter_network(ctx.spec)  # QEMU inherits it: the client's hooks configure it
             join_cgroups(ctx.id, ctx.spec)
             booted = backend.boot(ctx, stdio)
         except BaseException as e:  # noqa: BLE001 - every failure is create's to report
