@@ -5,6 +5,7 @@ pause/resume (vCPUs), kill, delete --force; hooks; bad input leaves nothing behi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -14,6 +15,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -466,3 +468,56 @@ def test_installed_vm_name_picks_microvm(runtime: Runtime, tmp_path: Path) -> No
     assert (runtime.root / "bareboat" / "v13.rec").read_text().split("\n")[0] == "microvm"
     assert len(json.loads(runtime("ps", "--format", "json", "v13").stdout)) == 2  # gate, QEMU
     runtime("delete", "--force", "v13")
+
+
+HOOK_VETH = r"""
+set -e
+pid=$(sed 's/.*"pid": *\([0-9]*\).*/\1/')
+ip link add {host} type veth peer name {ctr}
+ip link set {ctr} netns "$pid"
+ip addr add 10.199.{n}.1/24 dev {host}
+ip link set {host} up
+nsenter --net=/proc/$pid/ns/net ip addr add 10.199.{n}.2/24 dev {ctr}
+nsenter --net=/proc/$pid/ns/net ip link set {ctr} up
+"""
+
+
+def test_new_network_namespace_configured_by_a_hook(runtime: Runtime, tmp_path: Path) -> None:
+    # As docker does it: config.json asks for a new network namespace, and a prestart hook
+    # configures the namespace of the pid it is given. That is the gate's own (never the
+    # host's), the VM's QEMU runs in it, and the guest reaches out through it.
+    n = os.getpid() % 200
+    host_if, ctr_if = f"bbh{n}", f"bbc{n}"
+    server = socket.create_server(("0.0.0.0", 0))
+    server.settimeout(60)
+    port = server.getsockname()[1]
+    peers: list[str] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, addr = server.accept()
+            with conn:
+                peers.append(addr[0])
+                conn.sendall(b"hello-through-the-hook\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    bundle = make_bundle(tmp_path / "b", ["sh", "-c", f"nc 10.199.{n}.1 {port}"], annotations=VM)
+    config = json.loads((bundle / "config.json").read_text())
+    script = HOOK_VETH.format(host=host_if, ctr=ctr_if, n=n)
+    config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}
+    (bundle / "config.json").write_text(json.dumps(config))
+    try:
+        reaped = create(runtime, bundle, "v15", tmp_path / "pid")
+        runtime.ids.append("v15")
+        gate = int((tmp_path / "pid").read_text())
+        assert os.stat(f"/proc/{gate}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+        runtime("start", "v15")
+        out, err, exits = reaped.finish()
+        thread.join(10)
+        assert (out, exits[gate]) == ("hello-through-the-hook\n", 0), err
+        assert peers == [f"10.199.{n}.2"]  # from the container's namespace, not the host's
+        runtime("delete", "v15")
+    finally:
+        server.close()
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)

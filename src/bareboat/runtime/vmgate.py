@@ -60,13 +60,20 @@ def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
             return Path(rootfs)
 
         def network_for(self, ctx: BackendContext, ann: dict[str, Any]) -> NetworkPlan:
-            # A network namespace the client set up (podman's bridge, CNI) with an interface
-            # in it: QEMU runs there with user-mode networking, so the guest reaches out as
-            # the container would. An annotation still wins.
+            # QEMU runs in the container's network namespace with user-mode networking, so
+            # the guest reaches out as the container would: in one the client set up with an
+            # interface (podman's bridge, CNI), or in the new one the gate makes when asked,
+            # which the client's prestart hook then configures (docker's bridge). A client's
+            # namespace with only loopback (--network none), or none asked for (the host's),
+            # gives no NIC. An annotation still wins.
             from bareboat.backends.microvm import network
 
-            netns = _client_netns(ctx.spec)
-            if ANN_NETWORK in ann or netns is None or not network.netns_has_links(netns):
+            if ANN_NETWORK in ann:
+                return super().network_for(ctx, ann)
+            wanted, netns = _client_netns(ctx.spec)
+            if wanted and netns is None:
+                return network.plan_network("user")
+            if netns is None or not network.netns_has_links(netns):
                 return super().network_for(ctx, ann)
             return network.in_netns(network.plan_network("user"), netns)
 
@@ -85,15 +92,18 @@ def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
     return RuntimeVmBackend()
 
 
-def _client_netns(config: dict[str, Any]) -> Path | None:
-    """The path of the network namespace config.json names (one the client made), if any."""
+def _client_netns(config: dict[str, Any]) -> tuple[bool, Path | None]:
+    """Whether config.json asks for a network namespace, and the path of the one the client
+    made (None: a new one, the gate's)."""
     for ns in (config.get("linux") or {}).get("namespaces") or []:
-        if isinstance(ns, dict) and ns.get("type") == "network" and ns.get("path"):
+        if isinstance(ns, dict) and ns.get("type") == "network":
+            if not ns.get("path"):
+                return True, None
             path = Path(str(ns["path"]))
             if not path.is_absolute():
                 raise UsageError(f"config.json: network namespace path {path} is not absolute")
-            return path
-    return None
+            return True, path
+    return False, None
 
 
 def _only_placeholders(rootfs: Path) -> bool:
