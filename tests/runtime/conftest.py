@@ -3,12 +3,14 @@ a runtime root of the test's own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +111,15 @@ class Runtime:
         assert isinstance(data, dict)
         return data
 
+    def wait_state(self, cid: str, want: str, timeout: float = 10) -> dict[str, object]:
+        """The container's state once its status is `want`, or the last one after `timeout`."""
+        end = time.monotonic() + timeout
+        while True:
+            st = self.state(cid)
+            if st["status"] == want or time.monotonic() > end:
+                return st
+            time.sleep(0.02)
+
     def cleanup(self) -> None:
         for cid in self.ids:
             self("delete", "--force", cid, check=False)
@@ -129,3 +140,31 @@ def cpu_quota(cgroup: Path) -> tuple[int, int]:
         return int(quota), int(period)
     return (int((cgroup / "cpu.cfs_quota_us").read_text()),
             int((cgroup / "cpu.cfs_period_us").read_text()))  # fmt: skip
+
+
+class OneShotServer:
+    """A TCP server on every host address that answers one connection with `reply` and
+    records where it came from (to tell a container's address from the host's)."""
+
+    def __init__(self, reply: bytes) -> None:
+        import socket
+        import threading
+
+        self.reply = reply
+        self.server = socket.create_server(("0.0.0.0", 0))
+        self.server.settimeout(60)
+        self.port: int = self.server.getsockname()[1]
+        self.peers: list[str] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, addr = self.server.accept()
+            with conn:
+                self.peers.append(addr[0])
+                conn.sendall(self.reply)
+
+    def close(self, timeout: float = 30) -> None:
+        self.thread.join(timeout)
+        self.server.close()

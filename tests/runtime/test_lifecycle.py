@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import jsonschema
@@ -18,15 +17,6 @@ def state_schema() -> jsonschema.protocols.Validator:
 
     validator: jsonschema.protocols.Validator = validator_for("state-schema.json")
     return validator
-
-
-def wait_status(runtime: Runtime, cid: str, want: str, timeout: float = 10) -> dict[str, object]:
-    end = time.monotonic() + timeout
-    while True:
-        st = runtime.state(cid)
-        if st["status"] == want or time.monotonic() > end:
-            return st
-        time.sleep(0.05)
 
 
 def test_create_start_state_kill_delete(runtime: Runtime, tmp_path: Path) -> None:
@@ -45,7 +35,7 @@ def test_create_start_state_kill_delete(runtime: Runtime, tmp_path: Path) -> Non
     assert rec == f"container\n{bundle}\n"
 
     runtime("start", "c1")
-    st = wait_status(runtime, "c1", "running")
+    st = runtime.wait_state("c1", "running")
     validator.validate(st)
     assert st["status"] == "running"
 
@@ -56,7 +46,7 @@ def test_create_start_state_kill_delete(runtime: Runtime, tmp_path: Path) -> Non
     # runc's extra status (not in the OCI schema; podman and containerd expect it).
     assert runtime.state("c1")["status"] == "paused"
     runtime("resume", "c1")
-    assert wait_status(runtime, "c1", "running")["status"] == "running"
+    assert runtime.wait_state("c1", "running")["status"] == "running"
 
     runtime("update", "--resources", "-", "c1", input=json.dumps({"pids": {"limit": 50}}))
 
@@ -65,7 +55,7 @@ def test_create_start_state_kill_delete(runtime: Runtime, tmp_path: Path) -> Non
 
     # sleep as PID 1 ignores TERM: the name form of an uncatchable signal
     runtime("kill", "c1", "KILL")
-    st = wait_status(runtime, "c1", "stopped")
+    st = runtime.wait_state("c1", "stopped")
     validator.validate(st)
     assert st["status"] == "stopped"
     runtime("delete", "c1")
@@ -105,7 +95,7 @@ def test_exec_process_file_and_flags(runtime: Runtime, tmp_path: Path) -> None:
     assert os.path.exists(f"/proc/{int(epid.read_text())}")
 
     runtime("kill", "--all", "c2", "KILL")
-    assert wait_status(runtime, "c2", "stopped")["status"] == "stopped"
+    assert runtime.wait_state("c2", "stopped")["status"] == "stopped"
     runtime("delete", "--force", "c2")
 
 

@@ -3,18 +3,15 @@ output unchanged, per isolation."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .clients import Podman, podman
-from .conftest import cpu_quota
+from .conftest import OneShotServer, cpu_quota
 
 
 @pytest.fixture(scope="module")
@@ -144,31 +141,16 @@ def test_microvm_reaches_out_through_the_containers_network(pm: Podman) -> None:
     if probe.returncode != 0 or "via" not in probe.stdout:
         pytest.skip(f"podman's default network does not work here: {probe.stderr.strip()}")
     gateway = probe.stdout.split("via")[1].split()[0]
-    server = socket.create_server(("0.0.0.0", 0))
-    server.settimeout(60)
-    port = server.getsockname()[1]
-    peers: list[str] = []
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            conn, addr = server.accept()
-            with conn:
-                peers.append(addr[0])
-                conn.sendall(b"hello-from-host\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    server = OneShotServer(b"hello-from-host\n")
+    script = f"ip -4 addr show eth0 | grep -q 10.0.2.15 && nc {gateway} {server.port} </dev/null"
     try:
-        res = pm("run", "--rm", *iso("microvm"), pm.image, "sh", "-c",
-                 f"ip -4 addr show eth0 | grep -q 10.0.2.15 && nc {gateway} {port} </dev/null",
-                 check=False)  # fmt: skip
-        thread.join(30)
+        res = pm("run", "--rm", *iso("microvm"), pm.image, "sh", "-c", script, check=False)
     finally:
         server.close()
     assert (res.returncode, res.stdout) == (0, "hello-from-host\n"), res.stderr
     # From the container's address on podman's network: QEMU in the host's namespace would
     # have connected from the gateway's own address.
-    assert peers and peers[0] not in (gateway, "127.0.0.1")
+    assert server.peers and server.peers[0] not in (gateway, "127.0.0.1")
 
 
 def test_nothing_left_behind(pm: Podman) -> None:

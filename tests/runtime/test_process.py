@@ -16,15 +16,6 @@ from .conftest import Runtime, make_bundle
 PROCESS = {"io.bareboat.isolation": "process"}
 
 
-def wait_status(runtime: Runtime, cid: str, want: str, timeout: float = 10) -> str:
-    end = time.monotonic() + timeout
-    while True:
-        status = str(runtime.state(cid)["status"])
-        if status == want or time.monotonic() > end:
-            return status
-        time.sleep(0.02)
-
-
 def test_lifecycle(runtime: Runtime, tmp_path: Path) -> None:
     bundle = make_bundle(
         tmp_path / "b", ["sh", "-c", "echo started > /tmp/marker; sleep 100"], annotations=PROCESS
@@ -40,7 +31,7 @@ def test_lifecycle(runtime: Runtime, tmp_path: Path) -> None:
     assert not (bundle / "rootfs" / "tmp" / "marker").exists()
 
     runtime("start", "p1")
-    assert wait_status(runtime, "p1", "running") == "running"
+    assert runtime.wait_state("p1", "running")["status"] == "running"
     end = time.monotonic() + 10
     while not (bundle / "rootfs" / "tmp" / "marker").exists() and time.monotonic() < end:
         time.sleep(0.02)
@@ -71,7 +62,7 @@ def test_lifecycle(runtime: Runtime, tmp_path: Path) -> None:
     assert runtime("delete", "p1", check=False).returncode != 0  # running, no --force
 
     runtime("kill", "p1", "KILL")
-    assert wait_status(runtime, "p1", "stopped") == "stopped"
+    assert runtime.wait_state("p1", "stopped")["status"] == "stopped"
     runtime("delete", "p1")
     assert not (runtime.root / "bareboat" / "p1").exists()
     assert not (runtime.root / "bareboat" / "p1.rec").exists()
@@ -96,7 +87,7 @@ def test_hooks_run_in_order(runtime: Runtime, tmp_path: Path) -> None:
     runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "p2")
     runtime.ids.append("p2")
     runtime("start", "p2")
-    wait_status(runtime, "p2", "stopped")
+    runtime.wait_state("p2", "stopped")
     runtime("delete", "p2")
     lines = [line.split()[0] for line in log.read_text().splitlines()]
     assert lines == list(kinds)
@@ -122,7 +113,7 @@ def test_missing_command_exits_127_through_pid(runtime: Runtime, tmp_path: Path)
     runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "p4")
     runtime.ids.append("p4")
     runtime("start", "p4")
-    assert wait_status(runtime, "p4", "stopped") == "stopped"
+    assert runtime.wait_state("p4", "stopped")["status"] == "stopped"
     runtime("delete", "p4")
 
 

@@ -5,7 +5,6 @@ pause/resume (vCPUs), kill, delete --force; hooks; bad input leaves nothing behi
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -15,7 +14,6 @@ import struct
 import subprocess
 import sys
 import termios
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ import pytest
 
 from bareboat.paths import Roots
 
-from .conftest import RUNTIME, Runtime, cpu_quota, make_bundle
+from .conftest import RUNTIME, OneShotServer, Runtime, cpu_quota, make_bundle
 
 VM = {"io.bareboat.isolation": "microvm"}
 
@@ -99,15 +97,6 @@ class Reaped:
 
 def create(runtime: Runtime, bundle: Path, cid: str, pidfile: Path) -> Reaped:
     return Reaped(runtime, "create", "--bundle", str(bundle), "--pid-file", str(pidfile), cid)
-
-
-def wait_status(runtime: Runtime, cid: str, want: str, timeout: float = 30) -> str:
-    end = time.monotonic() + timeout
-    while True:
-        status = str(runtime.state(cid)["status"])
-        if status == want or time.monotonic() > end:
-            return status
-        time.sleep(0.05)
 
 
 def test_create_boots_start_runs_gate_carries_status(runtime: Runtime, tmp_path: Path) -> None:
@@ -488,21 +477,10 @@ def test_new_network_namespace_configured_by_a_hook(runtime: Runtime, tmp_path: 
     # host's), the VM's QEMU runs in it, and the guest reaches out through it.
     n = os.getpid() % 200
     host_if, ctr_if = f"bbh{n}", f"bbc{n}"
-    server = socket.create_server(("0.0.0.0", 0))
-    server.settimeout(60)
-    port = server.getsockname()[1]
-    peers: list[str] = []
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            conn, addr = server.accept()
-            with conn:
-                peers.append(addr[0])
-                conn.sendall(b"hello-through-the-hook\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    bundle = make_bundle(tmp_path / "b", ["sh", "-c", f"nc 10.199.{n}.1 {port}"], annotations=VM)
+    server = OneShotServer(b"hello-through-the-hook\n")
+    bundle = make_bundle(
+        tmp_path / "b", ["sh", "-c", f"nc 10.199.{n}.1 {server.port}"], annotations=VM
+    )
     config = json.loads((bundle / "config.json").read_text())
     script = HOOK_VETH.format(host=host_if, ctr=ctr_if, n=n)
     config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}
@@ -514,9 +492,9 @@ def test_new_network_namespace_configured_by_a_hook(runtime: Runtime, tmp_path: 
         assert os.stat(f"/proc/{gate}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
         runtime("start", "v15")
         out, err, exits = reaped.finish()
-        thread.join(10)
+        server.close(10)
         assert (out, exits[gate]) == ("hello-through-the-hook\n", 0), err
-        assert peers == [f"10.199.{n}.2"]  # from the container's namespace, not the host's
+        assert server.peers == [f"10.199.{n}.2"]  # from the container's namespace, not the host's
         runtime("delete", "v15")
     finally:
         server.close()

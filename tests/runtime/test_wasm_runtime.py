@@ -120,15 +120,6 @@ def client_run(
     return json.loads(res.stdout), out.read_text(), err.read_text()
 
 
-def wait_status(runtime: Runtime, cid: str, want: str, timeout: float = 10) -> str:
-    end = time.monotonic() + timeout
-    while True:
-        status = str(runtime.state(cid)["status"])
-        if status == want or time.monotonic() > end:
-            return status
-        time.sleep(0.02)
-
-
 def proc_state(pid: int) -> str:
     """The process's state letter (R, S, T, Z...), "" when it is gone."""
     try:
@@ -216,7 +207,7 @@ def test_kill_ends_the_module_with_the_signal(runtime: Runtime, tmp_path: Path) 
     status, _, _ = client_run(runtime, bundle, "w3", tmp_path, kill="TERM")
     # The gate dies of the signal itself: conmon reports 143, as for a native process.
     assert status == {"code": -15}
-    assert wait_status(runtime, "w3", "stopped") == "stopped"
+    assert runtime.wait_state("w3", "stopped")["status"] == "stopped"
     runtime("delete", "w3")
     assert_gone(runtime, "w3")
 
@@ -239,7 +230,7 @@ def test_lifecycle(runtime: Runtime, tmp_path: Path) -> None:
     assert log.read_text().split() == ["createRuntime", "prestart"]
 
     runtime("start", "w4")
-    assert wait_status(runtime, "w4", "running") == "running"
+    assert runtime.wait_state("w4", "running")["status"] == "running"
     assert json.loads(runtime("ps", "--format", "json", "w4").stdout) == [pid]
     listed = json.loads(runtime("list", "--format", "json").stdout)
     assert [(c["id"], c["status"], c["pid"]) for c in listed] == [("w4", "running", pid)]
@@ -256,7 +247,7 @@ def test_lifecycle(runtime: Runtime, tmp_path: Path) -> None:
     assert runtime("delete", "w4", check=False).returncode != 0  # running, no --force
 
     runtime("kill", "w4", "KILL")
-    assert wait_status(runtime, "w4", "stopped") == "stopped"
+    assert runtime.wait_state("w4", "stopped")["status"] == "stopped"
     res = runtime("kill", "w4", "KILL", check=False)
     assert res.returncode != 0 and "container not running" in res.stderr  # runc's words
     runtime("delete", "w4")
@@ -273,7 +264,7 @@ def test_delete_force_of_created_and_running(runtime: Runtime, tmp_path: Path) -
         runtime.ids.append(cid)
         pids.append(int((tmp_path / cid).read_text()))
     runtime("start", "w6")
-    assert wait_status(runtime, "w6", "running") == "running"
+    assert runtime.wait_state("w6", "running")["status"] == "running"
     for cid in ("w5", "w6"):
         runtime("delete", "--force", cid)
         assert_gone(runtime, cid)
@@ -309,7 +300,7 @@ def test_terminal_through_console_socket(runtime: Runtime, tmp_path: Path) -> No
     finally:
         os.close(master)
     assert got.replace(b"\r", b"") == b"out\nerr\n"  # both streams on the terminal
-    assert wait_status(runtime, "w7", "stopped") == "stopped"
+    assert runtime.wait_state("w7", "stopped")["status"] == "stopped"
     runtime("delete", "w7")
 
 
@@ -359,7 +350,7 @@ def test_invoked_name_picks_wasm(runtime: Runtime, tmp_path: Path) -> None:
     assert res.returncode == 0, err.read_text()
     assert (runtime.root / "bareboat" / "n1.rec").read_text() == f"wasm\n{bundle}\n"
     runtime("start", "n1")
-    assert wait_status(runtime, "n1", "stopped") == "stopped"
+    assert runtime.wait_state("n1", "stopped")["status"] == "stopped"
     runtime("delete", "n1")
     assert_gone(runtime, "n1")
 
@@ -376,7 +367,7 @@ def test_control_commands_do_not_import_wasmtime(runtime: Runtime, tmp_path: Pat
     root = ["--root", str(runtime.root)]
     for args in (["state", "w9"], ["start", "w9"], ["kill", "w9", "KILL"], ["delete", "w9"]):
         if args[0] == "delete":
-            wait_status(runtime, "w9", "stopped")
+            runtime.wait_state("w9", "stopped")
         res = subprocess.run([sys.executable, "-c", probe, *root, *args],
                              capture_output=True, text=True, timeout=30)  # fmt: skip
         assert res.returncode == 0, (args, res.stderr)
