@@ -376,8 +376,15 @@ def print_state(root: RuntimeRoot, rec: Record) -> int:
 # --- the shape every gate-process isolation shares ---------------------------------------------
 
 
-def begin_create(inv: Invocation, root: RuntimeRoot, isolation: str) -> str:
-    """Refuse `run` (clients use create + start) and make the container's state dir."""
+def create_in_state_dir(
+    inv: Invocation,
+    root: RuntimeRoot,
+    isolation: str,
+    body: Callable[[str], int],
+    undo: Callable[[], None] | None = None,
+) -> int:
+    """Refuse `run` (clients use create + start), make the container's state dir and run
+    `body(sdir)`; if it fails, `undo` (by default: remove the state dir) leaves nothing."""
     from bareboat.errors import BackendUnavailable
 
     if inv.command == "run":
@@ -386,7 +393,16 @@ def begin_create(inv: Invocation, root: RuntimeRoot, isolation: str) -> str:
         )
     sdir = state_dir(root, inv.id)
     os.makedirs(sdir, mode=0o700)
-    return sdir
+    try:
+        return body(sdir)
+    except BaseException:
+        if undo is not None:
+            undo()
+        else:
+            import shutil
+
+            shutil.rmtree(sdir, ignore_errors=True)
+        raise
 
 
 def process_of(config: dict[str, Any]) -> dict[str, Any]:

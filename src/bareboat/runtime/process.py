@@ -106,16 +106,11 @@ def _exec(process: dict[str, Any]) -> None:
 
 
 def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:
-    sdir = lc.begin_create(inv, root, "process")
-    try:
+    def body(sdir: str) -> int:
         process = lc.process_of(config)
-        rootfs = lc.rootfs_of(bundle, config)
-        return _create(inv, root, bundle, config, process, rootfs, sdir)
-    except BaseException:
-        import shutil
+        return _create(inv, root, bundle, config, process, lc.rootfs_of(bundle, config), sdir)
 
-        shutil.rmtree(sdir, ignore_errors=True)
-        raise
+    return lc.create_in_state_dir(inv, root, "process", body)
 
 
 def _create(

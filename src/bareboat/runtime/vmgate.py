@@ -197,15 +197,15 @@ def _context(cid: str, bundle: str, sdir: str, config: dict[str, Any]) -> Backen
 
 
 def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:
-    sdir = lc.begin_create(inv, root, "microvm")
-    try:
+    def body(sdir: str) -> int:
         lc.process_of(config)
-        rootfs = lc.rootfs_of(bundle, config)
-        return _create(inv, root, bundle, config, rootfs, sdir)
-    except BaseException:
+        return _create(inv, root, bundle, config, lc.rootfs_of(bundle, config), sdir)
+
+    def undo() -> None:  # the VM's cgroups and sockets live outside the state dir
         drop_cgroups(inv.id, config)
         remove_files(root, inv.id)
-        raise
+
+    return lc.create_in_state_dir(inv, root, "microvm", body, undo)
 
 
 def _create(

@@ -93,15 +93,12 @@ def _check_command(module: Any) -> None:
 
 def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:
     process = config.get("process") or {}
-    sdir = lc.begin_create(inv, root, ISOLATION)
-    try:
+
+    def body(sdir: str) -> int:
         plan, cache = compile_plan(bundle, config, os.path.join(sdir, "tmpfs"))
         return _create(inv, root, bundle, config, process, sdir, plan, cache)
-    except BaseException:
-        import shutil
 
-        shutil.rmtree(sdir, ignore_errors=True)
-        raise
+    return lc.create_in_state_dir(inv, root, ISOLATION, body)
 
 
 def _create(
