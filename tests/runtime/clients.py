@@ -177,6 +177,22 @@ state = "{base}/state"
 SANDBOX_IMAGE = "docker.io/library/bareboat-sandbox:test"
 
 
+def daemon_log(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:]
+
+
+def wait_daemon(client: Containerd | Docker, name: str, *, timeout: float, step: float) -> None:
+    """Until the client's daemon answers `version` on its socket; its log if it dies or not."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if client.proc.poll() is not None:
+            raise AssertionError(f"{name} exited: {client.logs()}")
+        if client.sock.exists() and client("version", check=False).returncode == 0:
+            return
+        time.sleep(step)
+    raise AssertionError(f"{name} did not come up: {client.logs()}")
+
+
 class Containerd:
     """A private containerd 1.6 (root, state and sockets in a temp dir) and its `ctr`. Its CRI
     plugin has two runtime handlers (what a Kubernetes RuntimeClass names): `bareboat` and
@@ -220,17 +236,10 @@ class Containerd:
             raise
 
     def _wait_ready(self) -> None:
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"containerd exited: {self.logs()}")
-            if self.sock.exists() and self("version", check=False).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"containerd did not come up: {self.logs()}")
+        wait_daemon(self, "containerd", timeout=30, step=0.1)
 
     def logs(self) -> str:
-        return (self.base / "containerd.log").read_text(errors="replace")[-3000:]
+        return daemon_log(self.base / "containerd.log")
 
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 120
@@ -354,17 +363,10 @@ class Docker:
         return entries
 
     def _wait_ready(self) -> None:
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"dockerd exited: {self.logs()}")
-            if self.sock.exists() and self("version", check=False).returncode == 0:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"dockerd did not come up: {self.logs()}")
+        wait_daemon(self, "dockerd", timeout=60, step=0.2)
 
     def logs(self) -> str:
-        return (self.base / "dockerd.log").read_text(errors="replace")[-3000:]
+        return daemon_log(self.base / "dockerd.log")
 
     @property
     def runtime_root(self) -> Path:
