@@ -81,22 +81,14 @@ class VmPaths:
 
     def qemu_pid(self) -> int:
         """QEMU's pid as the backend recorded it (vm.json), or 0."""
-        import json
+        from bareboat.backends.microvm.vmproc import recorded_pid
 
-        try:
-            with open(f"{self.path}/vm.json", "rb") as f:
-                return int(json.load(f)["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+        return recorded_pid(f"{self.path}/vm.json") or 0
 
     def is_our_qemu(self, pid: int) -> bool:
-        """Guard against pid reuse: a QEMU whose argv names this VM's sockets."""
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            return False
-        return b"qemu-system" in cmdline and os.fsencode(self.sockets) in cmdline
+        from bareboat.backends.microvm.vmproc import is_vm_qemu
+
+        return is_vm_qemu(pid, self.sockets)
 
 
 def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:

@@ -72,6 +72,7 @@ from .agent import (
     encode_start,
 )
 from .hub import CtlClient, ExitRecord, Hub
+from .vmproc import is_vm_qemu, recorded_pid
 
 if TYPE_CHECKING:
     from .qemu import QemuProcess
@@ -340,12 +341,7 @@ def socket_dir(roots: Roots, cid: str) -> Path:
 
 
 def _pid_is_ours(pid: int, vmdir: VmDir) -> bool:
-    """Guard against pid reuse: the process must be a QEMU whose argv names our files."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"qemu-system" in cmdline and os.fsencode(vmdir.sockets) in cmdline
+    return is_vm_qemu(pid, vmdir.sockets)
 
 
 def _winsize(fd: int) -> tuple[int, int]:
@@ -821,10 +817,7 @@ class MicrovmBackend:
                 time.sleep(0.02)
 
     def _recorded_pid(self, d: VmDir) -> int | None:
-        try:
-            return int(json.loads(d.pidfile.read_text())["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return recorded_pid(d.pidfile)
 
     def _cleanup(self, d: VmDir) -> None:
         shutil.rmtree(d.sockets, ignore_errors=True)
