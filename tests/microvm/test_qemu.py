@@ -403,15 +403,6 @@ def test_missing_qemu_binary_is_backend_unavailable(vm_dir: Path) -> None:
     assert not list(vm_dir.iterdir())
 
 
-def test_netns_runs_qemu_through_nsenter() -> None:
-    argv = build_argv(_cfg(network="user", netns=Path("/run/netns/ctr")))
-    assert argv[:3] == ["nsenter", "--net=/run/netns/ctr", "--"]
-    assert argv[3].endswith("qemu-system-x86_64")
-    assert "-netdev" in argv
-    with pytest.raises(UsageError, match="not absolute"):
-        build_argv(_cfg(netns=Path("netns/ctr")))
-
-
 def test_shares_are_9p_devices() -> None:
     from bareboat.backends.microvm.qemu import Share
 

@@ -75,7 +75,7 @@ def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
                 return network.plan_network("user")
             if netns is None or not network.netns_has_links(netns):
                 return super().network_for(ctx, ann)
-            return network.in_netns(network.plan_network("user"), netns)
+            return network.plan_network("user")  # QEMU inherits the gate's namespace
 
         def image_for(self, ctx: BackendContext) -> RootfsImage:
             tree = lower_tree(Path(rootfs))

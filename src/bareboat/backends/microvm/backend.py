@@ -460,7 +460,6 @@ class MicrovmBackend:
             serial_ports=(SerialPort(AGENT_PORT, d.agent),),
             console_log=d.console,
             network="user" if plan.net.mode == "user" else "none",
-            netns=plan.net.netns,
             shares=tuple(
                 Share(Path(m.source), share_tags(plan.spec)[m.destination], "ro" in m.options)
                 for m in plan.spec.mounts

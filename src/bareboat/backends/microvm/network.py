@@ -12,7 +12,7 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from bareboat.errors import UsageError
@@ -35,11 +35,6 @@ class NetworkPlan:
     kernel_args: tuple[str, ...] = ()
     resolv_conf: str = ""
     ports: tuple[PortMapping, ...] = ()
-    netns: Path | None = None  # QEMU runs in this network namespace (see qemu.VMConfig.netns)
-
-
-def in_netns(plan: NetworkPlan, path: Path) -> NetworkPlan:
-    return replace(plan, netns=path)
 
 
 def hostfwd(p: PortMapping) -> str:

@@ -113,9 +113,6 @@ class VMConfig:
     rng: bool = True
     # A vsock device with this guest CID (needs vhost-vsock on the host: KVM hosts only).
     vsock_cid: int | None = None
-    # Run QEMU in this network namespace (a client's, e.g. podman's): user-mode networking
-    # then reaches out through the namespace's interfaces, with the container's address.
-    netns: Path | None = None
     shares: tuple[Share, ...] = ()
     extra_args: tuple[str, ...] = field(default=())
 
@@ -179,8 +176,6 @@ def validate(cfg: VMConfig) -> None:
         raise UsageError(f"vsock guest CID {cfg.vsock_cid} is out of range 3-4294967294")
     if cfg.tb_size_mib is not None and cfg.tb_size_mib < 1:
         raise UsageError("tb-size must be at least 1 MiB")
-    if cfg.netns is not None and not cfg.netns.is_absolute():
-        raise UsageError(f"network namespace path {cfg.netns} is not absolute")
     tags = [sh.tag for sh in cfg.shares]
     for sh in cfg.shares:
         # A 9p mount tag is at most 31 bytes.
@@ -250,9 +245,6 @@ def build_argv(cfg: VMConfig, *, qemu: str = QEMU_BINARY) -> list[str]:
     if cfg.paused:
         argv.append("-S")
     argv += cfg.extra_args
-    if cfg.netns is not None:
-        # util-linux's nsenter joins the namespace and execs QEMU: the pid stays QEMU's.
-        argv = ["nsenter", f"--net={cfg.netns}", "--", *argv]
     return argv
 
 

@@ -700,7 +700,6 @@ def inputs_for(cfg: VMConfig, image: str) -> TemplateInputs | None:
         and cfg.vsock_cid is None
         and not cfg.extra_args
         and not cfg.shares
-        and cfg.netns is None
     )
     if not plain or cfg.initrd is None:
         return None
