@@ -261,7 +261,8 @@ def _run_attached(engine: Engine, cid: str, *, interactive: bool, tty: bool) -> 
 
     try:
         engine.start(cid, wait_attach=True)
-        rec = engine.get(cid)
+        # (not the record's: with wait_attach the workload, and so the record, waits for us)
+        monitor = engine.monitor(cid)
         client = engine.attach(cid)
     except BareboatError:
         raise  # the monitor recorded (or for --rm removed) the container and cleaned up
@@ -275,7 +276,7 @@ def _run_attached(engine: Engine, cid: str, *, interactive: bool, tty: bool) -> 
         client.close()
         # The monitor sends the code once it has cleaned up, then exits: with --rm nothing
         # of the container may be left when `run` returns, the monitor included.
-        wait_gone(rec.monitor_pid, rec.monitor_start, 10)
+        wait_gone(*monitor, 10)
 
 
 def _attached(client: AttachClient, *, interactive: bool, tty: bool) -> int:

@@ -288,6 +288,11 @@ class Engine:
         spawn(self, rec.id, wait_attach=wait_attach)
         return self.records.load(rec.id) if p.record.exists() else rec
 
+    def monitor(self, ref: str) -> tuple[int | None, int | None]:
+        """The pid and start time of the container's monitor, from the file it writes
+        first thing (the record learns them only once the workload runs)."""
+        return _pid_file(self.paths(self.resolve(ref)).monitor_pid)
+
     def attach(self, ref: str) -> Any:
         from .attach import AttachClient
 
