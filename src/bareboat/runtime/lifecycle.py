@@ -379,18 +379,11 @@ def print_state(root: RuntimeRoot, rec: Record) -> int:
 def create_in_state_dir(
     inv: Invocation,
     root: RuntimeRoot,
-    isolation: str,
     body: Callable[[str], int],
     undo: Callable[[], None] | None = None,
 ) -> int:
-    """Refuse `run` (clients use create + start), make the container's state dir and run
-    `body(sdir)`; if it fails, `undo` (by default: remove the state dir) leaves nothing."""
-    from bareboat.errors import BackendUnavailable
-
-    if inv.command == "run":
-        raise BackendUnavailable(
-            f"`run` is not supported for {isolation} isolation: create + start"
-        )
+    """Make the container's state dir and run `body(sdir)`; if it fails, `undo` (by
+    default: remove the state dir) leaves nothing."""
     sdir = state_dir(root, inv.id)
     os.makedirs(sdir, mode=0o700)
     try:

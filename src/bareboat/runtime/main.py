@@ -135,6 +135,10 @@ def create(inv: args.Invocation, root: RuntimeRoot, argv0: str) -> int:
     except BaseException:
         root.drop(cid)
         raise
+    if rc == 0 and iso in OWN and inv.command == "run":
+        from .foreground import run_created
+
+        return run_created(inv, root, _module(iso))
     if rc != 0 or (inv.command == "run" and not inv.has("--detach") and not inv.has("--keep")):
         root.drop(cid)
     return rc

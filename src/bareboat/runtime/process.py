@@ -110,7 +110,7 @@ def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, An
         process = lc.process_of(config)
         return _create(inv, root, bundle, config, process, lc.rootfs_of(bundle, config), sdir)
 
-    return lc.create_in_state_dir(inv, root, "process", body)
+    return lc.create_in_state_dir(inv, root, body)
 
 
 def _create(

@@ -205,7 +205,7 @@ def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, An
         drop_cgroups(inv.id, config)
         remove_files(root, inv.id)
 
-    return lc.create_in_state_dir(inv, root, "microvm", body, undo)
+    return lc.create_in_state_dir(inv, root, body, undo)
 
 
 def _create(

@@ -98,7 +98,7 @@ def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, An
         plan, cache = compile_plan(bundle, config, os.path.join(sdir, "tmpfs"))
         return _create(inv, root, bundle, config, process, sdir, plan, cache)
 
-    return lc.create_in_state_dir(inv, root, ISOLATION, body)
+    return lc.create_in_state_dir(inv, root, body)
 
 
 def _create(

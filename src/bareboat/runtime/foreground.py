@@ -1,0 +1,67 @@
+"""`run` for the isolations bareboat drives itself: what runc does after its create.
+
+runc's `run` is create + start in one call; in the foreground it then waits for the
+container, passing signals on, deletes it (unless `--keep`) and exits with its status. The
+gate `create` forked is this process's child and exits with the workload's status, so a
+plain waitpid carries the code, as it does for conmon or the shim after a create.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+from . import lifecycle as lc
+from .args import Invocation
+from .records import RuntimeRoot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+# What a terminal or a supervisor sends `runc run`: passed on to the container (each gate
+# forwards these to its workload) instead of ending this process before the container.
+PASSED_ON = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+)  # fmt: skip
+
+
+def run_created(inv: Invocation, root: RuntimeRoot, module: Any) -> int:
+    """After a successful create: start; with `--detach` return, else wait and clean up."""
+    rec = root.load(inv.id)
+    assert rec is not None
+    try:
+        lc.release(root, rec)
+    except BaseException:
+        _delete(inv, root, module)
+        raise
+    if inv.has("--detach"):
+        return 0
+    code = _wait(int(lc.read_state(root, rec.id)["pid"]))
+    if not inv.has("--keep"):
+        _delete(inv, root, module)
+    return code
+
+
+def _wait(pid: int) -> int:
+    def pass_on(sig: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    for sig in PASSED_ON:
+        signal.signal(sig, pass_on)
+    _, status = os.waitpid(pid, 0)  # (retried after each handler: PEP 475)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _delete(inv: Invocation, root: RuntimeRoot, module: Any) -> None:
+    rec = root.load(inv.id)
+    if rec is None:
+        return
+    delete = Invocation(inv.globals)
+    delete.command = "delete"
+    delete.flags = {"--force": ""}
+    delete.positionals = [rec.id]
+    module.command(delete, root, rec)
