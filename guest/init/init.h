@@ -22,10 +22,13 @@
 #define BB_MAX_FILE_SIZE 65536
 #define BB_MAX_SESSIONS 64
 #define BB_STDIN_CAP (8u << 20)
+#define BB_MAX_PORTS 1024
+#define BB_PORTS_EVERY_MS 250
 
 enum frame_type {
 	T_HELLO = 1, T_START, T_STARTED, T_STDIN, T_STDOUT, T_STDERR, T_RESIZE, T_SIGNAL,
 	T_EXIT, T_EXEC, T_ERROR, T_POWEROFF, T_PING, T_PONG,
+	T_PORTS = 17, /* 15, 16 are the host's own control frames */
 };
 
 enum error_kind {
@@ -37,7 +40,7 @@ enum tag {
 	TAG_ARG = 1, TAG_ENV, TAG_CWD, TAG_UID, TAG_GID, TAG_GROUP, TAG_UMASK, TAG_RLIMIT,
 	TAG_NO_NEW_PRIVS, TAG_TERMINAL, TAG_WINSIZE,
 	TAG_HOSTNAME = 32, TAG_TIME, TAG_ENTROPY, TAG_LOWER, TAG_LOWER_FSTYPE, TAG_UPPER,
-	TAG_UPPER_FSTYPE, TAG_MOUNT, TAG_ROOT_DIR, TAG_FILE, TAG_READONLY_ROOT,
+	TAG_UPPER_FSTYPE, TAG_MOUNT, TAG_ROOT_DIR, TAG_FILE, TAG_READONLY_ROOT, TAG_WATCH_PORTS,
 };
 
 struct rlim_spec { uint32_t resource; uint64_t soft, hard; };
@@ -65,6 +68,7 @@ struct start_spec {
 	struct mount_spec mounts[BB_MAX_MOUNTS]; int nmounts;
 	struct file_spec files[BB_MAX_FILES]; int nfiles;
 	int readonly_root;
+	int watch_ports;
 };
 
 /* main.c */
@@ -109,6 +113,11 @@ int sessions_pollfds(struct pollfd *fds, int max);
 void sessions_handle(struct pollfd *fds, int n);
 void sessions_reap(void);
 void sessions_kill_all(void);
+
+/* ports.c: report the guest's listening TCP ports (START's WATCH_PORTS) */
+void ports_watch(void);
+int ports_timeout_ms(void); /* -1: not watching */
+void ports_tick(void);
 
 /* rootfs.c: VM boot mounts and root assembly */
 int boot_mounts(void);

@@ -106,6 +106,8 @@ static void handle_start(uint32_t session, const unsigned char *p, size_t n)
 	if (session_start(0, &s.proc, workload_root, &clk, timings) == 0 && !test_mode)
 		logmsg("init to ready %u us; START: root %u us, spawn %u us; init to exec %u us",
 		       timings[0], timings[1], timings[2], timings[3]);
+	if (s.watch_ports)
+		ports_watch(); /* after STARTED: the host reads PORTS only from a running workload */
 	free_start(&s);
 }
 
@@ -254,8 +256,9 @@ int main(int argc, char **argv)
 		}
 		int first = n;
 		n += sessions_pollfds(fds + n, (int)(sizeof fds / sizeof fds[0]) - n);
-		int r = poll(fds, (nfds_t)n, hup_backoff ? 10 : -1);
+		int r = poll(fds, (nfds_t)n, hup_backoff ? 10 : ports_timeout_ms());
 		hup_backoff = 0;
+		ports_tick();
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;

@@ -256,6 +256,7 @@ int parse_start(const unsigned char *p, size_t n, struct start_spec *s, int is_s
 			break;
 		}
 		case TAG_READONLY_ROOT: NEED(len == 1, "READONLY_ROOT: bad length"); s->readonly_root = v[0] != 0; break;
+		case TAG_WATCH_PORTS: NEED(len == 1, "WATCH_PORTS: bad length"); s->watch_ports = v[0] != 0; break;
 		default:
 			snprintf(err, errlen, "unknown field tag %u", tag);
 			goto fail;

@@ -95,6 +95,7 @@ def start_specs(draw: st.DrawFn) -> StartSpec:
             )
         ),
         readonly_root=draw(st.booleans()),
+        watch_ports=draw(st.booleans()),
     )
 
 
@@ -189,11 +190,20 @@ def test_truncated_frame_waits_for_more() -> None:
         Frame(FrameType.STARTED, 0, b"\0"),
         Frame(FrameType.ERROR, 0, b"\0"),
         Frame(FrameType.ERROR, 0, b"\0\x63oops"),
+        Frame(FrameType.PORTS, 0, b"\0\x50\0"),  # odd length
+        Frame(FrameType.PORTS, 0, b"\0\x50\0\x16"),  # not ascending
+        Frame(FrameType.PORTS, 0, b"\0\x50\0\x50"),  # twice
+        Frame(FrameType.PORTS, 0, b"\0\0"),  # port 0
     ],
 )
 def test_malformed_payloads_are_refused(frame: Frame) -> None:
     with pytest.raises(AgentProtocolError):
         decode_event(frame)
+
+
+def test_ports_frame() -> None:
+    assert decode_event(Frame(FrameType.PORTS, 0, b"\0\x16\x1f\x90")) == agent.Ports((22, 8080))
+    assert decode_event(Frame(FrameType.PORTS, 0, b"")) == agent.Ports(())
 
 
 def test_error_messages_are_made_printable() -> None:

@@ -190,6 +190,30 @@ def test_signal_is_forwarded(agent: Agent) -> None:
     assert res.exit.status == 143
 
 
+def test_listening_ports_are_reported(agent: Agent) -> None:
+    # In test mode the agent reads this host's /proc/net/tcp{,6}: a socket opened here is one
+    # it must report once it listens on a non-loopback address, and forget once closed.
+    agent.client.start(StartSpec(process=ProcessSpec(args=["/bin/sleep", "100"]), watch_ports=True))
+    loopback = socket.create_server(("127.0.0.1", 0))
+    with (
+        socket.create_server(("0.0.0.0", 0)) as v4,
+        socket.create_server(("::", 0), family=socket.AF_INET6) as v6,
+    ):
+        p4, p6 = v4.getsockname()[1], v6.getsockname()[1]
+        agent.client.wait_ports(lambda ports: {p4, p6} <= set(ports), 10)
+    assert loopback.getsockname()[1] not in agent.client.ports
+    agent.client.wait_ports(lambda ports: not {p4, p6} & set(ports), 10)
+    loopback.close()
+    agent.client.signal(0, signal.SIGKILL)
+    agent.client.wait(0, timeout=10)
+
+
+def test_ports_are_not_reported_unless_asked(agent: Agent) -> None:
+    with socket.create_server(("0.0.0.0", 0)):
+        res = run(agent, sh("sleep 0.6"))
+    assert res.exit.code == 0 and agent.client.ports == ()
+
+
 def test_exec_sessions_while_running(agent: Agent) -> None:
     agent.client.start(StartSpec(process=sh("read line; echo main got $line")))
     s1 = agent.client.exec(sh("echo from exec; exit 5"))

@@ -52,3 +52,42 @@ def test_taken_port_is_named() -> None:
         with pytest.raises(UsageError, match=f"127.0.0.1:{port}/tcp"):
             network.check_ports_free([PortMapping(port, 80)])
     network.check_ports_free([PortMapping(port, 80)])  # free again once closed
+
+
+class Monitor:
+    """QEMU's human monitor as far as forwards go: the rules it holds, refusing a port that
+    is taken (the answer QEMU 7.2 gives)."""
+
+    def __init__(self, taken: set[int]) -> None:
+        self.rules: set[int] = set()
+        self.taken = taken
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> str:
+        self.lines.append(line)
+        verb, netdev, rule = line.split()
+        assert netdev == network.NETDEV_ID
+        port = int(rule.split(":")[2].split("-")[0])
+        if verb == "hostfwd_remove":
+            self.rules.discard(port)
+            return ""
+        if port in self.taken:
+            return f"Could not set up host forwarding rule 'tcp::{port}-:{port}'\r\n"
+        self.rules.add(port)
+        return ""
+
+
+def test_port_forwarder_follows_the_guest() -> None:
+    mon = Monitor(taken={22})
+    fwd = network.PortForwarder(mon)
+    fwd.update((80, 8080))
+    assert mon.rules == {80, 8080}
+    assert mon.lines == ["hostfwd_add net0 tcp::80-:80", "hostfwd_add net0 tcp::8080-:8080"]
+    fwd.update((22, 8080))  # 80 closed; 22 taken on the host side: tried, not recorded
+    assert mon.rules == {8080} and fwd.forwarded == {8080}
+    assert "hostfwd_remove net0 tcp::80" in mon.lines
+    mon.taken.clear()
+    fwd.update((22, 8080))  # the next report tries 22 again
+    assert mon.rules == {22, 8080}
+    fwd.update(())
+    assert mon.rules == set() and fwd.forwarded == set()

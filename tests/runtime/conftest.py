@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -168,3 +169,22 @@ class OneShotServer:
     def close(self, timeout: float = 30) -> None:
         self.thread.join(timeout)
         self.server.close()
+
+
+def connect_and_read(addr: tuple[str, int], timeout: float = 60) -> bytes:
+    """What a server at `addr` sends, retrying while it is not (yet) reachable."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(addr, timeout=5) as conn:
+                data = b""
+                while chunk := conn.recv(4096):
+                    data += chunk
+                if data:
+                    return data
+        except OSError:
+            pass
+        # Refused or reset until the guest listens and its port is forwarded.
+        if time.monotonic() > end:
+            raise AssertionError(f"nothing served at {addr} in {timeout:g}s")
+        time.sleep(0.2)

@@ -4,6 +4,7 @@ output unchanged, per isolation."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .clients import Podman, podman
-from .conftest import OneShotServer, cpu_quota
+from .conftest import OneShotServer, connect_and_read, cpu_quota
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,27 @@ def test_microvm_reaches_out_through_the_containers_network(pm: Podman) -> None:
     # From the container's address on podman's network: QEMU in the host's namespace would
     # have connected from the gateway's own address.
     assert server.peers and server.peers[0] not in (gateway, "127.0.0.1")
+
+
+def test_published_port_reaches_the_guest(pm: Podman) -> None:
+    # podman -p maps a host port to the container's address; the port the guest listens on
+    # answers there (the agent reports it, QEMU forwards it), with no annotation.
+    probe = pm("run", "--rm", pm.image, "sh", "-c", "ip route | grep default", runtime="runc",
+               check=False)  # fmt: skip
+    if probe.returncode != 0 or "via" not in probe.stdout:
+        pytest.skip(f"podman's default network does not work here: {probe.stderr.strip()}")
+    gateway = probe.stdout.split("via")[1].split()[0]  # a host address on podman's bridge
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = "echo served-from-the-vm | nc -l -p 8080"
+    cid = pm("run", "-d", *iso("microvm"), "-p", f"{port}:8080", pm.image, "sh", "-c", script
+             ).stdout.strip()  # fmt: skip
+    try:
+        assert connect_and_read((gateway, port)) == b"served-from-the-vm\n"
+        assert pm("wait", cid).stdout.strip() == "0"
+    finally:
+        pm("rm", "-f", cid)
 
 
 def test_nothing_left_behind(pm: Podman) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from bareboat.paths import Roots
 
-from .conftest import RUNTIME, OneShotServer, Runtime, cpu_quota, make_bundle
+from .conftest import RUNTIME, OneShotServer, Runtime, connect_and_read, cpu_quota, make_bundle
 
 VM = {"io.bareboat.isolation": "microvm"}
 
@@ -498,4 +498,31 @@ def test_new_network_namespace_configured_by_a_hook(runtime: Runtime, tmp_path: 
         runtime("delete", "v15")
     finally:
         server.close()
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
+
+
+def test_guest_listening_port_is_reached_at_the_containers_address(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    # A port mapping of the client's (docker -p, a Service) ends at the container's address:
+    # the port the guest listens on must answer there, without any annotation.
+    n = (os.getpid() + 1) % 200
+    host_if, ctr_if = f"bbh{n}", f"bbc{n}"
+    bundle = make_bundle(
+        tmp_path / "b", ["sh", "-c", "echo served-from-the-vm | nc -l -p 8080"], annotations=VM
+    )
+    config = json.loads((bundle / "config.json").read_text())
+    script = HOOK_VETH.format(host=host_if, ctr=ctr_if, n=n)
+    config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}
+    (bundle / "config.json").write_text(json.dumps(config))
+    try:
+        reaped = create(runtime, bundle, "v16", tmp_path / "pid")
+        runtime.ids.append("v16")
+        gate = int((tmp_path / "pid").read_text())
+        runtime("start", "v16")
+        assert connect_and_read((f"10.199.{n}.2", 8080)) == b"served-from-the-vm\n"
+        _, err, exits = reaped.finish()
+        assert exits[gate] == 0, err
+        runtime("delete", "v16")
+    finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)

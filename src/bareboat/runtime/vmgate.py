@@ -71,11 +71,14 @@ def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
             if ANN_NETWORK in ann:
                 return super().network_for(ctx, ann)
             wanted, netns = _client_netns(ctx.spec)
-            if wanted and netns is None:
-                return network.plan_network("user")
-            if netns is None or not network.netns_has_links(netns):
+            if netns is not None and not network.netns_has_links(netns):
                 return super().network_for(ctx, ann)
-            return network.plan_network("user")  # QEMU inherits the gate's namespace
+            if netns is None and not wanted:
+                return super().network_for(ctx, ann)
+            # QEMU inherits the gate's namespace. What the guest listens on is forwarded
+            # from the same port there, where the client's port mappings (podman or
+            # docker -p, a Kubernetes Service) send connections for the container.
+            return network.plan_network("user", watch_ports=True)
 
         def image_for(self, ctx: BackendContext) -> RootfsImage:
             tree = lower_tree(Path(rootfs))

@@ -36,6 +36,7 @@ MAX_ERROR_MESSAGE = 1024
 MAX_PING = 64
 MAX_FILES = 64
 MAX_FILE_SIZE = 64 * 1024
+MAX_PORTS = 1024
 
 
 class FrameType(enum.IntEnum):
@@ -57,6 +58,7 @@ class FrameType(enum.IntEnum):
     # Never sent to a guest; the hub answers PONG (done) or ERROR.
     PAUSE = 15
     RESUME = 16
+    PORTS = 17
 
 
 class ErrorKind(enum.IntEnum):
@@ -92,6 +94,7 @@ class Tag(enum.IntEnum):
     ROOT_DIR = 40
     FILE = 41
     READONLY_ROOT = 42
+    WATCH_PORTS = 43
 
 
 # the largest payload the host accepts per guest→host type; other types never come from a guest
@@ -103,6 +106,7 @@ GUEST_LIMITS: dict[FrameType, int] = {
     FrameType.EXIT: 5,
     FrameType.ERROR: 2 + MAX_ERROR_MESSAGE,
     FrameType.PONG: MAX_PING,
+    FrameType.PORTS: 2 * MAX_PORTS,
 }
 HOST_TYPES = frozenset(
     {
@@ -247,6 +251,7 @@ class StartSpec:
     root_dir: str | None = None
     files: list[File] = field(default_factory=list)
     readonly_root: bool = False
+    watch_ports: bool = False  # the guest reports its listening TCP ports (PORTS)
 
 
 def _str(value: str, what: str, limit: int = MAX_STR) -> bytes:
@@ -353,6 +358,8 @@ def encode_start(spec: StartSpec) -> bytes:
         out.append(_tlv(Tag.FILE, flags + _lp(f.path, "file path") + f.data))
     if spec.readonly_root:
         out.append(_tlv(Tag.READONLY_ROOT, b"\1"))
+    if spec.watch_ports:
+        out.append(_tlv(Tag.WATCH_PORTS, b"\1"))
     payload = b"".join(out)
     if len(payload) > MAX_PAYLOAD:
         raise UsageError(f"the process spec is too large ({len(payload)} bytes)")
@@ -423,8 +430,8 @@ def decode_start(payload: bytes) -> StartSpec:
                 start["entropy"] = v
             case Tag.LOWER | Tag.LOWER_FSTYPE | Tag.UPPER | Tag.UPPER_FSTYPE | Tag.ROOT_DIR:
                 start[tag.name.lower()] = text(v)
-            case Tag.READONLY_ROOT:
-                start["readonly_root"] = fixed(v, 1, tag) != b"\0"
+            case Tag.READONLY_ROOT | Tag.WATCH_PORTS:
+                start[tag.name.lower()] = fixed(v, 1, tag) != b"\0"
             case Tag.FILE:
                 if len(v) < 6 or len(v) - 6 < int.from_bytes(v[4:6], "big"):
                     raise AgentProtocolError("FILE: truncated")
@@ -514,7 +521,14 @@ class Pong:
     data: bytes
 
 
-Event = Hello | Started | Output | Exited | AgentError | Pong
+@dataclass(frozen=True)
+class Ports:
+    """The TCP ports the guest now listens on beyond loopback, ascending."""
+
+    ports: tuple[int, ...]
+
+
+Event = Hello | Started | Output | Exited | AgentError | Pong | Ports
 
 
 def decode_event(frame: Frame) -> Event:
@@ -560,6 +574,13 @@ def decode_event(frame: Frame) -> Event:
             return AgentError(frame.session, kind, msg)
         case FrameType.PONG:
             return Pong(frame.session, p)
+        case FrameType.PORTS:
+            if len(p) % 2:
+                raise AgentProtocolError("PORTS: odd length")
+            ports = struct.unpack(f">{len(p) // 2}H", p)
+            if 0 in ports or list(ports) != sorted(set(ports)):
+                raise AgentProtocolError("PORTS: not ascending distinct ports")
+            return Ports(ports)
     raise AgentProtocolError(f"agent sent a {frame.type.name} frame, which it must not")
 
 
@@ -607,6 +628,7 @@ class AgentClient:
         self._ended: set[int] = set()
         self._closed = False
         self.hello: Hello | None = None
+        self.ports: tuple[int, ...] = ()  # the last PORTS the guest sent (WATCH_PORTS)
 
     @classmethod
     def connect_unix(cls, path: str, *, timeout: float = 5.0) -> AgentClient:
@@ -724,6 +746,9 @@ class AgentClient:
         """Refuse events for sessions we never started or that already ended."""
         if isinstance(event, Hello | Pong):
             return event
+        if isinstance(event, Ports):
+            self.ports = event.ports  # a state, not an event to queue
+            return None
         state = self._sessions.get(event.session)
         if state is None and isinstance(event, AgentError) and event.session in self._ended:
             # e.g. the answer to a SIGNAL that crossed the session's EXIT: moot, dropped
@@ -783,6 +808,17 @@ class AgentClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AgentTimeout(late)
+            r, _, _ = select.select([self.sock], [], [], left)
+            if r:
+                self._receive()
+
+    def wait_ports(self, match: Callable[[tuple[int, ...]], bool], timeout: float) -> None:
+        """Until the guest's reported listening ports `match`; AgentTimeout after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not match(self.ports):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AgentTimeout(f"the guest reported ports {self.ports} in {timeout:g}s")
             r, _, _ = select.select([self.sock], [], [], left)
             if r:
                 self._receive()
@@ -858,7 +894,7 @@ class AgentClient:
 
     def _take_session(self, session: int, timeout: float) -> Event:
         return self._take_first(
-            lambda e: not isinstance(e, Hello) and e.session == session,
+            lambda e: not isinstance(e, Hello | Ports) and e.session == session,
             timeout,
             f"session {session} did not finish in time",
         )

@@ -217,6 +217,7 @@ def start_spec(plan: VmPlan, winsize: tuple[int, int] = (0, 0)) -> StartSpec:
         mounts=mounts,
         files=[File(f.path, read_guest_file(f), readonly=f.readonly) for f in s.files],
         readonly_root=s.readonly_rootfs,
+        watch_ports=plan.net.watch_ports,
     )
 
 
@@ -542,6 +543,9 @@ class MicrovmBackend:
                 pending=pending,
                 decoder=b.decoder,
                 vm_control=lambda what: vm.stop() if what is FrameType.PAUSE else vm.cont(),
+                forward_ports=(
+                    network.PortForwarder(vm.hmp).update if b.plan.net.watch_ports else None
+                ),
             )
             self._running[ctx.id].hub = hub
             hub.start()
@@ -668,7 +672,8 @@ class MicrovmBackend:
             if not data:
                 vm.wait(2.0)  # let QEMU finish dying so the reason (panic, signal) is known
                 raise GuestError(self._why(vm, d, "the VM stopped while starting the workload"))
-            for frame in decoder.feed(data):
+            frames = decoder.feed(data)
+            for i, frame in enumerate(frames):
                 event = decode_event(frame)
                 if isinstance(event, Hello):
                     continue  # an answer to one of our repeated asks
@@ -687,7 +692,8 @@ class MicrovmBackend:
                         msg = self._why(vm, d, f"the guest init failed: {msg}")
                     raise err_cls(msg)
                 elif isinstance(event, Started):
-                    return pending
+                    # what came in the same read (output, even the EXIT) is the hub's too
+                    return pending + frames[i + 1 :]
                 elif isinstance(event, Output):
                     pending.append(frame)
 

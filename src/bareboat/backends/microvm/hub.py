@@ -42,6 +42,7 @@ from .agent import (
     FrameDecoder,
     FrameType,
     Output,
+    Ports,
     Started,
     decode_event,
     encode_frame,
@@ -99,9 +100,11 @@ class Hub:
         pending: list[Frame] | None = None,
         decoder: FrameDecoder | None = None,
         vm_control: Callable[[FrameType], None] | None = None,
+        forward_ports: Callable[[tuple[int, ...]], None] | None = None,
     ) -> None:
         self.agent = agent
         self.vm_control = vm_control  # PAUSE/RESUME: stop or continue the vCPUs
+        self.forward_ports = forward_ports  # the guest's listening ports (PORTS frames)
         self.stdin = stdin
         self.out: dict[str, int | None] = {"stdout": stdout, "stderr": stderr}
         self.ctl_path = ctl_path
@@ -116,6 +119,7 @@ class Hub:
         self.next_session = 1
         self.exited: ExitRecord | None = None
         self.errors: list[str] = []
+        self.forward_errors: list[str] = []  # kept apart: they do not end the workload
         self.kill_deadline: float | None = None
         self.done = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -243,6 +247,9 @@ class Hub:
 
     def _from_agent(self, frame: Frame) -> None:
         event = decode_event(frame)
+        if isinstance(event, Ports):
+            self._forward(event.ports)
+            return
         if isinstance(event, Output | Exited | AgentError | Started):
             session = event.session
         else:
@@ -383,6 +390,16 @@ class Hub:
         target = c.sessions.get(f.session)
         if target is not None:
             self.send(Frame(f.type, target, f.payload))
+
+    def _forward(self, ports: tuple[int, ...]) -> None:
+        if self.forward_ports is None:
+            return  # not asked for (WATCH_PORTS unset): nothing to do
+        try:
+            self.forward_ports(ports)
+        except (BareboatError, OSError) as err:
+            # Not the workload's business (its stderr is the client's): the VM runs on,
+            # and the next report tries again.
+            self.forward_errors.append(str(err))
 
     def _control_vm(self, c: _Client, what: FrameType) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,9 @@ class NetworkPlan:
     kernel_args: tuple[str, ...] = ()
     resolv_conf: str = ""
     ports: tuple[PortMapping, ...] = ()
+    # Forward every TCP port the guest listens on, from the same port of QEMU's network
+    # namespace (the container's, where a client's -p or a Service sends connections).
+    watch_ports: bool = False
 
 
 def hostfwd(p: PortMapping) -> str:
@@ -42,7 +45,9 @@ def hostfwd(p: PortMapping) -> str:
     return f"hostfwd={p.protocol}:{p.host_ip}:{p.host_port}-:{p.guest_port}"
 
 
-def plan_network(mode: str, publish: Sequence[PortMapping] = ()) -> NetworkPlan:
+def plan_network(
+    mode: str, publish: Sequence[PortMapping] = (), *, watch_ports: bool = False
+) -> NetworkPlan:
     if mode == "none":
         if publish:
             raise UsageError("publishing ports (-p) needs --network user")
@@ -71,7 +76,30 @@ def plan_network(mode: str, publish: Sequence[PortMapping] = ()) -> NetworkPlan:
         kernel_args=(f"ip={GUEST_IP}::{GATEWAY}:{NETMASK}::eth0:off",),
         resolv_conf=f"nameserver {DNS}\n",
         ports=tuple(publish),
+        watch_ports=watch_ports,
     )
+
+
+class PortForwarder:
+    """Keeps QEMU's slirp forwards equal to the ports the guest reports (PORTS frames): port
+    P of every address of QEMU's network namespace to port P of the guest, as a container's
+    own listening socket would be reached. `hmp` runs a human-monitor command (QMP has no
+    hostfwd command) and returns its output, empty on success."""
+
+    def __init__(self, hmp: Callable[[str], str]) -> None:
+        self.hmp = hmp
+        self.forwarded: set[int] = set()
+
+    def update(self, ports: Iterable[int]) -> None:
+        want = set(ports)
+        for port in sorted(self.forwarded - want):
+            self.hmp(f"hostfwd_remove {NETDEV_ID} tcp::{port}")
+            self.forwarded.discard(port)
+        for port in sorted(want - self.forwarded):
+            # A port already taken in the namespace (a static -p, say) stays unforwarded;
+            # the guest's next report tries it again.
+            if not self.hmp(f"hostfwd_add {NETDEV_ID} tcp::{port}-:{port}").strip():
+                self.forwarded.add(port)
 
 
 def netns_has_links(path: Path) -> bool:

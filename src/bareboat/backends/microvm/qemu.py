@@ -576,6 +576,11 @@ class QemuProcess:
                 return None
             raise BackendError(f"QMP {name} failed: {type(e).__name__}: {e}") from None
 
+    def hmp(self, line: str) -> str:
+        """One human-monitor command (for those QMP lacks, e.g. hostfwd_add); its output,
+        which is empty when it went well."""
+        return str(self.command("human-monitor-command", **{"command-line": line}) or "")
+
     def status(self) -> str:
         """The VM's run state as QMP reports it: "running", "paused", "shutdown", ..."""
         result = self.command("query-status")
