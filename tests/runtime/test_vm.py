@@ -5,6 +5,7 @@ pause/resume (vCPUs), kill, delete --force; hooks; bad input leaves nothing behi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -471,34 +472,43 @@ nsenter --net=/proc/$pid/ns/net ip link set {ctr} up
 """
 
 
+@contextlib.contextmanager
+def veth_hooked_bundle(path: Path, script: str, n: int) -> Iterator[Path]:
+    """A VM bundle asking for a new network namespace, with docker's kind of prestart hook:
+    a veth whose host end is 10.199.n.1 and whose container end, in the namespace of the pid
+    the hook is given, 10.199.n.2. `script` may name `{n}`. The veth goes at the end."""
+    bundle = make_bundle(path, ["sh", "-c", script.format(n=n)], annotations=VM)
+    config = json.loads((bundle / "config.json").read_text())
+    hook = HOOK_VETH.format(host=f"bbh{n}", ctr=f"bbc{n}", n=n)
+    config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", hook]}]}
+    (bundle / "config.json").write_text(json.dumps(config))
+    try:
+        yield bundle
+    finally:
+        subprocess.run(["ip", "link", "del", f"bbh{n}"], capture_output=True, check=False)
+
+
 def test_new_network_namespace_configured_by_a_hook(runtime: Runtime, tmp_path: Path) -> None:
     # As docker does it: config.json asks for a new network namespace, and a prestart hook
     # configures the namespace of the pid it is given. That is the gate's own (never the
     # host's), the VM's QEMU runs in it, and the guest reaches out through it.
     n = os.getpid() % 200
-    host_if, ctr_if = f"bbh{n}", f"bbc{n}"
     server = OneShotServer(b"hello-through-the-hook\n")
-    bundle = make_bundle(
-        tmp_path / "b", ["sh", "-c", f"nc 10.199.{n}.1 {server.port}"], annotations=VM
-    )
-    config = json.loads((bundle / "config.json").read_text())
-    script = HOOK_VETH.format(host=host_if, ctr=ctr_if, n=n)
-    config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}
-    (bundle / "config.json").write_text(json.dumps(config))
-    try:
-        reaped = create(runtime, bundle, "v15", tmp_path / "pid")
-        runtime.ids.append("v15")
-        gate = int((tmp_path / "pid").read_text())
-        assert os.stat(f"/proc/{gate}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
-        runtime("start", "v15")
-        out, err, exits = reaped.finish()
-        server.close(10)
-        assert (out, exits[gate]) == ("hello-through-the-hook\n", 0), err
-        assert server.peers == [f"10.199.{n}.2"]  # from the container's namespace, not the host's
-        runtime("delete", "v15")
-    finally:
-        server.close()
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
+    script = f"nc 10.199.{{n}}.1 {server.port}"
+    with veth_hooked_bundle(tmp_path / "b", script, n) as bundle:
+        try:
+            reaped = create(runtime, bundle, "v15", tmp_path / "pid")
+            runtime.ids.append("v15")
+            gate = int((tmp_path / "pid").read_text())
+            assert os.stat(f"/proc/{gate}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+            runtime("start", "v15")
+            out, err, exits = reaped.finish()
+            server.close(10)
+        finally:
+            server.close()
+    assert (out, exits[gate]) == ("hello-through-the-hook\n", 0), err
+    assert server.peers == [f"10.199.{n}.2"]  # from the container's namespace, not the host's
+    runtime("delete", "v15")
 
 
 def test_guest_listening_port_is_reached_at_the_containers_address(
@@ -507,22 +517,13 @@ def test_guest_listening_port_is_reached_at_the_containers_address(
     # A port mapping of the client's (docker -p, a Service) ends at the container's address:
     # the port the guest listens on must answer there, without any annotation.
     n = (os.getpid() + 1) % 200
-    host_if, ctr_if = f"bbh{n}", f"bbc{n}"
-    bundle = make_bundle(
-        tmp_path / "b", ["sh", "-c", "echo served-from-the-vm | nc -l -p 8080"], annotations=VM
-    )
-    config = json.loads((bundle / "config.json").read_text())
-    script = HOOK_VETH.format(host=host_if, ctr=ctr_if, n=n)
-    config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}
-    (bundle / "config.json").write_text(json.dumps(config))
-    try:
+    script = "echo served-from-the-vm | nc -l -p 8080"
+    with veth_hooked_bundle(tmp_path / "b", script, n) as bundle:
         reaped = create(runtime, bundle, "v16", tmp_path / "pid")
         runtime.ids.append("v16")
         gate = int((tmp_path / "pid").read_text())
         runtime("start", "v16")
         assert connect_and_read((f"10.199.{n}.2", 8080)) == b"served-from-the-vm\n"
         _, err, exits = reaped.finish()
-        assert exits[gate] == 0, err
-        runtime("delete", "v16")
-    finally:
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
+    assert exits[gate] == 0, err
+    runtime("delete", "v16")
