@@ -153,6 +153,10 @@ state = "{base}/state"
   # fails in runc with EACCES; keep scores at or above containerd's own.
   restrict_oom_score_adj = true
   sandbox_image = "{sandbox_image}"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  # Debian's CNI plugins; the network list is this containerd's own (a bridge of its own).
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "{base}/cni"
 [plugins."io.containerd.grpc.v1.cri".containerd]
   # Declaring runtimes replaces the default `runc` entry, which the default name points at.
   default_runtime_name = "bareboat"
@@ -193,6 +197,27 @@ def wait_daemon(client: Containerd | Docker, name: str, *, timeout: float, step:
     raise AssertionError(f"{name} did not come up: {client.logs()}")
 
 
+def write_cni_config(conf_dir: Path) -> tuple[str, str]:
+    """A CNI network list for pods with a network of their own: a bridge and a /24 named
+    after this process (so parallel runs do not meet), no masquerading (the pods only talk to
+    the host), addresses kept under `conf_dir`. The bridge's name and the subnet."""
+    n = os.getpid() % 250
+    bridge, subnet = f"bbcni{n}", f"10.197.{n}.0/24"
+    ipam = {
+        "type": "host-local",
+        "ranges": [[{"subnet": subnet}]],
+        "dataDir": str(conf_dir / "ipam"),
+    }
+    conf = {
+        "cniVersion": "0.4.0",
+        "name": "bareboat-test",
+        "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": True, "ipam": ipam}],
+    }
+    conf_dir.mkdir(parents=True)
+    (conf_dir / "10-bareboat-test.conflist").write_text(json.dumps(conf))
+    return bridge, subnet
+
+
 class Containerd:
     """A private containerd 1.6 (root, state and sockets in a temp dir) and its `ctr`. Its CRI
     plugin has two runtime handlers (what a Kubernetes RuntimeClass names): `bareboat` and
@@ -215,6 +240,7 @@ class Containerd:
                 base=base, runtime=RUNTIME, vm_runtime=vm_runtime, sandbox_image=SANDBOX_IMAGE
             )
         )
+        self.bridge, self.subnet = write_cni_config(base / "cni")
         self.env = {**os.environ, "BAREBOAT_RUNTIME_ROOT": str(base / "rtroot")}
         self.log = open(base / "containerd.log", "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
@@ -267,6 +293,7 @@ class Containerd:
         # Shims outlive their containerd: what a failed CRI test left (by socket path) goes.
         kill_under(self.base)
         unmount_under(self.base)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
         with contextlib.suppress(OSError):
             shutil.rmtree(self.base)
 

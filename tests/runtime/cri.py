@@ -17,6 +17,7 @@ from typing import TypeAlias
 SERVICE = "/runtime.v1.RuntimeService/"
 
 # NamespaceMode
+POD = 0
 NODE = 2
 # ContainerState
 CONTAINER_CREATED, CONTAINER_RUNNING, CONTAINER_EXITED, CONTAINER_UNKNOWN = 0, 1, 2, 3
@@ -118,10 +119,11 @@ def _str(fields: Fields, num: int) -> str:
 # --- messages --------------------------------------------------------------------------------
 
 
-def pod_config(name: str, uid: str, log_dir: Path) -> bytes:
-    """PodSandboxConfig: host network (no CNI here), host name empty as NODE allows."""
+def pod_config(name: str, uid: str, log_dir: Path, *, host_network: bool = True) -> bytes:
+    """PodSandboxConfig: the host's network (host name empty, as NODE allows), or a network
+    namespace of the pod's own that the CNI plugins configure."""
     metadata = encode({1: name, 2: uid, 3: "default", 4: 0})
-    namespaces = encode({1: NODE})
+    namespaces = encode({1: NODE if host_network else POD})
     security = encode({1: namespaces})
     linux = encode({2: security})
     return encode({1: metadata, 3: str(log_dir), 8: linux})
@@ -209,6 +211,11 @@ class RuntimeService:
     def pod_sandbox_handler(self, pod_id: str) -> str:
         status = decode(_bytes(self.call("PodSandboxStatus", encode({1: pod_id})), 1))
         return _str(status, 9)
+
+    def pod_ip(self, pod_id: str) -> str:
+        """PodSandboxStatus.network.ip: the address CNI gave the pod."""
+        status = decode(_bytes(self.call("PodSandboxStatus", encode({1: pod_id})), 1))
+        return _str(decode(_bytes(status, 5)), 1)
 
     def list_pod_sandboxes(self) -> list[str]:
         items = self.call("ListPodSandbox", b"").get(1, [])

@@ -4,6 +4,7 @@ plugin, as a kubelet does for a pod whose RuntimeClass names a bareboat runtime 
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 import time
@@ -17,7 +18,7 @@ from tests.support.imagebuild import Image, write_image
 
 from . import cri
 from .clients import SANDBOX_IMAGE, Containerd, containerd, processes_under
-from .conftest import RUNTIME
+from .conftest import RUNTIME, OneShotServer, connect_and_read
 from .test_vm import vm_or_skip
 
 
@@ -204,3 +205,37 @@ def test_cri_unknown_runtime_handler(crisvc: cri.RuntimeService, tmp_path: Path)
     with pytest.raises(AssertionError, match=r"no runtime for .*nonesuch"):
         crisvc.run_pod_sandbox(pod, "nonesuch")
     assert crisvc.list_pod_sandboxes() == []
+
+
+def test_cri_pod_network_reaches_a_vm(
+    cd: Containerd, crisvc: cri.RuntimeService, tmp_path: Path
+) -> None:
+    """A pod with a network of its own (CNI bridge): its app container runs in a microVM in
+    the pod's namespace, reaches the host from the pod's address, and the port it listens on
+    answers at the pod's address (where a Service sends connections)."""
+    vm_or_skip()
+    pod = cri.pod_config("pod-net", str(uuid.uuid4()), tmp_path, host_network=False)
+    pod_id = crisvc.run_pod_sandbox(pod, "bareboat")
+    server = OneShotServer(b"hello-pod\n")
+    try:
+        ip = crisvc.pod_ip(pod_id)
+        assert ipaddress.ip_address(ip) in ipaddress.ip_network(cd.subnet), ip
+        gateway = str(next(ipaddress.ip_network(cd.subnet).hosts()))
+        script = f"nc {gateway} {server.port} && echo served-from-the-vm | nc -l -p 8080"
+        app = cri.container_config("app", cd.image, ["sh", "-c", script], "app.log",
+                                   {"io.bareboat.isolation": "microvm"})  # fmt: skip
+        cid = crisvc.create_container(pod_id, app, pod)
+        crisvc.start_container(cid)
+        assert connect_and_read((ip, 8080)) == b"served-from-the-vm\n"
+        status = crisvc.wait_exited(cid, timeout=60)
+        assert status.exit_code == 0, (status, cd.logs())
+        assert " stdout F hello-pod\n" in Path(status.log_path).read_text()
+        server.close(10)
+        assert server.peers == [ip]  # the guest's traffic leaves with the pod's address
+        crisvc.remove_container(cid)
+    finally:
+        server.close()
+        crisvc.stop_pod_sandbox(pod_id)
+        crisvc.remove_pod_sandbox(pod_id)
+    assert _cri_records(cd) == []
+    assert _left_running(cd) == []
