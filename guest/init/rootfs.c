@@ -248,6 +248,43 @@ static const char *resolve_dev(const char *spec, char *buf, size_t len)
 	return found ? found : spec;
 }
 
+/* MOUNT with flag 2: the share holds one file, "file". It is mounted out of sight under
+ * /mnt/files, and that file is bound onto the target: an existing file of the image, or a
+ * new empty one (with its directories), as docker makes for a file volume. */
+static int mount_file(const struct mount_spec *m, int i, const char *path, unsigned long flags,
+		      const char *data, char *err, size_t errlen)
+{
+	char share[64], file[80], parent[BB_MAX_STR + 16];
+	snprintf(share, sizeof share, "/mnt/files/%d", i);
+	snprintf(file, sizeof file, "%s/file", share);
+	if (mkdir_p(share) < 0) {
+		snprintf(err, errlen, "mkdir %s: %s", share, strerror(errno));
+		return -1;
+	}
+	if (do_mount(m->source, share, m->fstype, flags, data[0] ? data : NULL, err, errlen))
+		return -1;
+	snprintf(parent, sizeof parent, "%s", path);
+	*strrchr(parent, '/') = '\0';
+	if (mkdir_p(parent) < 0) {
+		snprintf(err, errlen, "mkdir for %s: %s", m->target, strerror(errno));
+		return -1;
+	}
+	int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		snprintf(err, errlen, "file volume at %s: %s", m->target, strerror(errno));
+		return -1;
+	}
+	close(fd);
+	unsigned long kept = flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC);
+	if (do_mount(file, path, NULL, MS_BIND, NULL, err, errlen))
+		return -1;
+	if (mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | kept, NULL) < 0) {
+		snprintf(err, errlen, "remount %s: %s", m->target, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 int assemble_root(const struct start_spec *s, const char **root, char *err, size_t errlen)
 {
 	char lower[300], upper[300];
@@ -286,16 +323,21 @@ int assemble_root(const struct start_spec *s, const char **root, char *err, size
 		const struct mount_spec *m = &s->mounts[i];
 		char path[BB_MAX_STR + 16];
 		snprintf(path, sizeof path, NEWROOT "%s", m->target);
-		if (mkdir_p(path) < 0) {
-			snprintf(err, errlen, "mkdir %s: %s", m->target, strerror(errno));
-			return -1;
-		}
 		/* nosuid,nodev unless the options say suid/dev: the spec builder already asks
 		 * for docker's defaults, this only keeps an older host's START as safe as before */
 		unsigned long flags = MS_NOSUID | MS_NODEV | ((m->flags & 1) ? MS_RDONLY : 0);
 		char data[BB_MAX_STR + 1];
 		if (mount_options(m->options, &flags, data, sizeof data) < 0) {
 			snprintf(err, errlen, "mount %s: bad options %s", m->target, m->options);
+			return -1;
+		}
+		if (m->flags & 2) {
+			if (mount_file(m, i, path, flags, data, err, errlen) < 0)
+				return -1;
+			continue;
+		}
+		if (mkdir_p(path) < 0) {
+			snprintf(err, errlen, "mkdir %s: %s", m->target, strerror(errno));
 			return -1;
 		}
 		if (do_mount(m->source[0] ? m->source : m->fstype, path, m->fstype, flags,

@@ -294,12 +294,38 @@ def test_bind_mount_shares_a_host_directory(vm: VM, tmp_path: Path) -> None:
     assert ro.code != 0 and not (shared / "x").exists()
 
 
-def test_bind_mount_of_a_file_is_refused(vm: VM, tmp_path: Path) -> None:
+def test_bind_mount_of_a_single_file(vm: VM, tmp_path: Path) -> None:
+    # A file volume (-v /host/app.conf:/etc/app.conf): the guest reads and writes that one
+    # file through; its neighbours on the host stay out of the guest's reach.
+    (tmp_path / "app.conf").write_text("from the host\n")
+    (tmp_path / "secret").write_text("neighbour\n")
+    conf = Mount("/etc/app.conf", source=str(tmp_path / "app.conf"))
+    script = (
+        "cat /etc/app.conf && echo from-the-guest >> /etc/app.conf && "
+        "ls /etc/ | grep -c '^app.conf$' && ! grep -rqs neighbour /mnt /etc /data"
+    )
+    r = vm.run("/bin/sh", "-c", script, mounts=(conf,))
+    assert (r.code, r.stdout) == (0, b"from the host\n1\n"), r.stderr
+    assert (tmp_path / "app.conf").read_text() == "from the host\nfrom-the-guest\n"
+    # A target the image lacks, in a directory it lacks, is made; read-only holds.
+    ro = Mount("/new/dir/f", source=str(tmp_path / "app.conf"), readonly=True)
+    r = vm.run("/bin/sh", "-c", "head -1 /new/dir/f; echo x > /new/dir/f", mounts=(ro,))
+    assert (r.code != 0, r.stdout) == (True, b"from the host\n"), r.stderr
+    assert (tmp_path / "app.conf").read_text() == "from the host\nfrom-the-guest\n"
+
+
+@pytest.mark.parametrize("kind", ["missing", "fifo"])
+def test_bind_mount_of_a_special_or_missing_file_is_refused(
+    vm: VM, tmp_path: Path, kind: str
+) -> None:
     from bareboat.errors import UsageError
 
-    (tmp_path / "f").write_text("x")
-    r = vm.run("true", mounts=(Mount("/data", source=str(tmp_path / "f")),))
-    assert isinstance(r.error, UsageError) and "not a directory" in str(r.error)
+    source = tmp_path / "f"
+    if kind == "fifo":
+        os.mkfifo(source)
+    r = vm.run("true", mounts=(Mount("/data", source=str(source)),))
+    want = "does not exist" if kind == "missing" else "is a special file"
+    assert isinstance(r.error, UsageError) and want in str(r.error), r.error
 
 
 def test_writes_go_to_the_vm_not_the_image(vm: VM) -> None:

@@ -132,6 +132,12 @@ def test_microvm_tmpfs_read_only_user_and_volumes(pm: Podman) -> None:
     assert (host / "out").read_text() == "vm\n"
     res = pm(*vm, "-v", f"{host}:/vol:ro", pm.image, "sh", "-c", "echo x > /vol/ro", check=False)
     assert res.returncode != 0 and not (host / "ro").exists()
+    # A single file (-v FILE:PATH) is shared too, and only that file.
+    (host / "one.conf").write_text("one-file\n")
+    res = pm(*vm, "-v", f"{host / 'one.conf'}:/etc/one.conf", pm.image, "sh", "-c",
+             "cat /etc/one.conf; echo more >> /etc/one.conf", check=False)  # fmt: skip
+    assert (res.returncode, res.stdout) == (0, "one-file\n"), res.stderr
+    assert (host / "one.conf").read_text() == "one-file\nmore\n"
 
 
 def test_microvm_reaches_out_through_the_containers_network(pm: Podman) -> None:

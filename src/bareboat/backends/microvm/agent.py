@@ -206,6 +206,8 @@ class Mount:
     source: str = ""
     options: str = ""
     readonly: bool = False
+    # A 9p share holding one file (`file`), bind-mounted onto `target` (a file) in the guest
+    file: bool = False
 
 
 @dataclass(frozen=True)
@@ -341,7 +343,8 @@ def encode_start(spec: StartSpec) -> bytes:
     for m in spec.mounts:
         if not m.target.startswith("/") or "/.." in m.target or not m.fstype:
             raise UsageError(f"bad mount target or type: {m.target!r} ({m.fstype!r})")
-        value = _u32(1 if m.readonly else 0, "flags") + b"".join(
+        bits = (1 if m.readonly else 0) | (2 if m.file else 0)
+        value = _u32(bits, "flags") + b"".join(
             _lp(v, "mount field") for v in (m.target, m.fstype, m.source, m.options)
         )
         out.append(_tlv(Tag.MOUNT, value))
@@ -455,7 +458,9 @@ def decode_start(payload: bytes) -> StartSpec:
                     raise AgentProtocolError("MOUNT: trailing bytes")
                 flags = int.from_bytes(v[:4], "big")
                 target, fstype, source, options = parts
-                mounts.append(Mount(target, fstype, source, options, readonly=bool(flags & 1)))
+                mounts.append(
+                    Mount(target, fstype, source, options, bool(flags & 1), bool(flags & 2))
+                )
     process = ProcessSpec(args=args, env=env, groups=groups, rlimits=rlimits, **proc)  # type: ignore[arg-type]
     return StartSpec(process=process, mounts=mounts, files=files, **start)  # type: ignore[arg-type]
 

@@ -183,15 +183,38 @@ def share_tags(spec: vmspec.VmSpec) -> dict[str, str]:
 
 
 def check_shares(spec: vmspec.VmSpec) -> None:
-    """Bind mounts reach a VM as 9p shares of directories: a file or a missing source is a
-    clear error here, not a failed mount in the guest."""
+    """Bind mounts reach a VM as 9p shares of a directory or of one regular file: anything
+    else (missing, a device, a FIFO, a socket) is a clear error here, not a failed mount in
+    the guest."""
     for m in spec.mounts:
-        if m.fstype == "9p" and not Path(m.source).is_dir():
-            what = "does not exist" if not os.path.lexists(m.source) else "is not a directory"
+        if m.fstype == "9p" and not (Path(m.source).is_dir() or Path(m.source).is_file()):
+            what = "does not exist" if not os.path.exists(m.source) else "is a special file"
             raise UsageError(
                 f"bind mount of {m.source} at {m.destination}: {m.source} {what} (a microVM "
-                "shares host directories, not single files)"
+                "shares host directories and regular files)"
             )
+
+
+def shares_of(spec: vmspec.VmSpec, vmdir: Path) -> tuple[Any, ...]:
+    """QEMU's 9p shares for the spec's bind mounts. A single file is served from a private
+    directory of this VM holding only a placeholder, onto which QEMU's process binds the file
+    (see qemu.Share): sharing the file's own directory would hand the guest its siblings."""
+    from .qemu import SHARED_FILE, Share
+
+    tags = share_tags(spec)
+    shares = []
+    for m in spec.mounts:
+        if m.fstype != "9p":
+            continue
+        tag, readonly = tags[m.destination], "ro" in m.options
+        if Path(m.source).is_dir():
+            shares.append(Share(Path(m.source), tag, readonly))
+            continue
+        staging = vmdir / "files" / tag
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / SHARED_FILE).touch()
+        shares.append(Share(staging, tag, readonly, file=Path(m.source)))
+    return tuple(shares)
 
 
 def start_spec(plan: VmPlan, winsize: tuple[int, int] = (0, 0)) -> StartSpec:
@@ -203,7 +226,8 @@ def start_spec(plan: VmPlan, winsize: tuple[int, int] = (0, 0)) -> StartSpec:
     mounts = [
         Mount(m.destination, m.fstype, tags.get(m.destination, "tmpfs"),
               ",".join((*m.options, *(NINEP_OPTIONS if m.fstype == "9p" else ()))),
-              readonly="ro" in m.options)
+              readonly="ro" in m.options,
+              file=m.fstype == "9p" and not Path(m.source).is_dir())
         for m in s.mounts
     ]  # fmt: skip
     return StartSpec(
@@ -439,7 +463,7 @@ class MicrovmBackend:
 
     def vm_config(self, ctx: BackendContext, plan: VmPlan) -> Any:
         from .accel import choose_accel
-        from .qemu import Disk, PortForward, SerialPort, Share, VMConfig, host_tsc_khz
+        from .qemu import Disk, PortForward, SerialPort, VMConfig, host_tsc_khz
 
         d = self.vmdir(ctx)
         disks = [Disk(plan.image.path, readonly=True, serial="bb-lower")]
@@ -461,11 +485,7 @@ class MicrovmBackend:
             serial_ports=(SerialPort(AGENT_PORT, d.agent),),
             console_log=d.console,
             network="user" if plan.net.mode == "user" else "none",
-            shares=tuple(
-                Share(Path(m.source), share_tags(plan.spec)[m.destination], "ro" in m.options)
-                for m in plan.spec.mounts
-                if m.fstype == "9p"
-            ),
+            shares=shares_of(plan.spec, d.path),
             port_forwards=forwards,
             tsc_khz=host_tsc_khz(),
         )

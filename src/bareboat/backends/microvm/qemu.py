@@ -76,6 +76,13 @@ class Share:
     path: Path
     tag: str
     readonly: bool = False
+    # One host file instead of a directory: `path` is then a private directory holding an
+    # empty SHARED_FILE, onto which this file is bind-mounted in QEMU's own mount namespace,
+    # so the guest sees that file and nothing else of its directory.
+    file: Path | None = None
+
+
+SHARED_FILE = "file"
 
 
 @dataclass(frozen=True)
@@ -331,21 +338,55 @@ def _read_kmsg(limit: int = 16 * 1024 * 1024) -> str:
 # --- one QEMU process ---------------------------------------------------------------------
 
 
-def _die_with_parent_hook() -> Callable[[], None]:
-    """A pre-exec hook that makes the kernel SIGKILL QEMU when the process owning it dies.
+def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable[[], None]:
+    """What QEMU's process does between fork and exec.
 
-    A bareboat process killed by SIGKILL (or SIGTERM without a handler) never reaches its
-    cleanup; without this its QEMU would run on, orphaned. The kernel sends the signal when the
-    parent *thread* exits, so launch QEMU from a thread that lives as long as the VM should.
-    prctl is looked up here, in the parent: the child between fork and exec must not dlopen.
+    - die_with_parent: the kernel SIGKILLs QEMU when the process owning it dies. A bareboat
+      process killed by SIGKILL (or SIGTERM without a handler) never reaches its cleanup;
+      without this its QEMU would run on, orphaned. The kernel sends the signal when the
+      parent *thread* exits, so launch QEMU from a thread that lives as long as the VM should.
+    - single-file shares: a mount namespace of QEMU's own (private, so nothing reaches the
+      host's) in which each file is bind-mounted onto its share's placeholder; it goes away
+      with QEMU, so there is nothing to unmount.
+
+    libc is looked up here, in the parent: the child between fork and exec must not dlopen.
+    A failure in the child ends it with a message on QEMU's stderr, which launch reports.
     """
     import ctypes
 
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
+    from bareboat.backends.base import (
+        CLONE_NEWNS,
+        MS_BIND,
+        MS_PRIVATE,
+        MS_RDONLY,
+        MS_REC,
+        MS_REMOUNT,
+        libc,
+    )
+
+    prctl, unshare, mount = libc().prctl, libc().unshare, libc().mount
+    binds = [
+        (os.fsencode(sh.file), os.fsencode(sh.path / SHARED_FILE), sh.readonly)
+        for sh in shares
+        if sh.file is not None
+    ]
+
+    def fail(what: bytes) -> None:
+        os.write(2, b"bareboat: " + what + b": " + os.strerror(ctypes.get_errno()).encode())
+        os._exit(127)
 
     def hook() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        if die_with_parent:
+            prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if not binds:
+            return
+        if unshare(CLONE_NEWNS) or mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
+            fail(b"a mount namespace for QEMU")
+        for source, target, readonly in binds:
+            if mount(source, target, None, MS_BIND, None):
+                fail(b"bind mount of " + source)
+            if readonly and mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None):
+                fail(b"read-only bind mount of " + source)
 
     return hook
 
@@ -436,7 +477,7 @@ class QemuProcess:
                 # Its own process group: a Ctrl-C meant for bareboat must not kill QEMU
                 # behind our back; we stop it ourselves, in order.
                 start_new_session=True,
-                preexec_fn=_die_with_parent_hook() if self.die_with_parent else None,
+                preexec_fn=_pre_exec_hook(self.die_with_parent, self.cfg.shares),
             )
         except FileNotFoundError:
             self._close_stderr()
