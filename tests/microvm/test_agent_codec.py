@@ -71,6 +71,7 @@ def start_specs(draw: st.DrawFn) -> StartSpec:
         source=text,
         options=text,
         readonly=st.booleans(),
+        file=st.booleans(),
     )
     return StartSpec(
         process=draw(process_specs()),
