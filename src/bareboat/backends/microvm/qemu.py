@@ -338,8 +338,8 @@ def _read_kmsg(limit: int = 16 * 1024 * 1024) -> str:
 # --- one QEMU process ---------------------------------------------------------------------
 
 
-def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable[[], None]:
-    """What QEMU's process does between fork and exec.
+def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable[[], None] | None:
+    """What QEMU's process does between fork and exec (None: nothing, so no hook).
 
     - die_with_parent: the kernel SIGKILLs QEMU when the process owning it dies. A bareboat
       process killed by SIGKILL (or SIGTERM without a handler) never reaches its cleanup;
@@ -370,6 +370,8 @@ def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable
         for sh in shares
         if sh.file is not None
     ]
+    if not die_with_parent and not binds:
+        return None
 
     def fail(what: bytes) -> None:
         os.write(2, b"bareboat: " + what + b": " + os.strerror(ctypes.get_errno()).encode())
