@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import termios
 import time
@@ -98,6 +99,7 @@ class ContainerBackend:
         self, ctx: BackendContext, stdio: Stdio, rt: OciRuntime
     ) -> Started:
         ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        _size_console(ctx, stdio.stdin)
         # Deep roots overflow sun_path: both ends use /proc/self/fd/<dirfd>/console.sock,
         # with the directory fd passed to the runtime under the same number.
         dirfd = os.open(ctx.state_dir, os.O_PATH | os.O_DIRECTORY)
@@ -179,6 +181,19 @@ class ContainerBackend:
         rt = self.runtime_for(ctx)
         self._run(rt, rt.kill(ctx.state_dir, ctx.id, 9), check=False)
         self._run(rt, rt.delete(ctx.state_dir, ctx.id), check=False)
+
+
+def _size_console(ctx: BackendContext, slave: int) -> None:
+    """The runtime's pty gets our terminal's size before the workload runs: in a foreground
+    `run`, crun execs the workload as soon as it has sent the master, so sizing it after we
+    received it would race with a workload that asks at once (`stty size`)."""
+    from bareboat.fsutil import atomic_write
+
+    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(slave, termios.TIOCGWINSZ, bytes(8)))
+    path = ctx.bundle / "config.json"
+    config = json.loads(path.read_bytes())
+    config["process"]["consoleSize"] = {"height": rows, "width": cols}
+    atomic_write(path, json.dumps(config).encode(), durable=False)
 
 
 def _receive_console(listener: socket.socket, pid: int) -> int | None:
