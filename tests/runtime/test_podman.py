@@ -181,6 +181,25 @@ def test_published_port_reaches_the_guest(pm: Podman) -> None:
         pm("rm", "-f", cid)
 
 
+def test_microvm_without_network_has_no_nic_and_can_be_a_clone(pm: Podman) -> None:
+    # podman --network none: a new namespace no hook configures. The guest gets only
+    # loopback, and so the VM may be a template's clone (templates are for VMs without NIC).
+    vm = ("run", "--rm", "--network", "none", *iso("microvm"))
+    res = pm(*vm, pm.image, "ls", "/sys/class/net")
+    assert "lo" in res.stdout.split() and "eth0" not in res.stdout.split()
+    tmpl = ("--annotation", "io.bareboat.vm.template=create")
+    res = pm(*vm, *tmpl, pm.image, "sh", "-c", "echo cloned", check=False)  # makes it
+    assert (res.returncode, res.stdout) == (0, "cloned\n"), res.stderr
+    cid = pm("run", "-d", "--network", "none", *iso("microvm"), *tmpl, pm.image, "sleep", "60"
+             ).stdout.strip()  # fmt: skip
+    try:
+        qemu = subprocess.run(["pgrep", "-af", f"qemu-system.*{pm.rtroot}"],
+                              capture_output=True, text=True).stdout  # fmt: skip
+        assert "-incoming defer" in qemu, qemu  # a clone loads the template's state
+    finally:
+        pm("rm", "-f", cid)
+
+
 def test_nothing_left_behind(pm: Podman) -> None:
     # Runs last in this module: every container above was removed through the runtime.
     pm("run", "--rm", "--network", "none", pm.image, "true")

@@ -73,7 +73,7 @@ def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
             wanted, netns = _client_netns(ctx.spec)
             if netns is not None and not network.netns_has_links(netns):
                 return super().network_for(ctx, ann)
-            if netns is None and not wanted:
+            if netns is None and not (wanted and _may_be_configured(ctx.spec)):
                 return super().network_for(ctx, ann)
             # QEMU inherits the gate's namespace. What the guest listens on is forwarded
             # from the same port there, where the client's port mappings (podman or
@@ -107,6 +107,15 @@ def _client_netns(config: dict[str, Any]) -> tuple[bool, Path | None]:
                 raise UsageError(f"config.json: network namespace path {path} is not absolute")
             return True, path
     return False, None
+
+
+def _may_be_configured(config: dict[str, Any]) -> bool:
+    """Whether a new network namespace may get an interface: only a hook of the client's can
+    give it one before the workload starts (docker's libnetwork-setkey). Without one (podman
+    --network none) it keeps only loopback, so the VM gets no NIC, and may be a template's
+    clone."""
+    hooks = config.get("hooks") or {}
+    return bool(hooks.get("prestart") or hooks.get("createRuntime"))
 
 
 def _only_placeholders(rootfs: Path) -> bool:
