@@ -10,8 +10,6 @@ from bareboat.engine.state import (
     Record,
     RecordStore,
     State,
-    alive,
-    process_start_time,
 )
 from bareboat.errors import InvalidStateTransition, UsageError
 from bareboat.spec.options import Isolation, Mount, PortMapping, Rlimit, RunOptions
@@ -67,12 +65,3 @@ def test_names_and_ids() -> None:
     assert "_" in random_name()
     with pytest.raises(UsageError):
         check_name("-bad name")
-
-
-def test_liveness_uses_start_time() -> None:
-    import os
-
-    start = process_start_time(os.getpid())
-    assert alive(os.getpid(), start)
-    assert not alive(os.getpid(), (start or 0) + 1)  # a reused pid has another start time
-    assert not alive(None, None)

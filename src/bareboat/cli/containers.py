@@ -256,8 +256,8 @@ def _cleanup(engine: Engine, cid: str) -> None:
 
 def _run_attached(engine: Engine, cid: str, *, interactive: bool, tty: bool) -> int:
     """Start the container with this process attached; its exit code."""
-    from bareboat.engine.engine import wait_gone
     from bareboat.errors import BareboatError
+    from bareboat.proc import wait_exit
 
     try:
         engine.start(cid, wait_attach=True)
@@ -276,7 +276,7 @@ def _run_attached(engine: Engine, cid: str, *, interactive: bool, tty: bool) -> 
         client.close()
         # The monitor sends the code once it has cleaned up, then exits: with --rm nothing
         # of the container may be left when `run` returns, the monitor included.
-        wait_gone(*monitor, 10)
+        wait_exit(*monitor, 10)
 
 
 def _attached(client: AttachClient, *, interactive: bool, tty: bool) -> int:

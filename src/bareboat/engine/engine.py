@@ -25,11 +25,12 @@ from bareboat.errors import (
 )
 from bareboat.images.model import Image
 from bareboat.paths import Roots
+from bareboat.proc import alive, wait_exit
 from bareboat.spec.options import Isolation, RunOptions
 
 from .names import ID_RE, check_name, new_id, random_name
 from .overlay import Overlay, unmount_tree
-from .state import Record, RecordStore, State, alive
+from .state import Record, RecordStore, State
 
 
 class ImageSource(Protocol):
@@ -329,7 +330,7 @@ class Engine:
                     raise ContainerError(f"container {rec.short_id} is still running")
                 # The monitor sends the code once it has cleaned up, then exits: wait for
                 # that too, so that nothing of the container is left when we return.
-                wait_gone(rec.monitor_pid, rec.monitor_start, 10)
+                wait_exit(rec.monitor_pid, rec.monitor_start, 10)
                 if code >= 0:
                     return code
         if not self.paths(cid).record.exists():
@@ -440,24 +441,6 @@ class Engine:
                         yield float(e["t"]), str(e["s"]), e["d"].encode("utf-8", "surrogateescape")
                     return
                 time.sleep(0.1)
-
-
-def wait_gone(pid: int | None, start: int | None, timeout: float) -> None:
-    """Until the process (told apart from a reused pid by its start time) has exited: a
-    pidfd, so the wait ends the moment it does (this is on the path of every `run`)."""
-    import select
-
-    if pid is None or not alive(pid, start):
-        return
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return  # gone already
-    try:
-        if alive(pid, start):  # still ours after the open: the pidfd names it
-            select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
 
 
 def _runs_in(pid: int, root: Path) -> bool:

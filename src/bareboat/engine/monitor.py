@@ -31,10 +31,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 from bareboat.backends.base import BackendContext, Started, Stdio, set_child_subreaper
 from bareboat.errors import BareboatError, ContainerError
+from bareboat.proc import start_time
 
 from . import protocol as P
 from .command import check_command
-from .state import State, process_start_time
+from .state import State
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -117,7 +118,7 @@ class Monitor:
         self.paths.run.mkdir(parents=True, exist_ok=True)
         # Who we are, before anything can fail: `rm -f` of a container whose start was
         # interrupted finds its monitor here (the record only learns it once running).
-        me = f"{os.getpid()} {process_start_time(os.getpid())}"
+        me = f"{os.getpid()} {start_time(os.getpid())}"
         self.paths.monitor_pid.write_text(me)
         devnull = os.open(os.devnull, os.O_RDWR)
         logfd = os.open(self.paths.monitor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -178,7 +179,7 @@ class Monitor:
         rec.move_to(State.RUNNING)
         rec.pid, rec.started, rec.exit_code, rec.finished = self.pid, time.time(), None, None
         rec.monitor_pid = os.getpid()
-        rec.monitor_start = process_start_time(os.getpid())
+        rec.monitor_start = start_time(os.getpid())
         self.record = rec
         self.engine.records.save(rec)
         self.report({"ok": True})  # (a detached start returns once the record says running)

@@ -153,23 +153,3 @@ class RecordStore:
 def write_replace(path: Path, data: bytes) -> None:
     """Write beside `path` and rename over it: atomic for readers, not durable."""
     atomic_write(path, data, durable=False)
-
-
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of `pid` (clock ticks since boot), None if it is gone.
-
-    Together with the pid it names one process for good: a reused pid has a later start time.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has finished its work
-        return None
-    return int(fields[19])
-
-
-def alive(pid: int | None, start: int | None) -> bool:
-    return pid is not None and start is not None and process_start_time(pid) == start

@@ -21,7 +21,9 @@ import socket
 import sys
 import time
 
+from bareboat import proc
 from bareboat.errors import BackendError, ContainerError, UsageError
+from bareboat.proc import start_time
 
 from .records import Record, RuntimeRoot
 
@@ -127,28 +129,22 @@ def write_state(root: RuntimeRoot, cid: str, st: dict[str, Any]) -> None:
 def new_state(pid: int, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         "pid": pid,
-        "start_time": proc_start(pid),
+        # a string, as earlier versions wrote it ("" for a process already gone)
+        "start_time": str(start_time(pid) or ""),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "annotations": config.get("annotations") or {},
         **extra,
     }
 
 
-def proc_start(pid: int) -> str:
-    """The process's start time (field 22 of /proc/PID/stat), to tell a reused pid apart;
-    "" when it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return ""
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return "" if fields[0] in ("Z", "X") else fields[19]
+def _process(st: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The state's process: its pid and start time (None, None when it has none)."""
+    pid, start = int(st.get("pid") or 0), str(st.get("start_time") or "")
+    return (pid, int(start)) if pid > 0 and start.isdigit() else (None, None)
 
 
 def alive(st: dict[str, Any]) -> bool:
-    pid = int(st.get("pid") or 0)
-    return pid > 0 and proc_start(pid) == st.get("start_time")
+    return proc.alive(*_process(st))
 
 
 def status_of(root: RuntimeRoot, rec: Record, st: dict[str, Any]) -> str:
@@ -342,12 +338,7 @@ def release(root: RuntimeRoot, rec: Record) -> None:
 
 
 def wait_gone(st: dict[str, Any], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while alive(st):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+    return proc.wait_exit(*_process(st), timeout)
 
 
 def forget(root: RuntimeRoot, rec: Record, st: dict[str, Any]) -> None:

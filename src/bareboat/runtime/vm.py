@@ -34,6 +34,7 @@ import os
 import signal
 
 from bareboat.errors import BackendUnavailable, ContainerError
+from bareboat.proc import start_time
 
 from . import lifecycle as lc
 from .records import Record, RuntimeRoot
@@ -195,7 +196,7 @@ def _ps(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     st = lc.read_state(root, rec.id)
     pids = [int(st["pid"])] if lc.alive(st) else []
     qemu = VmPaths(root, rec.id).qemu_pid()
-    if pids and qemu and lc.proc_start(qemu):
+    if pids and qemu and start_time(qemu) is not None:
         pids.append(qemu)
     return print_pids(inv, pids)
 

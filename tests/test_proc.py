@@ -1,0 +1,40 @@
+"""A process named by pid and start time, and waiting for it to exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from bareboat.proc import alive, start_time, wait_exit
+
+
+def test_liveness_uses_start_time() -> None:
+    start = start_time(os.getpid())
+    assert start is not None and alive(os.getpid(), start)
+    assert not alive(os.getpid(), start + 1)  # a reused pid has another start time
+    assert not alive(None, None)
+
+
+def test_a_zombie_has_exited() -> None:
+    child = subprocess.Popen(["true"])
+    start = start_time(child.pid)
+    end = time.monotonic() + 10
+    while start_time(child.pid) is not None and time.monotonic() < end:
+        time.sleep(0.01)
+    assert start_time(child.pid) is None  # exited, not yet reaped
+    assert wait_exit(child.pid, start, 0) is True
+    child.wait()
+
+
+def test_wait_exit_ends_when_the_process_does() -> None:
+    # Not our child: the pidfd still tells its exit.
+    holder = subprocess.Popen(["sh", "-c", "sleep 0.3 & echo $!; wait"], stdout=subprocess.PIPE)
+    assert holder.stdout is not None
+    pid = int(holder.stdout.readline())
+    start = start_time(pid)
+    assert wait_exit(pid, start, 0.05) is False  # still sleeping
+    t = time.monotonic()
+    assert wait_exit(pid, start, 10) is True
+    assert time.monotonic() - t < 5
+    holder.wait()
