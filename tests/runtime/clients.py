@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -218,6 +219,30 @@ def write_cni_config(conf_dir: Path) -> tuple[str, str]:
     return bridge, subnet
 
 
+def start_daemon(argv: list[str], log: IO[bytes], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A client's daemon in a session of its own (a Ctrl-C of the tests must not reach it
+    before its containers are cleaned up), its output to `log`."""
+    return subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def stop_daemon(proc: subprocess.Popen[bytes], log: IO[bytes], base: Path, grace: float) -> None:
+    """SIGTERM the daemon (SIGKILL after `grace` seconds), close its log, then end what it
+    left running and mounted under `base` (shims outlive their daemon)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+    log.close()
+    kill_under(base)
+    unmount_under(base)
+
+
 class Containerd:
     """A private containerd 1.6 (root, state and sockets in a temp dir) and its `ctr`. Its CRI
     plugin has two runtime handlers (what a Kubernetes RuntimeClass names): `bareboat` and
@@ -243,14 +268,7 @@ class Containerd:
         self.bridge, self.subnet = write_cni_config(base / "cni")
         self.env = {**os.environ, "BAREBOAT_RUNTIME_ROOT": str(base / "rtroot")}
         self.log = open(base / "containerd.log", "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [self.containerd, "--config", str(cfg)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-            start_new_session=True,
-        )
+        self.proc = start_daemon([self.containerd, "--config", str(cfg)], self.log, self.env)
         try:
             self._wait_ready()
             archive = base / "image.tar"
@@ -283,16 +301,8 @@ class Containerd:
                     ctr("tasks", "kill", "--signal", "KILL", c)
                     ctr("tasks", "delete", "--force", c)
                     ctr("containers", "delete", c)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=20)
-        self.log.close()
         # Shims outlive their containerd: what a failed CRI test left (by socket path) goes.
-        kill_under(self.base)
-        unmount_under(self.base)
+        stop_daemon(self.proc, self.log, self.base, grace=20)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
         with contextlib.suppress(OSError):
             shutil.rmtree(self.base)
@@ -352,7 +362,7 @@ class Docker:
         cfg.write_text(json.dumps(config))
         self.env = {**os.environ, "DOCKER_CONFIG": str(base / "client")}
         self.log = open(base / "dockerd.log", "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
+        self.proc = start_daemon(
             [
                 self.dockerd,
                 "--config-file", str(cfg),
@@ -363,11 +373,8 @@ class Docker:
                 "--iptables=false", "--ip6tables=false", "--bridge=none",
                 "--exec-opt", "native.cgroupdriver=cgroupfs",
             ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-            start_new_session=True,
+            self.log,
+            self.env,
         )  # fmt: skip
         try:
             self._wait_ready()
@@ -413,15 +420,7 @@ class Docker:
                 ids = self("ps", "--all", "--quiet", check=False, timeout=30).stdout.split()
                 if ids:
                     self("rm", "--force", *ids, check=False, timeout=60)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=20)
-        self.log.close()
-        kill_under(self.base)
-        unmount_under(self.base)
+        stop_daemon(self.proc, self.log, self.base, grace=40)
         if self._made_plugins_dir:
             for d in (_DOCKER_PLUGINS, _DOCKER_PLUGINS.parent):
                 with contextlib.suppress(OSError):
