@@ -188,3 +188,17 @@ def connect_and_read(addr: tuple[str, int], timeout: float = 60) -> bytes:
         if time.monotonic() > end:
             raise AssertionError(f"nothing served at {addr} in {timeout:g}s")
         time.sleep(0.2)
+
+
+# What every client's exit-code-and-streams test runs (docker, podman, ctr, the runtime's own).
+TALKER = "echo out; echo err >&2; exit 7"
+
+
+def assert_same_as_reference(
+    ours: subprocess.CompletedProcess[str], ref: subprocess.CompletedProcess[str]
+) -> None:
+    """A client's run of TALKER through bareboat-runtime: exit 7 with its streams, and the
+    same as through the reference runtime (runc)."""
+    got = (ours.returncode, ours.stdout, ours.stderr)
+    assert got == (7, "out\n", "err\n")
+    assert got == (ref.returncode, ref.stdout, ref.stderr)

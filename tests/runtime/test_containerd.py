@@ -18,7 +18,7 @@ from tests.support.imagebuild import Image, write_image
 
 from . import cri
 from .clients import SANDBOX_IMAGE, Containerd, containerd, processes_under
-from .conftest import RUNTIME, OneShotServer, connect_and_read
+from .conftest import RUNTIME, TALKER, OneShotServer, assert_same_as_reference, connect_and_read
 from .test_vm import vm_or_skip
 
 
@@ -39,17 +39,12 @@ def runtime_flags(cd: Containerd, name: str = "bareboat-runtime") -> list[str]:
 
 
 def test_ctr_run_exit_code_and_output(cd: Containerd) -> None:
-    script = "echo out; echo err >&2; exit 7"
+    script = TALKER
     ours = cd("run", "--rm", *runtime_flags(cd), cd.image, "t1",
               "sh", "-c", script, check=False)  # fmt: skip
     ref = cd("run", "--rm", *runtime_flags(cd, "runc"), cd.image, "t1ref",
              "sh", "-c", script, check=False)  # fmt: skip
-    assert (ours.returncode, ours.stdout, ours.stderr) == (7, "out\n", "err\n")
-    assert (ours.returncode, ours.stdout, ours.stderr) == (
-        ref.returncode,
-        ref.stdout,
-        ref.stderr,
-    )
+    assert_same_as_reference(ours, ref)
 
 
 @pytest.mark.parametrize("isolation", ["process", "microvm"])

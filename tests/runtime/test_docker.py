@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from .clients import DOCKER_RUNTIMES, Docker, docker, docker_archive, processes_under
+from .conftest import TALKER, assert_same_as_reference
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +34,12 @@ def record(dk: Docker, cid: str) -> Path:
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_run_exit_code_and_streams_unchanged(dk: Docker, isolation: str) -> None:
-    script = "echo out; echo err >&2; exit 7"
+    script = TALKER
     ours = dk("run", "--rm", *run_args(dk, isolation), dk.image, "sh", "-c", script,
               check=False)  # fmt: skip
     ref = dk("run", "--rm", "--network", "none", "--runtime", "runc", dk.image,
              "sh", "-c", script, check=False)  # fmt: skip
-    assert (ours.returncode, ours.stdout, ours.stderr) == (7, "out\n", "err\n")
-    assert (ours.returncode, ours.stdout, ours.stderr) == (
-        ref.returncode,
-        ref.stdout,
-        ref.stderr,
-    )
+    assert_same_as_reference(ours, ref)
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .clients import Podman, podman
-from .conftest import OneShotServer, connect_and_read, cpu_quota
+from .conftest import TALKER, OneShotServer, assert_same_as_reference, connect_and_read, cpu_quota
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +30,12 @@ def iso(isolation: str) -> list[str]:
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_run_exit_code_and_streams_unchanged(pm: Podman, isolation: str) -> None:
-    script = "echo out; echo err >&2; exit 7"
+    script = TALKER
     ours = pm("run", "--rm", "--network", "none", *iso(isolation), pm.image, "sh", "-c", script,
               check=False)  # fmt: skip
     ref = pm("run", "--rm", "--network", "none", pm.image, "sh", "-c", script, check=False,
              runtime="runc")  # fmt: skip
-    assert (ours.returncode, ours.stdout, ours.stderr) == (7, "out\n", "err\n")
-    assert (ours.returncode, ours.stdout, ours.stderr) == (
-        ref.returncode,
-        ref.stdout,
-        ref.stderr,
-    )
+    assert_same_as_reference(ours, ref)
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)

@@ -15,11 +15,9 @@ import pytest
 
 from tests.wasm import wat
 
-from .conftest import RUNTIME, Runtime, make_bundle
+from .conftest import RUNTIME, TALKER, Runtime, make_bundle
 from .test_vm import vm_or_skip
 from .test_wasm_runtime import wasm_bundle
-
-SCRIPT = "echo out; echo err >&2; exit 7"
 
 
 def gone(runtime: Runtime, cid: str) -> bool:
@@ -32,7 +30,7 @@ def bundle_for(isolation: str, path: Path) -> Path:
         return wasm_bundle(path, wat.exit_with(7))
     if isolation == "microvm":
         vm_or_skip()
-    return make_bundle(path, ["sh", "-c", SCRIPT], annotations={"io.bareboat.isolation": isolation})
+    return make_bundle(path, ["sh", "-c", TALKER], annotations={"io.bareboat.isolation": isolation})
 
 
 @pytest.mark.parametrize("isolation", ["process", "microvm", "wasm"])
@@ -57,7 +55,7 @@ def test_foreground_run_gives_status_and_output_then_deletes(
 
 
 def test_keep_leaves_a_stopped_container(runtime: Runtime, tmp_path: Path) -> None:
-    bundle = make_bundle(tmp_path / "b", ["sh", "-c", SCRIPT], annotations={
+    bundle = make_bundle(tmp_path / "b", ["sh", "-c", TALKER], annotations={
         "io.bareboat.isolation": "process"})  # fmt: skip
     runtime.ids.append("r2")
     assert runtime("run", "--keep", "--bundle", str(bundle), "r2", check=False).returncode == 7
