@@ -195,6 +195,12 @@ def check_shares(spec: vmspec.VmSpec) -> None:
             )
 
 
+def is_file_share(m: vmspec.GuestMount) -> bool:
+    """A bind mount of one host file (served as a directory holding only it, see shares_of),
+    where the guest binds that file onto the target instead of mounting the share there."""
+    return m.fstype == "9p" and not Path(m.source).is_dir()
+
+
 def shares_of(spec: vmspec.VmSpec, vmdir: Path) -> tuple[Any, ...]:
     """QEMU's 9p shares for the spec's bind mounts. A single file is served from a private
     directory of this VM holding only a placeholder, onto which QEMU's process binds the file
@@ -207,7 +213,7 @@ def shares_of(spec: vmspec.VmSpec, vmdir: Path) -> tuple[Any, ...]:
         if m.fstype != "9p":
             continue
         tag, readonly = tags[m.destination], "ro" in m.options
-        if Path(m.source).is_dir():
+        if not is_file_share(m):
             shares.append(Share(Path(m.source), tag, readonly))
             continue
         staging = vmdir / "files" / tag
@@ -227,7 +233,7 @@ def start_spec(plan: VmPlan, winsize: tuple[int, int] = (0, 0)) -> StartSpec:
         Mount(m.destination, m.fstype, tags.get(m.destination, "tmpfs"),
               ",".join((*m.options, *(NINEP_OPTIONS if m.fstype == "9p" else ()))),
               readonly="ro" in m.options,
-              file=m.fstype == "9p" and not Path(m.source).is_dir())
+              file=is_file_share(m))
         for m in s.mounts
     ]  # fmt: skip
     return StartSpec(

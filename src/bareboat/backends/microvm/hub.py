@@ -119,7 +119,6 @@ class Hub:
         self.next_session = 1
         self.exited: ExitRecord | None = None
         self.errors: list[str] = []
-        self.forward_errors: list[str] = []  # kept apart: they do not end the workload
         self.kill_deadline: float | None = None
         self.done = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -394,12 +393,10 @@ class Hub:
     def _forward(self, ports: tuple[int, ...]) -> None:
         if self.forward_ports is None:
             return  # not asked for (WATCH_PORTS unset): nothing to do
-        try:
+        # A failure is not the workload's business (its stderr is the client's): the VM
+        # runs on, and the guest's next report tries again.
+        with contextlib.suppress(BareboatError, OSError):
             self.forward_ports(ports)
-        except (BareboatError, OSError) as err:
-            # Not the workload's business (its stderr is the client's): the VM runs on,
-            # and the next report tries again.
-            self.forward_errors.append(str(err))
 
     def _control_vm(self, c: _Client, what: FrameType) -> None:
         try:
