@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 
-from bareboat.proc import alive, start_time, wait_exit
+from bareboat.proc import alive, start_time, wait_child, wait_exit
 
 
 def test_liveness_uses_start_time() -> None:
@@ -38,3 +39,21 @@ def test_wait_exit_ends_when_the_process_does() -> None:
     assert wait_exit(pid, start, 10) is True
     assert time.monotonic() - t < 5
     holder.wait()
+
+
+def test_wait_child_gives_the_shell_code_and_passes_signals_on() -> None:
+    assert wait_child(subprocess.Popen(["sh", "-c", "exit 3"]).pid) == 3
+    killed = subprocess.Popen(["sleep", "100"])
+    killed.kill()
+    assert wait_child(killed.pid) == 137
+    # A signal this process gets while waiting reaches the child (it exits 9 on TERM).
+    child = subprocess.Popen(["sh", "-c", "trap 'exit 9' TERM; while true; do sleep 0.05; done"])
+    time.sleep(0.3)  # let the shell set its trap
+    pid = os.getpid()
+    sender = subprocess.Popen(["sh", "-c", f"sleep 0.2; kill -TERM {pid}"])
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        assert wait_child(child.pid, forward=(signal.SIGTERM,)) == 9
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        sender.wait()

@@ -1,10 +1,45 @@
-"""One process named for good: its pid and its kernel start time (a reused pid has a later
-one). Plain `os`, nothing else at import: bareboat-runtime's calls use it on their hot path,
+"""Processes as bareboat sees them: one named for good by its pid and kernel start time (a
+reused pid has a later one), its exit status, the signals passed on to a workload. Plain
+`os` and `signal`, nothing else at import: bareboat-runtime's calls use it on their hot path,
 the engine for its monitors."""
 
 from __future__ import annotations
 
 import os
+import signal
+
+# What a terminal or a supervisor sends a foreground run, a gate or a monitor, which pass
+# them on to the workload instead of dying of them.
+FORWARDED_SIGNALS = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+)  # fmt: skip
+
+
+def wait_status_to_code(status: int) -> int:
+    """Shell convention: exit code, or 128+N for a process killed by signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def wait_child(pid: int, *, forward: tuple[int, ...] = ()) -> int:
+    """Wait for our child `pid` and return its exit code (shell convention), passing the
+    signals in `forward` on to it meanwhile (a foreground run: the client signals us, the
+    workload must get it). 1 if it is not ours to wait for."""
+
+    def pass_on(sig: int, _frame: object) -> None:
+        try:  # noqa: SIM105 - contextlib is not imported on the runtime's hot path
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in forward:
+        signal.signal(sig, pass_on)
+    try:
+        _, status = os.waitpid(pid, 0)  # retried after each handler (PEP 475)
+    except ChildProcessError:
+        return 1
+    return wait_status_to_code(status)
 
 
 def start_time(pid: int) -> int | None:

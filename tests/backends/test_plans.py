@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from bareboat.backends.base import MS_BIND, MS_RDONLY, wait_status_to_code
+from bareboat.backends.base import MS_BIND, MS_RDONLY
 from bareboat.backends.container.runtime import OciRuntime, select_runtime
 from bareboat.backends.process.backend import plan_mounts
 from bareboat.errors import BackendUnavailable
+from bareboat.proc import wait_status_to_code
 
 
 def test_runtime_override_and_default() -> None:

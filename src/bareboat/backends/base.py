@@ -92,13 +92,6 @@ class Backend(Protocol):
         """Remove every trace the backend left (runtime state, cgroups). Idempotent."""
 
 
-def wait_status_to_code(status: int) -> int:
-    """Shell convention: exit code, or 128+N for a process killed by signal N."""
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.waitstatus_to_exitcode(status)
-
-
 def signal_pid(pid: int | None, sig: int) -> None:
     """Send `sig` to the workload `pid` the monitor started; gone already is fine."""
     if pid is None:

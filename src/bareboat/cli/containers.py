@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from bareboat.engine.engine import Engine
     from bareboat.spec.options import RunOptions
 
-FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
-
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this group's commands to the `bareboat` parser."""
@@ -282,6 +280,8 @@ def _run_attached(engine: Engine, cid: str, *, interactive: bool, tty: bool) -> 
 def _attached(client: AttachClient, *, interactive: bool, tty: bool) -> int:
     import signal
 
+    from bareboat.proc import FORWARDED_SIGNALS
+
     rows = cols = 0
     if tty:
         size = os.get_terminal_size(0)
@@ -296,8 +296,7 @@ def _attached(client: AttachClient, *, interactive: bool, tty: bool) -> int:
         client.resize(size.lines, size.columns)
 
     old = {}
-    for name in FORWARDED_SIGNALS:
-        s = getattr(signal, name)
+    for s in FORWARDED_SIGNALS:
         old[s] = signal.signal(s, forward)
     if tty:
         old[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, winch)

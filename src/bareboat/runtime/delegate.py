@@ -17,6 +17,7 @@ import os
 import signal
 
 from bareboat.errors import BackendUnavailable
+from bareboat.proc import FORWARDED_SIGNALS, wait_child
 
 from .args import Invocation
 from .records import RuntimeRoot
@@ -60,25 +61,6 @@ def exec_runc(argv: list[str]) -> None:
 def spawn_runc(argv: list[str], *, forward_signals: bool = False) -> int:
     """Run runc as a child with our stdio and inherited fds; return its exit code."""
     pid = os.posix_spawn(argv[0], argv, os.environ)
-    if forward_signals:
-        # A foreground `run`: the client signals us, the workload must get it.
-        def forward(sig: int, _frame: object) -> None:
-            os.kill(pid, sig)
-
-        for sig in (
-            signal.SIGTERM,
-            signal.SIGINT,
-            signal.SIGHUP,
-            signal.SIGQUIT,
-            signal.SIGUSR1,
-            signal.SIGUSR2,
-            signal.SIGWINCH,
-        ):
-            signal.signal(sig, forward)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except ChildProcessError:
-            return 1
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    # A foreground `run` passes a resize on too: runc proxies the console itself.
+    forward = (*FORWARDED_SIGNALS, signal.SIGWINCH) if forward_signals else ()
+    return wait_child(pid, forward=forward)

@@ -8,9 +8,7 @@ plain waitpid carries the code, as it does for conmon or the shim after a create
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
+from bareboat.proc import FORWARDED_SIGNALS, wait_child
 
 from . import lifecycle as lc
 from .args import Invocation
@@ -19,12 +17,6 @@ from .records import RuntimeRoot
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-# What a terminal or a supervisor sends `runc run`: passed on to the container (each gate
-# forwards these to its workload) instead of ending this process before the container.
-PASSED_ON = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-)  # fmt: skip
 
 
 def run_created(inv: Invocation, root: RuntimeRoot, module: Any) -> int:
@@ -38,22 +30,11 @@ def run_created(inv: Invocation, root: RuntimeRoot, module: Any) -> int:
         raise
     if inv.has("--detach"):
         return 0
-    code = _wait(int(lc.read_state(root, rec.id)["pid"]))
+    # The gate passes the signals on to its workload in turn.
+    code = wait_child(int(lc.read_state(root, rec.id)["pid"]), forward=FORWARDED_SIGNALS)
     if not inv.has("--keep"):
         _delete(inv, root, module)
     return code
-
-
-def _wait(pid: int) -> int:
-    def pass_on(sig: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-    for sig in PASSED_ON:
-        signal.signal(sig, pass_on)
-    _, status = os.waitpid(pid, 0)  # (retried after each handler: PEP 475)
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
 
 
 def _delete(inv: Invocation, root: RuntimeRoot, module: Any) -> None:

@@ -24,6 +24,7 @@ import signal
 from typing import Any
 
 from bareboat.errors import BackendError, BackendUnavailable, ContainerError
+from bareboat.proc import wait_status_to_code
 
 from . import lifecycle as lc
 from .args import Invocation
@@ -273,7 +274,7 @@ def _exec_cmd(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     if inv.has("--detach"):
         return 0
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    return wait_status_to_code(status)
 
 
 def _tie_to_workload(main: int, child: int) -> None:

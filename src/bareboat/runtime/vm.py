@@ -34,7 +34,7 @@ import os
 import signal
 
 from bareboat.errors import BackendUnavailable, ContainerError
-from bareboat.proc import start_time
+from bareboat.proc import FORWARDED_SIGNALS, start_time
 
 from . import lifecycle as lc
 from .records import Record, RuntimeRoot
@@ -44,11 +44,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .args import Invocation
-
-# Signals the gate passes on to the workload instead of dying of them.
-FORWARDED = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-)  # fmt: skip
 
 
 # --- where one VM's files are ------------------------------------------------------------------
@@ -111,7 +106,7 @@ def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     status = lc.status_of(root, rec, st)
     if status == "stopped":
         raise ContainerError(f"cannot kill container {rec.id}: container not running")
-    if status == "created" or sig == signal.SIGKILL or sig in FORWARDED:
+    if status == "created" or sig == signal.SIGKILL or sig in FORWARDED_SIGNALS:
         # No workload yet, or a kill that must not depend on the guest: end the gate, and
         # QEMU with it. A running gate passes the common signals on to the workload itself,
         # which spares this call the agent client's imports.

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bareboat.errors import BareboatError, UsageError
+from bareboat.proc import FORWARDED_SIGNALS
 
 from . import lifecycle as lc
 from .args import Invocation
 from .records import Record, RuntimeRoot
-from .vm import FORWARDED, VmPaths, remove_files
+from .vm import VmPaths, remove_files
 
 if TYPE_CHECKING:
     from bareboat.backends.base import BackendContext, Stdio
@@ -402,13 +403,13 @@ def _serve(backend: MicrovmBackend, ctx: BackendContext, b: Booted, stdio: Stdio
 
         backend.resize(ctx, *_winsize(stdio.stdout))
 
-    for sig in FORWARDED:
+    for sig in FORWARDED_SIGNALS:
         signal.signal(sig, forward)
     if stdio.tty:
         signal.signal(signal.SIGWINCH, resize)
     while not hub.done.wait(1.0):
         pass
-    for sig in (*FORWARDED, signal.SIGWINCH):
+    for sig in (*FORWARDED_SIGNALS, signal.SIGWINCH):
         signal.signal(sig, signal.SIG_IGN)
     rc = b.vm.wait(10.0)
     if rc is None:

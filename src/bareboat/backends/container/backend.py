@@ -21,8 +21,9 @@ import termios
 import time
 from typing import Any
 
-from bareboat.backends.base import BackendContext, Started, Stdio, wait_status_to_code
+from bareboat.backends.base import BackendContext, Started, Stdio
 from bareboat.errors import BackendError
+from bareboat.proc import wait_status_to_code
 
 from .runtime import OciRuntime, select_runtime
 

@@ -25,9 +25,9 @@ from bareboat.backends.base import (
     Stdio,
     mount,
     signal_pid,
-    wait_status_to_code,
 )
 from bareboat.errors import BackendError
+from bareboat.proc import wait_status_to_code
 
 MS_REMOUNT = 32
 

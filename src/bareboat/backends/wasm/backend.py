@@ -40,10 +40,10 @@ from bareboat.backends.base import (
     Started,
     Stdio,
     signal_pid,
-    wait_status_to_code,
 )
 from bareboat.errors import WasmError
 from bareboat.paths import Roots
+from bareboat.proc import wait_status_to_code
 
 if TYPE_CHECKING:
     from bareboat.backends.base import Backend
