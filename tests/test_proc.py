@@ -57,3 +57,16 @@ def test_wait_child_gives_the_shell_code_and_passes_signals_on() -> None:
     finally:
         signal.signal(signal.SIGTERM, old)
         sender.wait()
+
+
+def test_parse_signal() -> None:
+    import pytest
+
+    from bareboat.errors import UsageError
+    from bareboat.proc import parse_signal
+
+    assert [parse_signal(t) for t in ("9", "KILL", "sigterm", " SIGUSR1 ")] == [
+        9, signal.SIGKILL, signal.SIGTERM, signal.SIGUSR1,
+    ]  # fmt: skip
+    with pytest.raises(UsageError, match="unknown signal 'NOPE'"):
+        parse_signal("NOPE")

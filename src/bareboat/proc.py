@@ -15,6 +15,21 @@ FORWARDED_SIGNALS = (
 )  # fmt: skip
 
 
+def parse_signal(text: str) -> int:
+    """A signal as users and clients name it: `9`, `KILL`, `sigterm`, `SIGUSR1`."""
+    name = text.strip().upper()
+    if name.isdigit():
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        from bareboat.errors import UsageError
+
+        raise UsageError(f"unknown signal {text!r}") from None
+
+
 def wait_status_to_code(status: int) -> int:
     """Shell convention: exit code, or 128+N for a process killed by signal N."""
     if os.WIFSIGNALED(status):

@@ -433,10 +433,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from bareboat.engine.engine import _signal_number
+    from bareboat.proc import parse_signal
 
     engine = _engine(args)
-    sig = _signal_number(args.signal)
+    sig = parse_signal(args.signal)
     for ref in args.containers:
         engine.kill(ref, sig)
         print(ref)

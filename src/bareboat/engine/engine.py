@@ -25,7 +25,7 @@ from bareboat.errors import (
 )
 from bareboat.images.model import Image
 from bareboat.paths import Roots
-from bareboat.proc import alive, wait_exit
+from bareboat.proc import alive, parse_signal, wait_exit
 from bareboat.spec.options import Isolation, RunOptions
 
 from .names import ID_RE, check_name, new_id, random_name
@@ -343,7 +343,7 @@ class Engine:
         rec = self.get(ref)
         if rec.state not in (State.RUNNING, State.PAUSED):
             return rec
-        sig = _signal_number(rec.stop_signal or "SIGTERM")
+        sig = parse_signal(rec.stop_signal or "SIGTERM")
         backend = self.backend(rec.isolation)
         ctx = self.context(rec.id)
         backend.kill(ctx, rec.pid, sig)
@@ -456,15 +456,3 @@ def _pid_file(path: Path) -> tuple[int | None, int | None]:
         return int(pid), int(start)
     except (FileNotFoundError, ValueError):
         return None, None
-
-
-def _signal_number(name: str) -> int:
-    name = name.strip().upper()
-    if name.isdigit():
-        return int(name)
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise UsageError(f"unknown signal {name}") from None

@@ -43,18 +43,6 @@ GATE_OK = b"0"
 # --- config.json as plain data ---------------------------------------------------------------
 
 
-def parse_signal(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    name = text.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise UsageError(f"unknown signal {text!r}") from None
-
-
 def process_env(process: dict[str, Any]) -> dict[str, str]:
     return dict(e.split("=", 1) for e in process.get("env") or [] if "=" in e)
 

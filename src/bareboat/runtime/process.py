@@ -24,7 +24,7 @@ import signal
 from typing import Any
 
 from bareboat.errors import BackendError, BackendUnavailable, ContainerError
-from bareboat.proc import wait_status_to_code
+from bareboat.proc import parse_signal, wait_status_to_code
 
 from . import lifecycle as lc
 from .args import Invocation
@@ -192,7 +192,7 @@ def container_pids(st: dict[str, Any]) -> list[int]:
 
 
 def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    sig = lc.parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
+    sig = parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
     st = lc.read_state(root, rec.id)
     if not lc.alive(st):
         raise ContainerError(f"cannot kill container {rec.id}: container not running")

@@ -34,7 +34,7 @@ import os
 import signal
 
 from bareboat.errors import BackendUnavailable, ContainerError
-from bareboat.proc import FORWARDED_SIGNALS, start_time
+from bareboat.proc import FORWARDED_SIGNALS, parse_signal, start_time
 
 from . import lifecycle as lc
 from .records import Record, RuntimeRoot
@@ -101,7 +101,7 @@ def command(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
 
 
 def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    sig = lc.parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
+    sig = parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
     st = lc.read_state(root, rec.id)
     status = lc.status_of(root, rec, st)
     if status == "stopped":

@@ -23,6 +23,7 @@ import os
 import signal
 
 from bareboat.errors import BackendUnavailable, ContainerError, WasmError
+from bareboat.proc import parse_signal
 
 from . import lifecycle as lc
 from .records import Record, RuntimeRoot
@@ -210,7 +211,7 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    sig = lc.parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
+    sig = parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
     st = lc.read_state(root, rec.id)
     if not lc.alive(st):
         raise ContainerError(f"cannot kill container {rec.id}: container not running")
