@@ -1,6 +1,10 @@
 """`process` isolation under the OCI contract, driven the way conmon and the shim drive it:
 create (blocked before exec) / start / state / exec / ps / pause / kill / delete, hooks, and
-the pid file naming the workload itself."""
+the pid file naming the workload itself.
+
+The runtime runs in a PID namespace of each test's own (pidns.py): a test that fails between
+`create` and `start` force-deletes a created container in its clean-up, which with a runtime
+that took the host's processes for the container's would kill this machine's."""
 
 from __future__ import annotations
 
@@ -12,11 +16,22 @@ from pathlib import Path
 import pytest
 
 from .conftest import Runtime, make_bundle
+from .pidns import PidNamespace
 
 PROCESS = {"io.bareboat.isolation": "process"}
 
 
-def test_lifecycle(runtime: Runtime, tmp_path: Path) -> None:
+@pytest.fixture
+def runtime(ns_runtime: tuple[Runtime, PidNamespace]) -> Runtime:
+    return ns_runtime[0]
+
+
+@pytest.fixture
+def ns(ns_runtime: tuple[Runtime, PidNamespace]) -> PidNamespace:
+    return ns_runtime[1]
+
+
+def test_lifecycle(runtime: Runtime, ns: PidNamespace, tmp_path: Path) -> None:
     bundle = make_bundle(
         tmp_path / "b", ["sh", "-c", "echo started > /tmp/marker; sleep 100"], annotations=PROCESS
     )
@@ -37,7 +52,7 @@ def test_lifecycle(runtime: Runtime, tmp_path: Path) -> None:
         time.sleep(0.02)
     assert (bundle / "rootfs" / "tmp" / "marker").read_text() == "started\n"
     # The pid file names the workload itself, chrooted into the bundle's rootfs.
-    assert os.readlink(f"/proc/{pid}/root") == str((bundle / "rootfs").resolve())
+    assert os.readlink(f"/proc/{ns.host_pid(pid)}/root") == str((bundle / "rootfs").resolve())
 
     res = runtime("exec", "--cwd", "/tmp", "-e", "X=42", "p1", "sh", "-c", "echo $X; pwd; exit 3",
                   check=False)  # fmt: skip
@@ -126,12 +141,14 @@ def test_other_isolations_refused_cleanly(runtime: Runtime, tmp_path: Path, bad:
     assert not (runtime.root / "bareboat" / "p5.rec").exists()
 
 
-def test_new_network_namespace_as_runc_makes_it(runtime: Runtime, tmp_path: Path) -> None:
+def test_new_network_namespace_as_runc_makes_it(
+    runtime: Runtime, ns: PidNamespace, tmp_path: Path
+) -> None:
     # `runc spec` asks for a network namespace without a path: a new one, lo up, not the host's.
     bundle = make_bundle(tmp_path / "b", ["sleep", "100"], annotations=PROCESS)
     runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "p9")
     runtime.ids.append("p9")
-    pid = int((tmp_path / "pid").read_text())
+    pid = ns.host_pid(int((tmp_path / "pid").read_text()))
     assert os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
     runtime("start", "p9")
     res = runtime("exec", "p9", "cat", "/proc/net/dev")
