@@ -157,3 +157,57 @@ def test_new_network_namespace_as_runc_makes_it(
     flags = runtime("exec", "p9", "cat", "/sys/class/net/lo/flags").stdout  # its own sysfs
     assert int(flags, 16) & 1  # IFF_UP
     runtime("delete", "--force", "p9")
+
+
+# --- an image's symlinks never take a mount point out of the rootfs --------------------------
+
+
+def _mount_points(pid: int | str = "self") -> list[str]:
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return [line.split()[4] for line in f]
+
+
+def test_mount_points_are_resolved_inside_the_rootfs(
+    runtime: Runtime, ns: PidNamespace, tmp_path: Path
+) -> None:
+    host_etc, host_dir = tmp_path / "host-etc", tmp_path / "host-dir"
+    host_etc.mkdir()
+    host_dir.mkdir()
+    (host_etc / "keep").write_text("host\n")
+    bundle = make_bundle(tmp_path / "b", ["sleep", "100"], annotations=PROCESS)
+    rootfs = bundle / "rootfs"
+    # The image: /etc is an absolute symlink to the host directory, /data a relative one
+    # that climbs out towards another.
+    (rootfs / "etc").rmdir()
+    (rootfs / "etc").symlink_to(host_etc)
+    (rootfs / "data").symlink_to("../" * 30 + str(host_dir).lstrip("/"))
+    files, volume = tmp_path / "files", tmp_path / "volume"
+    files.mkdir()
+    volume.mkdir()
+    (volume / "v").write_text("volume\n")
+    config = json.loads((bundle / "config.json").read_text())
+    for name in ("hostname", "hosts", "resolv.conf"):  # as podman binds them
+        (files / name).write_text(f"ours {name}\n")
+        bind = {"type": "bind", "source": str(files / name), "options": ["rbind", "rw"]}
+        config["mounts"].append({"destination": f"/etc/{name}", **bind})
+    bind = {"type": "bind", "source": str(volume), "options": ["rbind", "ro"]}
+    config["mounts"].append({"destination": "/data/sub", **bind})
+    (bundle / "config.json").write_text(json.dumps(config))
+
+    def outside(pid: int | str) -> list[str]:
+        return [p for p in _mount_points(pid) if p.startswith((str(host_etc), str(host_dir)))]
+
+    runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "p10")
+    runtime.ids.append("p10")
+    gate = ns.host_pid(int((tmp_path / "pid").read_text()))
+    # The gate's mounts (its own mount namespace), seen from the host's root before `start`.
+    assert outside(gate) == []
+    assert f"{rootfs}{host_etc}/hostname" in _mount_points(gate)
+    runtime("start", "p10")
+    assert runtime("exec", "p10", "cat", "/etc/hostname", "/data/sub/v").stdout == (
+        "ours hostname\nvolume\n"
+    )
+    runtime("delete", "--force", "p10")
+    assert outside("self") == []
+    assert sorted(p.name for p in host_etc.iterdir()) == ["keep"]
+    assert list(host_dir.iterdir()) == []

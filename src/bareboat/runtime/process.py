@@ -40,34 +40,16 @@ def user_ids(process: dict[str, Any]) -> tuple[int, int, list[int]]:
 
 
 def _apply_mounts(config: dict[str, Any], rootfs: str) -> None:
+    """In the gate, before it waits for `start`: the spec's mounts in a mount namespace of
+    its own, each resolved inside the rootfs (an image's symlinks never reach the host)."""
     from pathlib import Path
 
-    from bareboat.backends.base import (
-        CLONE_NEWNS,
-        MS_BIND,
-        MS_PRIVATE,
-        MS_RDONLY,
-        MS_REC,
-        mount,
-        unshare,
-    )
-    from bareboat.backends.process.backend import MS_REMOUNT, plan_mounts
+    from bareboat.backends.base import CLONE_NEWNS, MS_PRIVATE, MS_REC, mount, unshare
+    from bareboat.backends.process.backend import mount_in_root, plan_mounts
 
     unshare(CLONE_NEWNS)
     mount("none", Path("/"), "", MS_REC | MS_PRIVATE)
-    root = Path(rootfs)
-    for source, dest, fstype, flags, data in plan_mounts(config):
-        target = root / dest.lstrip("/")
-        if target.is_symlink():
-            raise BackendError(f"mount destination {dest} is a symlink in the rootfs")
-        if os.path.isdir(source) or fstype:
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch(exist_ok=True)
-        mount(source, target, fstype, flags & ~MS_RDONLY, data)
-        if flags & MS_RDONLY:  # a bind only becomes read-only on a remount
-            mount("none", target, "", MS_REMOUNT | MS_BIND | MS_RDONLY)
+    mount_in_root(Path(rootfs), plan_mounts(config))
 
 
 def _enter(process: dict[str, Any], rootfs: str, slave: int | None) -> None:
