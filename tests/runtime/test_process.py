@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from bareboat.proc import start_time
+from bareboat.runtime import procgroup
+from bareboat.runtime.process import container_pids
+from tests.support.imagebuild import BUSYBOX
 
 from .conftest import Runtime, make_bundle
 from .pidns import PidNamespace
@@ -157,6 +165,73 @@ def test_new_network_namespace_as_runc_makes_it(
     flags = runtime("exec", "p9", "cat", "/sys/class/net/lo/flags").stdout  # its own sysfs
     assert int(flags, 16) & 1  # IFF_UP
     runtime("delete", "--force", "p9")
+
+
+# --- which processes are the container's (kill --all, delete, ps, pause) ----------------------
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        p.kill()
+        p.wait()
+
+
+def _state_of(pid: int) -> dict[str, object]:
+    return {"pid": pid, "start_time": str(start_time(pid))}
+
+
+def test_without_a_cgroup_a_gate_not_yet_chrooted_is_alone(
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    # A created gate has not chrooted: its root is the host's, as nearly every process's is.
+    # (Only computed here, never signalled: the old rule listed all of them.)
+    gate = subprocess.Popen(["sleep", "60"])
+    procs.append(gate)
+    bystander = subprocess.Popen(["sleep", "60"])
+    procs.append(bystander)
+    assert container_pids(_state_of(gate.pid)) == [gate.pid]
+
+
+def test_without_a_cgroup_the_chrooted_container_is_found_by_its_root(
+    procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
+
+    def chrooted() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            ["/bin/busybox", "sleep", "60"], preexec_fn=lambda: os.chroot(rootfs)
+        )
+
+    gate, execd = chrooted(), chrooted()
+    procs += [gate, execd, subprocess.Popen(["sleep", "60"])]
+    deadline = time.monotonic() + 10
+    while os.readlink(f"/proc/{execd.pid}/root") != str(rootfs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert container_pids(_state_of(gate.pid)) == sorted([gate.pid, execd.pid])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/sys/fs/cgroup/unified",  # the whole host
+        "/sys/fs/cgroup/unified/system.slice",
+        "/sys/fs/cgroup/unified/bareboat-process",
+        "/sys/fs/cgroup/unified/bareboat-process/..",
+        "/sys/fs/cgroup/unified/bareboat-process/x/..",
+        "/tmp/bareboat-process/x",
+        7,
+    ],
+)
+def test_only_a_cgroup_of_our_own_is_taken_from_the_state(path: object) -> None:
+    assert procgroup.owned(path) is None
+    assert procgroup.owned("/sys/fs/cgroup/unified/bareboat-process/k1-00ff") is not None
 
 
 # --- an image's symlinks never take a mount point out of the rootfs --------------------------
