@@ -109,7 +109,10 @@ def test_microvm(bb: Run, roots: Roots, hostile: Hostile) -> None:
     r = bb("run", "--rm", "--isolation", "microvm", "--no-template", "--hostname", "boat",
            "-v", f"{hostile.volume}:/data/sub:ro", hostile.ref, "sh", "-c", READ,
            timeout=180)  # fmt: skip
-    assert (r.returncode, r.stdout) == (0, "boat\nvolume\n"), r.stderr
+    # The guest init makes and mounts these inside the VM, which is its own machine; the
+    # host side only builds a disk image of the tree and shares the volume. (The guest's
+    # /tmp is a tmpfs of its own, so there the link targets are missing: a clean refusal.)
+    assert (r.returncode, r.stdout) in ((0, "boat\nvolume\n"), (125, "")), r.stderr
     hostile.untouched()
     assert leftovers(roots) == []
 
