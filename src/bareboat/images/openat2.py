@@ -11,8 +11,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import posixpath
+import sys
 from typing import Any
 
 # include/uapi/linux/openat2.h
@@ -67,7 +67,7 @@ def openat2(
 
     Raises OSError with the kernel's errno (ENOENT, ELOOP, EXDEV, ...) like os.open does.
     """
-    if platform.system() != "Linux":
+    if not sys.platform.startswith("linux"):
         raise OSError(errno.ENOSYS, "openat2 needs Linux")
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     encoded = os.fsencode(path)
