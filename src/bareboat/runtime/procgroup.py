@@ -3,8 +3,8 @@ cgroup of its own.
 
 That isolation shares the host's PID namespace and, until `start`, the host's root too, so no
 property of a process (its root, its namespaces) tells the container's processes from the
-host's. A cgroup does: the gate joins a fresh one first thing after the fork, `exec` joins it
-before it enters the container, and whatever they start, daemons that double-fork included,
+host's. A cgroup does: the gate is moved into a fresh one before it can start anything, `exec`
+joins it before it enters the container, and whatever they start, daemons that double-fork included,
 stays in it (only root can move a process out). It is for tracking only: no controller is
 enabled in it and nothing is limited. `kill --all` and `delete` end it with `cgroup.kill`
 (atomic against a workload that forks meanwhile), `pause` freezes it.
@@ -67,6 +67,11 @@ def join(path: str) -> None:
     """Move the calling process into the cgroup."""
     with open(f"{path}/cgroup.procs", "w") as f:
         f.write("0")
+
+
+def move(path: str, pid: int) -> bool:
+    """Move process `pid` into the cgroup; False if that failed."""
+    return _write(path, "cgroup.procs", str(pid))
 
 
 def members(path: str) -> list[int]:
