@@ -121,6 +121,7 @@ def fake_template(roots: Roots, inputs: T.TemplateInputs) -> T.Template:
         state_sha256=T._sha256(d / T.STATE),
         created=0.0,
         create_s=1.0,
+        ram_identity=T.ram_identity(d / T.RAM),
     )
     (d / T.MANIFEST).write_text(m.to_json())
     return T.load_template(d)
@@ -140,6 +141,8 @@ def test_valid_template_loads_and_lists(roots: Roots, inputs: T.TemplateInputs) 
         ("state-truncated", "state file is"),
         ("ram-truncated", "RAM file is"),
         ("ram-missing", "incomplete"),
+        # what a clone's QEMU, which holds the file open for writing, could do after an escape
+        ("ram-written", "was changed"),
         ("version", "format version"),
         ("manifest-missing", "no manifest"),
         ("manifest-garbage", "malformed"),
@@ -163,6 +166,10 @@ def test_broken_templates_are_detected(
             os.truncate(t.ram, 1 << 20)
         case "ram-missing":
             t.ram.unlink()
+        case "ram-written":
+            with open(t.ram, "r+b") as f:
+                f.seek(4096)
+                f.write(b"planted")
         case "version":
             manifest["version"] = T.FORMAT_VERSION + 1
             (t.path / T.MANIFEST).write_text(json.dumps(manifest))

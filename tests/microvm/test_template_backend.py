@@ -63,13 +63,15 @@ def test_broken_template_falls_back_to_cold_boot(
         t.state.write_bytes(bytes(data))
     elif damage == "ram":
         os.truncate(t.ram, 1 << 20)
-    elif damage == "ram-in-place":  # same size, so only the clone's failure to resume shows it
+    elif damage == "ram-in-place":  # same size: the file's changed ctime shows it
         size = t.ram.stat().st_size
         with t.ram.open("r+b") as f:
             f.write(os.urandom(size))
     else:
         path = t.path / T.MANIFEST
-        path.write_text(path.read_text().replace('"version": 1', '"version": 99'))
+        old = f'"version": {T.FORMAT_VERSION}'
+        assert old in path.read_text()
+        path.write_text(path.read_text().replace(old, '"version": 99'))
     r = vm.run("/bin/sh", "-c", "echo cold; exit 4")
     assert (r.error, r.code, r.stdout) == (None, 4, b"cold\n")
     assert vm.backend.template_used is None

@@ -129,6 +129,10 @@ def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
             os.kill(int(st["pid"]), signal.SIGKILL)
         lc.wait_gone(st)
     _kill_qemu(root, rec.id)
+    from bareboat.backends.microvm.vmproc import release_vmm
+
+    # The jail's cgroups are children of the container's: they go first.
+    release_vmm(f"{VmPaths(root, rec.id).path}/vm.json")
     if st.get("cgroups"):
         from pathlib import Path
 

@@ -93,6 +93,11 @@ def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
             # A template is keyed by its image disk: only a shared, cached one can have one.
             return plan.image.key != PRIVATE_IMAGE
 
+        def vmm_cpu_limit(self, ctx: BackendContext) -> tuple[int | None, int | None]:
+            # The container's cgroup (the VMM's parent) holds the spec's CPU limits, and
+            # `update` changes them there.
+            return None, None
+
     return RuntimeVmBackend()
 
 

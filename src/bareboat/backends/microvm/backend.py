@@ -72,7 +72,7 @@ from .agent import (
     encode_start,
 )
 from .hub import CtlClient, ExitRecord, Hub
-from .vmproc import is_vm_qemu, recorded_pid
+from .vmproc import is_vm_qemu, recorded_pid, release_vmm
 
 if TYPE_CHECKING:
     from .qemu import QemuProcess
@@ -462,6 +462,13 @@ class MicrovmBackend:
         """Whether this VM may be a template's clone (its image disk is shared and keyed)."""
         return True
 
+    def vmm_cpu_limit(self, ctx: BackendContext) -> tuple[int | None, int | None]:
+        """The host CPU quota and period of the VMM's cgroup: the spec's (`--cpus`)."""
+        from .hostcgroup import cpu_limits
+
+        limits = cpu_limits((ctx.spec.get("linux") or {}).get("resources"))
+        return limits.quota, limits.period
+
     def create(self, ctx: BackendContext) -> None:
         plan = self.plan(ctx)
         self.vmdir(ctx).path.mkdir(parents=True, exist_ok=True)
@@ -494,6 +501,7 @@ class MicrovmBackend:
             shares=shares_of(plan.spec, d.path),
             port_forwards=forwards,
             tsc_khz=host_tsc_khz(),
+            name=str(d.sockets),
         )
 
     # --- start ----------------------------------------------------------------------------
@@ -512,7 +520,9 @@ class MicrovmBackend:
         d.exit.unlink(missing_ok=True)
         d.console.unlink(missing_ok=True)
         network.check_ports_free(plan.net.ports)
-        vm = QemuProcess(self.vm_config(ctx, plan), stderr=d.qemu_log)
+        vm = QemuProcess(
+            self.vm_config(ctx, plan), stderr=d.qemu_log, cpu_limit=self.vmm_cpu_limit(ctx)
+        )
         running = _Running(vm)
         sock: socket.socket | None = None
         try:
@@ -528,7 +538,11 @@ class MicrovmBackend:
                     _tell(stdio, f"template not used, booting cold: the clone did not resume: {e}")
                     self.template_used = None
                     d.console.unlink(missing_ok=True)
-                    vm = QemuProcess(self.vm_config(ctx, plan), stderr=d.qemu_log)
+                    vm = QemuProcess(
+                        self.vm_config(ctx, plan),
+                        stderr=d.qemu_log,
+                        cpu_limit=self.vmm_cpu_limit(ctx),
+                    )
                     vm.launch()
                     self._register(ctx, running, vm, d)
             if sock is None:
@@ -618,7 +632,9 @@ class MicrovmBackend:
                     found = template.create_template(self.roots, inputs)
                 if found is not None:
                     files = template.VmFiles(d.sockets, d.console, d.qemu_log)
-                    clone = template.launch_clone(found, inputs, files)
+                    clone = template.launch_clone(
+                        found, inputs, files, cpu_limit=self.vmm_cpu_limit(ctx)
+                    )
                     self.template_used = found.key
                     return clone
             except GuestError as e:
@@ -632,7 +648,7 @@ class MicrovmBackend:
         """Record `vm` as this container's QEMU, for kill/delete from this and other processes."""
         running.vm = vm
         assert vm.pid is not None
-        atomic_write_text(d.pidfile, json.dumps({"pid": vm.pid}))
+        atomic_write_text(d.pidfile, json.dumps({"pid": vm.pid, **vm.jail_record()}))
         self._running[ctx.id] = running
 
     def _boot(
@@ -828,6 +844,7 @@ class MicrovmBackend:
             pid = self._recorded_pid(d)
             if pid and _pid_is_ours(pid, d):
                 self._stop_vm(d, pid)
+            release_vmm(d.pidfile)  # its owner died without releasing the jail's cgroups
         self._plans.pop(ctx.id, None)
         self._cleanup(d)
 

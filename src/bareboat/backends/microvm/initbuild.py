@@ -166,4 +166,8 @@ def build_initramfs(roots: Roots, *, directory: Path = INIT_SOURCES) -> Path:
     path = init.parent / "initramfs.cpio"
     if not path.is_file():
         atomic_write(path, cpio_newc(initramfs_entries(init.read_bytes())))
+    if path.stat().st_mode & 0o044 != 0o044:
+        # Read by every VM's QEMU, each jailed as a uid of its own (the cache directory
+        # keeps other users out).
+        path.chmod(0o644)
     return path

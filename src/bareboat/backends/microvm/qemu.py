@@ -18,6 +18,7 @@ import contextlib
 import functools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
 QEMU_BINARY = "qemu-system-x86_64"
+# QEMU's seccomp filter for a jailed VMM: obsolete system calls, privilege changes (set*id,
+# capabilities), process creation (fork/exec) and resource controls (nice, affinity) denied.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 Accel = Literal["kvm", "tcg"]
 Network = Literal["none", "user"]
@@ -121,7 +125,29 @@ class VMConfig:
     # A vsock device with this guest CID (needs vhost-vsock on the host: KVM hosts only).
     vsock_cid: int | None = None
     shares: tuple[Share, ...] = ()
+    # Guest RAM in a file (templates): `ram_shared` writes the guest's pages into it (the
+    # template VM); otherwise it is mapped copy-on-write (a clone, which also waits for its
+    # state: `-incoming defer`).
+    ram_file: Path | None = None
+    ram_shared: bool = False
+    incoming: bool = False
+    # `-name`: how other processes tell this VM's QEMU from a process that reused its pid
+    # (vmproc.is_vm_qemu looks for it in the command line); the VM's socket directory.
+    name: str = ""
     extra_args: tuple[str, ...] = field(default=())
+
+
+MEM_ID = "bbmem"
+
+
+@dataclass(frozen=True)
+class LaunchFds:
+    """File descriptors QEMU inherits instead of opening paths: QMP (one end of a socket
+    pair), a listening socket per server-side virtio-serial port, the console log."""
+
+    qmp: int
+    serial: tuple[int, ...] = ()  # one per `serial_ports` entry with server=True, in order
+    console: int | None = None
 
 
 def kernel_cmdline(cfg: VMConfig) -> str:
@@ -194,8 +220,17 @@ def validate(cfg: VMConfig) -> None:
         raise UsageError("two shared directories have the same tag")
 
 
-def build_argv(cfg: VMConfig, *, qemu: str = QEMU_BINARY) -> list[str]:
-    """QEMU's argument list for `cfg`. Pure: reads nothing, starts nothing."""
+def build_argv(
+    cfg: VMConfig,
+    *,
+    qemu: str = QEMU_BINARY,
+    fds: LaunchFds | None = None,
+    sandbox: bool = False,
+) -> list[str]:
+    """QEMU's argument list for `cfg`. Pure: reads nothing, starts nothing.
+
+    With `fds`, QMP, the server-side serial ports and the console log are those inherited
+    descriptors instead of paths; `sandbox` adds QEMU's seccomp filter (`SANDBOX`)."""
     validate(cfg)
     argv = [
         qemu,
@@ -215,12 +250,29 @@ def build_argv(cfg: VMConfig, *, qemu: str = QEMU_BINARY) -> list[str]:
     argv += ["-kernel", str(cfg.kernel), "-append", kernel_cmdline(cfg)]
     if cfg.initrd is not None:
         argv += ["-initrd", str(cfg.initrd)]
-    if cfg.console_log is not None:
+    if fds is not None and fds.console is not None:
+        argv += ["-add-fd", f"fd={fds.console},set=1"]
+        argv += ["-chardev", "file,id=console,path=/dev/fdset/1"]
+        argv += ["-serial", "chardev:console"]
+    elif cfg.console_log is not None:
         argv += ["-chardev", f"file,id=console,path={_opt(cfg.console_log)}"]
         argv += ["-serial", "chardev:console"]
     else:
         argv += ["-serial", "null"]
-    argv += ["-qmp", f"unix:{_opt(cfg.qmp_socket)},server=on,wait=off"]
+    if fds is not None:
+        argv += ["-chardev", f"socket,id=qmp,fd={fds.qmp},server=off"]
+        argv += ["-mon", "chardev=qmp,mode=control"]
+    else:
+        argv += ["-qmp", f"unix:{_opt(cfg.qmp_socket)},server=on,wait=off"]
+    if cfg.ram_file is not None:
+        share = "on" if cfg.ram_shared else "off"
+        argv += [
+            "-object",
+            f"memory-backend-file,id={MEM_ID},size={cfg.memory_mib}M,"
+            f"mem-path={_opt(cfg.ram_file)},share={share}",
+            "-machine",
+            f"memory-backend={MEM_ID}",
+        ]
     for i, d in enumerate(cfg.disks):
         drive = f"file={_opt(d.path)},if=none,id=disk{i},format=raw"
         drive += ",readonly=on" if d.readonly else ",discard=unmap"
@@ -231,9 +283,13 @@ def build_argv(cfg: VMConfig, *, qemu: str = QEMU_BINARY) -> list[str]:
         argv += ["-device", dev]
     if cfg.serial_ports:
         argv += ["-device", "virtio-serial-device,id=vser0"]
+        listening = iter(fds.serial if fds is not None else ())
         for i, p in enumerate(cfg.serial_ports):
             server = "server=on,wait=off" if p.server else "server=off"
-            argv += ["-chardev", f"socket,id=port{i},path={_opt(p.socket)},{server}"]
+            where = f"fd={next(listening)}" if fds is not None and p.server else (
+                f"path={_opt(p.socket)}"
+            )
+            argv += ["-chardev", f"socket,id=port{i},{where},{server}"]
             argv += ["-device", f"virtserialport,bus=vser0.0,chardev=port{i},name={p.name}"]
     if cfg.network == "user":
         netdev = "user,id=net0"
@@ -245,12 +301,19 @@ def build_argv(cfg: VMConfig, *, qemu: str = QEMU_BINARY) -> list[str]:
         argv += ["-fsdev", f"local,id=fs{i},path={_opt(sh.path)},security_model=mapped-xattr{ro}"]
         argv += ["-device", f"virtio-9p-device,fsdev=fs{i},mount_tag={sh.tag}"]
     if cfg.rng:
-        argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom"]
+        # QEMU's own getrandom(): no /dev/urandom to open (a jailed QEMU has none).
+        argv += ["-object", "rng-builtin,id=rng0"]
         argv += ["-device", "virtio-rng-device,rng=rng0"]
     if cfg.vsock_cid is not None:
         argv += ["-device", f"vhost-vsock-device,guest-cid={cfg.vsock_cid}"]
+    if cfg.name:
+        argv += ["-name", f"guest={_opt(cfg.name)}"]
     if cfg.paused:
         argv.append("-S")
+    if cfg.incoming:
+        argv += ["-incoming", "defer"]
+    if sandbox:
+        argv += ["-sandbox", SANDBOX]
     argv += cfg.extra_args
     return argv
 
@@ -338,6 +401,28 @@ def _read_kmsg(limit: int = 16 * 1024 * 1024) -> str:
 # --- one QEMU process ---------------------------------------------------------------------
 
 
+def _listen(path: Path) -> Any:
+    """A unix socket listening at `path` (root's, 0600, a stale one replaced), for QEMU to
+    accept on: the host connects by path, QEMU never opens it."""
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)
+        try:
+            s.bind(str(path))
+        finally:
+            os.umask(old)
+        s.listen(4)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+
 def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable[[], None] | None:
     """What QEMU's process does between fork and exec (None: nothing, so no hook).
 
@@ -423,16 +508,30 @@ class QemuProcess:
         qmp_timeout: float = 5.0,
         stderr: Path | None = None,
         die_with_parent: bool = True,
+        jailed: bool | None = None,
+        pass_fds: tuple[int, ...] = (),
+        cpu_limit: tuple[int | None, int | None] = (None, None),
     ) -> None:
+        from . import jail
+
         self.cfg = cfg
+        self.qemu = qemu
         self.die_with_parent = die_with_parent
-        self.argv = build_argv(cfg, qemu=qemu)
+        # Confined unless BAREBOAT_VMM_JAIL=off (see jail.py); `jailed` decides for tests.
+        self.jailed = jail.enabled() if jailed is None else jailed
+        self.pass_fds = pass_fds  # more descriptors QEMU inherits (migration streams)
+        self.cpu_limit = cpu_limit  # (quota µs, period µs) of the VMM's cgroup
+        # The planned command line (paths); `launch` replaces it with the one it ran.
+        self.argv = build_argv(cfg, qemu=qemu, sandbox=self.jailed)
         self.launch_timeout = launch_timeout
         self.qmp_timeout = qmp_timeout
         self._stderr_path = stderr
         self._stderr: IO[bytes] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._qmp: QEMUMonitorProtocol | None = None
+        self._lease: Any = None  # jail.Lease of a jailed QEMU
+        self._cgroups: Any = None  # jail.VmmCgroups
+        self._owned: list[Path] = []  # files handed to the VMM's uid, handed back at shutdown
         # How QEMU ended: "exit" (by itself), "quit" (QMP), "sigterm" or "sigkill" (by us).
         self.ended_by: str | None = None
 
@@ -458,69 +557,159 @@ class QemuProcess:
     def returncode(self) -> int | None:
         return self._proc.poll() if self._proc else None
 
+    @property
+    def uid(self) -> int | None:
+        """The uid a jailed QEMU runs as (None unconfined)."""
+        return self._lease.uid if self._lease is not None else None
+
+    def jail_record(self) -> dict[str, Any]:
+        """What another process needs to clean up after this QEMU if we die first (see
+        vmproc.release_vmm): its uid, cgroups and lease file."""
+        if self._lease is None:
+            return {}
+        dirs = [str(d) for d in self._cgroups.dirs] if self._cgroups is not None else []
+        return {"uid": self._lease.uid, "cgroups": dirs, "lease": str(self._lease.path)}
+
     def launch(self) -> None:
-        """Start QEMU and connect to its QMP socket; on any failure nothing is left running."""
+        """Start QEMU and connect to its QMP; on any failure nothing is left running.
+
+        QEMU opens no socket or log path itself: QMP is one end of a socket pair, each
+        server-side serial port a socket we listen on at its path, the console log a file
+        we opened; QEMU inherits the descriptors. Jailed, it starts in the jail (jail.py)."""
         if self._proc is not None:
             raise BackendError("this QEMU process was already launched")
-        for path in self._sockets():
-            # A stale socket from a crashed run would make QEMU's bind fail.
-            path.unlink(missing_ok=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
+        import socket
+
+        cfg = self.cfg
+        qemu = shutil.which(self.qemu) if "/" not in self.qemu else self.qemu
+        if qemu is None or not os.access(qemu, os.X_OK):
+            raise BackendUnavailable(f"{self.qemu} not found (install the qemu-system-x86 package)")
         if self._stderr_path is not None:
             self._stderr = open(self._stderr_path, "w+b")  # noqa: SIM115 - closed in shutdown
         else:
             self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in shutdown
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child_fds: list[int] = [theirs.fileno()]
+        listening: list[socket.socket] = []
         try:
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._stderr,
-                stderr=self._stderr,
-                # Its own process group: a Ctrl-C meant for bareboat must not kill QEMU
-                # behind our back; we stop it ourselves, in order.
-                start_new_session=True,
-                preexec_fn=_pre_exec_hook(self.die_with_parent, self.cfg.shares),
-            )
-        except FileNotFoundError:
-            self._close_stderr()
-            raise BackendUnavailable(
-                f"{self.argv[0]} not found (install the qemu-system-x86 package)"
-            ) from None
+            with contextlib.ExitStack() as stack:
+                stack.callback(theirs.close)
+                for p in cfg.serial_ports:
+                    if p.server:
+                        listening.append(_listen(p.socket))
+                        stack.callback(listening[-1].close)
+                child_fds += [s.fileno() for s in listening]
+                console = None
+                if cfg.console_log is not None:
+                    console = os.open(
+                        cfg.console_log,
+                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                        0o600,
+                    )
+                    stack.callback(os.close, console)
+                    child_fds.append(console)
+                fds = LaunchFds(theirs.fileno(), tuple(s.fileno() for s in listening), console)
+                if self.jailed:
+                    self._popen_jailed(stack, qemu, fds, (*child_fds, *self.pass_fds))
+                else:
+                    self.argv = build_argv(cfg, qemu=qemu, fds=fds)
+                    self._popen(
+                        self.argv,
+                        pass_fds=(*child_fds, *self.pass_fds),
+                        preexec_fn=_pre_exec_hook(self.die_with_parent, cfg.shares),
+                    )
+        except BaseException:
+            ours.close()
+            self.shutdown()
+            raise
         try:
-            self._connect_qmp()
+            self._connect_qmp(ours)
         except BaseException:
             self.shutdown()
             raise
 
-    def _connect_qmp(self) -> None:
-        from qemu.qmp import ConnectError
+    def _popen(self, argv: list[str], **kw: Any) -> None:
+        self._proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=self._stderr,
+            # Its own process group: a Ctrl-C meant for bareboat must not kill QEMU behind
+            # our back; we stop it ourselves, in order.
+            start_new_session=True,
+            **kw,
+        )
+
+    def _popen_jailed(
+        self, stack: contextlib.ExitStack, qemu: str, fds: LaunchFds, pass_fds: tuple[int, ...]
+    ) -> None:
+        from . import jail, jailer, vmmhost
+
+        self._lease = vmmhost.lease_id()
+        plan, jailed_cfg = jail.plan_jail(
+            self.cfg,
+            self._lease.uid,
+            self._lease.gid,
+            qemu=Path(qemu),
+            cpu_quota_us=self.cpu_limit[0],
+            cpu_period_us=self.cpu_limit[1],
+        )
+        assert plan.limits is not None
+        self._cgroups = vmmhost.VmmCgroups.create(self._lease.uid, plan.limits)
+        self._lease.note(cgroups=[str(d) for d in self._cgroups.dirs])
+        for b in plan.binds:
+            # The VM's own writable files (its disk, a template's RAM while it is made)
+            # belong to its uid while it runs; shared ones (a clone's template RAM) do not.
+            if b.writable and b.idmap is None and (
+                b.source != self.cfg.ram_file or self.cfg.ram_shared
+            ):
+                os.chown(b.source, plan.uid, plan.gid)
+                self._owned.append(b.source)
+        self.argv = build_argv(jailed_cfg, qemu=qemu, fds=fds, sandbox=True)
+        confine = stack.enter_context(
+            jailer.Jailer(
+                plan,
+                jail_base=vmmhost.leases_dir(),
+                cgroups=self._cgroups,
+                die_with_parent=self.die_with_parent,
+            )
+        )
+        hook = confine.preexec()
+        with jailer.new_pid_namespace_for_next_child():
+            self._popen(self.argv, pass_fds=pass_fds, preexec_fn=hook, env=plan.env)
+
+    def _connect_qmp(self, sock: Any) -> None:
+        """Wait for QEMU's greeting on our end of the QMP pair (or its death), then talk."""
+        import select
+
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
         assert self._proc is not None
         deadline = time.monotonic() + self.launch_timeout
-        path = self.cfg.qmp_socket
-        while True:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        while not poller.poll(20):
             if self._proc.poll() is not None:
+                sock.close()
                 raise BackendError(
                     f"QEMU exited with {self._proc.returncode} at start: {self.stderr_tail()}"
                 )
-            if path.exists():
-                qmp = QEMUMonitorProtocol(str(path))
-                try:
-                    qmp.connect()
-                except (ConnectError, OSError):
-                    # Bound but not yet listening: try again in a moment.
-                    with contextlib.suppress(Exception):
-                        qmp.close()
-                else:
-                    qmp.settimeout(self.qmp_timeout)
-                    self._qmp = qmp
-                    return
             if time.monotonic() > deadline:
-                raise BackendError(
-                    f"QEMU did not open its QMP socket within {self.launch_timeout:g} s"
-                )
-            time.sleep(0.005)
+                sock.close()
+                raise BackendError(f"QEMU did not speak QMP within {self.launch_timeout:g} s")
+        from qemu.qmp import QMPError
+
+        qmp = QEMUMonitorProtocol(sock)
+        try:
+            qmp.connect()
+        except (QMPError, OSError, EOFError) as e:
+            with contextlib.suppress(QMPError, OSError):
+                qmp.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(1.0)  # a QEMU that hung up is on its way out: let it say why
+            raise BackendError(f"QEMU's QMP failed at start: {e}: {self.stderr_tail()}") from None
+        qmp.settimeout(self.qmp_timeout)
+        self._qmp = qmp
 
     def wait(self, timeout: float | None = None) -> int | None:
         """QEMU's exit status, or None if it still runs after `timeout` seconds."""
@@ -592,6 +781,22 @@ class QemuProcess:
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
             self._close_stderr()
+            self._release_jail()
+
+    def _release_jail(self) -> None:
+        """Once QEMU is gone: its cgroups removed, its files handed back, its id freed."""
+        if self._proc is not None and self._proc.poll() is None:
+            return  # still running (shutdown could not end it): keep what it holds
+        if self._cgroups is not None:
+            self._cgroups.remove()
+            self._cgroups = None
+        for path in self._owned:
+            with contextlib.suppress(OSError):
+                os.chown(path, 0, 0)
+        self._owned = []
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     def kill(self) -> None:
         """SIGKILL QEMU now (what a crash looks like); `shutdown` still reaps and cleans up."""
@@ -618,6 +823,16 @@ class QemuProcess:
             if name == "quit":
                 return None
             raise BackendError(f"QMP {name} failed: {type(e).__name__}: {e}") from None
+
+    def send_fd(self, name: str, fd: int) -> None:
+        """Hand QEMU a file descriptor over QMP (SCM_RIGHTS) under `name` (QMP `getfd`)."""
+        if self._qmp is None:
+            raise BackendError("QMP is not connected")
+        try:
+            self._qmp.send_fd_scm(fd)
+        except OSError as e:
+            raise BackendError(f"cannot pass a descriptor to QEMU: {e}") from None
+        self.command("getfd", fdname=name)
 
     def hmp(self, line: str) -> str:
         """One human-monitor command (for those QMP lacks, e.g. hostfwd_add); its output,
@@ -648,7 +863,7 @@ class QemuProcess:
     # -- internals -----------------------------------------------------------------------
 
     def _sockets(self) -> list[Path]:
-        return [self.cfg.qmp_socket] + [p.socket for p in self.cfg.serial_ports if p.server]
+        return [p.socket for p in self.cfg.serial_ports if p.server]
 
     def _signal(self, sig: signal.Signals) -> None:
         proc = self._proc

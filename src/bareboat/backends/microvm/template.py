@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import secrets
-import shlex
 import shutil
 import socket
 import subprocess
@@ -53,12 +52,11 @@ if TYPE_CHECKING:
     from .agent import AgentClient
     from .qemu import QemuProcess, VMConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: RAM file identity in the manifest (a jailed clone could write it)
 AGENT_PORT = "bareboat.agent"  # the name the guest init opens (backend.AGENT_PORT)
 MANIFEST = "manifest.json"
 RAM = "ram"
 STATE = "state"
-MEM_ID = "bbmem"
 LOCK_TIMEOUT_S = 120.0
 MAX_STATE_BYTES = 64 << 20  # the device state is ~63 KB; anything near this is not ours
 
@@ -180,6 +178,11 @@ class Manifest:
     state_sha256: str
     created: float
     create_s: float  # boot + save time
+    # The RAM file as it was made: inode, change and modification times. QEMU 7.2 maps a file
+    # copy-on-write only after opening it for writing, so every clone's (jailed) QEMU holds a
+    # writable descriptor of it; one escaped guest could change what later clones start from.
+    # Writing changes ctime, which no uid but root can set back: a changed file is refused.
+    ram_identity: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -204,6 +207,7 @@ class Manifest:
                 state_sha256=str(d["state_sha256"]),
                 created=float(d["created"]),
                 create_s=float(d["create_s"]),
+                ram_identity=str(d.get("ram_identity", "")),
             )
         except TemplateError:
             raise
@@ -232,6 +236,11 @@ class Template:
     @property
     def memory_mib(self) -> int:
         return self.manifest.ram_size >> 20
+
+
+def ram_identity(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_ino}:{st.st_ctime_ns}:{st.st_mtime_ns}:{st.st_size}"
 
 
 def _sha256(path: Path) -> str:
@@ -276,6 +285,8 @@ def load_template(path: Path) -> Template:
         )
     if _sha256(t.state) != m.state_sha256:
         raise TemplateError(f"template {short}: state file checksum mismatch (corrupt)")
+    if ram_identity(t.ram) != m.ram_identity:
+        raise TemplateError(f"template {short}: its RAM file was changed after it was made")
     return t
 
 
@@ -418,14 +429,6 @@ def vm_config(inputs: TemplateInputs, *, ram: Path, files: VmFiles, clone: bool)
     """
     from .qemu import Disk, SerialPort, VMConfig
 
-    share = "off" if clone else "on"
-    mem = (
-        f"memory-backend-file,id={MEM_ID},size={inputs.memory_mib}M,"
-        f"mem-path={str(ram).replace(',', ',,')},share={share}"
-    )
-    extra: tuple[str, ...] = ("-object", mem, "-machine", f"memory-backend={MEM_ID}")
-    if clone:
-        extra += ("-incoming", "defer")
     return VMConfig(
         kernel=inputs.kernel,
         initrd=inputs.initrd,
@@ -440,7 +443,10 @@ def vm_config(inputs: TemplateInputs, *, ram: Path, files: VmFiles, clone: bool)
         network="none",
         tb_size_mib=inputs.tb_size_mib,
         tsc_khz=inputs.tsc_khz,
-        extra_args=extra,
+        ram_file=ram,
+        ram_shared=not clone,
+        incoming=clone,
+        name=str(files.sockets),
     )
 
 
@@ -517,9 +523,13 @@ def create_template(
         # private: the RAM file holds the guest's memory
         work.mkdir(parents=True, mode=0o700)
         files = VmFiles(_socket_dir("bb-tpl-"))
+        state_fd = -1
         try:
             ram = work / RAM
             state = work / STATE
+            # Made here, so that a jailed QEMU finds a file its uid owns (it cannot create one).
+            os.close(os.open(ram, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            state_fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             cfg = vm_config(inputs, ram=ram, files=files, clone=False)
             with QemuProcess(cfg) as vm:
                 client = _connect_agent(vm, files, boot_timeout)
@@ -531,8 +541,18 @@ def create_template(
                     "migrate-set-capabilities",
                     capabilities=[{"capability": "x-ignore-shared", "state": True}],
                 )
-                vm.command("migrate", uri="exec:cat > " + shlex.quote(str(state)))
+                # The state goes to a descriptor handed over QMP: a jailed QEMU can neither
+                # open the path nor run a program (`exec:`) to write it.
+                vm.send_fd("tplstate", state_fd)
+                vm.command("migrate", uri="fd:tplstate")
                 _wait_migration(vm, 60.0, "saving the template")
+            os.close(state_fd)
+            state_fd = -1
+            # Clones of every uid map the file, so it is readable and writable by all: only
+            # root can reach it (the store is 0700); a clone's jail binds just this file.
+            os.chown(ram, 0, 0)
+            os.chmod(ram, 0o666)
+            os.chmod(state, 0o600)
             # QEMU wrote both through the page cache; the manifest must not outlive them in a
             # host crash (the RAM file has no checksum: it is too big to hash per run)
             for path in (ram, state):
@@ -555,6 +575,7 @@ def create_template(
                 state_sha256=_sha256(state),
                 created=time.time(),
                 create_s=round(time.monotonic() - t0, 3),
+                ram_identity=ram_identity(ram),
             )
             atomic_write_text(work / MANIFEST, manifest.to_json())
             if final.exists():
@@ -564,6 +585,8 @@ def create_template(
             shutil.rmtree(work, ignore_errors=True)
             raise
         finally:
+            if state_fd >= 0:
+                os.close(state_fd)
             shutil.rmtree(files.sockets, ignore_errors=True)
     return load_template(final)
 
@@ -609,7 +632,12 @@ class Clone:
 
 
 def launch_clone(
-    template: Template, inputs: TemplateInputs, files: VmFiles, *, timeout: float = 30.0
+    template: Template,
+    inputs: TemplateInputs,
+    files: VmFiles,
+    *,
+    timeout: float = 30.0,
+    cpu_limit: tuple[int | None, int | None] = (None, None),
 ) -> QemuProcess:
     """Start QEMU on the template's RAM and state; returns it running (the guest inside the
     agent's READY loop). On failure QEMU is stopped and TemplateError raised: boot cold.
@@ -618,8 +646,18 @@ def launch_clone(
 
     if template.memory_mib != inputs.memory_mib:
         raise TemplateError("template memory size does not match the clone's")
+    if ram_identity(template.ram) != template.manifest.ram_identity:
+        raise TemplateError(f"template {template.key[:12]}: its RAM file was changed")
+    # The state is read from a descriptor QEMU inherits (`fd:N`), not a path or a program.
+    try:
+        state_fd = os.open(template.state, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise TemplateError(f"template {template.key[:12]}: {e}") from None
     vm = QemuProcess(
-        vm_config(inputs, ram=template.ram, files=files, clone=True), stderr=files.qemu_log
+        vm_config(inputs, ram=template.ram, files=files, clone=True),
+        stderr=files.qemu_log,
+        pass_fds=(state_fd,),
+        cpu_limit=cpu_limit,
     )
     try:
         vm.launch()
@@ -627,13 +665,15 @@ def launch_clone(
             "migrate-set-capabilities",
             capabilities=[{"capability": "x-ignore-shared", "state": True}],
         )
-        vm.command("migrate-incoming", uri="exec:cat " + shlex.quote(str(template.state)))
+        vm.command("migrate-incoming", uri=f"fd:{state_fd}")
         _wait_incoming(vm, timeout)
     except BaseException as e:
         vm.shutdown(quit_timeout=0.5, term_timeout=1.0)
         if isinstance(e, TemplateError) or not isinstance(e, BareboatError):
             raise
         raise TemplateError(f"restoring template {template.key[:12]} failed: {e}") from None
+    finally:
+        os.close(state_fd)
     return vm
 
 

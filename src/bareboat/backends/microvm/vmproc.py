@@ -26,3 +26,39 @@ def is_vm_qemu(pid: int, sockets: str | os.PathLike[str]) -> bool:
     except OSError:
         return False
     return b"qemu-system" in cmdline and os.fsencode(sockets) in cmdline
+
+
+def release_vmm(pidfile: str | os.PathLike[str]) -> None:
+    """What a jailed QEMU held, once it is gone and its owner (a killed monitor or gate)
+    did not release it: its cgroups, empty by now, and its id's lease file, unless another VM
+    holds that id again."""
+    import fcntl
+
+    try:
+        with open(pidfile, "rb") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return
+    if not isinstance(info, dict):
+        return
+    for d in info.get("cgroups") or []:
+        if isinstance(d, str) and os.path.basename(d).startswith("bareboat-vmm-"):
+            try:  # noqa: SIM105 - contextlib costs import time here
+                os.rmdir(d)
+            except OSError:
+                pass
+    lease = info.get("lease")
+    if not isinstance(lease, str) or not lease:
+        return
+    try:
+        fd = os.open(lease, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(lease).st_ino:
+            os.unlink(lease)
+    except OSError:
+        pass  # held again, or gone
+    finally:
+        os.close(fd)
