@@ -4,12 +4,15 @@ output unchanged, per isolation."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.vmm import assert_confined, cmdline, qemu_pids, vmm_leftovers
 
 from .clients import Podman, podman
 from .conftest import TALKER, OneShotServer, assert_same_as_reference, connect_and_read, cpu_quota
@@ -185,14 +188,35 @@ def test_microvm_without_network_has_no_nic_and_can_be_a_clone(pm: Podman) -> No
     tmpl = ("--annotation", "io.bareboat.vm.template=create")
     res = pm(*vm, *tmpl, pm.image, "sh", "-c", "echo cloned", check=False)  # makes it
     assert (res.returncode, res.stdout) == (0, "cloned\n"), res.stderr
+    before = qemu_pids(str(pm.rtroot))
     cid = pm("run", "-d", "--network", "none", *iso("microvm"), *tmpl, pm.image, "sleep", "60"
              ).stdout.strip()  # fmt: skip
     try:
-        qemu = subprocess.run(["pgrep", "-af", f"qemu-system.*{pm.rtroot}"],
-                              capture_output=True, text=True).stdout  # fmt: skip
-        assert "-incoming defer" in qemu, qemu  # a clone loads the template's state
+        [qemu] = qemu_pids(str(pm.rtroot)) - before
+        argv = cmdline(qemu)
+        assert argv[argv.index("-incoming") + 1] == "defer"  # a clone loads the template's state
     finally:
         pm("rm", "-f", cid)
+
+
+@pytest.mark.parametrize("network", ["none", "bridge"])
+def test_microvm_qemu_is_jailed(pm: Podman, network: str) -> None:
+    # Under podman, in the container's cgroup and (bridge) network namespace, QEMU is still
+    # confined: its own uid, no capabilities, seccomp, its own PID/mount/IPC/UTS namespaces.
+    before = qemu_pids(str(pm.rtroot))
+    cid = pm("run", "-d", "--network", network, *iso("microvm"), pm.image, "sleep", "60"
+             ).stdout.strip()  # fmt: skip
+    try:
+        [qemu] = qemu_pids(str(pm.rtroot)) - before
+        uid = assert_confined(qemu)
+        netns = os.readlink(f"/proc/{qemu}/ns/net")
+        assert netns != os.readlink("/proc/self/ns/net")  # never the host's network
+        if network == "bridge":  # the container's, where podman's port mappings lead
+            gate = int(pm("inspect", "--format", "{{.State.Pid}}", cid).stdout)
+            assert netns == os.readlink(f"/proc/{gate}/ns/net")
+    finally:
+        pm("rm", "-f", cid)
+    assert vmm_leftovers([uid]) == []
 
 
 def test_nothing_left_behind(pm: Podman) -> None:

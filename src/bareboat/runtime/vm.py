@@ -129,16 +129,18 @@ def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
             os.kill(int(st["pid"]), signal.SIGKILL)
         lc.wait_gone(st)
     _kill_qemu(root, rec.id)
-    from bareboat.backends.microvm.vmproc import release_vmm
+    from bareboat.backends.microvm.vmproc import release_vmm, remove_vmm_cgroups_under
 
-    # The jail's cgroups are children of the container's: they go first.
-    release_vmm(f"{VmPaths(root, rec.id).path}/vm.json")
+    release_vmm(VmPaths(root, rec.id).path)
     if st.get("cgroups"):
         from pathlib import Path
 
         from bareboat.backends.microvm import hostcgroup
 
         for d in st["cgroups"]:
+            # The jail's cgroups are children of the container's (QEMU may have died before
+            # its record was written): they go first.
+            remove_vmm_cgroups_under(d)
             hostcgroup.remove(Path(d))
     remove_files(root, rec.id)
     lc.forget(root, rec, st)

@@ -72,7 +72,7 @@ from .agent import (
     encode_start,
 )
 from .hub import CtlClient, ExitRecord, Hub
-from .vmproc import is_vm_qemu, recorded_pid, release_vmm
+from .vmproc import VMM_RECORD, is_vm_qemu, recorded_pid, release_vmm
 
 if TYPE_CHECKING:
     from .qemu import QemuProcess
@@ -145,6 +145,10 @@ class VmDir:
     @property
     def pidfile(self) -> Path:
         return self.path / "vm.json"
+
+    @property
+    def vmm_record(self) -> Path:
+        return self.path / VMM_RECORD
 
 
 @dataclass(frozen=True)
@@ -521,7 +525,9 @@ class MicrovmBackend:
         d.console.unlink(missing_ok=True)
         network.check_ports_free(plan.net.ports)
         vm = QemuProcess(
-            self.vm_config(ctx, plan), stderr=d.qemu_log, cpu_limit=self.vmm_cpu_limit(ctx)
+            self.vm_config(ctx, plan), stderr=d.qemu_log,
+            cpu_limit=self.vmm_cpu_limit(ctx),
+            jail_record=d.vmm_record,
         )
         running = _Running(vm)
         sock: socket.socket | None = None
@@ -542,6 +548,7 @@ class MicrovmBackend:
                         self.vm_config(ctx, plan),
                         stderr=d.qemu_log,
                         cpu_limit=self.vmm_cpu_limit(ctx),
+                        jail_record=d.vmm_record,
                     )
                     vm.launch()
                     self._register(ctx, running, vm, d)
@@ -631,7 +638,7 @@ class MicrovmBackend:
                 if found is None and mode == "create":
                     found = template.create_template(self.roots, inputs)
                 if found is not None:
-                    files = template.VmFiles(d.sockets, d.console, d.qemu_log)
+                    files = template.VmFiles(d.sockets, d.console, d.qemu_log, d.vmm_record)
                     clone = template.launch_clone(
                         found, inputs, files, cpu_limit=self.vmm_cpu_limit(ctx)
                     )
@@ -648,7 +655,7 @@ class MicrovmBackend:
         """Record `vm` as this container's QEMU, for kill/delete from this and other processes."""
         running.vm = vm
         assert vm.pid is not None
-        atomic_write_text(d.pidfile, json.dumps({"pid": vm.pid, **vm.jail_record()}))
+        atomic_write_text(d.pidfile, json.dumps({"pid": vm.pid}))
         self._running[ctx.id] = running
 
     def _boot(
@@ -844,7 +851,7 @@ class MicrovmBackend:
             pid = self._recorded_pid(d)
             if pid and _pid_is_ours(pid, d):
                 self._stop_vm(d, pid)
-            release_vmm(d.pidfile)  # its owner died without releasing the jail's cgroups
+            release_vmm(d.path)  # its owner died without releasing the jail's cgroups
         self._plans.pop(ctx.id, None)
         self._cleanup(d)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import shutil
@@ -511,6 +512,7 @@ class QemuProcess:
         jailed: bool | None = None,
         pass_fds: tuple[int, ...] = (),
         cpu_limit: tuple[int | None, int | None] = (None, None),
+        jail_record: Path | None = None,
     ) -> None:
         from . import jail
 
@@ -521,6 +523,9 @@ class QemuProcess:
         self.jailed = jail.enabled() if jailed is None else jailed
         self.pass_fds = pass_fds  # more descriptors QEMU inherits (migration streams)
         self.cpu_limit = cpu_limit  # (quota µs, period µs) of the VMM's cgroup
+        # Where to note the jail's host resources before QEMU starts, so that whoever
+        # cleans up after a dead owner finds them (vmproc.release_vmm).
+        self.jail_record_path = jail_record
         # The planned command line (paths); `launch` replaces it with the one it ran.
         self.argv = build_argv(cfg, qemu=qemu, sandbox=self.jailed)
         self.launch_timeout = launch_timeout
@@ -657,6 +662,10 @@ class QemuProcess:
         assert plan.limits is not None
         self._cgroups = vmmhost.VmmCgroups.create(self._lease.uid, plan.limits)
         self._lease.note(cgroups=[str(d) for d in self._cgroups.dirs])
+        if self.jail_record_path is not None:
+            from bareboat.fsutil import atomic_write_text
+
+            atomic_write_text(self.jail_record_path, json.dumps(self.jail_record()))
         for b in plan.binds:
             # The VM's own writable files (its disk, a template's RAM while it is made)
             # belong to its uid while it runs; shared ones (a clone's template RAM) do not.

@@ -406,6 +406,7 @@ class VmFiles:
     sockets: Path
     console_log: Path | None = None  # default: beside the sockets
     qemu_log: Path | None = None  # QEMU's stdout/stderr (default: an anonymous temp file)
+    vmm_record: Path | None = None  # where the jail notes what QEMU holds (QemuProcess)
 
     @property
     def qmp(self) -> Path:
@@ -658,6 +659,7 @@ def launch_clone(
         stderr=files.qemu_log,
         pass_fds=(state_fd,),
         cpu_limit=cpu_limit,
+        jail_record=files.vmm_record,
     )
     try:
         vm.launch()

@@ -27,7 +27,7 @@ DEFAULT_IDS = (0x6000_0000, 65536)
 ENV_IDS = "BAREBOAT_VMM_IDS"  # BASE:COUNT
 DEFAULT_LEASES = Path("/run/bareboat-vmm")
 ENV_LEASES = "BAREBOAT_VMM_LEASES"
-CGROUP_PREFIX = "bareboat-vmm-"
+from .vmproc import VMM_CGROUP_PREFIX as CGROUP_PREFIX  # noqa: E402
 
 # --- ids: one uid/gid per VM, leased ---------------------------------------------------------
 

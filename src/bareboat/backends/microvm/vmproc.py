@@ -28,21 +28,24 @@ def is_vm_qemu(pid: int, sockets: str | os.PathLike[str]) -> bool:
     return b"qemu-system" in cmdline and os.fsencode(sockets) in cmdline
 
 
-def release_vmm(pidfile: str | os.PathLike[str]) -> None:
+VMM_RECORD = "vmm.json"  # in the VM's directory: what its jailed QEMU holds on the host
+
+
+def release_vmm(vmdir: str | os.PathLike[str]) -> None:
     """What a jailed QEMU held, once it is gone and its owner (a killed monitor or gate)
     did not release it: its cgroups, empty by now, and its id's lease file, unless another VM
-    holds that id again."""
+    holds that id again. QemuProcess writes the record before QEMU starts."""
     import fcntl
 
     try:
-        with open(pidfile, "rb") as f:
+        with open(os.path.join(vmdir, VMM_RECORD), "rb") as f:
             info = json.load(f)
     except (OSError, ValueError):
         return
     if not isinstance(info, dict):
         return
     for d in info.get("cgroups") or []:
-        if isinstance(d, str) and os.path.basename(d).startswith("bareboat-vmm-"):
+        if isinstance(d, str) and os.path.basename(d).startswith(VMM_CGROUP_PREFIX):
             try:  # noqa: SIM105 - contextlib costs import time here
                 os.rmdir(d)
             except OSError:
@@ -62,3 +65,20 @@ def release_vmm(pidfile: str | os.PathLike[str]) -> None:
         pass  # held again, or gone
     finally:
         os.close(fd)
+
+
+VMM_CGROUP_PREFIX = "bareboat-vmm-"
+
+
+def remove_vmm_cgroups_under(cgroup: str | os.PathLike[str]) -> None:
+    """The (empty) VMM cgroups inside a container's cgroup, which must go before it can."""
+    try:
+        names = os.listdir(cgroup)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(VMM_CGROUP_PREFIX):
+            try:  # noqa: SIM105
+                os.rmdir(os.path.join(cgroup, name))
+            except OSError:
+                pass
