@@ -8,13 +8,18 @@ Measured in one run, interleaved per round so background load falls on every cas
           delete), with its phases timed
 - raw:    QEMU with the same kernel, the same machine flags and devices, booting a trivial
           initramfs whose /init is busybox running `poweroff -f`: the floor for this kernel
+- e2e unconfined: e2e with BAREBOAT_VMM_JAIL=off (QEMU as root, no namespaces, no seccomp):
+          what the jail (jail.py) costs a cold start
+- clone confined / unconfined: a template's clone restored in this process up to its agent's
+          HELLO (template.restore_clone), jailed and not: what the jail costs a warm start
 
 Phases (backend runs): VMM start (QEMU launch → QMP up), kernel → init (QMP up → init's start,
 placed on the host clock from the agent's own "ready N us after init start" console line),
 init → exec (init start → STARTED of the workload), exit (STARTED → QEMU exited). Plus the
 PSS of an idle VM (a guest running `sleep`), from /proc/PID/smaps_rollup via psutil.
 
-Goal: e2e <= 1.10 x raw. Run `bareboat bench microvm [--runs N] [--out DIR]` or
+Goals: e2e <= 1.10 x raw; the jail at most +5 % of e2e and +5 ms on a clone.
+Run `bareboat bench microvm [--runs N] [--out DIR]` or
 `python bench/microvm.py`. Writes DIR/microvm.json and DIR/microvm.png and prints a table.
 Needs a built guest kernel (`bareboat guest build`, or $BAREBOAT_KERNEL).
 """
@@ -90,11 +95,43 @@ class Setup:
         self.trivial = trivial_initramfs(work / "trivial.cpio")
 
     # --- cases ---------------------------------------------------------------------------
-    def e2e(self) -> float:
+    def e2e(self, *, jail: bool = True) -> float:
         argv = [*self.cli, "run", "--rm", "--isolation", "microvm", self.image, "true"]
+        env = self.env if jail else {**self.env, "BAREBOAT_VMM_JAIL": "off"}
         t = time.perf_counter()
-        subprocess.run(argv, env=self.env, check=True, timeout=120)
+        subprocess.run(argv, env=env, check=True, timeout=120)
         return time.perf_counter() - t
+
+    def template(self) -> tuple[Any, Any]:
+        """The template of a plain VM of the bench image (made once), and its inputs."""
+        from bareboat.backends.microvm import backend as mb
+        from bareboat.backends.microvm import template as T
+        from bareboat.paths import Roots
+
+        b = mb.MicrovmBackend(self.roots)
+        ctx = self._ctx("tpl" + "0" * 61, ("true",))
+        plan = b.plan(ctx)
+        inputs = T.inputs_for(b.vm_config(ctx, plan), plan.image.key)
+        assert inputs is not None
+        # Kept apart from the store the cold cases use, which must find no template.
+        elsewhere = Roots(self.work / "tpl-root", self.work / "tpl-state", self.roots.cache)
+        return T.create_template(elsewhere, inputs), inputs
+
+    def clone(self, template: Any, inputs: Any, *, jail: bool) -> float:
+        """Seconds from launch to the clone's agent HELLO, jailed or not."""
+        from bareboat.backends.microvm import jail as vmjail
+        from bareboat.backends.microvm import template as T
+
+        os.environ[vmjail.ENV_JAIL] = "on" if jail else "off"
+        try:
+            t = time.perf_counter()
+            clone = T.restore_clone(template, inputs)
+            took = time.perf_counter() - t
+            assert (clone.vm.uid is not None) == jail
+            clone.close()
+        finally:
+            del os.environ[vmjail.ENV_JAIL]
+        return took
 
     def _ctx(self, cid: str, args: tuple[str, ...]) -> Any:
         from bareboat.backends.base import BackendContext
@@ -235,15 +272,26 @@ def main(argv: list[str] | None = None) -> int:
         s = Setup(Path(tmp))
         s.e2e()  # warm-up: builds the EROFS image, probes the accelerator, compiles init
         s.raw()
+        template, inputs = s.template()
+        s.clone(template, inputs, jail=True)
         e2e: list[float] = []
+        e2e_free: list[float] = []
         raw: list[float] = []
+        clones: list[float] = []
+        clones_free: list[float] = []
         phases: list[dict[str, float]] = []
         for i in range(args.runs):
             raw.append(s.raw())
             e2e.append(s.e2e())
+            e2e_free.append(s.e2e(jail=False))
             phases.append(s.backend(i))
+            for _ in range(3):  # clones are quick and noisy: more of them
+                clones.append(s.clone(template, inputs, jail=True))
+                clones_free.append(s.clone(template, inputs, jail=False))
             print(f"round {i + 1}/{args.runs}: raw {raw[-1]:.3f}s  e2e {e2e[-1]:.3f}s  "
-                  f"backend {phases[-1]['total']:.3f}s", file=sys.stderr)  # fmt: skip
+                  f"unconfined {e2e_free[-1]:.3f}s  backend {phases[-1]['total']:.3f}s  "
+                  f"clone {clones[-1] * 1000:.1f} / {clones_free[-1] * 1000:.1f} ms",
+                  file=sys.stderr)  # fmt: skip
         mem = s.idle_pss()
     keys = ["prepare", "vmm_start", "kernel_to_init", "init_to_exec", "exit", "teardown"]
     result = {
@@ -252,17 +300,34 @@ def main(argv: list[str] | None = None) -> int:
         "e2e_s": med(e2e),
         "backend_s": med([p["total"] for p in phases]),
         "overhead_e2e": med(e2e) / med(raw),
+        "e2e_unconfined_s": med(e2e_free),
+        "jail_e2e_ratio": med(e2e) / med(e2e_free),
+        "clone_confined_ms": med(clones) * 1000,
+        "clone_unconfined_ms": med(clones_free) * 1000,
+        "jail_clone_ms": (med(clones) - med(clones_free)) * 1000,
         "overhead_backend": med([p["total"] for p in phases]) / med(raw),
         "phases_s": {k: med([p[k] for p in phases]) for k in keys},
         "idle": mem,
-        "samples": {"raw": raw, "e2e": e2e, "backend": phases},
+        "samples": {
+            "raw": raw,
+            "e2e": e2e,
+            "e2e_unconfined": e2e_free,
+            "backend": phases,
+            "clone": clones,
+            "clone_unconfined": clones_free,
+        },
     }
     (out / "microvm.json").write_text(json.dumps(result, indent=2))
     print(f"{'case':<28}{'median s':>10}")
     for name, value in (("raw QEMU (poweroff init)", result["raw_s"]),
                         ("backend in-process", result["backend_s"]),
-                        ("bareboat run --rm (e2e)", result["e2e_s"])):  # fmt: skip
+                        ("bareboat run --rm (e2e)", result["e2e_s"]),
+                        ("e2e, QEMU unconfined", result["e2e_unconfined_s"]),
+                        ("clone to HELLO, confined", med(clones)),
+                        ("clone to HELLO, unconfined", med(clones_free))):  # fmt: skip
         print(f"{name:<28}{value:>10.3f}")
+    print(f"jail: e2e {result['jail_e2e_ratio']:.3f}x unconfined (goal <= 1.05x), clone "
+          f"{result['jail_clone_ms']:+.1f} ms (goal <= +5 ms)")  # fmt: skip
     print(f"overhead e2e/raw: {result['overhead_e2e']:.2f}x  backend/raw: "
           f"{result['overhead_backend']:.2f}x  (goal <= 1.10x)")  # fmt: skip
     print("phases (backend, median s): " + ", ".join(
@@ -275,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        a1.bar(["raw", "backend", "e2e"],
-               [result["raw_s"], result["backend_s"], result["e2e_s"]])  # fmt: skip
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 4))
+        a1.bar(["raw", "backend", "e2e", "e2e\nunconfined"],
+               [result["raw_s"], result["backend_s"], result["e2e_s"],
+                result["e2e_unconfined_s"]])  # fmt: skip
         a1.set_ylabel("seconds (median)")
         a1.set_title("run --rm IMAGE true")
         bottom = 0.0
@@ -287,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
             bottom += v
         a2.legend(fontsize=8)
         a2.set_title("phases")
+        a3.bar(["confined", "unconfined"],
+               [result["clone_confined_ms"], result["clone_unconfined_ms"]])  # fmt: skip
+        a3.set_ylabel("ms (median)")
+        a3.set_title("template clone to agent HELLO")
         fig.tight_layout()
         fig.savefig(out / "microvm.png", dpi=100)
     except ImportError:

@@ -102,7 +102,8 @@ def cold_vm(inputs: T.TemplateInputs) -> Iterator[tuple[Any, AgentClient]]:
     files = T.VmFiles(Path(tempfile.mkdtemp(prefix="bb-cold-")))
     cfg = dataclasses.replace(
         T.vm_config(inputs, ram=files.sockets / "unused", files=files, clone=False),
-        extra_args=(),
+        ram_file=None,
+        ram_shared=False,
     )
     try:
         with QemuProcess(cfg) as vm:

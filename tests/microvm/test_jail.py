@@ -230,7 +230,7 @@ def confined(leases: Path, tmp_path: Path) -> Iterator[tuple[vmmhost.Lease, Path
 
 
 def _run_jailed(plan: jail.JailPlan, script: str, cgroups: vmmhost.VmmCgroups | None = None) -> str:
-    with jailer.Jailer(plan, jail_base=vmmhost.leases_dir(), cgroups=cgroups) as j:
+    with jailer.Jailer(plan, jail_base=vmmhost.leases_dir()) as j:
         hook = j.preexec()
         with jailer.new_pid_namespace_for_next_child():
             p = subprocess.Popen(
@@ -239,8 +239,11 @@ def _run_jailed(plan: jail.JailPlan, script: str, cgroups: vmmhost.VmmCgroups | 
                 env=plan.env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
+                stdin=subprocess.PIPE,
             )
-        out, _ = p.communicate(timeout=30)
+        if cgroups is not None:
+            cgroups.attach(p.pid)
+        out, _ = p.communicate(b"go\n", timeout=30)
     return out.decode()
 
 
@@ -312,7 +315,7 @@ def test_cgroups_bound_memory_and_tasks(confined: tuple[vmmhost.Lease, Path]) ->
     if not cg.dirs:
         pytest.skip("this host's cgroups let no VMM cgroup be made here")
     try:
-        out = _run_jailed(plan, "cat /proc/self/cgroup", cgroups=cg)
+        out = _run_jailed(plan, "read go; cat /proc/self/cgroup", cgroups=cg)
         for d in cg.dirs:
             assert d.name == f"{vmmhost.CGROUP_PREFIX}{lease.uid}"
             assert any(ln.endswith("/" + d.name) for ln in out.splitlines()), out
@@ -331,7 +334,7 @@ def test_a_failing_step_is_one_line_and_exit_127(confined: tuple[vmmhost.Lease, 
     lease, tmp = confined
     plan, _ = jail.plan_jail(_cfg(tmp), lease.uid, lease.gid, qemu=QEMU)
     (tmp / "vmlinux").unlink()  # gone between plan and start
-    with jailer.Jailer(plan, jail_base=vmmhost.leases_dir(), cgroups=None) as j:
+    with jailer.Jailer(plan, jail_base=vmmhost.leases_dir()) as j:
         hook = j.preexec()
         with jailer.new_pid_namespace_for_next_child():
             p = subprocess.Popen(

@@ -13,7 +13,6 @@ from pathlib import Path
 from bareboat.errors import BackendError
 
 from .jail import JailPlan, check_plan
-from .vmmhost import VmmCgroups
 
 # --- executing a plan --------------------------------------------------------------------------
 
@@ -120,13 +119,11 @@ class Jailer:
         plan: JailPlan,
         *,
         jail_base: Path,
-        cgroups: VmmCgroups | None,
         die_with_parent: bool = True,
     ) -> None:
         check_plan(plan)
         self.plan = plan
         self.jail_base = jail_base
-        self.cgroups = cgroups
         self.die_with_parent = die_with_parent
         self._userns: dict[tuple[int, int, int, int], int] = {}
 
@@ -176,7 +173,6 @@ class Jailer:
             steps_dirs += _parents(base, os.path.dirname(n.target))
             nodes.append((base + enc(n.target), os.makedev(n.major, n.minor), n.public))
         dirs = list(dict.fromkeys(steps_dirs))  # in order, once each
-        procs = self.cgroups.procs if self.cgroups else []
         flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
         if plan.new_network:
             flags |= CLONE_NEWNET
@@ -276,12 +272,6 @@ class Jailer:
                 b"mount /proc",
             )  # fmt: skip
             check(c.sethostname(hostname, len(hostname)), b"sethostname")
-            for p in procs:
-                fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, b"0")
-                finally:
-                    os.close(fd)
             os.chdir(base)
             check(syscall(SYS_PIVOT_ROOT, b".", b"."), b"pivot_root")
             check(c.umount2(b".", MNT_DETACH), b"detach the host's root")

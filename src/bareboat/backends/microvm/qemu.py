@@ -675,17 +675,15 @@ class QemuProcess:
                 os.chown(b.source, plan.uid, plan.gid)
                 self._owned.append(b.source)
         self.argv = build_argv(jailed_cfg, qemu=qemu, fds=fds, sandbox=True)
+        base = vmmhost.leases_dir()
         confine = stack.enter_context(
-            jailer.Jailer(
-                plan,
-                jail_base=vmmhost.leases_dir(),
-                cgroups=self._cgroups,
-                die_with_parent=self.die_with_parent,
-            )
+            jailer.Jailer(plan, jail_base=base, die_with_parent=self.die_with_parent)
         )
         hook = confine.preexec()
         with jailer.new_pid_namespace_for_next_child():
             self._popen(self.argv, pass_fds=pass_fds, preexec_fn=hook, env=plan.env)
+        assert self._proc is not None
+        self._cgroups.attach(self._proc.pid)
 
     def _connect_qmp(self, sock: Any) -> None:
         """Wait for QEMU's greeting on our end of the QMP pair (or its death), then talk."""

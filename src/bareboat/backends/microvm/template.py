@@ -741,6 +741,8 @@ def inputs_for(cfg: VMConfig, image: str) -> TemplateInputs | None:
         and not cfg.paused
         and cfg.vsock_cid is None
         and not cfg.extra_args
+        and cfg.ram_file is None
+        and not cfg.incoming
         and not cfg.shares
     )
     if not plain or cfg.initrd is None:
