@@ -331,7 +331,10 @@ def _gate(
                 os._exit(1)
             os.setsid()  # out of the caller's process group: its signals are not the workload's
             stdio = _gate_stdio(slave)
+            host_net = os.readlink("/proc/self/ns/net")
             lc.enter_network(ctx.spec)  # QEMU inherits it: the client's hooks configure it
+            if os.readlink("/proc/self/ns/net") != host_net:
+                _low_ports_for_the_vmm()
             join_cgroups(ctx.id, ctx.spec)
             booted = backend.boot(ctx, stdio)
         except BaseException as e:  # noqa: BLE001 - every failure is create's to report
@@ -353,6 +356,14 @@ def _gate(
             os.write(2, f"bareboat-runtime: the VM's gate failed: {e!r}\n".encode())
     finally:
         os._exit(code)
+
+
+def _low_ports_for_the_vmm() -> None:
+    """In the container's own network namespace, any uid may bind ports below 1024, as docker
+    sets for its containers: the jailed QEMU (an unprivileged uid) forwards the ports the guest
+    listens on from there, 80 and 443 included. Never done in the host's namespace."""
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start", "w") as f:
+        f.write("0")
 
 
 def _die_with_parent(on: bool) -> None:
