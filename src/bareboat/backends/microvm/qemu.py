@@ -144,10 +144,11 @@ MEM_ID = "bbmem"
 @dataclass(frozen=True)
 class LaunchFds:
     """File descriptors QEMU inherits instead of opening paths: QMP (one end of a socket
-    pair), a listening socket per server-side virtio-serial port, the console log."""
+    pair), per virtio-serial port a socket listening at its path (server=True) or one
+    connected to it (server=False), the console log."""
 
     qmp: int
-    serial: tuple[int, ...] = ()  # one per `serial_ports` entry with server=True, in order
+    serial: tuple[int, ...] = ()  # one per `serial_ports` entry, in order
     console: int | None = None
 
 
@@ -284,12 +285,9 @@ def build_argv(
         argv += ["-device", dev]
     if cfg.serial_ports:
         argv += ["-device", "virtio-serial-device,id=vser0"]
-        listening = iter(fds.serial if fds is not None else ())
         for i, p in enumerate(cfg.serial_ports):
             server = "server=on,wait=off" if p.server else "server=off"
-            where = f"fd={next(listening)}" if fds is not None and p.server else (
-                f"path={_opt(p.socket)}"
-            )
+            where = f"fd={fds.serial[i]}" if fds is not None else f"path={_opt(p.socket)}"
             argv += ["-chardev", f"socket,id=port{i},{where},{server}"]
             argv += ["-device", f"virtserialport,bus=vser0.0,chardev=port{i},name={p.name}"]
     if cfg.network == "user":
@@ -400,6 +398,19 @@ def _read_kmsg(limit: int = 16 * 1024 * 1024) -> str:
 
 
 # --- one QEMU process ---------------------------------------------------------------------
+
+
+def _connect(path: Path) -> Any:
+    """A unix socket connected to the host's listener at `path` (a client-side port)."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+    except OSError as e:
+        s.close()
+        raise BackendError(f"cannot connect a virtio-serial port to {path}: {e.strerror}") from None
+    return s
 
 
 def _listen(path: Path) -> Any:
@@ -600,9 +611,8 @@ class QemuProcess:
             with contextlib.ExitStack() as stack:
                 stack.callback(theirs.close)
                 for p in cfg.serial_ports:
-                    if p.server:
-                        listening.append(_listen(p.socket))
-                        stack.callback(listening[-1].close)
+                    listening.append(_listen(p.socket) if p.server else _connect(p.socket))
+                    stack.callback(listening[-1].close)
                 child_fds += [s.fileno() for s in listening]
                 console = None
                 if cfg.console_log is not None:
