@@ -48,6 +48,7 @@ from bareboat.errors import (
 )
 from bareboat.fsutil import atomic_write_text
 from bareboat.paths import Roots
+from bareboat.privdir import private_dir, private_file
 from bareboat.spec.options import PortMapping
 
 from . import network, rootfs, vmspec
@@ -364,7 +365,7 @@ def socket_dir(roots: Roots, cid: str) -> Path:
     under the state root serves where it fits, else one under the temporary directory.
     Both follow from the roots and the id alone, so every process finds the same one.
     """
-    short = roots.state / "vm" / cid[:16]
+    short = roots.vm_sockets / cid[:16]
     if len(os.fsencode(short)) + len("/agent.sock") < 100:
         return short
     digest = hashlib.sha256(f"{roots.state}\0{cid}".encode()).hexdigest()[:16]
@@ -406,7 +407,7 @@ class MicrovmBackend:
     name = "microvm"
 
     def __init__(self, roots: Roots | None = None, *, boot_timeout: float | None = None) -> None:
-        self.roots = roots or Roots.from_env()
+        self.roots = (roots or Roots.from_env()).make_private()
         env_timeout = os.environ.get(ENV_BOOT_TIMEOUT)
         self.boot_timeout = boot_timeout or (float(env_timeout) if env_timeout else BOOT_TIMEOUT_S)
         self._plans: dict[str, VmPlan] = {}
@@ -508,7 +509,9 @@ class MicrovmBackend:
         plan = self._plans.get(ctx.id) or self.plan(ctx)
         d = self.vmdir(ctx)
         d.path.mkdir(parents=True, exist_ok=True)
-        d.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Refused if someone else made it first (the fallback is under the shared /tmp): who
+        # owns it could connect to the agent's socket and drive the guest.
+        private_dir(d.sockets)
         d.exit.unlink(missing_ok=True)
         d.console.unlink(missing_ok=True)
         network.check_ports_free(plan.net.ports)
@@ -749,8 +752,12 @@ class MicrovmBackend:
         src = self.vmdir(ctx).console
         dest = self.record_dir(ctx) / "console.log"
         if src.exists() and dest.parent.is_dir():
-            with contextlib.suppress(OSError):
-                shutil.copyfile(src, dest)
+            with (
+                contextlib.suppress(OSError),
+                open(src, "rb") as fin,
+                open(dest, "wb", opener=private_file) as fout,
+            ):
+                shutil.copyfileobj(fin, fout)
 
     # --- after start ----------------------------------------------------------------------------
     def exit_code(self, ctx: BackendContext, status: int) -> int:

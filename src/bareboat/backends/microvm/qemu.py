@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from bareboat.errors import BackendError, BackendUnavailable, UsageError
+from bareboat.privdir import private_file
 
 if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -466,8 +467,12 @@ class QemuProcess:
             # A stale socket from a crashed run would make QEMU's bind fail.
             path.unlink(missing_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
+        if self.cfg.console_log is not None:
+            # QEMU would create it 0644 for every local user to read what the guest printed.
+            os.close(private_file(str(self.cfg.console_log), os.O_WRONLY | os.O_CREAT))
         if self._stderr_path is not None:
-            self._stderr = open(self._stderr_path, "w+b")  # noqa: SIM115 - closed in shutdown
+            # closed in shutdown
+            self._stderr = open(self._stderr_path, "w+b", opener=private_file)  # noqa: SIM115
         else:
             self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in shutdown
         try:

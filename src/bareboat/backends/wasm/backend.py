@@ -188,7 +188,7 @@ class WasmBackend:
     def __init__(self, roots: Roots | None = None) -> None:
         # The compiled-module cache is roots.wasm_cache, never from the spec: annotations
         # carry image labels, and whoever picks this directory picks native code to run.
-        self.cache = (roots or Roots.from_env()).wasm_cache
+        self.cache = (roots or Roots.from_env()).make_private().wasm_cache
 
     def _plan_path(self, ctx: BackendContext) -> Path:
         return ctx.state_dir / "wasm-plan.json"
