@@ -25,7 +25,7 @@ from bareboat.spec.builder import (
     write_bundle,
 )
 from bareboat.spec.etcfiles import etc_files
-from bareboat.spec.options import Isolation, Mount, Rlimit, RunOptions
+from bareboat.spec.options import Isolation, Mount, PortMapping, Rlimit, RunOptions
 from bareboat.spec.parse import parse_tmpfs, parse_volume
 from bareboat.spec.users import User
 from tests.spec.schema import validate_config
@@ -231,11 +231,93 @@ def test_annotations(rootfs: Path) -> None:
     config = ImageConfig(cmd=("sh",), labels={"a": "image", "b": "image"})
     s = spec_of(rootfs, config, labels={"b": "user"}, isolation=Isolation.MICROVM)
     assert s["annotations"] == {
-        "a": "image",
         "b": "user",
         "io.bareboat.isolation": "microvm",
         "io.bareboat.network": "none",
     }
+
+
+# What an image would set through each key, were its labels read as settings: every
+# `io.bareboat.*` key in bareboat's source (test_every_bareboat_key_is_listed keeps this
+# complete), and other runtimes' host settings (crun's run.oci.*, runc's systemd properties).
+HOSTILE_LABELS = {
+    "io.bareboat.publish": "0.0.0.0:2222:22",
+    "io.bareboat.network": "user",
+    "io.bareboat.isolation": "process",
+    "io.bareboat.vm.disk": "20g",
+    "io.bareboat.vm.kernel": "/etc/shadow",
+    "io.bareboat.vm.cmdline": "init=/bin/sh",
+    "io.bareboat.vm.template": "create",
+    "io.bareboat.wasm.module": "/tmp/evil.wasm",
+    "io.bareboat.wasm.digest": "sha256:" + "0" * 64,
+    "io.bareboat.wasm.timeout": "0.001",
+    "io.bareboat.wasm.fuel": "1",
+    "io.bareboat.runtime.version": "9.9.9",
+    "run.oci.keep_original_groups": "1",
+    "org.systemd.property.DeviceAllow": "'/dev/sda rwm'",
+}
+
+
+def test_every_bareboat_key_is_listed() -> None:
+    import re
+
+    src = Path(__file__).resolve().parents[2] / "src" / "bareboat"
+    keys = {
+        k
+        for f in src.rglob("*.py")
+        for k in re.findall(r"[\"'](io\.bareboat\.[a-z0-9_.-]+)[\"']", f.read_text())
+    }
+    assert keys, "no io.bareboat. keys found: the pattern is stale"
+    assert keys <= set(HOSTILE_LABELS), f"add these to HOSTILE_LABELS: {keys - set(HOSTILE_LABELS)}"
+
+
+@pytest.mark.parametrize("key", sorted(HOSTILE_LABELS))
+def test_an_image_label_changes_nothing(rootfs: Path, key: str) -> None:
+    """Labels are the image's data: with any key, the spec is the one built without it."""
+    options = {"isolation": Isolation.MICROVM, "network": "user", "labels": {"mine": "1"}}
+    plain = spec_of(rootfs, ImageConfig(cmd=("sh",)), **options)
+    labelled = ImageConfig(cmd=("sh",), labels={key: HOSTILE_LABELS[key]})
+    assert spec_of(rootfs, labelled, **options) == plain
+    all_of_them = ImageConfig(cmd=("sh",), labels=HOSTILE_LABELS)
+    assert spec_of(rootfs, all_of_them, **options) == plain
+
+
+def test_operator_settings_become_annotations(rootfs: Path) -> None:
+    """-p reaches the bundle (the microVM backend reads it there); typed options win over a
+    --label of the same key."""
+    from bareboat.spec.parse import parse_publish
+
+    ports = (
+        PortMapping(8080, 80),
+        PortMapping(5353, 53, "udp", "0.0.0.0"),
+        PortMapping(8443, 443, host_ip="::1"),
+    )
+    s = spec_of(
+        rootfs,
+        network="user",
+        publish=ports,
+        labels={"io.bareboat.publish": "1.2.3.4:1:1", "io.bareboat.network": "none", "x": "y"},
+    )
+    ann = s["annotations"]
+    assert ann["x"] == "y" and ann["io.bareboat.network"] == "user"
+    assert tuple(parse_publish(v) for v in ann["io.bareboat.publish"].split(",")) == ports
+    assert "io.bareboat.publish" not in spec_of(rootfs)["annotations"]
+    # without -p an operator's label still says what to publish
+    s = spec_of(rootfs, network="user", labels={"io.bareboat.publish": "127.0.0.1:9:9"})
+    assert s["annotations"]["io.bareboat.publish"] == "127.0.0.1:9:9"
+
+
+@given(
+    host=st.integers(1, 65535),
+    guest=st.integers(1, 65535),
+    proto=st.sampled_from(["tcp", "udp"]),
+    ip=st.sampled_from(["127.0.0.1", "0.0.0.0", "10.1.2.3", "::1", "fe80::1"]),
+)
+def test_port_mapping_flag_round_trip(host: int, guest: int, proto: str, ip: str) -> None:
+    from bareboat.spec.parse import parse_publish
+
+    p = PortMapping(host, guest, proto, ip)
+    assert parse_publish(p.to_flag()) == p
 
 
 # --- mounts -------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from bareboat.backends.base import BackendContext, Started, Stdio, set_child_subreaper
 from bareboat.errors import BareboatError, ContainerError
+from bareboat.privdir import private_file
 from bareboat.proc import start_time
 
 from . import protocol as P
@@ -161,7 +162,7 @@ class Monitor:
         listener.setblocking(False)
         self.sel.register(listener, selectors.EVENT_READ, "listen")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
-        self.log = open(self.paths.log, "ab")  # noqa: SIM115
+        self.log = open(self.paths.log, "ab", opener=private_file)  # noqa: SIM115
         # stdio exists before the first client attaches, so stdin it sends early is kept
         stdio = self.make_stdio()
         if self.wait_attach:

@@ -197,6 +197,24 @@ def container_hostname(options: RunOptions, container_id: str) -> str | None:
     return hostname
 
 
+def build_annotations(options: RunOptions) -> dict[str, str]:
+    """The operator's labels, then the settings the backends read from annotations, taken
+    from the typed options (which win over a label of the same key).
+
+    Never the image's labels. Annotations configure the host: in `io.bareboat.*` the ports
+    QEMU listens on, a disk file to make, a kernel to boot, and other runtimes read their own
+    (crun's `run.oci.*`, runc's `org.systemd.property.*`). An image is data; copied here, its
+    labels would configure the host it runs on. Docker, too, keeps image labels as labels.
+    """
+    annotations = dict(options.labels)
+    if options.publish:
+        flags = ",".join(p.to_flag() for p in options.publish)
+        annotations[defaults.PUBLISH_ANNOTATION] = flags
+    annotations[defaults.ISOLATION_ANNOTATION] = str(options.isolation)
+    annotations[defaults.NETWORK_ANNOTATION] = options.network
+    return annotations
+
+
 def build_spec(
     config: ImageConfig,
     options: RunOptions,
@@ -233,12 +251,6 @@ def build_spec(
     user_spec: dict[str, Any] = {"uid": user.uid, "gid": user.gid}
     if user.additional_gids:
         user_spec["additionalGids"] = list(user.additional_gids)
-    annotations = {
-        **config.labels,
-        **options.labels,
-        defaults.ISOLATION_ANNOTATION: str(options.isolation),
-        defaults.NETWORK_ANNOTATION: options.network,
-    }
     linux: dict[str, Any] = {
         "namespaces": build_namespaces(options),
         "resources": build_resources(options),
@@ -272,7 +284,7 @@ def build_spec(
         },
         "root": {"path": root_path or str(rootfs), "readonly": options.read_only},
         "mounts": build_mounts(options, etc_dir=etc_dir),
-        "annotations": annotations,
+        "annotations": build_annotations(options),
         "linux": linux,
     }
     if hostname is not None:

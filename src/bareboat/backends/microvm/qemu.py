@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from bareboat.errors import BackendError, BackendUnavailable, UsageError
+from bareboat.privdir import private_file
 
 if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -601,7 +602,8 @@ class QemuProcess:
         if qemu is None or not os.access(qemu, os.X_OK):
             raise BackendUnavailable(f"{self.qemu} not found (install the qemu-system-x86 package)")
         if self._stderr_path is not None:
-            self._stderr = open(self._stderr_path, "w+b")  # noqa: SIM115 - closed in shutdown
+            # closed in shutdown
+            self._stderr = open(self._stderr_path, "w+b", opener=private_file)  # noqa: SIM115
         else:
             self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in shutdown
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -616,10 +618,9 @@ class QemuProcess:
                 child_fds += [s.fileno() for s in listening]
                 console = None
                 if cfg.console_log is not None:
-                    console = os.open(
-                        cfg.console_log,
-                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                        0o600,
+                    # 0600: what the guest printed is no other local user's to read.
+                    console = private_file(
+                        str(cfg.console_log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                     )
                     stack.callback(os.close, console)
                     child_fds.append(console)

@@ -22,6 +22,7 @@ from pathlib import Path
 from bareboat.errors import BackendError, StoreError, UsageError
 from bareboat.fsutil import exclusive_lock
 from bareboat.paths import Roots
+from bareboat.privdir import private_file
 
 EROFS = "erofs"
 EXT4 = "ext4"
@@ -60,7 +61,7 @@ class WritableLayer:
 
 
 def cache_dir(roots: Roots) -> Path:
-    return roots.root / "vm-images"
+    return roots.vm_images
 
 
 def cache_key(digest: str) -> str:
@@ -241,7 +242,8 @@ def make_disk(path: Path, size: int, *, timeout: float = 120.0) -> WritableLayer
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        # 0600: it holds what the workload wrote
+        with open(tmp, "wb", opener=private_file) as f:
             f.truncate(size)  # sparse: blocks are allocated as the guest writes
         _run(disk_argv(tmp, size), timeout)
         os.replace(tmp, path)
