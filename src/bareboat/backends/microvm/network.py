@@ -5,20 +5,23 @@ addresses (guest 10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3), reaches outward 
 sockets QEMU opens, and each `-p HOST:GUEST` becomes a forwarding rule. No tap device,
 bridge or root-owned route on the host.
 
-QEMU's slirp maps the gateway (and the rest of 10.0.2.0/24 but the DNS address) to the
-loopback of the network namespace QEMU runs in, and QEMU 7.2 has no option to turn that off;
-a guest that routes 127.0.0.1 out of its NIC by hand reaches it too. So by default QEMU runs
-in a network namespace of its own (`isolated`), whose loopback holds nothing, and
-slirp4netns, started with `--disable-host-loopback --disable-dns`, connects that namespace
-outward: its gateway is refused, and the packets it gets come from our namespace's kernel,
-never straight from the guest. A published port is then two rules: slirp4netns listens on the
-host address and forwards to the namespace (`NETNS_ADDRESS`), where QEMU forwards to the guest.
-`--network user,host-loopback` is the old, explicit opt-in: QEMU's slirp in the caller's
-namespace. Measured here (TCG, 100 MB through nc, the same run): guest->host 94 s against
-slirp's 103, host->guest 35 s against 26; slirp4netns is ready 12 ms after it starts.
-passt with `--no-map-gw` was faster (24 s each way) but connects to the host's 127.0.0.1 when
-the guest sends a SYN to it (seen in its pcap), so it would need the same namespace and then
-lost its lead behind slirp4netns (88 s / 51 s).
+QEMU's slirp maps the gateway 10.0.2.2 (and fec0::2, to ::1) to the loopback of the network
+namespace QEMU runs in, and QEMU 7.2 has no option to turn that off; nor does a user-mode
+stack refuse a packet for 127.0.0.1 that a root guest routes out of its NIC by hand. So by
+default QEMU runs in a network namespace of its own (`isolated`), whose loopback holds
+nothing, and slirp4netns, started with `--disable-host-loopback --disable-dns`, connects
+that namespace outward: its gateway is refused, and the packets it gets come from our
+namespace's kernel, never straight from the guest. A published port is then two rules:
+slirp4netns listens on the host address and forwards to the namespace (`NETNS_ADDRESS`),
+where QEMU forwards to the guest. `--network user,host-loopback` is the explicit opt-in:
+QEMU's slirp in the caller's namespace, as before.
+
+Measured here (TCG, 100 MB through nc, QEMU's slirp alone in the same run): slirp4netns is
+ready ~12 ms after it starts; host->guest 26-35 s against 24-26 s, guest->host 94-138 s
+against 103 s (the guest's emulated TCP dominates; runs vary with the machine's load).
+passt with `--no-map-gw` was faster (24 s each way), but connects to the host's 127.0.0.1
+when the guest sends a SYN there (seen in its pcap), so it too needs a namespace of QEMU's and
+something to connect that outward; behind slirp4netns it took 86 s and 51 s.
 """
 
 from __future__ import annotations
