@@ -16,9 +16,9 @@ slirp4netns listens on the host address and forwards to the namespace (`NETNS_AD
 where QEMU forwards to the guest. `--network user,host-loopback` is the explicit opt-in:
 QEMU's slirp in the caller's namespace, as before.
 
-Measured here (TCG, 100 MB through nc, QEMU's slirp alone in the same run): slirp4netns is
-ready ~12 ms after it starts; host->guest 26-35 s against 24-26 s, guest->host 94-138 s
-against 103 s (the guest's emulated TCP dominates; runs vary with the machine's load).
+Measured here (TCG, 100 MB through nc, two runs each beside QEMU's slirp alone): slirp4netns
+is ready ~12 ms after it starts; host->guest 23-27 s against 24-30 s, guest->host 104-138 s
+against 103-105 s (the guest's emulated TCP dominates; runs vary with the machine's load).
 passt with `--no-map-gw` was faster (24 s each way), but connects to the host's 127.0.0.1
 when the guest sends a SYN there (seen in its pcap), so it too needs a namespace of QEMU's and
 something to connect that outward; behind slirp4netns it took 86 s and 51 s.
