@@ -104,3 +104,36 @@ def test_a_killed_monitor_leaves_no_jail_behind(vm_bb: Run, image: str, roots: R
     vm_bb("rm", "-f", cid, timeout=60)
     assert vmm_leftovers([uid]) == []
     assert "bareboat-vmm" not in Path("/proc/self/mountinfo").read_text()
+
+
+def _free_low_port() -> int:
+    """A port below 1024 that nothing on the host's loopback uses."""
+    import socket
+
+    for port in range(990, 900, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024 on this host")
+
+
+def test_a_jailed_vm_publishes_a_low_port(vm_bb: Run, image: str, roots: Roots) -> None:
+    # QEMU has no capabilities; slirp4netns, started by root, binds the host side of -p.
+    from tests.cli.test_run_microvm import http_get
+
+    port = _free_low_port()
+    script = "mkdir /www && echo served-by-vm > /www/index.html && httpd -f -p 80 -h /www"
+    r = vm_bb(
+        "run", "-d", "--isolation", "microvm", "--no-template", "--network", "user",
+        "-p", f"127.0.0.1:{port}:80", image, "sh", "-c", script, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    try:
+        assert_confined(_vm_json(roots, cid)["pid"])
+        assert b"served-by-vm" in http_get(port)
+    finally:
+        vm_bb("rm", "-f", cid, timeout=60)

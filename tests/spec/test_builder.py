@@ -294,6 +294,7 @@ def test_operator_settings_become_annotations(rootfs: Path) -> None:
     )
     s = spec_of(
         rootfs,
+        isolation=Isolation.MICROVM,
         network="user",
         publish=ports,
         labels={"io.bareboat.publish": "1.2.3.4:1:1", "io.bareboat.network": "none", "x": "y"},
@@ -303,7 +304,12 @@ def test_operator_settings_become_annotations(rootfs: Path) -> None:
     assert tuple(parse_publish(v) for v in ann["io.bareboat.publish"].split(",")) == ports
     assert "io.bareboat.publish" not in spec_of(rootfs)["annotations"]
     # without -p an operator's label still says what to publish
-    s = spec_of(rootfs, network="user", labels={"io.bareboat.publish": "127.0.0.1:9:9"})
+    s = spec_of(
+        rootfs,
+        isolation=Isolation.MICROVM,
+        network="user",
+        labels={"io.bareboat.publish": "127.0.0.1:9:9"},
+    )
     assert s["annotations"]["io.bareboat.publish"] == "127.0.0.1:9:9"
 
 
@@ -439,7 +445,7 @@ _words = st.text(
     pids=st.none() | st.integers(1, 1 << 20),
     tty=st.booleans(),
     read_only=st.booleans(),
-    network=st.sampled_from(["none", "host", "user"]),
+    network=st.sampled_from(["none", "host", "user", "user,host-loopback"]),
     labels=st.dictionaries(_words, st.text(max_size=5), max_size=3),
 )
 def test_every_spec_validates(
@@ -459,6 +465,8 @@ def test_every_spec_validates(
 ) -> None:
     config = ImageConfig(entrypoint=("/bin/sh",), cmd=("-c", "true"), env=tuple(image_env))
     options = RunOptions(
+        # user-mode networking is the microVM's (refused for containers)
+        isolation=Isolation.MICROVM if network.startswith("user") else Isolation.CONTAINER,
         entrypoint=entrypoint,
         command=command,
         env=tuple(f"{k}={v}" for k, v in env),
@@ -559,14 +567,15 @@ def test_etc_files(rootfs: Path, tmp_path: Path) -> None:
     assert files["hostname"] == f"{CID[:12]}\n".encode()
     assert f"127.0.1.1\t{CID[:12]}\n".encode() in files["hosts"]
     assert files["resolv.conf"] == b"nameserver 9.9.9.9\nsearch x\n"  # no host loopback
-    s = build_spec(
-        ImageConfig(cmd=("sh",)),
-        RunOptions(network="user"),
-        rootfs=rootfs,
-        container_id=CID,
-        etc_dir=etc,
-    )
-    assert etc_files(s, host_etc=host)["resolv.conf"] == b"nameserver 10.0.2.3\n"
+    for network in ("user", "user,host-loopback"):
+        s = build_spec(
+            ImageConfig(cmd=("sh",)),
+            RunOptions(isolation=Isolation.MICROVM, network=network),
+            rootfs=rootfs,
+            container_id=CID,
+            etc_dir=etc,
+        )
+        assert etc_files(s, host_etc=host)["resolv.conf"] == b"nameserver 10.0.2.3\n"
     s = build_spec(
         ImageConfig(cmd=("sh",)),
         RunOptions(network="host"),
@@ -602,3 +611,13 @@ def test_seccomp(rootfs: Path) -> None:
         assert s["architectures"][0] == "SCMP_ARCH_X86_64"
     assert "seccomp" not in spec_of(rootfs, seccomp=False)["linux"]
     assert "architectures" not in defaults.seccomp_profile("riscv64")
+
+
+@pytest.mark.parametrize("isolation", [Isolation.CONTAINER, Isolation.PROCESS])
+def test_user_networking_is_refused_where_there_is_none(rootfs: Path, isolation: Isolation) -> None:
+    """A namespace container with --network user got only loopback and a resolv.conf naming
+    slirp's 10.0.2.3, which nothing answered; a process has no network namespace at all."""
+    for network in ("user", "user,host-loopback"):
+        with pytest.raises(UsageError, match=f"not possible with --isolation {isolation}"):
+            spec_of(rootfs, isolation=isolation, network=network)
+    assert spec_of(rootfs, isolation=Isolation.MICROVM, network="user")

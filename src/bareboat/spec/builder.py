@@ -19,7 +19,7 @@ from typing import Any
 from bareboat.errors import UsageError
 from bareboat.images.model import ImageConfig
 from bareboat.spec import defaults, etcfiles
-from bareboat.spec.options import Mount, RunOptions
+from bareboat.spec.options import Isolation, Mount, RunOptions
 from bareboat.spec.users import User, resolve_user
 
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
@@ -176,9 +176,18 @@ def build_resources(options: RunOptions) -> dict[str, Any]:
 
 
 def build_namespaces(options: RunOptions) -> list[dict[str, str]]:
+    from bareboat.spec.parse import network_mode
+
     kinds = ["pid", "ipc", "mount", "cgroup"]
-    if options.network not in ("none", "host", "user"):
-        raise UsageError(f"invalid network {options.network!r}: expected none, host or user")
+    mode, _ = network_mode(options.network)  # a bad value is refused here, named
+    if mode == "user" and options.isolation in (Isolation.CONTAINER, Isolation.PROCESS):
+        # A namespace container would get only loopback, and a process has no network
+        # namespace at all: refused rather than a resolv.conf naming a server that is not
+        # there. User-mode networking (QEMU's slirp behind slirp4netns) is the microVM's.
+        raise UsageError(
+            f"--network {options.network} is not possible with --isolation "
+            f"{options.isolation} (user-mode networking is for microvm; use none or host)"
+        )
     if options.network != "host":
         # Host networking keeps the host's UTS namespace too, and so its hostname (docker).
         kinds += ["uts", "network"]

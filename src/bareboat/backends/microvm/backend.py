@@ -10,7 +10,8 @@ monitor waits on is QEMU's; `exit_code` reads what the hub recorded from the age
 Everything of one VM lives in `<ctx.state_dir>/<id>/` (sockets, console log, exit record),
 removed by `delete`; the log of a failed start is first copied beside the container's record.
 Options a bundle cannot express travel as annotations (`settings` reads them, as data):
-`io.bareboat.network` (none|user), `io.bareboat.publish` ([IP:]HOST:GUEST[/proto],...),
+`io.bareboat.network` (none|user[,host-loopback]),
+`io.bareboat.publish` ([IP:]HOST:GUEST[/proto],...),
 `io.bareboat.vm.disk` (size of a persistent ext4 writable layer, e.g. 1g),
 `io.bareboat.vm.kernel` (a vmlinux to boot), `io.bareboat.vm.cmdline` (extra kernel args),
 `io.bareboat.vm.template` (auto|create|off). They configure the host, so only the operator
@@ -530,10 +531,26 @@ class MicrovmBackend:
             serial_ports=(SerialPort(AGENT_PORT, d.agent),),
             console_log=d.console,
             network="user" if plan.net.mode == "user" else "none",
+            own_netns=plan.net.isolated,
             shares=shares_of(plan.spec, d.path),
             port_forwards=forwards,
             tsc_khz=host_tsc_khz(),
             name=str(d.sockets),
+        )
+
+    def _qemu(self, ctx: BackendContext, plan: VmPlan) -> QemuProcess:
+        """This VM's QEMU, not yet launched, with the slirp4netns that an isolated network
+        needs (it starts once QEMU runs and ends with it)."""
+        from .qemu import QemuProcess
+
+        d = self.vmdir(ctx)
+        net = network.Slirp4netns(plan.net, d.sockets / "net.sock") if plan.net.isolated else None
+        return QemuProcess(
+            self.vm_config(ctx, plan),
+            stderr=d.qemu_log,
+            net=net,
+            cpu_limit=self.vmm_cpu_limit(ctx),
+            jail_record=d.vmm_record,
         )
 
     # --- start ----------------------------------------------------------------------------
@@ -543,8 +560,6 @@ class MicrovmBackend:
     def boot(self, ctx: BackendContext, stdio: Stdio) -> Booted:
         """Launch QEMU (or a template clone) and wait for the agent's HELLO: a VM ready to
         START its workload. The OCI runtime does this at `create`, the engine at `start`."""
-        from .qemu import QemuProcess
-
         plan = self._plans.get(ctx.id) or self.plan(ctx)
         d = self.vmdir(ctx)
         d.path.mkdir(parents=True, exist_ok=True)
@@ -554,11 +569,7 @@ class MicrovmBackend:
         d.exit.unlink(missing_ok=True)
         d.console.unlink(missing_ok=True)
         network.check_ports_free(plan.net.ports)
-        vm = QemuProcess(
-            self.vm_config(ctx, plan), stderr=d.qemu_log,
-            cpu_limit=self.vmm_cpu_limit(ctx),
-            jail_record=d.vmm_record,
-        )
+        vm = self._qemu(ctx, plan)
         running = _Running(vm)
         sock: socket.socket | None = None
         try:
@@ -574,12 +585,7 @@ class MicrovmBackend:
                     _tell(stdio, f"template not used, booting cold: the clone did not resume: {e}")
                     self.template_used = None
                     d.console.unlink(missing_ok=True)
-                    vm = QemuProcess(
-                        self.vm_config(ctx, plan),
-                        stderr=d.qemu_log,
-                        cpu_limit=self.vmm_cpu_limit(ctx),
-                        jail_record=d.vmm_record,
-                    )
+                    vm = self._qemu(ctx, plan)
                     vm.launch()
                     self._register(ctx, running, vm, d)
             if sock is None:

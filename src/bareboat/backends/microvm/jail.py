@@ -196,9 +196,10 @@ def plan_jail(
         binds=(*binds, *extra),
         links=links,
         nodes=nodes,
-        # slirp (user networking) lives in QEMU and needs the network it was given; any other
-        # VM gets a network namespace with nothing in it.
-        new_network=cfg.network == "none",
+        # QEMU's slirp (user networking) needs the network it was given, unless slirp4netns
+        # connects a namespace of QEMU's own outward (cfg.own_netns); any other VM gets a
+        # network namespace with nothing in it.
+        new_network=cfg.network == "none" or cfg.own_netns,
         limits=limits,
     )
     return plan, replace(cfg, **changes)

@@ -174,7 +174,8 @@ class Jailer:
             nodes.append((base + enc(n.target), os.makedev(n.major, n.minor), n.public))
         dirs = list(dict.fromkeys(steps_dirs))  # in order, once each
         flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
-        if plan.new_network:
+        new_network = plan.new_network
+        if new_network:
             flags |= CLONE_NEWNET
         hostname = plan.hostname.encode()
         last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
@@ -235,6 +236,12 @@ class Jailer:
 
         def hook() -> None:
             check(c.unshare(flags), b"unshare")
+            if new_network:
+                # QEMU's own, empty namespace: its slirp may bind ports below 1024 there (the
+                # inner half of -p behind slirp4netns), as docker lets containers do.
+                fd = os.open(b"/proc/sys/net/ipv4/ip_unprivileged_port_start", os.O_WRONLY)
+                os.write(fd, b"0")
+                os.close(fd)
             check(c.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), b"private mounts")
             tmpfs_options = b"mode=0755,size=1m,nr_inodes=256"
             check(c.mount(b"bareboat-vmm", base, b"tmpfs", MS_NOSUID, tmpfs_options), b"tmpfs")

@@ -36,6 +36,8 @@ from bareboat.privdir import private_file
 if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
+    from .network import Slirp4netns
+
 QEMU_BINARY = "qemu-system-x86_64"
 # QEMU's seccomp filter for a jailed VMM: obsolete system calls, privilege changes (set*id,
 # capabilities), process creation (fork/exec) and resource controls (nice, affinity) denied.
@@ -115,6 +117,9 @@ class VMConfig:
     console_log: Path | None = None
     network: Network = "none"
     port_forwards: tuple[PortForward, ...] = ()
+    # QEMU in a network namespace of its own (network.py: slirp4netns connects it outward),
+    # so its slirp's gateway leads to a loopback with nothing on it, not the host's.
+    own_netns: bool = False
     # TCG translation-block cache in MiB; QEMU's default is large (tens of MiB of RSS per
     # VM) while a container guest runs fine with a few.
     tb_size_mib: int | None = None
@@ -184,6 +189,8 @@ def validate(cfg: VMConfig) -> None:
         raise UsageError(f"unknown network {cfg.network!r} (none or user)")
     if cfg.port_forwards and cfg.network != "user":
         raise UsageError("published ports need user-mode networking (--network user)")
+    if cfg.own_netns and cfg.network != "user":
+        raise UsageError("a network namespace of QEMU's own is for user-mode networking")
     seen: set[tuple[str, str, int]] = set()
     for fw in cfg.port_forwards:
         for port in (fw.host_port, fw.guest_port):
@@ -294,7 +301,10 @@ def build_argv(
     if cfg.network == "user":
         netdev = "user,id=net0"
         for fw in cfg.port_forwards:
-            netdev += f",hostfwd={fw.protocol}:{fw.host_ip}:{fw.host_port}-:{fw.guest_port}"
+            # In QEMU's own namespace only slirp4netns reaches the rule, on its tap's
+            # address, which does not exist yet when QEMU binds: every address there.
+            host_ip = "" if cfg.own_netns else fw.host_ip
+            netdev += f",hostfwd={fw.protocol}:{host_ip}:{fw.host_port}-:{fw.guest_port}"
         argv += ["-netdev", netdev, "-device", "virtio-net-device,netdev=net0"]
     for i, sh in enumerate(cfg.shares):
         ro = ",readonly=on" if sh.readonly else ""
@@ -436,7 +446,9 @@ def _listen(path: Path) -> Any:
 
 
 
-def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable[[], None] | None:
+def _pre_exec_hook(
+    die_with_parent: bool, shares: tuple[Share, ...], *, own_netns: bool = False
+) -> Callable[[], None] | None:
     """What QEMU's process does between fork and exec (None: nothing, so no hook).
 
     - die_with_parent: the kernel SIGKILLs QEMU when the process owning it dies. A bareboat
@@ -446,6 +458,7 @@ def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable
     - single-file shares: a mount namespace of QEMU's own (private, so nothing reaches the
       host's) in which each file is bind-mounted onto its share's placeholder; it goes away
       with QEMU, so there is nothing to unmount.
+    - own_netns: a network namespace of QEMU's own (VMConfig.own_netns), gone with QEMU.
 
     libc is looked up here, in the parent: the child between fork and exec must not dlopen.
     A failure in the child ends it with a message on QEMU's stderr, which launch reports.
@@ -453,6 +466,7 @@ def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable
     import ctypes
 
     from bareboat.backends.base import (
+        CLONE_NEWNET,
         CLONE_NEWNS,
         MS_BIND,
         MS_PRIVATE,
@@ -468,7 +482,7 @@ def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable
         for sh in shares
         if sh.file is not None
     ]
-    if not die_with_parent and not binds:
+    if not die_with_parent and not binds and not own_netns:
         return None
 
     def fail(what: bytes) -> None:
@@ -478,6 +492,8 @@ def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable
     def hook() -> None:
         if die_with_parent:
             prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if own_netns and unshare(CLONE_NEWNET):
+            fail(b"a network namespace for QEMU")
         if not binds:
             return
         if unshare(CLONE_NEWNS) or mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
@@ -525,11 +541,14 @@ class QemuProcess:
         pass_fds: tuple[int, ...] = (),
         cpu_limit: tuple[int | None, int | None] = (None, None),
         jail_record: Path | None = None,
+        net: Slirp4netns | None = None,
     ) -> None:
         from . import jail
 
         self.cfg = cfg
         self.qemu = qemu
+        # Connects QEMU's own network namespace outward once QEMU runs (cfg.own_netns).
+        self.net = net
         self.die_with_parent = die_with_parent
         # Confined unless BAREBOAT_VMM_JAIL=off (see jail.py); `jailed` decides for tests.
         self.jailed = jail.enabled() if jailed is None else jailed
@@ -600,6 +619,8 @@ class QemuProcess:
         cfg = self.cfg
         qemu = shutil.which(self.qemu) if "/" not in self.qemu else self.qemu
         if qemu is None or not os.access(qemu, os.X_OK):
+            if self.net is not None:
+                self.net.close()
             raise BackendUnavailable(f"{self.qemu} not found (install the qemu-system-x86 package)")
         if self._stderr_path is not None:
             # closed in shutdown
@@ -625,20 +646,22 @@ class QemuProcess:
                     stack.callback(os.close, console)
                     child_fds.append(console)
                 fds = LaunchFds(theirs.fileno(), tuple(s.fileno() for s in listening), console)
+                if self.net is not None:
+                    child_fds.append(self.net.exit_fd)  # QEMU alone holds slirp4netns' life
                 if self.jailed:
                     self._popen_jailed(stack, qemu, fds, (*child_fds, *self.pass_fds))
                 else:
                     self.argv = build_argv(cfg, qemu=qemu, fds=fds)
-                    self._popen(
-                        self.argv,
-                        pass_fds=(*child_fds, *self.pass_fds),
-                        preexec_fn=_pre_exec_hook(self.die_with_parent, cfg.shares),
-                    )
+                    hook = _pre_exec_hook(self.die_with_parent, cfg.shares, own_netns=cfg.own_netns)
+                    self._popen(self.argv, pass_fds=(*child_fds, *self.pass_fds), preexec_fn=hook)
         except BaseException:
             ours.close()
             self.shutdown()
             raise
         try:
+            if self.net is not None:
+                assert self._proc is not None
+                self.net.attach(self._proc.pid)
             self._connect_qmp(ours)
         except BaseException:
             self.shutdown()
@@ -795,6 +818,8 @@ class QemuProcess:
                     self.ended_by = "sigkill"
         finally:
             self._close_qmp()
+            if self.net is not None:
+                self.net.close()  # it ends with QEMU by itself; this reaps it
             for path in self._sockets():
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
