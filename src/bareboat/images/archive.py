@@ -206,6 +206,8 @@ def _load_layout(store: ImageStore, src: Source, stem: str) -> list[Image]:
         if wire.sniff_media_type(data, mdesc.media_type) not in wire.MANIFEST_TYPES:
             continue  # artifacts and other documents are not images
         man = wire.decode_manifest(data)
+        # The config is refused (oversized, malformed) before any blob enters the store.
+        wire.decode_config(_verified(src, man.config))
         for d in (man.config, *man.layers):
             _copy_blob(store, src, d)
         name = _layout_name(desc, stem)
