@@ -30,6 +30,8 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 from bareboat.errors import BackendError, BackendUnavailable, UsageError
 
+from .consolelog import CONSOLE_LOG_MAX, ConsoleLog, fifo_path, read_tail
+
 if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
@@ -216,7 +218,8 @@ def build_argv(cfg: VMConfig, *, qemu: str = QEMU_BINARY) -> list[str]:
     if cfg.initrd is not None:
         argv += ["-initrd", str(cfg.initrd)]
     if cfg.console_log is not None:
-        argv += ["-chardev", f"file,id=console,path={_opt(cfg.console_log)}"]
+        # Into the FIFO that QemuProcess reads into the capped log (see consolelog.py).
+        argv += ["-chardev", f"file,id=console,path={_opt(fifo_path(cfg.console_log))}"]
         argv += ["-serial", "chardev:console"]
     else:
         argv += ["-serial", "null"]
@@ -411,7 +414,8 @@ class QemuProcess:
 
     On leaving the block QEMU is stopped if it still runs (QMP quit, SIGTERM, SIGKILL, each
     with a timeout), reaped, and its QMP and virtio-serial sockets are removed. The console
-    log, if any, is kept: it is the evidence of a failed boot.
+    log, if any, is kept: it is the evidence of a failed boot. It is written by a thread of
+    this process, capped (consolelog.ConsoleLog), and whole once `wait` has seen QEMU's end.
     """
 
     def __init__(
@@ -423,8 +427,10 @@ class QemuProcess:
         qmp_timeout: float = 5.0,
         stderr: Path | None = None,
         die_with_parent: bool = True,
+        console_max_size: int = CONSOLE_LOG_MAX,
     ) -> None:
         self.cfg = cfg
+        self.console_max_size = console_max_size
         self.die_with_parent = die_with_parent
         self.argv = build_argv(cfg, qemu=qemu)
         self.launch_timeout = launch_timeout
@@ -433,6 +439,7 @@ class QemuProcess:
         self._stderr: IO[bytes] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._qmp: QEMUMonitorProtocol | None = None
+        self._console: ConsoleLog | None = None
         # How QEMU ended: "exit" (by itself), "quit" (QMP), "sigterm" or "sigkill" (by us).
         self.ended_by: str | None = None
 
@@ -470,6 +477,14 @@ class QemuProcess:
             self._stderr = open(self._stderr_path, "w+b")  # noqa: SIM115 - closed in shutdown
         else:
             self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in shutdown
+        if self.cfg.console_log is not None:
+            self._console = ConsoleLog(self.cfg.console_log, max_size=self.console_max_size)
+            try:
+                self._console.start()
+            except BaseException:
+                self._end_console()
+                self._close_stderr()
+                raise
         try:
             self._proc = subprocess.Popen(
                 self.argv,
@@ -482,6 +497,7 @@ class QemuProcess:
                 preexec_fn=_pre_exec_hook(self.die_with_parent, self.cfg.shares),
             )
         except FileNotFoundError:
+            self._end_console()
             self._close_stderr()
             raise BackendUnavailable(
                 f"{self.argv[0]} not found (install the qemu-system-x86 package)"
@@ -527,9 +543,11 @@ class QemuProcess:
         if self._proc is None:
             raise BackendError("QEMU was not launched")
         try:
-            return self._proc.wait(timeout)
+            rc = self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+        self._end_console()  # QEMU is gone: its last console output is taken in now
+        return rc
 
     def result(self) -> VMExit:
         """How QEMU ended; call after `wait` returned a status."""
@@ -543,11 +561,9 @@ class QemuProcess:
         log = self.cfg.console_log
         if log is None:
             return None
-        try:
-            data = log.read_bytes()[-65536:]
-        except OSError:
-            return None
-        m = _PANIC.search(data)
+        if self.returncode is not None:
+            self._end_console()
+        m = _PANIC.search(read_tail(log, 65536))
         return m.group(0).decode(errors="replace").strip() if m else None
 
     def stderr_tail(self, limit: int = 400) -> str:
@@ -591,6 +607,8 @@ class QemuProcess:
             for path in self._sockets():
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
+            if self._proc is None or self._proc.poll() is not None:
+                self._end_console()
             self._close_stderr()
 
     def kill(self) -> None:
@@ -661,6 +679,11 @@ class QemuProcess:
         if qmp is not None:
             with contextlib.suppress(Exception):
                 qmp.close()
+
+    def _end_console(self) -> None:
+        console, self._console = self._console, None
+        if console is not None:
+            console.finish()
 
     def _close_stderr(self) -> None:
         if self._stderr is not None and not self._stderr.closed:
