@@ -22,8 +22,9 @@ their own layer, in whatever order the tar lists them) and never appear in the t
 Holes stay holes: the data extents of a sparse entry (GNU and PAX sparse formats) and, in
 any regular file, whole blocks of zeros are never written, so a 10 KB tar of a sparse 10 GiB
 file, or 2 GiB of zeros in a 2 MB gzip, takes no more disk than its data. What is written is
-counted (blocks, plus a block per directory and long symlink) against `max_disk`, the image's
-disk cap (diskcap.py), and the layer is refused as soon as it would pass it.
+counted (blocks written, a block per directory, long symlink and set of xattrs, and the
+entry's name) against `max_disk`, the image's disk cap (diskcap.py), and the layer is refused
+as soon as it would pass it.
 
 Metadata: modes (setuid, setgid, sticky), mtimes, and PAX xattrs (user.*, trusted.*,
 security.capability); owners and device nodes only as root (device nodes are skipped with a
@@ -296,6 +297,11 @@ class _Extractor:
 
     def entry(self, tar: tarfile.TarFile, ti: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
         base = parts[-1]
+        # Its name in the directory, and a block for extended attributes: small each, but a
+        # layer may hold millions of entries.
+        self.use(len(os.fsencode(base)) + 8)
+        if any(k.startswith(_XATTR) for k in ti.pax_headers):
+            self.use(_BLOCK)
         with _fd(self.open_dir(parts[:-1], create=True)) as pfd:
             self.touching(pfd, parts[:-1])
             if ti.isdir():

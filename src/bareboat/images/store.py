@@ -308,7 +308,7 @@ class ImageStore:
                 self.blobs.put(data, man.config.digest, man.config.size)
                 added.append(man.config.digest)
             missing = {d.digest: d for d in man.layers if d.digest in fetch}
-            added += missing
+            added.extend(missing)
             tails: dict[str, Tail] = {}
             job = self._start_unpack(man, missing, tails) if unpack else None
             try:
