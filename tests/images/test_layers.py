@@ -1048,3 +1048,42 @@ def test_hostile_sparse_map_refused(work: Work) -> None:
         tar.addfile(ti, io.BytesIO(b"abcdefgh"))
     work.refused(buf.getvalue(), match="invalid sparse map")
     work.assert_contained()
+
+
+def _many_extents(tmp_path: Path, fmt: str) -> bytes:
+    """A GNU tar of a sparse file of 26 extents: past what a header's map holds, so the map
+    goes on in the stream (extension blocks, or the data area in PAX 1.0)."""
+    src = tmp_path / "f"
+    with open(src, "wb") as f:
+        f.truncate(26 * 131072)
+        for i in range(26):
+            f.seek(i * 131072)
+            f.write(b"x" * 10)
+    out = tmp_path / "s.tar"
+    subprocess.run(
+        ["tar", "-S", *fmt.split(), "-C", str(tmp_path), "-cf", str(out), "f"],
+        check=True,
+        timeout=60,
+    )
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["--format=gnu", "--format=posix --sparse-version=1.0"])
+def test_endless_sparse_map_refused(work: Work, tmp_path: Path, fmt: str) -> None:
+    """A sparse map that goes on for millions of extents in a small gzip (100,000 GNU
+    extension blocks, or 2.5 million PAX 1.0 numbers): tarfile would hold them all in
+    memory; the map is bounded like any header. The honest tar still unpacks."""
+    raw = _many_extents(tmp_path, fmt)
+    if fmt == "--format=gnu":
+        assert raw[156:157] == b"S" and raw[482] == 1 and raw[512 + 504] == 1
+        hostile = raw[:512] + raw[512:1024] * 100_000 + raw[1024:]
+    else:
+        assert raw[1536:1539] == b"27\n"  # the map, after the PAX header and the member's
+        hostile = raw[:1536] + b"99999999\n" + b"1\n" * 2_500_000 + raw[2048:]
+    blob = compress(hostile, "gzip")
+    assert len(blob) < 1 << 20
+    match = "sparse map of more than 1048576 bytes"
+    work.refused(blob, match, compression=None, media_type=MT_GZIP)
+    work.apply(raw)
+    data = (work.rootfs / "f").read_bytes()
+    assert data == (b"x" * 10 + bytes(131062)) * 26
