@@ -6,6 +6,10 @@
 - `cache` (BAREBOAT_CACHE, default /var/cache/bareboat): rebuildable artifacts shared by every
   store on the host, such as the guest kernel and init built by `bareboat guest build`.
 
+Every root, and every directory of image or container content in them, is 0700 (see
+`privdir`): `Roots.make_private()` makes them so, and tightens those of an older installation,
+whenever a store, an engine or a backend opens the roots.
+
 Tests give each run roots of their own; nothing in a test touches the defaults.
 """
 
@@ -14,6 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from bareboat.privdir import private_dir
 
 DEFAULT_ROOT = Path("/var/lib/bareboat")
 DEFAULT_STATE = Path("/run/bareboat")
@@ -42,6 +48,33 @@ class Roots:
             cache=Path(cache or env.get("BAREBOAT_CACHE") or DEFAULT_CACHE),
         )
 
+    def make_private(self) -> Roots:
+        """Make (or tighten) the roots and their content directories 0700; returns self.
+
+        Once per process and roots: the directories do not go away while bareboat runs.
+        """
+        if self not in _PRIVATE:
+            for d in self.content_dirs():
+                private_dir(d)
+            _PRIVATE.add(self)
+        return self
+
+    def content_dirs(self) -> tuple[Path, ...]:
+        """The directories that hold image or container content, roots first. The cache root
+        itself is not among them: it may be a directory shared with other programs."""
+        return (
+            self.root,
+            self.state,
+            self.images,
+            self.containers,
+            self.templates,
+            self.vm_images,
+            self.run,
+            self.vm_sockets,
+            self.guest,
+            self.wasm_cache,
+        )
+
     # images
     @property
     def images(self) -> Path:
@@ -56,10 +89,18 @@ class Roots:
     def run(self) -> Path:
         return self.state / "containers"
 
-    # microVM templates
+    # microVMs: templates, read-only image disks, sockets
     @property
     def templates(self) -> Path:
         return self.root / "templates"
+
+    @property
+    def vm_images(self) -> Path:
+        return self.root / "vm-images"
+
+    @property
+    def vm_sockets(self) -> Path:
+        return self.state / "vm"
 
     # guest kernel and init
     @property
@@ -70,3 +111,6 @@ class Roots:
     @property
     def wasm_cache(self) -> Path:
         return self.cache / "wasm"
+
+
+_PRIVATE: set[Roots] = set()

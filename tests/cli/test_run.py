@@ -234,3 +234,15 @@ def test_missing_bind_source_is_created(bb: Run, image: str, tmp_path: Path) -> 
     r = bb("run", "--rm", "-v", f"{src}:/data", image, "sh", "-c", "echo hi > /data/f")
     assert r.returncode == 0, r.stderr
     assert (src / "f").read_text() == "hi\n"
+
+
+@pytest.mark.parametrize("isolation", ["container", "process"])
+def test_user_network_needs_a_vm(bb: Run, image: str, roots: Roots, isolation: str) -> None:
+    """--network user gave a container only loopback and a resolver that was not there."""
+    r = bb("run", "--rm", "--isolation", isolation, "--network", "user", image, "true")
+    assert r.returncode == 125
+    assert r.stderr.strip() == (
+        f"bareboat: error: --network user is not possible with --isolation {isolation} "
+        "(user-mode networking is for microvm; use none or host)"
+    )
+    assert leftovers(roots) == []

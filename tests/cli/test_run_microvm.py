@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from bareboat.images.store import ImageStore
 from bareboat.paths import Roots
 from tests.cli.conftest import Run, leftovers
 from tests.microvm.test_backend import kernel_or_skip
+from tests.support.imagebuild import Image, write_image
 
 
 @pytest.fixture
@@ -35,3 +41,61 @@ def test_read_only_rootfs_in_a_vm(vm_bb: Run, image: str) -> None:
     )  # fmt: skip
     assert r.returncode != 0
     assert "Read-only file system" in r.stderr
+
+
+def listening_tcp_ports() -> set[int]:
+    """Every TCP port a socket of the host's network namespace listens on, any address."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # TCP_LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def http_get(port: int, timeout: float = 60) -> bytes:
+    """GET / from 127.0.0.1:port, retrying until the guest's server answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 2) as c:
+            c.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := c.recv(4096):
+                data += chunk
+            if data:
+                return data
+        time.sleep(0.2)
+    return b""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_publish_is_the_operators_not_the_images(vm_bb: Run, roots: Roots, tmp_path: Path) -> None:
+    """`-p` from the command line is served at the host port; an image labelled to publish a
+    port of its own (or to get a host disk) opens nothing and makes nothing on the host."""
+    ours, theirs = free_port(), free_port()
+    image = Image(
+        labels={"io.bareboat.publish": f"0.0.0.0:{theirs}:80", "io.bareboat.vm.disk": "20g"}
+    )
+    write_image(tmp_path / "layout", image, tag="labelled")
+    ref = ImageStore(roots).load(tmp_path / "layout")[0].names[0]
+    script = "mkdir /www && echo served-by-vm > /www/index.html && httpd -f -p 80 -h /www"
+    r = vm_bb(
+        "run", "-d", "--isolation", "microvm", "--no-template", "--network", "user",
+        "-p", f"127.0.0.1:{ours}:80", ref, "sh", "-c", script,
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    assert b"served-by-vm" in http_get(ours)
+    assert ours in listening_tcp_ports()
+    assert theirs not in listening_tcp_ports()
+    assert not (roots.containers / cid / "vm-disk.ext4").exists()
+    assert vm_bb("rm", "-f", cid).returncode == 0

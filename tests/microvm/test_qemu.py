@@ -117,6 +117,14 @@ def test_disks_ports_console_network_rng() -> None:
     assert "virtio-rng-device,rng=rng0" in devices
 
 
+def test_own_netns_rules_listen_on_every_address_there() -> None:
+    """In QEMU's own network namespace only slirp4netns reaches the forwards, on its tap's
+    address, which does not exist yet when QEMU binds."""
+    fwd = (PortForward(8080, 80, host_ip="127.0.0.1"),)
+    argv = build_argv(_cfg(network="user", own_netns=True, port_forwards=fwd))
+    assert _after(argv, "-netdev") == ["user,id=net0,hostfwd=tcp::8080-:80"]
+
+
 def test_vsock_device_for_kvm_hosts() -> None:
     argv = build_argv(_cfg(accel="kvm", vsock_cid=42))
     assert "vhost-vsock-device,guest-cid=42" in _after(argv, "-device")
@@ -145,6 +153,7 @@ def test_defaults_have_no_network_and_a_null_console() -> None:
         ),
         ({"network": "user", "port_forwards": (PortForward(80, 1, host_ip="a,b"),)}, "address"),
         ({"network": "bridge"}, "network"),
+        ({"own_netns": True}, "namespace"),
         ({"serial_ports": (SerialPort("a,b", Path("/s")),)}, "port name"),
         ({"serial_ports": (SerialPort("a", Path("/1")), SerialPort("a", Path("/2")))}, "same"),
         ({"disks": (Disk(Path("/d"), serial="x" * 21),)}, "serial"),

@@ -19,6 +19,8 @@ import pytest
 
 from tests.support.imagebuild import BUSYBOX
 
+from .pidns import PidNamespace
+
 RUNTIME = Path(sys.executable).parent / "bareboat-runtime"
 SCHEMAS = Path("/usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema")
 
@@ -70,9 +72,10 @@ class Runtime:
     """Calls the installed bareboat-runtime with a root of the test's own; deletes every
     container it created when the test ends."""
 
-    def __init__(self, root: Path, log: Path) -> None:
+    def __init__(self, root: Path, log: Path, prefix: tuple[str, ...] = ()) -> None:
         self.root = root
         self.log = log
+        self.prefix = prefix  # e.g. nsenter into a PID namespace of the test's own
         self.ids: list[str] = []
 
     def __call__(
@@ -83,6 +86,7 @@ class Runtime:
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             proc = subprocess.run(
                 [
+                    *self.prefix,
                     str(RUNTIME),
                     "--root",
                     str(self.root),
@@ -132,6 +136,23 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
     rt = Runtime(tmp_path / "rtroot", tmp_path / "runtime.log")
     yield rt
     rt.cleanup()
+
+
+@pytest.fixture
+def ns_runtime(tmp_path: Path) -> Iterator[tuple[Runtime, PidNamespace]]:
+    """A Runtime whose calls run in a PID namespace of the test's own (see pidns.py)."""
+    need_runc()
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("needs util-linux unshare and nsenter")
+    ns = PidNamespace()
+    rt = Runtime(tmp_path / "rtroot", tmp_path / "runtime.log", prefix=ns.enter)
+    try:
+        yield rt, ns
+    finally:
+        try:
+            rt.cleanup()
+        finally:
+            ns.close()
 
 
 def cpu_quota(cgroup: Path) -> tuple[int, int]:

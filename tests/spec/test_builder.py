@@ -25,7 +25,7 @@ from bareboat.spec.builder import (
     write_bundle,
 )
 from bareboat.spec.etcfiles import etc_files
-from bareboat.spec.options import Isolation, Mount, Rlimit, RunOptions
+from bareboat.spec.options import Isolation, Mount, PortMapping, Rlimit, RunOptions
 from bareboat.spec.parse import parse_tmpfs, parse_volume
 from bareboat.spec.users import User
 from tests.spec.schema import validate_config
@@ -231,11 +231,99 @@ def test_annotations(rootfs: Path) -> None:
     config = ImageConfig(cmd=("sh",), labels={"a": "image", "b": "image"})
     s = spec_of(rootfs, config, labels={"b": "user"}, isolation=Isolation.MICROVM)
     assert s["annotations"] == {
-        "a": "image",
         "b": "user",
         "io.bareboat.isolation": "microvm",
         "io.bareboat.network": "none",
     }
+
+
+# What an image would set through each key, were its labels read as settings: every
+# `io.bareboat.*` key in bareboat's source (test_every_bareboat_key_is_listed keeps this
+# complete), and other runtimes' host settings (crun's run.oci.*, runc's systemd properties).
+HOSTILE_LABELS = {
+    "io.bareboat.publish": "0.0.0.0:2222:22",
+    "io.bareboat.network": "user",
+    "io.bareboat.isolation": "process",
+    "io.bareboat.vm.disk": "20g",
+    "io.bareboat.vm.kernel": "/etc/shadow",
+    "io.bareboat.vm.cmdline": "init=/bin/sh",
+    "io.bareboat.vm.template": "create",
+    "io.bareboat.wasm.module": "/tmp/evil.wasm",
+    "io.bareboat.wasm.digest": "sha256:" + "0" * 64,
+    "io.bareboat.wasm.timeout": "0.001",
+    "io.bareboat.wasm.fuel": "1",
+    "io.bareboat.runtime.version": "9.9.9",
+    "run.oci.keep_original_groups": "1",
+    "org.systemd.property.DeviceAllow": "'/dev/sda rwm'",
+}
+
+
+def test_every_bareboat_key_is_listed() -> None:
+    import re
+
+    src = Path(__file__).resolve().parents[2] / "src" / "bareboat"
+    keys = {
+        k
+        for f in src.rglob("*.py")
+        for k in re.findall(r"[\"'](io\.bareboat\.[a-z0-9_.-]+)[\"']", f.read_text())
+    }
+    assert keys, "no io.bareboat. keys found: the pattern is stale"
+    assert keys <= set(HOSTILE_LABELS), f"add these to HOSTILE_LABELS: {keys - set(HOSTILE_LABELS)}"
+
+
+@pytest.mark.parametrize("key", sorted(HOSTILE_LABELS))
+def test_an_image_label_changes_nothing(rootfs: Path, key: str) -> None:
+    """Labels are the image's data: with any key, the spec is the one built without it."""
+    options = {"isolation": Isolation.MICROVM, "network": "user", "labels": {"mine": "1"}}
+    plain = spec_of(rootfs, ImageConfig(cmd=("sh",)), **options)
+    labelled = ImageConfig(cmd=("sh",), labels={key: HOSTILE_LABELS[key]})
+    assert spec_of(rootfs, labelled, **options) == plain
+    all_of_them = ImageConfig(cmd=("sh",), labels=HOSTILE_LABELS)
+    assert spec_of(rootfs, all_of_them, **options) == plain
+
+
+def test_operator_settings_become_annotations(rootfs: Path) -> None:
+    """-p reaches the bundle (the microVM backend reads it there); typed options win over a
+    --label of the same key."""
+    from bareboat.spec.parse import parse_publish
+
+    ports = (
+        PortMapping(8080, 80),
+        PortMapping(5353, 53, "udp", "0.0.0.0"),
+        PortMapping(8443, 443, host_ip="::1"),
+    )
+    s = spec_of(
+        rootfs,
+        isolation=Isolation.MICROVM,
+        network="user",
+        publish=ports,
+        labels={"io.bareboat.publish": "1.2.3.4:1:1", "io.bareboat.network": "none", "x": "y"},
+    )
+    ann = s["annotations"]
+    assert ann["x"] == "y" and ann["io.bareboat.network"] == "user"
+    assert tuple(parse_publish(v) for v in ann["io.bareboat.publish"].split(",")) == ports
+    assert "io.bareboat.publish" not in spec_of(rootfs)["annotations"]
+    # without -p an operator's label still says what to publish
+    s = spec_of(
+        rootfs,
+        isolation=Isolation.MICROVM,
+        network="user",
+        labels={"io.bareboat.publish": "127.0.0.1:9:9"},
+    )
+    assert s["annotations"]["io.bareboat.publish"] == "127.0.0.1:9:9"
+
+
+@given(
+    host=st.integers(1, 65535),
+    guest=st.integers(1, 65535),
+    proto=st.sampled_from(["tcp", "udp"]),
+    ip=st.sampled_from(["127.0.0.1", "0.0.0.0", "10.1.2.3", "::1", "fe80::1"]),
+)
+def test_port_mapping_flag_round_trip(host: int, guest: int, proto: str, ip: str) -> None:
+    from bareboat.spec.parse import parse_publish
+
+    p = PortMapping(host, guest, proto, ip)
+    assert parse_publish(p.to_flag()) == p
 
 
 # --- mounts -------------------------------------------------------------------------------
@@ -357,7 +445,7 @@ _words = st.text(
     pids=st.none() | st.integers(1, 1 << 20),
     tty=st.booleans(),
     read_only=st.booleans(),
-    network=st.sampled_from(["none", "host", "user"]),
+    network=st.sampled_from(["none", "host", "user", "user,host-loopback"]),
     labels=st.dictionaries(_words, st.text(max_size=5), max_size=3),
 )
 def test_every_spec_validates(
@@ -377,6 +465,8 @@ def test_every_spec_validates(
 ) -> None:
     config = ImageConfig(entrypoint=("/bin/sh",), cmd=("-c", "true"), env=tuple(image_env))
     options = RunOptions(
+        # user-mode networking is the microVM's (refused for containers)
+        isolation=Isolation.MICROVM if network.startswith("user") else Isolation.CONTAINER,
         entrypoint=entrypoint,
         command=command,
         env=tuple(f"{k}={v}" for k, v in env),
@@ -477,14 +567,15 @@ def test_etc_files(rootfs: Path, tmp_path: Path) -> None:
     assert files["hostname"] == f"{CID[:12]}\n".encode()
     assert f"127.0.1.1\t{CID[:12]}\n".encode() in files["hosts"]
     assert files["resolv.conf"] == b"nameserver 9.9.9.9\nsearch x\n"  # no host loopback
-    s = build_spec(
-        ImageConfig(cmd=("sh",)),
-        RunOptions(network="user"),
-        rootfs=rootfs,
-        container_id=CID,
-        etc_dir=etc,
-    )
-    assert etc_files(s, host_etc=host)["resolv.conf"] == b"nameserver 10.0.2.3\n"
+    for network in ("user", "user,host-loopback"):
+        s = build_spec(
+            ImageConfig(cmd=("sh",)),
+            RunOptions(isolation=Isolation.MICROVM, network=network),
+            rootfs=rootfs,
+            container_id=CID,
+            etc_dir=etc,
+        )
+        assert etc_files(s, host_etc=host)["resolv.conf"] == b"nameserver 10.0.2.3\n"
     s = build_spec(
         ImageConfig(cmd=("sh",)),
         RunOptions(network="host"),
@@ -520,3 +611,13 @@ def test_seccomp(rootfs: Path) -> None:
         assert s["architectures"][0] == "SCMP_ARCH_X86_64"
     assert "seccomp" not in spec_of(rootfs, seccomp=False)["linux"]
     assert "architectures" not in defaults.seccomp_profile("riscv64")
+
+
+@pytest.mark.parametrize("isolation", [Isolation.CONTAINER, Isolation.PROCESS])
+def test_user_networking_is_refused_where_there_is_none(rootfs: Path, isolation: Isolation) -> None:
+    """A namespace container with --network user got only loopback and a resolv.conf naming
+    slirp's 10.0.2.3, which nothing answered; a process has no network namespace at all."""
+    for network in ("user", "user,host-loopback"):
+        with pytest.raises(UsageError, match=f"not possible with --isolation {isolation}"):
+            spec_of(rootfs, isolation=isolation, network=network)
+    assert spec_of(rootfs, isolation=Isolation.MICROVM, network="user")

@@ -225,8 +225,12 @@ def test_ulimit() -> None:
 
 def test_network_and_workdir() -> None:
     assert parse_network("host") == "host"
-    with pytest.raises(UsageError):
-        parse_network("bridge")
+    assert parse_network("user,host-loopback") == "user,host-loopback"
+    assert parse_network("user,host-loopback,host-loopback") == "user,host-loopback"
+    for bad in ("bridge", "user,bogus", "none,host-loopback", "host,host-loopback", "user,"):
+        with pytest.raises(UsageError) as e:
+            parse_network(bad)
+        one_line_usage_error(e)
     assert parse_workdir("/srv/../app/") == "/app"
     with pytest.raises(UsageError):
         parse_workdir("app")

@@ -52,7 +52,8 @@ def make_bundle(
         (rootfs / name).write_bytes(data)
     config = ImageConfig(entrypoint=("/app/hello.wasm",), env=("PATH=/bin",), labels=COMPAT)
     spec = build_spec(config, options, rootfs=rootfs, container_id="c1", user=User(0, 0))
-    spec["annotations"].update(annotations or {})
+    # as the engine marks a compat image's bundle (wasm.hooks.prepare): labels stay labels
+    spec["annotations"].update({**COMPAT, **(annotations or {})})
     return BackendContext(id="c1", bundle=bundle, state_dir=tmp / "state", spec=spec)
 
 
@@ -206,7 +207,7 @@ def test_exec_unsupported(backend: WasmBackend, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("where", ["not-a-blob", "wrong-name", "wrong-content"])
 def test_forged_module_annotation_refused(backend: WasmBackend, tmp_path: Path, where: str) -> None:
-    """Image labels become annotations: only a store blob matching its digest is a module."""
+    """A module annotation is checked all the same: only a store blob matching its digest."""
     import hashlib
 
     data = wat.exit_with(9)

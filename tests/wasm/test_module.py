@@ -146,3 +146,26 @@ def test_resolve_never_leaves_root(hostile_root: Path, words: list[str], absolut
         return  # missing or a loop: refused, which is fine
     real = Path(os.path.realpath(got))
     assert real == hostile_root.resolve() or hostile_root.resolve() in real.parents, (path, real)
+
+
+def test_prepare_carries_only_the_compat_mark(tmp_path: Path) -> None:
+    """Image labels never become annotations; the engine itself carries the compat mark the
+    backend reads, and blanks the module annotations."""
+    from bareboat.backends.wasm.hooks import prepare
+    from bareboat.spec.options import Isolation, RunOptions
+
+    labels = {**COMPAT, "io.bareboat.wasm.timeout": "0.001", "other": "x"}
+    img = image([TAR], entrypoint=("/app/main",), labels=labels)
+    options, root = prepare(
+        img, RunOptions(isolation=Isolation.WASM), images=None, empty_root=tmp_path / "e"
+    )
+    assert root is None
+    assert options.labels == {
+        **COMPAT,
+        "io.bareboat.wasm.module": "",
+        "io.bareboat.wasm.digest": "",
+    }
+    options, _ = prepare(
+        image([TAR]), RunOptions(isolation=Isolation.WASM), images=None, empty_root=tmp_path
+    )
+    assert "module.wasm.image/variant" not in options.labels

@@ -9,7 +9,9 @@ from bareboat.paths import Roots
 
 
 def roots(args: argparse.Namespace) -> Roots:
-    """The roots for this invocation: --root/--state flags, then the environment."""
+    """The roots for this invocation: --root/--state flags, then the environment; made (or
+    tightened to) 0700 before any command looks inside."""
     root = getattr(args, "root", None)
     state = getattr(args, "state", None)
-    return Roots.from_env(root=Path(root) if root else None, state=Path(state) if state else None)
+    r = Roots.from_env(root=Path(root) if root else None, state=Path(state) if state else None)
+    return r.make_private()

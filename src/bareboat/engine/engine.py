@@ -120,7 +120,7 @@ def backend_for(isolation: Isolation, roots: Roots) -> Backend:
 
 class Engine:
     def __init__(self, roots: Roots, *, images: ImageSource | None = None) -> None:
-        self.roots = roots
+        self.roots = roots.make_private()
         self._images = images
         self.records = RecordStore(roots.containers)
 
@@ -240,9 +240,10 @@ class Engine:
                 name = check_name(options.name) if options.name else self._free_name()
                 if options.name and self._name_taken(name):
                     raise NameInUse(f"the name {name!r} is in use by another container")
-                p.record.mkdir(parents=True)
+                p.record.mkdir(mode=0o700)
                 (p.record / "lower").write_text(str(lower))
-                p.bundle.mkdir(parents=True)
+                p.run.mkdir(mode=0o700)
+                p.bundle.mkdir()
                 # A --rm container's bundle is not worth an fsync: see RecordStore.save
                 write_bundle(p.bundle, spec, etc_dir=p.bundle / "etc", durable=not auto_remove)
                 rec = Record(

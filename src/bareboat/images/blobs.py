@@ -24,6 +24,7 @@ from typing import IO
 from bareboat.errors import DigestMismatch, StoreError
 from bareboat.images.reference import is_digest
 from bareboat.images.wire import MAX_BLOB
+from bareboat.privdir import private_dir
 
 CHUNK = 1 << 20
 
@@ -168,8 +169,8 @@ class BlobStore:
     ) -> Iterator[BlobWriter]:
         """Write a blob; on a clean exit it is verified and renamed into place, else removed."""
         dest = self.path(digest)
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.tmp)
+        private_dir(self.dir)
         fd, name = tempfile.mkstemp(prefix="blob-", suffix=".part", dir=self.tmp)
         tmp = Path(name)
         try:
@@ -216,8 +217,8 @@ class BlobStore:
 
     def ingest(self, chunks: Iterable[bytes], limit: int = MAX_BLOB) -> tuple[str, int]:
         """Store content whose digest is not known in advance; returns (digest, size)."""
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.tmp)
+        private_dir(self.dir)
         fd, name = tempfile.mkstemp(prefix="blob-", suffix=".part", dir=self.tmp)
         tmp = Path(name)
         try:

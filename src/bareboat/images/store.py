@@ -11,7 +11,9 @@ Layout under `roots.images`:
     locks/                 gc.lock (shared by writers, exclusive for prune/rmi),
                            names.lock, rootfs-<hex>.lock
 
-Every write is a temp file + rename, so a store opened after a crash is consistent.
+Every write is a temp file + rename, so a store opened after a crash is consistent. The store
+and its blobs/, tmp/ and rootfs/ are 0700 (bareboat.privdir): unpacked trees keep the image's
+setuid files and device nodes, which no other local user may reach.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from bareboat.images.model import Image, ImageConfig, Layer
 from bareboat.images.progress import Progress, make_progress
 from bareboat.images.reference import DIGEST_RE, Reference, is_digest, parse_reference
 from bareboat.paths import Roots
+from bareboat.privdir import private_dir
 
 if TYPE_CHECKING:
     from bareboat.images.auth import Credentials
@@ -104,7 +107,7 @@ def image_config(cfg: wire.Config) -> ImageConfig:
 
 class ImageStore:
     def __init__(self, roots: Roots) -> None:
-        self.root = roots.images
+        self.root = roots.make_private().images
         self.blobs = BlobStore(self.root)
         self._records = self.root / "manifests"
         self._names = self.root / "names.json"
@@ -518,7 +521,7 @@ class ImageStore:
             for layer in image.layers:
                 if not self.blobs.has(layer.digest):
                     raise StoreError(f"layer {layer.digest} is missing; pull the image again")
-            self._rootfs.mkdir(parents=True, exist_ok=True)
+            private_dir(self._rootfs)
             unpack_rootfs(dest, [(self.blobs.path(x.digest), x.media_type) for x in image.layers])
         return dest
 

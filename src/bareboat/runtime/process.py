@@ -13,6 +13,9 @@ The contract, as runc keeps it:
 - `start` opens the fifo for reading (releasing the process into exec) and runs poststart hooks.
 - `delete` kills what is left (with --force), runs poststop hooks and removes the state.
 - `exec` enters the container's root through /proc/PID/root (which also sees its mounts).
+
+The container's processes are the members of its own cgroup (`procgroup`), never those that
+merely share something with the gate: before `start` the gate's root is the host's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from bareboat.errors import BackendError, BackendUnavailable, ContainerError
 from bareboat.proc import parse_signal, wait_status_to_code
 
 from . import lifecycle as lc
+from . import procgroup
 from .args import Invocation
 from .records import Record, RuntimeRoot
 
@@ -40,34 +44,16 @@ def user_ids(process: dict[str, Any]) -> tuple[int, int, list[int]]:
 
 
 def _apply_mounts(config: dict[str, Any], rootfs: str) -> None:
+    """In the gate, before it waits for `start`: the spec's mounts in a mount namespace of
+    its own, each resolved inside the rootfs (an image's symlinks never reach the host)."""
     from pathlib import Path
 
-    from bareboat.backends.base import (
-        CLONE_NEWNS,
-        MS_BIND,
-        MS_PRIVATE,
-        MS_RDONLY,
-        MS_REC,
-        mount,
-        unshare,
-    )
-    from bareboat.backends.process.backend import MS_REMOUNT, plan_mounts
+    from bareboat.backends.base import CLONE_NEWNS, MS_PRIVATE, MS_REC, mount, unshare
+    from bareboat.backends.process.backend import mount_in_root, plan_mounts
 
     unshare(CLONE_NEWNS)
     mount("none", Path("/"), "", MS_REC | MS_PRIVATE)
-    root = Path(rootfs)
-    for source, dest, fstype, flags, data in plan_mounts(config):
-        target = root / dest.lstrip("/")
-        if target.is_symlink():
-            raise BackendError(f"mount destination {dest} is a symlink in the rootfs")
-        if os.path.isdir(source) or fstype:
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch(exist_ok=True)
-        mount(source, target, fstype, flags & ~MS_RDONLY, data)
-        if flags & MS_RDONLY:  # a bind only becomes read-only on a remount
-            mount("none", target, "", MS_REMOUNT | MS_BIND | MS_RDONLY)
+    mount_in_root(Path(rootfs), plan_mounts(config))
 
 
 def _enter(process: dict[str, Any], rootfs: str, slave: int | None) -> None:
@@ -109,7 +95,14 @@ def _exec(process: dict[str, Any]) -> None:
 def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:
     def body(sdir: str) -> int:
         process = lc.process_of(config)
-        return _create(inv, root, bundle, config, process, lc.rootfs_of(bundle, config), sdir)
+        rootfs = lc.rootfs_of(bundle, config)
+        cgroup = procgroup.create(inv.id)
+        try:
+            return _create(inv, root, bundle, config, process, rootfs, sdir, cgroup)
+        except BaseException:
+            if cgroup is not None:
+                procgroup.remove(cgroup)  # the gate, if any, is dead and reaped by now
+            raise
 
     return lc.create_in_state_dir(inv, root, body)
 
@@ -122,6 +115,7 @@ def _create(
     process: dict[str, Any],
     rootfs: str,
     sdir: str,
+    cgroup: str | None,
 ) -> int:
     fifo = lc.make_gate(sdir)
     master, slave = lc.console_pair(inv, process)
@@ -150,6 +144,10 @@ def _create(
             with contextlib.suppress(OSError):
                 os.write(ready_w, f"error: {e}".encode()[:4000])
             os._exit(1)
+    # The gate forks nothing before `start`, so it can be moved into its cgroup now, while it
+    # sets itself up: a move took 5-30 ms here (median 13 ms), hidden behind the gate's
+    # imports and mounts instead of added to them.
+    joined = cgroup is not None and procgroup.move(cgroup, pid)
     os.close(ready_w)
     if slave is not None:
         os.close(slave)
@@ -159,7 +157,12 @@ def _create(
         os.waitpid(pid, 0)
         msg = ready.decode(errors="replace").removeprefix("error: ") or "child died"
         raise BackendError(f"process isolation: cannot set up the container: {msg}")
-    lc.finish_create(inv, root, Record(inv.id, "process", bundle), config, pid, master)
+    if cgroup is not None and not joined:
+        procgroup.remove(cgroup)  # the fallback of container_pids serves
+        cgroup = None
+    extra = {"cgroup": cgroup} if cgroup is not None else {}
+    rec = Record(inv.id, "process", bundle)
+    lc.finish_create(inv, root, rec, config, pid, master, extra=lambda: extra)
     return 0
 
 
@@ -170,15 +173,28 @@ def command(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     return lc.dispatch(inv, root, rec, _COMMANDS, "process")
 
 
+def _cgroup(st: dict[str, Any]) -> str | None:
+    return procgroup.owned(st.get("cgroup"))
+
+
 def container_pids(st: dict[str, Any]) -> list[int]:
-    """Every process whose root is the container's (the workload and its execs)."""
+    """The container's processes: its cgroup's members (the workload, its execs, whatever
+    they started). Without a cgroup: the gate and, once it has chrooted, the processes whose
+    root is its root, never one whose root is ours (before `start` the gate's root is the
+    host's, which nearly every process on the host shares)."""
+    cgroup = _cgroup(st)
+    if cgroup is not None:
+        return procgroup.members(cgroup)
     if not lc.alive(st):
         return []
     pid = int(st["pid"])
     try:
         ref = os.stat(f"/proc/{pid}/root")
+        own = os.stat("/proc/self/root")
     except OSError:
-        return []
+        return [pid]
+    if (ref.st_dev, ref.st_ino) == (own.st_dev, own.st_ino):
+        return [pid]  # not chrooted yet: it alone is the container
     pids = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -194,6 +210,11 @@ def container_pids(st: dict[str, Any]) -> list[int]:
 def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     sig = parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
     st = lc.read_state(root, rec.id)
+    cgroup = _cgroup(st)
+    if inv.has("--all") and cgroup is not None and procgroup.members(cgroup):
+        # Also what outlived the workload of a stopped container, as runc's kill --all.
+        procgroup.signal_all(cgroup, sig)
+        return 0
     if not lc.alive(st):
         raise ContainerError(f"cannot kill container {rec.id}: container not running")
     targets = container_pids(st) if inv.has("--all") else [int(st["pid"])]
@@ -205,20 +226,30 @@ def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
 
 def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     st = lc.deletable(inv, root, rec)
-    if lc.alive(st):
-        for pid in container_pids(st) or [int(st["pid"])]:
+    cgroup = _cgroup(st)
+    if cgroup is not None:
+        # Everything of the container, also what a stopped workload left running.
+        procgroup.signal_all(cgroup, signal.SIGKILL)
+    elif lc.alive(st):
+        for pid in container_pids(st):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        lc.wait_gone(st)
+    lc.wait_gone(st)
+    if cgroup is not None:
+        procgroup.remove(cgroup)
     lc.forget(root, rec, st)
     return 0
 
 
 def _signal_all(inv: Invocation, root: RuntimeRoot, rec: Record, sig: int, flag: bool) -> int:
     st = lc.require(root, rec, "running", "paused", action="pause or resume it")
-    for pid in container_pids(st):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+    cgroup = _cgroup(st)
+    # The freezer where there is one: no member can fork past it, and a process the
+    # workload stopped itself stays stopped after resume.
+    if cgroup is None or not procgroup.freeze(cgroup, flag):
+        for pid in container_pids(st):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
     lc.set_paused(root, rec.id, flag)
     return 0
 
@@ -254,9 +285,16 @@ def _exec_cmd(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     process = lc.exec_process(inv)
     ctr_root = f"/proc/{int(st['pid'])}/root"
     master, slave = lc.console_pair(inv, process)
+    cgroup = _cgroup(st)
     pid = os.fork()
     if pid == 0:
         try:
+            if cgroup is not None:
+                try:
+                    procgroup.join(cgroup)  # so that kill --all and delete reach it
+                except OSError as e:
+                    os.write(2, f"exec: cannot join the container's cgroup: {e}\n".encode())
+                    raise
             if master is not None:
                 os.close(master)
             # The workload's network namespace (its own, when the client asked for one).

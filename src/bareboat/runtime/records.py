@@ -6,6 +6,7 @@ i.e. /run/bareboat/runtime):
   bareboat/ID.rec   two lines, the isolation and the bundle path: written before the container
                    exists, so every later call dispatches to the same isolation; removed by
                    `delete`. Plain lines, not JSON: `json` drags `re` into every call.
+The root and `bareboat/` are 0700 (bareboat.privdir), as runc keeps its own root.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 
 from bareboat.errors import ContainerNotFound, UsageError
+from bareboat.privdir import private_dir
 
 # Typing names only for mypy: `typing` imports `re` and `collections.abc` (~10 ms here), and
 # with postponed annotations nothing needs them at run time. mypy treats any TYPE_CHECKING
@@ -124,7 +126,10 @@ class RuntimeRoot:
     def save(self, rec: Record) -> None:
         if "\n" in rec.bundle or "\n" in rec.isolation:
             raise UsageError(f"bundle path {rec.bundle!r} holds a newline")
-        os.makedirs(self.records, mode=0o700, exist_ok=True)
+        # The root and its records 0700, an older 0755 root tightened: container state (a
+        # VM's disk of the client's rootfs among it) is no other user's to read.
+        private_dir(self.path)
+        private_dir(self.records)
         write_atomic(self.record_path(rec.id), f"{rec.isolation}\n{rec.bundle}\n")
 
     def claim(self, rec: Record) -> None:

@@ -73,7 +73,7 @@ def compile_plan(bundle: str, config: dict[str, Any], scratch: str) -> tuple[Was
     rootfs = Path(lc.rootfs_of(bundle, config))
     try:
         plan = spec_plan(runtime_spec(config), rootfs, Path(scratch))
-        cache = ModuleCache(Roots.from_env().wasm_cache)
+        cache = ModuleCache(Roots.from_env().make_private().wasm_cache)
         settings = EngineSettings(consume_fuel=plan.limits.fuel is not None)
         module, _ = cache.load(settings.engine(), Path(plan.module), plan.digest, settings)
         _check_command(module)

@@ -19,7 +19,7 @@ from typing import Any
 from bareboat.errors import UsageError
 from bareboat.images.model import ImageConfig
 from bareboat.spec import defaults, etcfiles
-from bareboat.spec.options import Mount, RunOptions
+from bareboat.spec.options import Isolation, Mount, RunOptions
 from bareboat.spec.users import User, resolve_user
 
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
@@ -176,9 +176,18 @@ def build_resources(options: RunOptions) -> dict[str, Any]:
 
 
 def build_namespaces(options: RunOptions) -> list[dict[str, str]]:
+    from bareboat.spec.parse import network_mode
+
     kinds = ["pid", "ipc", "mount", "cgroup"]
-    if options.network not in ("none", "host", "user"):
-        raise UsageError(f"invalid network {options.network!r}: expected none, host or user")
+    mode, _ = network_mode(options.network)  # a bad value is refused here, named
+    if mode == "user" and options.isolation in (Isolation.CONTAINER, Isolation.PROCESS):
+        # A namespace container would get only loopback, and a process has no network
+        # namespace at all: refused rather than a resolv.conf naming a server that is not
+        # there. User-mode networking (QEMU's slirp behind slirp4netns) is the microVM's.
+        raise UsageError(
+            f"--network {options.network} is not possible with --isolation "
+            f"{options.isolation} (user-mode networking is for microvm; use none or host)"
+        )
     if options.network != "host":
         # Host networking keeps the host's UTS namespace too, and so its hostname (docker).
         kinds += ["uts", "network"]
@@ -195,6 +204,24 @@ def container_hostname(options: RunOptions, container_id: str) -> str | None:
     if not _HOSTNAME_RE.match(hostname):
         raise UsageError(f"invalid hostname {hostname!r}: letters, digits, '.' and '-' only")
     return hostname
+
+
+def build_annotations(options: RunOptions) -> dict[str, str]:
+    """The operator's labels, then the settings the backends read from annotations, taken
+    from the typed options (which win over a label of the same key).
+
+    Never the image's labels. Annotations configure the host: in `io.bareboat.*` the ports
+    QEMU listens on, a disk file to make, a kernel to boot, and other runtimes read their own
+    (crun's `run.oci.*`, runc's `org.systemd.property.*`). An image is data; copied here, its
+    labels would configure the host it runs on. Docker, too, keeps image labels as labels.
+    """
+    annotations = dict(options.labels)
+    if options.publish:
+        flags = ",".join(p.to_flag() for p in options.publish)
+        annotations[defaults.PUBLISH_ANNOTATION] = flags
+    annotations[defaults.ISOLATION_ANNOTATION] = str(options.isolation)
+    annotations[defaults.NETWORK_ANNOTATION] = options.network
+    return annotations
 
 
 def build_spec(
@@ -233,12 +260,6 @@ def build_spec(
     user_spec: dict[str, Any] = {"uid": user.uid, "gid": user.gid}
     if user.additional_gids:
         user_spec["additionalGids"] = list(user.additional_gids)
-    annotations = {
-        **config.labels,
-        **options.labels,
-        defaults.ISOLATION_ANNOTATION: str(options.isolation),
-        defaults.NETWORK_ANNOTATION: options.network,
-    }
     linux: dict[str, Any] = {
         "namespaces": build_namespaces(options),
         "resources": build_resources(options),
@@ -272,7 +293,7 @@ def build_spec(
         },
         "root": {"path": root_path or str(rootfs), "readonly": options.read_only},
         "mounts": build_mounts(options, etc_dir=etc_dir),
-        "annotations": annotations,
+        "annotations": build_annotations(options),
         "linux": linux,
     }
     if hostname is not None:

@@ -12,6 +12,7 @@ OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ISOLATION_ANNOTATION = "io.bareboat.isolation"
 NETWORK_ANNOTATION = "io.bareboat.network"  # none | host | user: backends read it
+PUBLISH_ANNOTATION = "io.bareboat.publish"  # -p mappings, comma-separated: the microVM's hostfwd
 
 # Docker's default capability set. Inheritable and ambient stay empty, as in moby since the
 # fix for CVE-2022-24769: a non-root process must not gain capabilities through execve.

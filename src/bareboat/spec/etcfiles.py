@@ -84,7 +84,8 @@ def etc_files(spec: Mapping[str, Any], *, host_etc: Path = Path("/etc")) -> dict
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             f"127.0.1.1\t{hostname}\n"
         ).encode()
-        user_net = spec.get("annotations", {}).get(NETWORK_ANNOTATION) == "user"
+        network = str(spec.get("annotations", {}).get(NETWORK_ANNOTATION, ""))
+        user_net = network.split(",")[0] == "user"
         if user_net:
             resolv = f"nameserver {SLIRP_DNS}\n".encode()
         else:

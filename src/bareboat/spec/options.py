@@ -1,7 +1,8 @@
 """The user's options for one container, parsed and validated once.
 
 Every front end (CLI flags, SDK keyword arguments, OCI annotations) turns what it was given
-into a `RunOptions`; the spec builder and the engine only ever see this.
+into a `RunOptions`; the spec builder and the engine only ever see this. Everything here is the
+operator's: nothing in an image can set a field of it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ class PortMapping:
     guest_port: int
     protocol: str = "tcp"
     host_ip: str = "127.0.0.1"
+
+    def to_flag(self) -> str:
+        """The `-p` value that `parse.parse_publish` reads back as this mapping."""
+        ip = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
+        return f"{ip}:{self.host_port}:{self.guest_port}/{self.protocol}"
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ class RunOptions:
     publish: tuple[PortMapping, ...] = ()
     tty: bool = False
     interactive: bool = False
+    # The operator's `--label`s: they become the spec's annotations, where the backends read
+    # settings such as io.bareboat.vm.disk. The image's labels never do (see builder).
     labels: dict[str, str] = field(default_factory=dict)
     rlimits: tuple[Rlimit, ...] = ()
     name: str | None = None

@@ -67,6 +67,7 @@ ULIMITS = {
 RLIM_INFINITY = (1 << 64) - 1
 
 NETWORKS = ("none", "host", "user")
+NETWORK_OPTIONS = {"user": ("host-loopback",)}
 
 # The smallest memory limit docker accepts; below it the runtime's own process cannot start.
 MIN_MEMORY = 6 * (1 << 20)
@@ -267,10 +268,25 @@ def parse_ulimit(value: str) -> Rlimit:
 
 
 def parse_network(value: str) -> str:
-    """`--network none|host|user`."""
-    if value not in NETWORKS:
+    """`--network none|host|user[,host-loopback]`, as its canonical spelling (the options
+    after the mode sorted, each once)."""
+    mode, options = network_mode(value)
+    return ",".join((mode, *sorted(options)))
+
+
+def network_mode(value: str) -> tuple[str, frozenset[str]]:
+    """The mode of a `--network` value and its options: `user,host-loopback` gives
+    ("user", {"host-loopback"}). Only `user` takes one: `host-loopback` lets the workload
+    reach the host's loopback (closed by default)."""
+    mode, *options = value.split(",")
+    if mode not in NETWORKS:
         raise UsageError(f"invalid --network {value!r}: expected one of {', '.join(NETWORKS)}")
-    return value
+    allowed = NETWORK_OPTIONS.get(mode, ())
+    for opt in options:
+        if opt not in allowed:
+            what = f"one of {', '.join(allowed)}" if allowed else f"none with {mode}"
+            raise UsageError(f"invalid --network {value!r}: unknown option {opt!r} ({what})")
+    return mode, frozenset(options)
 
 
 def parse_workdir(value: str) -> str:

@@ -9,10 +9,14 @@ monitor waits on is QEMU's; `exit_code` reads what the hub recorded from the age
 
 Everything of one VM lives in `<ctx.state_dir>/<id>/` (sockets, console log, exit record),
 removed by `delete`; the log of a failed start is first copied beside the container's record.
-Options a bundle cannot express travel as annotations (the spec builder copies labels there):
-`io.bareboat.network` (none|user), `io.bareboat.publish` ([IP:]HOST:GUEST[/proto],...),
+Options a bundle cannot express travel as annotations (`settings` reads them, as data):
+`io.bareboat.network` (none|user[,host-loopback]),
+`io.bareboat.publish` ([IP:]HOST:GUEST[/proto],...),
 `io.bareboat.vm.disk` (size of a persistent ext4 writable layer, e.g. 1g),
-`io.bareboat.vm.kernel` (a vmlinux to boot), `io.bareboat.vm.cmdline` (extra kernel args).
+`io.bareboat.vm.kernel` (a vmlinux to boot), `io.bareboat.vm.cmdline` (extra kernel args),
+`io.bareboat.vm.template` (auto|create|off). They configure the host, so only the operator
+sets them: the spec builder writes them from the flags (`--network`, `-p`, `--template`) and
+`--label`s and never copies an image's labels; under bareboat-runtime they are the client's.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from bareboat.errors import (
 )
 from bareboat.fsutil import atomic_write, atomic_write_text
 from bareboat.paths import Roots
+from bareboat.privdir import private_dir
+from bareboat.spec.defaults import NETWORK_ANNOTATION, PUBLISH_ANNOTATION
 from bareboat.spec.options import PortMapping
 
 from . import network, rootfs, vmspec
@@ -90,8 +96,8 @@ CONSOLE_TAIL_LINES = 15
 # How the guest mounts a shared directory: QEMU's 9p server over virtio, no caching (the
 # host side may change under it), 256 KiB messages.
 NINEP_OPTIONS = ("trans=virtio", "version=9p2000.L", "msize=262144", "cache=none")
-ANN_NETWORK = "io.bareboat.network"
-ANN_PUBLISH = "io.bareboat.publish"
+ANN_NETWORK = NETWORK_ANNOTATION
+ANN_PUBLISH = PUBLISH_ANNOTATION
 ANN_DISK = "io.bareboat.vm.disk"
 ANN_KERNEL = "io.bareboat.vm.kernel"
 ANN_CMDLINE = "io.bareboat.vm.cmdline"
@@ -148,6 +154,17 @@ class VmDir:
 
 
 @dataclass(frozen=True)
+class VmSettings:
+    """The host side of one VM as its bundle sets it (the operator's annotations)."""
+
+    net: network.NetworkPlan
+    disk_size: int | None = None  # a persistent ext4 writable layer of this size
+    kernel: Path | None = None  # a vmlinux to boot instead of the one bareboat built
+    cmdline: tuple[str, ...] = ()  # extra guest kernel arguments
+    template: str = "auto"  # template.template_mode
+
+
+@dataclass(frozen=True)
 class VmPlan:
     spec: vmspec.VmSpec
     kernel: Path
@@ -156,6 +173,7 @@ class VmPlan:
     disk: rootfs.WritableLayer
     net: network.NetworkPlan
     cmdline: tuple[str, ...] = ()
+    template: str = "auto"
 
 
 def to_process_spec(p: vmspec.GuestProcess, winsize: tuple[int, int] = (0, 0)) -> ProcessSpec:
@@ -365,7 +383,7 @@ def socket_dir(roots: Roots, cid: str) -> Path:
     under the state root serves where it fits, else one under the temporary directory.
     Both follow from the roots and the id alone, so every process finds the same one.
     """
-    short = roots.state / "vm" / cid[:16]
+    short = roots.vm_sockets / cid[:16]
     if len(os.fsencode(short)) + len("/agent.sock") < 100:
         return short
     digest = hashlib.sha256(f"{roots.state}\0{cid}".encode()).hexdigest()[:16]
@@ -407,7 +425,7 @@ class MicrovmBackend:
     name = "microvm"
 
     def __init__(self, roots: Roots | None = None, *, boot_timeout: float | None = None) -> None:
-        self.roots = roots or Roots.from_env()
+        self.roots = (roots or Roots.from_env()).make_private()
         env_timeout = os.environ.get(ENV_BOOT_TIMEOUT)
         self.boot_timeout = boot_timeout or (float(env_timeout) if env_timeout else BOOT_TIMEOUT_S)
         self._plans: dict[str, VmPlan] = {}
@@ -428,22 +446,33 @@ class MicrovmBackend:
         from .kernel import resolve_kernel
 
         spec = vmspec.parse_config(ctx.spec)
-        ann = ctx.spec.get("annotations") or {}
-        if not isinstance(ann, dict):
-            raise UsageError("invalid config.json: annotations must be an object")
-        net = self.network_for(ctx, ann)
-        kernel_ann = ann.get(ANN_KERNEL)
-        kernel = resolve_kernel(self.roots, configured=Path(kernel_ann) if kernel_ann else None)
+        s = self.settings(ctx)
+        kernel = resolve_kernel(self.roots, configured=s.kernel)
         initrd = build_initramfs(self.roots)
         check_copyup(spec, self.rootfs_dir(ctx))
         check_shares(spec)
         image = self.image_for(ctx)
         disk = rootfs.WritableLayer()
-        if ann.get(ANN_DISK):
-            size = parse_size(str(ann[ANN_DISK]))
-            disk = rootfs.make_disk(self.record_dir(ctx) / "vm-disk.ext4", size)
-        cmdline = tuple(str(ann.get(ANN_CMDLINE, "")).split())
-        return VmPlan(spec, kernel.path, initrd, image, disk, net, cmdline)
+        if s.disk_size is not None:
+            disk = rootfs.make_disk(self.record_dir(ctx) / "vm-disk.ext4", s.disk_size)
+        return VmPlan(spec, kernel.path, initrd, image, disk, s.net, s.cmdline, s.template)
+
+    def settings(self, ctx: BackendContext) -> VmSettings:
+        """What the bundle's annotations set of the VM's host side; plain data, nothing is
+        built or started (the planned network's QEMU arguments included)."""
+        from . import template
+
+        ann = ctx.spec.get("annotations") or {}
+        if not isinstance(ann, dict):
+            raise UsageError("invalid config.json: annotations must be an object")
+        kernel, disk = ann.get(ANN_KERNEL), ann.get(ANN_DISK)
+        return VmSettings(
+            net=self.network_for(ctx, ann),
+            disk_size=parse_size(str(disk)) if disk else None,
+            kernel=Path(str(kernel)) if kernel else None,
+            cmdline=tuple(str(ann.get(ANN_CMDLINE, "")).split()),
+            template=template.template_mode(ann.get(template.ANN_TEMPLATE)),
+        )
 
     def network_for(self, ctx: BackendContext, ann: dict[str, Any]) -> network.NetworkPlan:
         """The VM's network from the annotations (`none` unless asked)."""
@@ -492,10 +521,20 @@ class MicrovmBackend:
             serial_ports=(SerialPort(AGENT_PORT, d.agent),),
             console_log=d.console,
             network="user" if plan.net.mode == "user" else "none",
+            own_netns=plan.net.isolated,
             shares=shares_of(plan.spec, d.path),
             port_forwards=forwards,
             tsc_khz=host_tsc_khz(),
         )
+
+    def _qemu(self, ctx: BackendContext, plan: VmPlan) -> QemuProcess:
+        """This VM's QEMU, not yet launched, with the slirp4netns that an isolated network
+        needs (it starts once QEMU runs and ends with it)."""
+        from .qemu import QemuProcess
+
+        d = self.vmdir(ctx)
+        net = network.Slirp4netns(plan.net, d.sockets / "net.sock") if plan.net.isolated else None
+        return QemuProcess(self.vm_config(ctx, plan), stderr=d.qemu_log, net=net)
 
     # --- start ----------------------------------------------------------------------------
     def start(self, ctx: BackendContext, stdio: Stdio) -> int:
@@ -504,16 +543,16 @@ class MicrovmBackend:
     def boot(self, ctx: BackendContext, stdio: Stdio) -> Booted:
         """Launch QEMU (or a template clone) and wait for the agent's HELLO: a VM ready to
         START its workload. The OCI runtime does this at `create`, the engine at `start`."""
-        from .qemu import QemuProcess
-
         plan = self._plans.get(ctx.id) or self.plan(ctx)
         d = self.vmdir(ctx)
         d.path.mkdir(parents=True, exist_ok=True)
-        d.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Refused if someone else made it first (the fallback is under the shared /tmp): who
+        # owns it could connect to the agent's socket and drive the guest.
+        private_dir(d.sockets)
         d.exit.unlink(missing_ok=True)
         d.console.unlink(missing_ok=True)
         network.check_ports_free(plan.net.ports)
-        vm = QemuProcess(self.vm_config(ctx, plan), stderr=d.qemu_log)
+        vm = self._qemu(ctx, plan)
         running = _Running(vm)
         sock: socket.socket | None = None
         try:
@@ -529,7 +568,7 @@ class MicrovmBackend:
                     _tell(stdio, f"template not used, booting cold: the clone did not resume: {e}")
                     self.template_used = None
                     d.console.unlink(missing_ok=True)
-                    vm = QemuProcess(self.vm_config(ctx, plan), stderr=d.qemu_log)
+                    vm = self._qemu(ctx, plan)
                     vm.launch()
                     self._register(ctx, running, vm, d)
             if sock is None:
@@ -604,8 +643,7 @@ class MicrovmBackend:
         from . import template
 
         self.template_used = None
-        ann = ctx.spec.get("annotations") or {}
-        mode = template.template_mode(ann.get(template.ANN_TEMPLATE))
+        mode = plan.template
         if not self.template_allowed(plan):
             mode = "off"
         inputs = template.inputs_for(vm.cfg, plan.image.key) if mode != "off" else None

@@ -29,11 +29,14 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from bareboat.errors import BackendError, BackendUnavailable, UsageError
+from bareboat.privdir import private_file
 
 from .consolelog import CONSOLE_LOG_MAX, ConsoleLog, fifo_path, read_tail
 
 if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    from .network import Slirp4netns
 
 QEMU_BINARY = "qemu-system-x86_64"
 
@@ -111,6 +114,9 @@ class VMConfig:
     console_log: Path | None = None
     network: Network = "none"
     port_forwards: tuple[PortForward, ...] = ()
+    # QEMU in a network namespace of its own (network.py: slirp4netns connects it outward),
+    # so its slirp's gateway leads to a loopback with nothing on it, not the host's.
+    own_netns: bool = False
     # TCG translation-block cache in MiB; QEMU's default is large (tens of MiB of RSS per
     # VM) while a container guest runs fine with a few.
     tb_size_mib: int | None = None
@@ -157,6 +163,8 @@ def validate(cfg: VMConfig) -> None:
         raise UsageError(f"unknown network {cfg.network!r} (none or user)")
     if cfg.port_forwards and cfg.network != "user":
         raise UsageError("published ports need user-mode networking (--network user)")
+    if cfg.own_netns and cfg.network != "user":
+        raise UsageError("a network namespace of QEMU's own is for user-mode networking")
     seen: set[tuple[str, str, int]] = set()
     for fw in cfg.port_forwards:
         for port in (fw.host_port, fw.guest_port):
@@ -241,7 +249,10 @@ def build_argv(cfg: VMConfig, *, qemu: str = QEMU_BINARY) -> list[str]:
     if cfg.network == "user":
         netdev = "user,id=net0"
         for fw in cfg.port_forwards:
-            netdev += f",hostfwd={fw.protocol}:{fw.host_ip}:{fw.host_port}-:{fw.guest_port}"
+            # In QEMU's own namespace only slirp4netns reaches the rule, on its tap's
+            # address, which does not exist yet when QEMU binds: every address there.
+            host_ip = "" if cfg.own_netns else fw.host_ip
+            netdev += f",hostfwd={fw.protocol}:{host_ip}:{fw.host_port}-:{fw.guest_port}"
         argv += ["-netdev", netdev, "-device", "virtio-net-device,netdev=net0"]
     for i, sh in enumerate(cfg.shares):
         ro = ",readonly=on" if sh.readonly else ""
@@ -341,7 +352,9 @@ def _read_kmsg(limit: int = 16 * 1024 * 1024) -> str:
 # --- one QEMU process ---------------------------------------------------------------------
 
 
-def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable[[], None] | None:
+def _pre_exec_hook(
+    die_with_parent: bool, shares: tuple[Share, ...], *, own_netns: bool = False
+) -> Callable[[], None] | None:
     """What QEMU's process does between fork and exec (None: nothing, so no hook).
 
     - die_with_parent: the kernel SIGKILLs QEMU when the process owning it dies. A bareboat
@@ -351,6 +364,7 @@ def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable
     - single-file shares: a mount namespace of QEMU's own (private, so nothing reaches the
       host's) in which each file is bind-mounted onto its share's placeholder; it goes away
       with QEMU, so there is nothing to unmount.
+    - own_netns: a network namespace of QEMU's own (VMConfig.own_netns), gone with QEMU.
 
     libc is looked up here, in the parent: the child between fork and exec must not dlopen.
     A failure in the child ends it with a message on QEMU's stderr, which launch reports.
@@ -358,6 +372,7 @@ def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable
     import ctypes
 
     from bareboat.backends.base import (
+        CLONE_NEWNET,
         CLONE_NEWNS,
         MS_BIND,
         MS_PRIVATE,
@@ -373,7 +388,7 @@ def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable
         for sh in shares
         if sh.file is not None
     ]
-    if not die_with_parent and not binds:
+    if not die_with_parent and not binds and not own_netns:
         return None
 
     def fail(what: bytes) -> None:
@@ -383,6 +398,8 @@ def _pre_exec_hook(die_with_parent: bool, shares: tuple[Share, ...]) -> Callable
     def hook() -> None:
         if die_with_parent:
             prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if own_netns and unshare(CLONE_NEWNET):
+            fail(b"a network namespace for QEMU")
         if not binds:
             return
         if unshare(CLONE_NEWNS) or mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
@@ -428,9 +445,12 @@ class QemuProcess:
         stderr: Path | None = None,
         die_with_parent: bool = True,
         console_max_size: int = CONSOLE_LOG_MAX,
+        net: Slirp4netns | None = None,
     ) -> None:
         self.cfg = cfg
         self.console_max_size = console_max_size
+        # Connects QEMU's own network namespace outward once QEMU runs (cfg.own_netns).
+        self.net = net
         self.die_with_parent = die_with_parent
         self.argv = build_argv(cfg, qemu=qemu)
         self.launch_timeout = launch_timeout
@@ -473,8 +493,12 @@ class QemuProcess:
             # A stale socket from a crashed run would make QEMU's bind fail.
             path.unlink(missing_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
+        if self.cfg.console_log is not None:
+            # QEMU would create it 0644 for every local user to read what the guest printed.
+            os.close(private_file(str(self.cfg.console_log), os.O_WRONLY | os.O_CREAT))
         if self._stderr_path is not None:
-            self._stderr = open(self._stderr_path, "w+b")  # noqa: SIM115 - closed in shutdown
+            # closed in shutdown
+            self._stderr = open(self._stderr_path, "w+b", opener=private_file)  # noqa: SIM115
         else:
             self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in shutdown
         if self.cfg.console_log is not None:
@@ -494,15 +518,22 @@ class QemuProcess:
                 # Its own process group: a Ctrl-C meant for bareboat must not kill QEMU
                 # behind our back; we stop it ourselves, in order.
                 start_new_session=True,
-                preexec_fn=_pre_exec_hook(self.die_with_parent, self.cfg.shares),
+                pass_fds=(self.net.exit_fd,) if self.net is not None else (),
+                preexec_fn=_pre_exec_hook(
+                    self.die_with_parent, self.cfg.shares, own_netns=self.cfg.own_netns
+                ),
             )
         except FileNotFoundError:
             self._end_console()
             self._close_stderr()
+            if self.net is not None:
+                self.net.close()
             raise BackendUnavailable(
                 f"{self.argv[0]} not found (install the qemu-system-x86 package)"
             ) from None
         try:
+            if self.net is not None:
+                self.net.attach(self._proc.pid)
             self._connect_qmp()
         except BaseException:
             self.shutdown()
@@ -604,6 +635,8 @@ class QemuProcess:
                     self.ended_by = "sigkill"
         finally:
             self._close_qmp()
+            if self.net is not None:
+                self.net.close()  # it ends with QEMU by itself; this reaps it
             for path in self._sockets():
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)

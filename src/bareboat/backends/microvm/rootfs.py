@@ -31,6 +31,7 @@ from bareboat.errors import BackendError, BareboatError, StoreError, UsageError
 from bareboat.fsutil import exclusive_lock
 from bareboat.images.diskcap import DiskCap, disk_cap
 from bareboat.paths import Roots
+from bareboat.privdir import private_file
 from bareboat.units import show_size
 
 EROFS = "erofs"
@@ -75,7 +76,7 @@ class WritableLayer:
 
 
 def cache_dir(roots: Roots) -> Path:
-    return roots.root / "vm-images"
+    return roots.vm_images
 
 
 def cache_key(digest: str) -> str:
@@ -308,7 +309,8 @@ def make_disk(path: Path, size: int, *, timeout: float = 120.0) -> WritableLayer
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        # 0600: it holds what the workload wrote
+        with open(tmp, "wb", opener=private_file) as f:
             f.truncate(size)  # sparse: blocks are allocated as the guest writes
         _run(disk_argv(tmp, size), timeout)
         os.replace(tmp, path)

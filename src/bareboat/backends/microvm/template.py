@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from bareboat.errors import BackendError, BareboatError, TemplateError, UsageError
 from bareboat.fsutil import atomic_write_text, exclusive_lock
 from bareboat.paths import Roots
+from bareboat.privdir import private_dir
 
 if TYPE_CHECKING:
     from .agent import AgentClient
@@ -653,7 +654,7 @@ def restore_clone(
     t0 = time.monotonic()
     owns = sockets is None
     files = VmFiles(sockets if sockets is not None else _socket_dir("bb-clone-"))
-    files.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(files.sockets)
     try:
         vm = launch_clone(template, inputs, files, timeout=timeout)
     except BaseException:

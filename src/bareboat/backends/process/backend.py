@@ -4,6 +4,10 @@ No namespaces, no cgroups, no capability drop: the bare end of the isolation spe
 baseline for benchmarks. The spec's mounts are applied below the container's own rootfs
 mount (host /dev, /proc and /sys are bound in, volumes and tmpfs are mounted), so the
 monitor's one recursive unmount of the rootfs removes them all.
+
+Each mount point is resolved by the kernel inside the rootfs (`make_in_root`), never as a
+host path: the image's symlinks are its own data, and `/etc -> /var/lib/x` in an image means
+`<rootfs>/var/lib/x`, not the host's, for the files made as mount points and for the mounts.
 """
 
 from __future__ import annotations
@@ -56,22 +60,51 @@ def plan_mounts(spec: dict[str, Any]) -> list[tuple[str, str, str, int, str]]:
     return plan
 
 
+def mount_in_root(rootfs: Path, plan: list[tuple[str, str, str, int, str]]) -> None:
+    """Apply `plan_mounts`' mounts, each onto its destination resolved inside `rootfs`.
+
+    A missing mount point is made there (a directory, or an empty file for a file bind); the
+    mount goes onto the fd of what was resolved, so no symlink in the image, nor one swapped
+    in meanwhile, can put a file or a mount anywhere on the host.
+    """
+    from bareboat.images.openat2 import make_in_root, openat2
+
+    rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for source, dest, fstype, flags, data in plan:
+            try:
+                fd = make_in_root(rootfd, dest, directory=bool(fstype) or os.path.isdir(source))
+            except OSError as err:
+                raise BackendError(
+                    f"cannot make the mount point {dest} in the container's root: {err.strerror}"
+                ) from None
+            try:
+                _mount_at(source, fd, dest, fstype, flags & ~MS_RDONLY, data)
+            finally:
+                os.close(fd)
+            if flags & MS_RDONLY:  # a bind only becomes read-only on a remount
+                # Looked up again: the fd above names what the bind now covers, not the bind.
+                top = openat2(rootfd, dest.lstrip("/") or ".", os.O_PATH)
+                try:
+                    _mount_at("none", top, dest, "", MS_REMOUNT | MS_BIND | MS_RDONLY, "")
+                finally:
+                    os.close(top)
+    finally:
+        os.close(rootfd)
+
+
+def _mount_at(source: str, fd: int, dest: str, fstype: str, flags: int, data: str) -> None:
+    try:
+        mount(source, Path(f"/proc/self/fd/{fd}"), fstype, flags, data)
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise BackendError(f"cannot mount {source} on {dest}: {reason}") from None
+
+
 def _apply_mounts(ctx: BackendContext) -> None:
-    root = ctx.rootfs
-    for source, dest, fstype, flags, data in plan_mounts(ctx.spec):
-        target = root / dest.lstrip("/")
-        if target.is_symlink():
-            raise BackendError(f"mount destination {dest} is a symlink in the image")
-        if Path(source).is_dir() or fstype:
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch(exist_ok=True)
-        mount(source, target, fstype, flags & ~MS_RDONLY, data)
-        if flags & MS_RDONLY:  # a bind only becomes read-only on a remount
-            mount("none", target, "", MS_REMOUNT | MS_BIND | MS_RDONLY)
+    mount_in_root(ctx.rootfs, plan_mounts(ctx.spec))
     if ctx.spec.get("root", {}).get("readonly"):
-        mount("none", root, "", MS_REMOUNT | MS_BIND | MS_RDONLY)
+        mount("none", ctx.rootfs, "", MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
 def _user(spec: dict[str, Any]) -> tuple[int, int, list[int]]:

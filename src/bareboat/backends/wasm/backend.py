@@ -18,9 +18,8 @@ dir. Errors there are `WasmError`s the user sees as one line; `start` only spawn
 
 What the engine passes through the spec's annotations (all optional):
   io.bareboat.wasm.module / .digest  the store blob and digest of a Wasm-layer image's module
-                                     (see `module.engine_annotations`; image labels can set
-                                     these too, so only a content-addressed store blob whose
-                                     content matches the digest is accepted)
+                                     (see `module.engine_annotations`; only a content-
+                                     addressed store blob matching the digest is accepted)
   io.bareboat.wasm.timeout           wall-clock limit in seconds (epoch interruption)
   io.bareboat.wasm.fuel              CPU budget in fuel units
 """
@@ -131,9 +130,9 @@ def locate_module(spec: dict[str, Any], rootfs: Path) -> tuple[ModuleRef, bool]:
 def _store_blob(path: str, digest: str) -> Path:
     """The module blob the engine named, held to what a store blob looks like.
 
-    Annotations also carry image labels, so this path is not taken on trust: it must be a
-    content-addressed blob (`.../blobs/sha256/<hex of digest>`), and `module_from_blob` then
-    checks its content against the digest.
+    Not taken on trust even so, as a second line of defence: it must be a content-addressed
+    blob (`.../blobs/sha256/<hex of digest>`), and `module_from_blob` then checks its content
+    against the digest.
     """
     p = Path(path)
     algo, _, hexdigest = digest.partition(":")
@@ -186,9 +185,9 @@ class WasmBackend:
     name = "wasm"
 
     def __init__(self, roots: Roots | None = None) -> None:
-        # The compiled-module cache is roots.wasm_cache, never from the spec: annotations
-        # carry image labels, and whoever picks this directory picks native code to run.
-        self.cache = (roots or Roots.from_env()).wasm_cache
+        # The compiled-module cache is roots.wasm_cache, never from the spec: whoever picks
+        # this directory picks native code to run.
+        self.cache = (roots or Roots.from_env()).make_private().wasm_cache
 
     def _plan_path(self, ctx: BackendContext) -> Path:
         return ctx.state_dir / "wasm-plan.json"

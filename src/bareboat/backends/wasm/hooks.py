@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING
 
 from bareboat.errors import WasmError
 
-from .module import ANN_DIGEST, ANN_MODULE, engine_annotations, is_wasm_image, wasm_layer
+from .module import (
+    ANN_DIGEST,
+    ANN_MODULE,
+    COMPAT_KEY,
+    engine_annotations,
+    is_compat,
+    is_wasm_image,
+    wasm_layer,
+)
 
 if TYPE_CHECKING:
     from bareboat.images.model import Image
@@ -31,10 +39,13 @@ def prepare(
     if options.publish:
         raise WasmError("port publishing (-p) is not supported with wasm isolation (no sockets)")
     if wasm_layer(image) is None:
-        # Blank the module annotations: image labels become annotations too, and an image
-        # must not name a module other than its entrypoint.
-        blank = {ANN_MODULE: "", ANN_DIGEST: ""}
-        return dataclasses.replace(options, labels={**options.labels, **blank}), None
+        # The module is the entrypoint: no --label names another. Image labels never become
+        # annotations (spec.builder); only the compat mark is carried, as the backend reads
+        # it to take a command without `.wasm` for a module of the image's own.
+        ann = {ANN_MODULE: "", ANN_DIGEST: ""}
+        if is_compat(image):
+            ann[COMPAT_KEY] = image.config.labels[COMPAT_KEY]
+        return dataclasses.replace(options, labels={**options.labels, **ann}), None
     blobs = getattr(images, "blobs", None)
     path = getattr(blobs, "path", None)
     if path is None:
