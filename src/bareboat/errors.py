@@ -58,6 +58,13 @@ class StoreError(ImageError):
     """The local store is locked, inconsistent or cannot be written."""
 
 
+class ImageTooLarge(ImageError):
+    """An image would take more disk than its cap (images.diskcap): its blobs, its unpacked
+    tree or its VM disk."""
+
+    entry = ""  # the layer entry being written when the cap was reached
+
+
 # --- containers and engine ----------------------------------------------------------------
 
 

@@ -169,3 +169,22 @@ def test_layout_with_index_picks_host(roots: Roots, tmp_path: Path) -> None:
     layout.tag(layout.add_index([foreign, host]), "1")
     [img] = ImageStore(roots).load(tmp_path / "multi")
     assert img.config.labels == {"a": host_arch()}
+
+
+def test_load_refuses_oversized_config_fast(
+    roots: Roots, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """200,000 env vars took crun 104 s to refuse at run; load refuses them at once, with
+    one line, and stores nothing."""
+    import time
+
+    write_image(tmp_path / "envbomb", Image(env=[f"V{i}=x" for i in range(200_000)]))
+    start = time.monotonic()
+    assert main(["load", "-i", str(tmp_path / "envbomb")]) == 125
+    assert time.monotonic() - start < 1.0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "$.config.Env" in err and "10000" in err
+    assert main(["images", "-q"]) == 0
+    assert capsys.readouterr().out.strip() == ""
+    blobs = roots.images / "blobs" / "sha256"
+    assert not blobs.exists() or list(blobs.iterdir()) == []

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from bareboat.errors import LayerError, StoreError
 from bareboat.images.layers import LayerLimits, LayerStats, apply_layer, entry_parts, unpack_rootfs
 from bareboat.images.layerstream import Compression, compression_for
+from tests.support.bombs import GiB, assert_sparse_file, sparse_tar, streamed_bomb
 from tests.support.imagebuild import (
     MT_LAYER,
     Entry,
@@ -191,7 +192,9 @@ def test_formats(work: Work, compression: str | None) -> None:
     assert stat.S_IMODE(lstat(work.rootfs / "bin").st_mode) == 0o755
     assert stat.S_IMODE(lstat(work.rootfs / "bin/tool").st_mode) == 0o755
     assert lstat(work.rootfs / "etc/hostname").st_mtime == 1_700_000_000
-    assert stats == LayerStats(entries=3, bytes=19, whiteouts=0, skipped=0)
+    # two directories, two one-block files and the three names
+    names = len("etc") + len("hostname") + len("tool") + 3 * 8
+    assert stats == LayerStats(entries=3, bytes=19, disk=4 * 4096 + names, whiteouts=0, skipped=0)
 
 
 @pytest.mark.parametrize(
@@ -906,3 +909,181 @@ def test_mutated_tars_fail_cleanly(work: Work, flips: list[tuple[int, int]]) -> 
 def test_names_too_long_refused(work: Work, name: str) -> None:
     work.refused([Entry(name, "file", b"x")], match="too long")
     work.assert_contained()
+
+
+# --- holes and the disk cap -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        "--format=gnu",
+        "--format=posix --sparse-version=0.0",
+        "--format=posix --sparse-version=0.1",
+        "--format=posix --sparse-version=1.0",
+    ],
+)
+def test_sparse_entries_stay_sparse(work: Work, tmp_path: Path, fmt: str) -> None:
+    """A 20 KB tar of a sparse 10 GiB file became a real 10 GiB file; its holes stay holes."""
+    raw = sparse_tar(tmp_path, fmt)
+    assert len(raw) < 64 * 1024
+    stats = work.apply(raw)
+    assert_sparse_file(work.rootfs / "big")
+    assert stats.bytes == 10 * GiB and stats.disk <= 64 * 1024
+
+
+def test_zero_runs_become_holes(work: Work) -> None:
+    """1 GiB of zeros in a 1 MB gzip: a regular entry, unpacked as a hole."""
+    blob = streamed_bomb(1 * GiB, b"\0")
+    assert len(blob) < 2 << 20
+    stats = apply_layer(work.rootfs, io.BytesIO(blob), MT_GZIP)
+    st = (work.rootfs / "bomb").stat()
+    assert st.st_size == GiB and st.st_blocks == 0 and stats.disk == len("bomb") + 8  # its name
+
+
+def test_partial_zero_blocks_are_data(work: Work) -> None:
+    data = b"a" + bytes(4095) + bytes(8192) + b"b" * 10 + bytes(5000) + b"c"
+    work.apply([Entry("f", "file", data)])
+    path = work.rootfs / "f"
+    assert path.read_bytes() == data
+    assert path.stat().st_blocks * 512 == 3 * 4096  # the middle two blocks are a hole
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pieces=st.lists(
+        st.tuples(st.sampled_from([b"\0", b"x", b"\0x"]), st.integers(0, 9000)), max_size=8
+    ),
+    pos=st.integers(0, 10_000),
+)
+def test_data_runs_rebuild_the_data(pieces: list[tuple[bytes, int]], pos: int) -> None:
+    """Writing only the runs, holes read back as zeros: the data comes back whole, and no
+    whole aligned block of zeros is ever written."""
+    from bareboat.images.layers import data_runs
+
+    data = b"".join((b * n)[:n] for b, n in pieces)
+    runs = data_runs(data, pos)
+    rebuilt = bytearray(len(data))
+    for start, stop in runs:
+        assert 0 <= start < stop <= len(data)
+        rebuilt[start:stop] = data[start:stop]
+    assert bytes(rebuilt) == data
+    for start, stop in runs:
+        for off in range(start, stop):
+            if (pos + off) % 4096 == 0 and off + 4096 <= stop:
+                assert data[off : off + 4096] != bytes(4096)
+
+
+def test_layer_past_the_disk_cap_refused(work: Work) -> None:
+    from bareboat.errors import ImageTooLarge
+
+    blob = streamed_bomb(64 << 20, b"x")
+    assert len(blob) < 1 << 20
+    with pytest.raises(ImageTooLarge, match=r"'bomb' takes the layer past 8\.0 MiB") as info:
+        apply_layer(work.rootfs, io.BytesIO(blob), MT_GZIP, limits=LayerLimits(max_disk=8 << 20))
+    assert "\n" not in str(info.value)
+    # Refused before the cap was passed: what was written is at most the cap.
+    assert (work.rootfs / "bomb").stat().st_blocks * 512 <= 8 << 20
+
+
+def test_unpack_rootfs_refusal_names_the_layer_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bareboat.errors import ImageTooLarge
+
+    monkeypatch.setenv("BAREBOAT_MAX_IMAGE_SIZE", "16m")
+    ok = tmp_path / ("a" * 64)
+    ok.write_bytes(compress(tar_layer(LOWER), "gzip"))
+    bomb = tmp_path / ("b" * 64)
+    bomb.write_bytes(streamed_bomb(64 << 20, b"x"))
+    parent = tmp_path / "store"
+    with pytest.raises(ImageTooLarge) as info:
+        unpack_rootfs(parent / "rootfs", [(ok, MT_GZIP), (bomb, MT_GZIP)])
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "layer 2 of 2 (sha256:bbbbbbbbbbbb, at entry 'bomb')" in msg
+    assert "past 16.0 MiB on disk" in msg and "BAREBOAT_MAX_IMAGE_SIZE=16m" in msg
+    assert os.listdir(parent) == []
+
+
+def test_default_cap_is_the_free_space_less_a_reserve(tmp_path: Path) -> None:
+    """A tmpfs of 64 MiB: an image may take what is free less 5% of it (3.2 MiB)."""
+    from bareboat.errors import ImageTooLarge
+    from bareboat.images.diskcap import disk_cap
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=30,
+    )
+    if proc.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        cap = disk_cap(mnt / "not" / "made" / "yet")
+        assert cap.limit == (64 << 20) - (64 << 20) * 5 // 100
+        assert "free where" in cap.why and "BAREBOAT_MAX_IMAGE_SIZE" in cap.why
+        bomb = tmp_path / "bomb"
+        bomb.write_bytes(streamed_bomb(256 << 20, b"x"))
+        with pytest.raises(ImageTooLarge, match=r"past 60\.8 MiB on disk.*free where"):
+            unpack_rootfs(mnt / "rootfs", [(bomb, MT_GZIP)])
+        assert os.listdir(mnt) == []
+        assert shutil.disk_usage(mnt).used < 1 << 20
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+
+
+def test_hostile_sparse_map_refused(work: Work) -> None:
+    """A PAX 0.1 sparse map that goes backwards (tarfile reads it without checking)."""
+    ti = tarfile.TarInfo("s")
+    ti.size = 8
+    ti.pax_headers = {
+        "GNU.sparse.map": "4096,4,0,4",
+        "GNU.sparse.realsize": "8192",
+        "GNU.sparse.name": "s",
+    }
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(ti, io.BytesIO(b"abcdefgh"))
+    work.refused(buf.getvalue(), match="invalid sparse map")
+    work.assert_contained()
+
+
+def _many_extents(tmp_path: Path, fmt: str) -> bytes:
+    """A GNU tar of a sparse file of 26 extents: past what a header's map holds, so the map
+    goes on in the stream (extension blocks, or the data area in PAX 1.0)."""
+    src = tmp_path / "f"
+    with open(src, "wb") as f:
+        f.truncate(26 * 131072)
+        for i in range(26):
+            f.seek(i * 131072)
+            f.write(b"x" * 10)
+    out = tmp_path / "s.tar"
+    subprocess.run(
+        ["tar", "-S", *fmt.split(), "-C", str(tmp_path), "-cf", str(out), "f"],
+        check=True,
+        timeout=60,
+    )
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["--format=gnu", "--format=posix --sparse-version=1.0"])
+def test_endless_sparse_map_refused(work: Work, tmp_path: Path, fmt: str) -> None:
+    """A sparse map that goes on for millions of extents in a small gzip (100,000 GNU
+    extension blocks, or 2.5 million PAX 1.0 numbers): tarfile would hold them all in
+    memory; the map is bounded like any header. The honest tar still unpacks."""
+    raw = _many_extents(tmp_path, fmt)
+    if fmt == "--format=gnu":
+        assert raw[156:157] == b"S" and raw[482] == 1 and raw[512 + 504] == 1
+        hostile = raw[:512] + raw[512:1024] * 100_000 + raw[1024:]
+    else:
+        assert raw[1536:1539] == b"27\n"  # the map, after the PAX header and the member's
+        hostile = raw[:1536] + b"99999999\n" + b"1\n" * 2_500_000 + raw[2048:]
+    blob = compress(hostile, "gzip")
+    assert len(blob) < 1 << 20
+    match = "sparse map of more than 1048576 bytes"
+    work.refused(blob, match, compression=None, media_type=MT_GZIP)
+    work.apply(raw)
+    data = (work.rootfs / "f").read_bytes()
+    assert data == (b"x" * 10 + bytes(131062)) * 26

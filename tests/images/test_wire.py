@@ -87,3 +87,68 @@ def test_platform_pick() -> None:
     for bad in ("linux", "linux/", "a/b/c/d"):
         with pytest.raises(UsageError):
             parse_platform(bad)
+
+
+# --- the image config's sizes -----------------------------------------------------------------
+
+
+def image_config(**container: Any) -> bytes:
+    return json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": container,
+            "rootfs": {"type": "layers", "diff_ids": [D]},
+        }
+    ).encode()
+
+
+def test_real_sized_config_decodes() -> None:
+    cfg = wire.decode_config(
+        image_config(
+            Env=[f"V{i}={'x' * 100}" for i in range(500)],
+            Entrypoint=["/bin/sh", "-c"],
+            Cmd=["x" * 100_000],
+            Labels={f"l{i}": "v" * 1000 for i in range(1000)},
+            ExposedPorts={f"{p}/tcp": {} for p in range(1000)},
+            WorkingDir="/" + "d" * 4000,
+        )
+    )
+    assert cfg.config is not None and len(cfg.config.env or ()) == 500
+
+
+@pytest.mark.parametrize(
+    ("container", "match"),
+    [
+        ({"Env": ["V=x"] * 200_000}, r"length <= 10000 - at `\$.config.Env`"),
+        ({"Env": ["V=" + "x" * 200_000]}, r"length <= 131072 - at `\$.config.Env\[0\]`"),
+        ({"Env": ["V=" + "x" * 100_000] * 11}, r"Env holds \d+ bytes, more than the limit of"),
+        ({"Cmd": ["x"] * 10_001}, r"length <= 10000 - at `\$.config.Cmd`"),
+        ({"Entrypoint": ["x"] * 10_001}, r"length <= 10000 - at `\$.config.Entrypoint`"),
+        (
+            {"Entrypoint": ["x" * 100_000] * 6, "Cmd": ["x" * 100_000] * 5},
+            r"Entrypoint and Cmd hold \d+ bytes, more than the limit of",
+        ),
+        ({"Labels": {f"l{i}": "" for i in range(10_001)}}, r"at `\$.config.Labels`"),
+        ({"Labels": {"k" * 2000: ""}}, r"length <= 1024 - at `key` in `\$.config.Labels`"),
+        ({"ExposedPorts": {f"{i}/tcp": {} for i in range(10_001)}}, r"`\$.config.ExposedPorts`"),
+        ({"WorkingDir": "/" + "d" * 5000}, r"length <= 4096 - at `\$.config.WorkingDir`"),
+        ({"User": "u" * 300}, r"at `\$.config.User`"),
+        ({"StopSignal": "S" * 300}, r"at `\$.config.StopSignal`"),
+    ],
+)
+def test_oversized_config_refused(container: dict[str, Any], match: str) -> None:
+    with pytest.raises(ManifestError, match=match) as info:
+        wire.decode_config(image_config(**container))
+    assert "\n" not in str(info.value) and str(info.value).startswith("invalid image config")
+
+
+def test_200000_env_vars_fail_fast() -> None:
+    """crun took 104 s to fail on these; the decoder refuses them at once."""
+    import time
+
+    doc = image_config(Env=[f"V{i}=x" for i in range(200_000)])
+    start = time.monotonic()
+    with pytest.raises(ManifestError, match="Env"):
+        wire.decode_config(doc)
+    assert time.monotonic() - start < 0.5

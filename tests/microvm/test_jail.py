@@ -164,7 +164,7 @@ def test_jailed_command_line_uses_descriptors_and_the_sandbox(tmp_path: Path) ->
     )
     assert "socket,id=qmp,fd=7,server=off" in argv and "chardev=qmp,mode=control" in argv
     assert "socket,id=port0,fd=8,server=on,wait=off" in argv
-    assert "fd=9,set=1" in argv and "file,id=console,path=/dev/fdset/1" in argv
+    assert "fd=9,set=1" in argv and "file,id=console,path=/dev/fdset/1,append=on" in argv
     # no host path of the VM's reaches QEMU's command line; no runas/chroot (QEMU 7.2's
     # -runas with elevateprivileges=deny kills it: the ids are dropped before exec)
     assert str(tmp_path) not in line

@@ -108,7 +108,7 @@ def test_disks_ports_console_network_rng() -> None:
     assert "virtserialport,bus=vser0.0,chardev=port0,name=bareboat.agent" in devices
     chardevs = _after(argv, "-chardev")
     assert "socket,id=port0,path=/s/agent.sock,server=on,wait=off" in chardevs
-    assert "file,id=console,path=/s/console.log" in chardevs
+    assert "file,id=console,path=/s/console.log.fifo" in chardevs  # read into the log
     assert _after(argv, "-serial") == ["chardev:console"]
     assert _after(argv, "-netdev") == [
         "user,id=net0,hostfwd=tcp::8080-:80,hostfwd=udp:127.0.0.1:5353-:53"
@@ -282,6 +282,30 @@ def test_boot_reaches_init_and_powers_off(vmlinux: Path, tmp_path: Path, vm_dir:
         result = vm.result()
     assert result.panic is None
     assert cfg.console_log is not None and b"BOOT-OK" in cfg.console_log.read_bytes()
+    _assert_no_leftovers(vm, vm_dir)
+
+
+@pytest.mark.slow
+def test_console_log_is_capped(vmlinux: Path, tmp_path: Path, vm_dir: Path) -> None:
+    """A guest that floods its console: the log keeps the newest output, in at most two
+    files of the cap (it was one file that grew as long as the guest wrote)."""
+    from bareboat.backends.microvm.consolelog import read_tail
+
+    cap = 64 << 10
+    script = (
+        "/bin/busybox yes 0123456789abcdefghijklmnopqrstuvwxyz | /bin/busybox head -c 1000000\n"
+        "/bin/busybox echo CONSOLE-END\n/bin/busybox poweroff -f\n"
+    )
+    cfg = _boot_cfg(vmlinux, _initramfs(tmp_path, script), vm_dir)
+    with QemuProcess(cfg, console_max_size=cap) as vm:
+        assert vm.wait(timeout=120) == 0, vm.stderr_tail()
+    logs = {p.name: p.stat() for p in vm_dir.glob("console.log*")}
+    assert sorted(logs) == ["console.log", "console.log.1"]  # and no FIFO left
+    assert all(st.st_size <= cap and st.st_mode & 0o777 == 0o600 for st in logs.values())
+    assert cfg.console_log is not None
+    tail = read_tail(cfg.console_log, 2 * cap).replace(b"\r", b"")
+    assert b"CONSOLE-END" in tail[-200:]
+    assert tail.count(b"0123456789abcdefghijklmnopqrstuvwxyz\n") > cap // 37
     _assert_no_leftovers(vm, vm_dir)
 
 

@@ -182,8 +182,12 @@ def test_bad_key_and_missing_tree(roots: Roots, tree: Path, tmp_path: Path) -> N
 
 
 @needs_erofs
-def test_failed_build_leaves_nothing(roots: Roots, tree: Path) -> None:
-    # A cache on a 1 MiB tmpfs: mkfs.erofs runs out of space writing a 2 MiB busybox.
+def test_failed_build_leaves_nothing(
+    roots: Roots, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cache on a 1 MiB tmpfs: mkfs.erofs runs out of space writing a 2 MiB busybox (the
+    # cap set above the free space, which by default would refuse the build before mkfs).
+    monkeypatch.setenv("BAREBOAT_MAX_IMAGE_SIZE", "1g")
     d = rootfs.cache_dir(roots)
     d.mkdir(parents=True)
     proc = subprocess.run(
@@ -258,3 +262,54 @@ def test_plans_are_plain_data(tmp_path: Path) -> None:
     assert argv[-2:] == ["/o", "32768k"] and "^has_journal" in argv and "-d" in argv
     assert rootfs.disk_argv(Path("/d"), 1 << 30)[-2:] == ["/d", "1048576k"]
     assert rootfs.WritableLayer().kind == "tmpfs"
+
+
+# --- sparse trees and the disk cap ------------------------------------------------------------
+
+
+@needs_ext4
+def test_sparse_tree_makes_a_sparse_vm_disk(roots: Roots, tree: Path, tmp_path: Path) -> None:
+    """A sparse 10 GiB file in the image: EROFS would write its holes (mkfs.erofs 1.5), so
+    the disk is ext4, which keeps them; building it takes no time and no space."""
+    import time
+
+    from tests.support.bombs import SPARSE_SIZE, assert_sparse_file, sparse_file
+
+    sparse_file(tree / "big")
+    start = time.monotonic()
+    img = rootfs.ensure_image(roots, tree, key="sparse")
+    assert time.monotonic() - start < 10
+    assert img.fstype == "ext4"
+    assert img.path.stat().st_blocks * 512 < 64 << 20
+    with mounted(img.path, "ext4", tmp_path / "mnt") as mnt:
+        assert_sparse_file(mnt / "big", SPARSE_SIZE)
+        assert (mnt / "bin/busybox").read_bytes() == (tree / "bin/busybox").read_bytes()
+
+
+@needs_erofs
+def test_vm_disk_past_the_cap_is_refused(
+    roots: Roots, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bareboat.errors import ImageTooLarge
+
+    monkeypatch.setenv("BAREBOAT_MAX_IMAGE_SIZE", "1m")
+    with pytest.raises(ImageTooLarge) as info:
+        rootfs.ensure_image(roots, tree, key="big")
+    msg = str(info.value)
+    assert "\n" not in msg and f"the VM disk of {tree} needs" in msg
+    assert "past 1.0 MiB on disk" in msg and "BAREBOAT_MAX_IMAGE_SIZE=1m" in msg
+    assert cached_files(roots) == []
+
+
+@needs_erofs
+def test_vm_disk_build_is_stopped_at_the_cap(
+    roots: Roots, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the estimate be short, mkfs itself cannot write past the cap (RLIMIT_FSIZE)."""
+    from bareboat.errors import ImageTooLarge
+
+    monkeypatch.setenv("BAREBOAT_MAX_IMAGE_SIZE", "1m")
+    monkeypatch.setattr(rootfs, "tree_size", lambda _tree: rootfs.TreeSize(0, 0, 0))
+    with pytest.raises(ImageTooLarge, match=r"needs more than 1\.0 MiB"):
+        rootfs.ensure_image(roots, tree, key="big")
+    assert cached_files(roots) == []

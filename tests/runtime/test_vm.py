@@ -538,3 +538,31 @@ def test_guest_listening_port_is_reached_at_the_containers_address(
         _, err, exits = reaped.finish()
     assert exits[gate] == 0, err
     runtime("delete", "v16")
+
+
+@pytest.mark.slow
+def test_console_flood_is_capped_under_the_gate(runtime: Runtime, tmp_path: Path) -> None:
+    """The guest's root writes its console without end: the gate's QEMU keeps the newest
+    MiB in console.log and the one before in console.log.1 (it was one file that grew)."""
+    from bareboat.backends.microvm.consolelog import CONSOLE_LOG_MAX
+
+    flood = "/bin/busybox yes console-flood | /bin/busybox head -c 1500000 > /dev/console"
+    bundle = make_bundle(tmp_path / "b", ["sh", "-c", f"{flood}; sleep 100"], annotations=VM)
+    reaped = create(runtime, bundle, "v9", tmp_path / "pid")
+    runtime.ids.append("v9")
+    runtime("start", "v9")
+    vm = runtime.root / "bareboat" / "v9" / "vm"
+    try:
+        deadline = time.monotonic() + 90
+        while not (vm / "console.log.1").exists():
+            assert time.monotonic() < deadline, sorted(p.name for p in vm.iterdir())
+            time.sleep(0.2)
+        time.sleep(2)
+        logs = {p.name: p.stat() for p in vm.glob("console.log*") if p.is_file()}
+        assert sorted(logs) == ["console.log", "console.log.1"]
+        for st in logs.values():
+            assert st.st_size <= CONSOLE_LOG_MAX and st.st_mode & 0o777 == 0o600
+        assert b"console-flood\n" in (vm / "console.log.1").read_bytes()[-100:].replace(b"\r", b"")
+    finally:
+        runtime("delete", "--force", "v9", check=False)
+        reaped.finish()

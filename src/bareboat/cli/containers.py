@@ -117,6 +117,13 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     a("--entrypoint")
     a("-l", "--label", action="append", default=[])
     a("--ulimit", action="append", default=[])
+    a(
+        "--log-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="max-size=SIZE (20m), max-file=N (5): the log rotates, at most their product",
+    )
     a("--timeout", type=float, help="wasm: end the module after SECONDS (exit 124)")
     a("--fuel", type=int, help="wasm: CPU budget in wasmtime fuel units (exit 124 when spent)")
     a("--template", dest="template", action="store_const", const="create",
@@ -165,7 +172,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     import shlex
 
     from bareboat.spec import parse
-    from bareboat.spec.options import Isolation, RunOptions
+    from bareboat.spec.options import Isolation, LogOptions, RunOptions
 
     env = [e for f in args.env_file for e in _env_file(f)] + list(args.env)
     env_values = tuple(v for v in (parse.parse_env(e) for e in env) if v is not None)
@@ -199,6 +206,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         labels=labels,
         rlimits=tuple(parse.parse_ulimit(x) for x in args.ulimit),
         name=args.name,
+        log=LogOptions.parse(args.log_opt),
     )
 
 

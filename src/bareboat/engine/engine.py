@@ -416,32 +416,22 @@ class Engine:
         return self.backend(rec.isolation).exec(ctx, process, detach=detach)
 
     def logs(self, ref: str, *, follow: bool = False) -> Iterator[tuple[float, str, bytes]]:
-        """(timestamp, "stdout"|"stderr", data) as the monitor logged them."""
+        """(timestamp, "stdout"|"stderr", data) as the monitor logged them, oldest first,
+        across the log's rotated files; with `follow`, until the container exits."""
+        from .logfile import read_log
+
         rec = self.get(ref)
-        path = self.paths(rec.id).log
-        try:
-            f = open(path, "rb")  # noqa: SIM115
-        except FileNotFoundError:
-            return
-        with f:
-            while True:
-                line = f.readline()
-                if line.endswith(b"\n"):
-                    e = json.loads(line)
-                    yield float(e["t"]), str(e["s"]), e["d"].encode("utf-8", "surrogateescape")
-                    continue
-                if not follow:
-                    return
-                f.seek(-len(line), os.SEEK_CUR)
-                if not self.paths(rec.id).record.exists():
-                    return
-                if self.get(rec.id).state is State.EXITED:
-                    rest = f.read()
-                    for raw in rest.splitlines():
-                        e = json.loads(raw)
-                        yield float(e["t"]), str(e["s"]), e["d"].encode("utf-8", "surrogateescape")
-                    return
-                time.sleep(0.1)
+        paths = self.paths(rec.id)
+
+        def finished() -> bool:
+            if not paths.record.exists():
+                return True
+            try:
+                return self.get(rec.id).state is State.EXITED
+            except ContainerNotFound:
+                return True
+
+        yield from read_log(paths.log, until=finished if follow else None)
 
 
 def _runs_in(pid: int, root: Path) -> bool:

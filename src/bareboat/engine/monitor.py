@@ -27,15 +27,15 @@ import sys
 import termios
 import time
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from bareboat.backends.base import BackendContext, Started, Stdio, set_child_subreaper
 from bareboat.errors import BareboatError, ContainerError
-from bareboat.privdir import private_file
 from bareboat.proc import start_time
 
 from . import protocol as P
 from .command import check_command
+from .logfile import LogWriter
 from .state import State
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class Monitor:
         self.status: int | None = None
         self.pty_master: int | None = None
         self.stdin_w: int | None = None
-        self.log: IO[bytes] | None = None
+        self.log: LogWriter | None = None
         self.winsize = (24, 80)
 
     # --- reporting back to `spawn` ------------------------------------------------------
@@ -162,7 +162,8 @@ class Monitor:
         listener.setblocking(False)
         self.sel.register(listener, selectors.EVENT_READ, "listen")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
-        self.log = open(self.paths.log, "ab", opener=private_file)  # noqa: SIM115
+        opts = rec.options.log
+        self.log = LogWriter(self.paths.log, max_size=opts.max_size, max_file=opts.max_file)
         # stdio exists before the first client attaches, so stdin it sends early is kept
         stdio = self.make_stdio()
         if self.wait_attach:
@@ -292,9 +293,7 @@ class Monitor:
                 os.close(fd)
             return
         assert self.log is not None
-        entry = {"t": time.time(), "s": stream, "d": data.decode("utf-8", "surrogateescape")}
-        self.log.write(json.dumps(entry).encode() + b"\n")
-        self.log.flush()
+        self.log.write(stream, data)
         self.broadcast(P.frame(P.STDOUT if stream == "stdout" else P.STDERR, data), attached=True)
 
     def broadcast(self, data: bytes, *, attached: bool = True) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from bareboat.errors import ContainerError, InvalidStateTransition
 from bareboat.fsutil import atomic_write, atomic_write_text
-from bareboat.spec.options import Isolation, Mount, PortMapping, Rlimit, RunOptions
+from bareboat.spec.options import Isolation, LogOptions, Mount, PortMapping, Rlimit, RunOptions
 
 
 class State(StrEnum):
@@ -107,6 +107,7 @@ def options_from_json(data: dict[str, Any]) -> RunOptions:
     )
     d["publish"] = tuple(PortMapping(**p) for p in d.get("publish", ()))
     d["rlimits"] = tuple(Rlimit(**r) for r in d.get("rlimits", ()))
+    d["log"] = LogOptions(**d["log"]) if d.get("log") else LogOptions()
     names = {f.name for f in dataclasses.fields(RunOptions)}
     return RunOptions(**{k: v for k, v in d.items() if k in names})
 

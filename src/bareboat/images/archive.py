@@ -2,7 +2,9 @@
 
 Archives are untrusted like registries: member names are looked up, never extracted as given;
 every blob is verified against its digest and size while it is copied into the store; JSON
-documents are size bounded and decoded by `wire`.
+documents are size bounded and decoded by `wire`. An image's blobs must fit its disk cap
+(diskcap.py) by their sizes before any is copied: a tar member can be sparse, so a small
+archive can hold a huge blob.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from bareboat.errors import DigestMismatch, ImageError, InvalidReference, Manife
 from bareboat.fsutil import atomic_open
 from bareboat.images import wire
 from bareboat.images.blobs import CHUNK
+from bareboat.images.diskcap import disk_cap, short_digest
 from bareboat.images.model import Image
 from bareboat.images.reference import Reference, parse_reference
 
@@ -50,6 +53,9 @@ class Source:
         raise NotImplementedError
 
     def exists(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def size(self, name: str) -> int:
         raise NotImplementedError
 
     def read(self, name: str, limit: int = wire.MAX_DOCUMENT) -> bytes:
@@ -83,6 +89,12 @@ class DirSource(Source):
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
+
+    def size(self, name: str) -> int:
+        try:
+            return self._path(name).stat().st_size
+        except FileNotFoundError:
+            raise ManifestError(f"{name} is missing from {self.root}") from None
 
     def open(self, name: str) -> IO[bytes]:
         try:
@@ -130,6 +142,9 @@ class TarSource(Source):
 
     def exists(self, name: str) -> bool:
         return _clean(name) in self.members
+
+    def size(self, name: str) -> int:
+        return self._member(name).size
 
     def open(self, name: str) -> IO[bytes]:
         f = self.tar.extractfile(self._member(name))
@@ -206,6 +221,10 @@ def _load_layout(store: ImageStore, src: Source, stem: str) -> list[Image]:
         if wire.sniff_media_type(data, mdesc.media_type) not in wire.MANIFEST_TYPES:
             continue  # artifacts and other documents are not images
         man = wire.decode_manifest(data)
+        # The config is refused (oversized, malformed) before any blob enters the store.
+        wire.decode_config(_verified(src, man.config))
+        fetch = {d.digest: d for d in (man.config, *man.layers) if not store.blobs.has(d.digest)}
+        disk_cap(store.root).check_blobs([(short_digest(d.digest), d.size) for d in fetch.values()])
         for d in (man.config, *man.layers):
             _copy_blob(store, src, d)
         name = _layout_name(desc, stem)
@@ -232,6 +251,10 @@ def _load_docker(store: ImageStore, src: Source) -> list[Image]:
         cfg = wire.decode_config(cfg_data)
         if len(cfg.rootfs.diff_ids) != len(entry.layers):
             raise ManifestError("docker-archive config and manifest.json disagree on layers")
+        # No digests to look up the store with: every layer counts, as the archive has it.
+        disk_cap(store.root).check_blobs(
+            [(entry.config, len(cfg_data))] + [(n, src.size(n)) for n in entry.layers]
+        )
         config_digest = store.blobs.put(cfg_data)
         layers = []
         for i, name in enumerate(entry.layers):

@@ -3,6 +3,8 @@
 A blob is written to a temporary file under `tmp/` while its sha256 and size are computed,
 then renamed into place. The writer holds an flock on its temporary file, so a cleaner can tell
 a live download (locked) from the leftover of a crashed one (unlocked) and remove only those.
+A chunk of zeros is left a hole (an archive member can be sparse: 10 KB of archive, 10 GiB of
+blob), so a blob takes the disk its data needs.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ class BlobWriter:
                 f"blob {self.digest} is larger than its declared {self.expected_size} bytes"
             )
         self._hash.update(chunk)
-        self.file.write(chunk)
+        _append(self.file, chunk, self.written)
         if self.tail is not None:
             self.file.flush()  # the tail reads the file itself, not our buffer
             self.tail.grew(len(chunk))
@@ -122,6 +124,17 @@ class BlobWriter:
         got = "sha256:" + self._hash.hexdigest()
         if got != self.digest:
             raise DigestMismatch(f"blob {self.digest} does not match its content ({got})")
+
+
+def _append(f: IO[bytes], chunk: bytes, end: int) -> None:
+    """Write `chunk` at the end of `f`, which then ends at `end`; zeros become a hole."""
+    if chunk[:1] == b"\0" and chunk[-1:] == b"\0" and chunk.count(0) == len(chunk):
+        f.flush()
+        # The file's length stays `end` (a Tail reads up to it), its blocks unallocated.
+        os.ftruncate(f.fileno(), end)
+        f.seek(end)
+    else:
+        f.write(chunk)
 
 
 class BlobStore:
@@ -218,7 +231,7 @@ class BlobStore:
                     if size > limit:
                         raise DigestMismatch(f"blob larger than {limit} bytes")
                     h.update(chunk)
-                    f.write(chunk)
+                    _append(f, chunk, size)
                 f.flush()
                 os.fsync(f.fileno())
                 digest = "sha256:" + h.hexdigest()

@@ -19,6 +19,13 @@ OCI whiteouts: `.wh.NAME` removes NAME of lower layers and `.wh..wh..opq` emptie
 directory of lower-layer contents; both only hide what lower layers made (never entries of
 their own layer, in whatever order the tar lists them) and never appear in the tree.
 
+Holes stay holes: the data extents of a sparse entry (GNU and PAX sparse formats) and, in
+any regular file, whole blocks of zeros are never written, so a 10 KB tar of a sparse 10 GiB
+file, or 2 GiB of zeros in a 2 MB gzip, takes no more disk than its data. What is written is
+counted (blocks written, a block per directory, long symlink and set of xattrs, and the
+entry's name) against `max_disk`, the image's disk cap (diskcap.py), and the layer is refused
+as soon as it would pass it.
+
 Metadata: modes (setuid, setgid, sticky), mtimes, and PAX xattrs (user.*, trusted.*,
 security.capability); owners and device nodes only as root (device nodes are skipped with a
 warning otherwise). Directory modes and times are set when the layer is done, and directories
@@ -40,11 +47,13 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
-from bareboat.errors import LayerError, StoreError
+from bareboat.errors import ImageTooLarge, LayerError, StoreError
+from bareboat.images.diskcap import DiskCap, disk_cap, short_digest
 from bareboat.images.layerstream import bounded_tarinfo, decompressed, one_line
 from bareboat.images.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2, syncfs
+from bareboat.units import show_size
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,11 @@ _OPAQUE = ".wh..wh..opq"
 _AUFS_META = ".wh..wh."  # AUFS bookkeeping (.wh..wh.plnk/, .wh..wh.aufs): never in a tree
 _XATTR = "SCHILY.xattr."
 _MAX_HOPS = 40  # symlinks followed to make a missing directory, as the kernel's ELOOP
+# Holes are made a filesystem block at a time: 4 KiB on ext4, xfs, btrfs and tmpfs here.
+_BLOCK = 4 * KiB
+_ZERO_BLOCK = bytes(_BLOCK)
+_ZERO_CHUNK = bytes(_COPY_CHUNK)
+_INLINE_SYMLINK = 60  # ext4 keeps shorter symlink targets in the inode, longer take a block
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ class LayerLimits:
     max_total_size: int = 128 * GiB  # all regular files together
     max_entries: int = 4_000_000
     max_header_size: int = 1 * MiB  # one PAX or GNU long-name record, read into memory
+    max_disk: int = 1 << 62  # what may be written, holes excluded: the image's disk cap
 
     @property
     def max_stream_size(self) -> int:
@@ -80,7 +95,8 @@ DEFAULT_LIMITS = LayerLimits()
 @dataclass
 class LayerStats:
     entries: int = 0  # tar entries read, whiteouts included
-    bytes: int = 0  # regular file contents written
+    bytes: int = 0  # regular file contents written (their apparent size, holes included)
+    disk: int = 0  # what that took on disk: blocks written, directories and long symlinks
     whiteouts: int = 0
     skipped: int = 0  # device nodes (and hard links to them) not made without root
 
@@ -176,6 +192,18 @@ class _Extractor:
         self.dir_times: dict[str, tuple[int, int]] = {}
         self.skipped: set[str] = set()  # entries not made (device nodes without root)
         self.root_path = os.readlink(f"/proc/self/fd/{rootfd}")
+        self.name = ""  # the entry being applied, for a refusal
+
+    def use(self, nbytes: int) -> None:
+        """Count `nbytes` more on disk, refusing the layer before they pass `max_disk`."""
+        if self.stats.disk + nbytes > self.limits.max_disk:
+            err = ImageTooLarge(
+                f"layer entry {self.name!r} takes the layer past {show_size(self.limits.max_disk)}"
+                " on disk"
+            )
+            err.entry = self.name
+            raise err
+        self.stats.disk += nbytes
 
     # -- directories
 
@@ -191,6 +219,7 @@ class _Extractor:
                 raise
         with _fd(self.open_dir(parts[:-1], create=True, hops=hops)) as pfd:
             try:
+                self.use(_BLOCK)
                 os.mkdir(parts[-1], 0o700, dir_fd=pfd)
                 os.chmod(parts[-1], 0o755, dir_fd=pfd)
             except FileExistsError:
@@ -223,6 +252,7 @@ class _Extractor:
 
     def apply(self, tar: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
         self.stats.entries += 1
+        self.name = ti.name
         if self.stats.entries > self.limits.max_entries:
             raise LayerError(f"layer has more than {self.limits.max_entries} entries")
         if ti.isreg():
@@ -267,6 +297,11 @@ class _Extractor:
 
     def entry(self, tar: tarfile.TarFile, ti: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
         base = parts[-1]
+        # Its name in the directory, and a block for extended attributes: small each, but a
+        # layer may hold millions of entries.
+        self.use(len(os.fsencode(base)) + 8)
+        if any(k.startswith(_XATTR) for k in ti.pax_headers):
+            self.use(_BLOCK)
         with _fd(self.open_dir(parts[:-1], create=True)) as pfd:
             self.touching(pfd, parts[:-1])
             if ti.isdir():
@@ -275,6 +310,8 @@ class _Extractor:
                 self.make_file(pfd, base, tar, ti)
             elif ti.issym():
                 _remove(pfd, base)
+                if len(os.fsencode(ti.linkname)) >= _INLINE_SYMLINK:
+                    self.use(_BLOCK)
                 os.symlink(ti.linkname, base, dir_fd=pfd)
                 self.own(pfd, base, ti)
                 os.utime(base, ns=(_ns(ti), _ns(ti)), dir_fd=pfd, follow_symlinks=False)
@@ -291,6 +328,7 @@ class _Extractor:
             _remove(pfd, base)
             st = None
         if st is None:
+            self.use(_BLOCK)
             os.mkdir(base, 0o700, dir_fd=pfd)
         self.own(pfd, base, ti)
         if any(k.startswith(_XATTR) for k in ti.pax_headers):
@@ -304,11 +342,17 @@ class _Extractor:
         _remove(pfd, base)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         with _fd(os.open(base, flags, 0o600, dir_fd=pfd)) as fd:
-            src = tar.extractfile(ti)
+            src: Any = tar.extractfile(ti)  # an ExFileObject: a BufferedReader
             if src is None:  # pragma: no cover - isreg() entries always have a file object
                 raise LayerError(f"layer entry {ti.name!r}: no contents")
-            while chunk := src.read(_COPY_CHUNK):
-                _write_all(fd, chunk)
+            # The unbuffered reader under it: its seek only moves its position (the buffered
+            # one asks a stream-mode tar whether it is seekable, and fails), and a read of a
+            # data extent skips the stream forward to it. Holes are never read.
+            raw: Any = src.raw
+            for offset, length in _extents(ti):
+                raw.seek(offset)
+                self.copy(raw, fd, offset, length)
+            os.ftruncate(fd, ti.size)  # a hole at the end, or none
             if self.as_root:
                 os.fchown(fd, ti.uid, ti.gid)
             # After chown, which clears setuid/setgid bits and file capabilities.
@@ -316,6 +360,20 @@ class _Extractor:
             _set_xattrs(fd, ti)
             os.utime(fd, ns=(_ns(ti), _ns(ti)))
         self.stats.bytes += ti.size
+
+    def copy(self, src: IO[bytes], fd: int, offset: int, length: int) -> None:
+        """`length` bytes of `src` into `fd` at `offset`, whole zero blocks left as holes."""
+        pos, end = offset, offset + length
+        while pos < end:
+            chunk = src.read(min(_COPY_CHUNK, end - pos))
+            if not chunk:
+                raise LayerError(f"layer entry {self.name!r}: unexpected end of data")
+            view = memoryview(chunk)
+            for start, stop in data_runs(chunk, pos):
+                first, last = (pos + start) // _BLOCK, (pos + stop - 1) // _BLOCK
+                self.use((last - first + 1) * _BLOCK)
+                _pwrite_all(fd, view[start:stop], pos + start)
+            pos += len(chunk)
 
     def make_hardlink(
         self, pfd: int, base: str, ti: tarfile.TarInfo, parts: tuple[str, ...]
@@ -477,10 +535,60 @@ def _set_xattrs(fd: int, ti: tarfile.TarInfo) -> None:
             log.warning("cannot set xattr %s on %s: %s", name, ti.name, e.strerror)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def _extents(ti: tarfile.TarInfo) -> list[tuple[int, int]]:
+    """The (offset, length) ranges of the file that hold data; the rest is holes.
+
+    A regular entry is one range; a sparse one lists its own, which tarfile reads from the
+    archive without checking: a map that goes backwards, overlaps or runs past the file's
+    size is refused (reading it in a stream would fail, or write outside the file's size).
+    """
+    sparse: Any = ti.sparse  # typeshed says bytes; tarfile makes [(offset, length), ...]
+    if sparse is None:
+        return [(0, ti.size)] if ti.size else []
+    out: list[tuple[int, int]] = []
+    end = 0
+    for offset, length in sparse:
+        if offset < end or length < 0 or offset + length > ti.size:
+            raise LayerError(f"layer entry {ti.name!r}: invalid sparse map")
+        if length:
+            out.append((offset, length))
+        end = offset + length
+    return out
+
+
+def data_runs(data: bytes, pos: int) -> list[tuple[int, int]]:
+    """The [start, stop) slices of `data` that must be written, at file offset `pos`, for
+    the file to read back as `data` with holes in place of every whole zero block.
+
+    Only blocks aligned on the file's offsets can be holes; partial blocks at either end are
+    written as they are.
+    """
+    n = len(data)
+    if not n or data == _ZERO_CHUNK:
+        return []
+    if _ZERO_BLOCK not in data:  # a fast scan: most data has no 4 KiB of zeros at all
+        return [(0, n)]
+    runs: list[tuple[int, int]] = []
+    start: int | None = None
+    i = 0
+    while i < n:
+        j = min(n, i + _BLOCK - (pos + i) % _BLOCK)
+        hole = j - i == _BLOCK and data[i:j] == _ZERO_BLOCK
+        if hole and start is not None:
+            runs.append((start, i))
+            start = None
+        elif not hole and start is None:
+            start = i
+        i = j
+    if start is not None:
+        runs.append((start, n))
+    return runs
 
 
 def apply_layer(
@@ -514,11 +622,31 @@ def apply_layer(
     return ex.stats
 
 
+def remaining(limits: LayerLimits, cap: DiskCap, done: LayerStats) -> LayerLimits:
+    """What the next layer of an image may use, after the layers before it used `done`: the
+    image's limits bound the whole image, not each layer."""
+    return dataclasses.replace(
+        limits,
+        max_total_size=limits.max_total_size - done.bytes,
+        max_entries=limits.max_entries - done.entries,
+        max_disk=min(limits.max_disk, cap.limit) - done.disk,
+    )
+
+
+def too_large(cap: DiskCap, index: int, count: int, name: str, e: ImageTooLarge) -> ImageTooLarge:
+    """The refusal of layer `index` (1-based) of `count`, named by its digest (or blob name)."""
+    return cap.refusal(
+        f"layer {index} of {count} ({short_digest(name)}, at entry {e.entry!r}) takes its "
+        "root filesystem"
+    )
+
+
 def unpack_rootfs(
     dest: Path,
     layers: Sequence[tuple[Path, str]],
     *,
     limits: LayerLimits = DEFAULT_LIMITS,
+    cap: DiskCap | None = None,
     durable: bool = True,
 ) -> LayerStats:
     """Build the root filesystem of `layers` ([(blob path, media type)], lowest first) at
@@ -526,29 +654,31 @@ def unpack_rootfs(
 
     The tree is built in a temporary directory beside `dest` and renamed into place only when
     every layer applied, so a failure leaves neither `dest` nor the temporary directory.
-    `limits.max_total_size` and `max_entries` bound the whole image, not each layer.
+    `limits.max_total_size`, `max_entries` and the disk `cap` (by default the free space of
+    `dest`'s filesystem less a reserve, see diskcap.py) bound the whole image, not each layer.
     With `durable`, the tree is flushed to disk (syncfs) before the rename, so a `dest` that
     exists after a crash is whole.
     """
     if dest.exists() or dest.is_symlink():
         raise StoreError(f"cannot unpack into {dest}: it already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    cap = cap or disk_cap(dest.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".unpacking", dir=dest.parent))
     try:
         tmp.chmod(0o755)  # an image without a "./" entry gets a 0755 root, as in docker
         total = LayerStats()
-        for blob_path, media_type in layers:
-            left = dataclasses.replace(
-                limits,
-                max_total_size=limits.max_total_size - total.bytes,
-                max_entries=limits.max_entries - total.entries,
-            )
+        for i, (blob_path, media_type) in enumerate(layers, 1):
             try:
                 blob = blob_path.open("rb")
             except OSError as e:
                 raise StoreError(f"cannot read layer blob {blob_path}: {e.strerror}") from e
             with blob:
-                total += apply_layer(tmp, blob, media_type, limits=left)
+                try:
+                    total += apply_layer(
+                        tmp, blob, media_type, limits=remaining(limits, cap, total)
+                    )
+                except ImageTooLarge as e:
+                    raise too_large(cap, i, len(layers), blob_path.name, e) from None
         if durable:
             with _fd(os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as tfd:
                 syncfs(tfd)

@@ -7,9 +7,11 @@ so a decompression bomb or a PAX header that claims gigabytes cannot exhaust mem
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import tarfile
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from bareboat.errors import LayerError
@@ -154,11 +156,57 @@ _LONG_HEADER_TYPES = {
 }
 
 
+class _HeaderBudget:
+    """The tar's stream while tarfile reads a sparse map from it: at most `limit` bytes.
+
+    GNU sparse maps continue in extension blocks (old GNU format) or in the data area (PAX
+    1.0), as many as the archive says; tarfile collects them all in memory, and a gzip of
+    repeated blocks makes millions. The map is a header like the others, and as bounded.
+    """
+
+    def __init__(self, raw: Any, limit: int) -> None:
+        self._raw = raw
+        self._left = limit
+        self._limit = limit
+
+    def read(self, n: int) -> bytes:
+        self._left -= n
+        if self._left < 0:
+            raise LayerError(f"tar sparse map of more than {self._limit} bytes")
+        data: bytes = self._raw.read(n)
+        return data
+
+    def tell(self) -> int:
+        pos: int = self._raw.tell()
+        return pos
+
+
+@contextlib.contextmanager
+def _budget(tar: Any, limit: int) -> Iterator[None]:
+    raw = tar.fileobj
+    tar.fileobj = _HeaderBudget(raw, limit)
+    try:
+        yield
+    finally:
+        tar.fileobj = raw
+
+
 def bounded_tarinfo(max_header_size: int) -> type[tarfile.TarInfo]:
     class BoundedTarInfo(tarfile.TarInfo):
-        """TarInfo that refuses oversized PAX/GNU records before tarfile reads them into
-        memory, and reports a corrupt header instead of ending the archive there (tarfile
-        takes a bad checksum after the first member for the end of the archive)."""
+        """TarInfo that refuses oversized PAX/GNU records and sparse maps before tarfile
+        reads them into memory, and reports a corrupt header instead of ending the archive
+        there (tarfile takes a bad checksum after the first member for the end of the
+        archive)."""
+
+        # tarfile's own readers of the two sparse maps that go on in the stream, run on a
+        # budget (private methods: checked by the tests that build such tars with GNU tar).
+        def _proc_sparse(self, tarfile_: Any) -> Any:
+            with _budget(tarfile_, max_header_size):
+                return super()._proc_sparse(tarfile_)  # type: ignore[misc]
+
+        def _proc_gnusparse_10(self, next_: Any, pax_headers: Any, tarfile_: Any) -> Any:
+            with _budget(tarfile_, max_header_size):
+                return super()._proc_gnusparse_10(next_, pax_headers, tarfile_)  # type: ignore[misc]
 
         @classmethod
         def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Any:

@@ -34,6 +34,7 @@ import msgspec
 from bareboat.errors import (
     AuthError,
     ImageNotFound,
+    ImageTooLarge,
     InvalidReference,
     ManifestError,
     RegistryError,
@@ -42,6 +43,7 @@ from bareboat.errors import (
 from bareboat.fsutil import atomic_write
 from bareboat.images import wire
 from bareboat.images.blobs import BlobStore, Tail
+from bareboat.images.diskcap import disk_cap, short_digest
 from bareboat.images.model import Image, ImageConfig, Layer
 from bareboat.images.progress import Progress, make_progress
 from bareboat.images.reference import DIGEST_RE, Reference, is_digest, parse_reference
@@ -260,7 +262,28 @@ class ImageStore:
         unpack: bool = False,
     ) -> Image:
         """Pull `ref` into the store. With `unpack`, the root filesystem is built while the
-        layers download (what `rootfs` would build after), for an image about to run."""
+        layers download (what `rootfs` would build after), for an image about to run; an
+        image too large to unpack here is then not entered at all (ImageTooLarge).
+
+        The blobs to fetch must fit the image's disk cap (diskcap.py) by their declared
+        sizes, which the download holds them to, or nothing is fetched."""
+        added: builtins.list[str] = []
+        try:
+            return self._pull(ref, platform, insecure, auth, progress, unpack, added)
+        except ImageTooLarge:
+            self._forget(added)
+            raise
+
+    def _pull(
+        self,
+        ref: str,
+        platform: str | None,
+        insecure: bool,
+        auth: Credentials | None,
+        progress: bool | Progress,
+        unpack: bool,
+        added: builtins.list[str],
+    ) -> Image:
         from bareboat.images.platform import parse_platform, pick_manifest
         from bareboat.images.registry import RegistryClient
 
@@ -278,15 +301,31 @@ class ImageStore:
                 if wire.sniff_media_type(doc.data, doc.media_type) not in wire.MANIFEST_TYPES:
                     raise ManifestError(f"{r}: index entry {desc.digest} is not a manifest")
             man = wire.decode_manifest(doc.data)
-            if not self.blobs.has(man.config.digest):
+            fetch = {d.digest: d for d in (man.config, *man.layers) if not self.blobs.has(d.digest)}
+            disk_cap(self.root).check_blobs(
+                [(short_digest(d.digest), d.size) for d in fetch.values()]
+            )
+            if man.config.digest in fetch:
                 data = client.blob_bytes(man.config.digest, man.config.size)
                 wire.decode_config(data)
                 self.blobs.put(data, man.config.digest, man.config.size)
-            missing = {d.digest: d for d in man.layers if not self.blobs.has(d.digest)}
+                added.append(man.config.digest)
+            missing = {d.digest: d for d in man.layers if d.digest in fetch}
+            added.extend(missing)
             tails: dict[str, Tail] = {}
             job = self._start_unpack(man, missing, tails) if unpack else None
             try:
-                self._download(client, list(missing.values()), make_progress(progress), tails)
+                # _Cancelled: the unpack refused the image, and its error is raised below.
+                with contextlib.suppress(_Cancelled):
+                    self._download(
+                        client,
+                        list(missing.values()),
+                        make_progress(progress),
+                        tails,
+                        stop=(lambda: job.too_large) if job is not None else None,
+                    )
+                if job is not None and isinstance(err := job.wait(), ImageTooLarge):
+                    raise err
                 name = str(r.with_digest(r.digest)) if r.digest else str(r.with_tag(r.tag))
                 image = self.commit(doc.data, [name])
                 if job is not None:
@@ -313,14 +352,14 @@ class ImageStore:
         dest = self._rootfs / man.config.digest.split(":", 1)[1]
         if dest.is_dir() or any(d.media_type in wire.WASM_LAYER_TYPES for d in man.layers):
             return None
-        sources: builtins.list[tuple[Callable[[], BinaryIO | Tail], str]] = []
+        sources: builtins.list[tuple[Callable[[], BinaryIO | Tail], str, str]] = []
         for d in man.layers:
             if d.digest in missing:
                 tail = tails.setdefault(d.digest, Tail())
-                sources.append((lambda t=tail: t, d.media_type))  # type: ignore[misc]
+                sources.append((lambda t=tail: t, d.media_type, d.digest))  # type: ignore[misc]
             else:
                 path = self.blobs.path(d.digest)
-                sources.append((lambda p=path: p.open("rb"), d.media_type))  # type: ignore[misc]
+                sources.append((lambda p=path: p.open("rb"), d.media_type, d.digest))  # type: ignore[misc]
         return StreamingUnpack(dest, sources).start()
 
     def _download(
@@ -329,7 +368,11 @@ class ImageStore:
         layers: builtins.list[wire.Descriptor],
         progress: Progress,
         tails: dict[str, Tail],
+        *,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
+        """Fetch `layers` in parallel; `stop` is asked as bytes come in, and when it says so
+        every download ends with _Cancelled (the unpack following them gave up)."""
         if not layers:
             progress.close()
             return
@@ -342,7 +385,7 @@ class ImageStore:
 
             def tick(n: int) -> None:
                 nonlocal got
-                if cancel.is_set():
+                if cancel.is_set() or (stop is not None and stop()):
                     raise _Cancelled
                 got += n
                 progress.advance(d.digest, n)
@@ -432,6 +475,17 @@ class ImageStore:
         if all(r.config != rec.config for r in others):
             self._remove_tree(self._rootfs / rec.config.split(":")[1])
         return [f"Deleted: {rec.config}"]
+
+    def _forget(self, digests: builtins.list[str]) -> None:
+        """Remove blobs a failed pull added, unless an image now uses them (a pull of another
+        image sharing them may have committed meanwhile); alone, as prune does."""
+        if not digests:
+            return
+        with self._gc_lock(exclusive=True):
+            keep = self._referenced(self._records_all())
+            for digest in digests:
+                if digest not in keep:
+                    self.blobs.remove(digest)
 
     def _referenced(self, records: builtins.list[Record]) -> set[str]:
         keep: set[str] = set()

@@ -5,12 +5,12 @@ for the last byte before it starts writing files: each layer is read in order, f
 when the store has it, else from a `Tail` that follows the download. Nothing is published
 before every blob has been verified: a Tail gives end-of-file only after its blob's digest
 and size checked out, and the store renames the tree into place only after the image record
-is written. A failed download or a refused layer leaves no tree behind.
+is written. A failed download or a refused layer leaves no tree behind. The image's disk cap
+(diskcap.py) is measured when the unpack starts; a layer that passes it fails the pull.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 import threading
@@ -18,17 +18,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from bareboat.errors import ImageTooLarge
 from bareboat.images.blobs import Tail
-from bareboat.images.layers import DEFAULT_LIMITS, LayerStats, apply_layer
+from bareboat.images.diskcap import disk_cap
+from bareboat.images.layers import DEFAULT_LIMITS, LayerStats, apply_layer, remaining, too_large
 from bareboat.images.openat2 import syncfs
 
 Source = Callable[[], "BinaryIO | Tail"]
 
 
 class StreamingUnpack:
-    """One image's tree being built in a thread, in a scratch directory beside `dest`."""
+    """One image's tree being built in a thread, in a scratch directory beside `dest`, from
+    `layers` ([(source, media type, digest)], lowest first)."""
 
-    def __init__(self, dest: Path, layers: Sequence[tuple[Source, str]]) -> None:
+    def __init__(self, dest: Path, layers: Sequence[tuple[Source, str, str]]) -> None:
         self.dest = dest
         self.layers = layers
         self.tmp: Path | None = None
@@ -49,16 +52,15 @@ class StreamingUnpack:
     def _run(self) -> None:
         assert self.tmp is not None
         try:
+            cap = disk_cap(self.tmp)
             total = LayerStats()
-            for open_source, media_type in self.layers:
-                left = dataclasses.replace(
-                    DEFAULT_LIMITS,
-                    max_total_size=DEFAULT_LIMITS.max_total_size - total.bytes,
-                    max_entries=DEFAULT_LIMITS.max_entries - total.entries,
-                )
+            for i, (open_source, media_type, digest) in enumerate(self.layers, 1):
+                left = remaining(DEFAULT_LIMITS, cap, total)
                 src = open_source()
                 try:
                     total += apply_layer(self.tmp, src, media_type, limits=left)  # type: ignore[arg-type]
+                except ImageTooLarge as e:
+                    raise too_large(cap, i, len(self.layers), digest, e) from None
                 finally:
                     if not isinstance(src, Tail):
                         src.close()
@@ -73,6 +75,11 @@ class StreamingUnpack:
     def wait(self) -> BaseException | None:
         self._thread.join()
         return self.error
+
+    @property
+    def too_large(self) -> bool:
+        """Whether the image was refused for its size (the thread has then ended)."""
+        return isinstance(self.error, ImageTooLarge)
 
     def publish(self) -> bool:
         """Rename the finished tree to `dest` (caller holds the image's rootfs lock)."""

@@ -16,6 +16,16 @@ from bareboat.errors import ManifestError
 MAX_DOCUMENT = 4 * 1024 * 1024  # manifests, indexes and configs; registries cap at 4 MiB too
 MAX_BLOB = 1 << 40  # 1 TiB: larger is absurd for one layer
 MAX_LAYERS = 1000
+# The image config's container settings. Real images carry tens of env vars, a few args,
+# labels and ports; the bounds are far above that and far below what makes the host slow:
+# crun applies env with a quadratic loop (200,000 vars took 104 s to fail with E2BIG,
+# 20,000 take 3.7 s, 10,000 take 1.2 s here). execve takes ~2 MiB of args and env together
+# (a quarter of the 8 MiB stack limit) and 128 KiB per string, so more can never run.
+MAX_CONFIG_ENTRIES = 10_000  # Env, Cmd, Entrypoint, Labels, ExposedPorts: each
+MAX_EXEC_BYTES = 1 << 20  # Env, and Cmd + Entrypoint, each: bytes of all their strings
+MAX_EXEC_STRING = 128 * 1024  # one Env entry or argument (the kernel's MAX_ARG_STRLEN)
+MAX_LABEL_KEY = 1024
+MAX_PATH = 4096  # WorkingDir (PATH_MAX)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -57,6 +67,9 @@ CONTAINERD_NAME = "io.containerd.image.name"
 Digest = Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
 Size = Annotated[int, msgspec.Meta(ge=0, le=MAX_BLOB)]
 Short = Annotated[str, msgspec.Meta(max_length=256)]
+ExecString = Annotated[str, msgspec.Meta(max_length=MAX_EXEC_STRING)]
+ExecList = Annotated[list[ExecString], msgspec.Meta(max_length=MAX_CONFIG_ENTRIES)]
+LabelKey = Annotated[str, msgspec.Meta(max_length=MAX_LABEL_KEY)]
 
 
 class Platform(msgspec.Struct, frozen=True, rename={"os_version": "os.version"}):
@@ -115,14 +128,34 @@ class ContainerConfig(
         "stop_signal": "StopSignal",
     },
 ):
-    user: str = ""
-    exposed_ports: dict[str, Any] | None = None
-    env: list[str] | None = None
-    entrypoint: list[str] | None = None
-    cmd: list[str] | None = None
-    working_dir: str = ""
-    labels: dict[str, str] | None = None
-    stop_signal: str = ""
+    user: Short = ""
+    exposed_ports: (
+        Annotated[dict[Short, Any], msgspec.Meta(max_length=MAX_CONFIG_ENTRIES)] | None
+    ) = None
+    env: ExecList | None = None
+    entrypoint: ExecList | None = None
+    cmd: ExecList | None = None
+    working_dir: Annotated[str, msgspec.Meta(max_length=MAX_PATH)] = ""
+    labels: Annotated[dict[LabelKey, str], msgspec.Meta(max_length=MAX_CONFIG_ENTRIES)] | None = (
+        None
+    )
+    stop_signal: Short = ""
+
+    def __post_init__(self) -> None:
+        # Raised here, msgspec names the place (`- at $.config`) after our words.
+        env = _string_bytes(self.env)
+        if env > MAX_EXEC_BYTES:
+            raise ValueError(f"Env holds {env} bytes, more than the limit of {MAX_EXEC_BYTES}")
+        args = _string_bytes(self.entrypoint) + _string_bytes(self.cmd)
+        if args > MAX_EXEC_BYTES:
+            raise ValueError(
+                f"Entrypoint and Cmd hold {args} bytes, more than the limit of {MAX_EXEC_BYTES}"
+            )
+
+
+def _string_bytes(items: list[str] | None) -> int:
+    """What the strings take in execve's argument area: UTF-8 bytes and a NUL each."""
+    return sum(len(x.encode("utf-8", "surrogatepass")) + 1 for x in items or ())
 
 
 class RootFS(msgspec.Struct, frozen=True):

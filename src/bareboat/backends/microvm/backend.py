@@ -50,9 +50,9 @@ from bareboat.errors import (
     GuestError,
     UsageError,
 )
-from bareboat.fsutil import atomic_write_text
+from bareboat.fsutil import atomic_write, atomic_write_text
 from bareboat.paths import Roots
-from bareboat.privdir import private_dir, private_file
+from bareboat.privdir import private_dir
 from bareboat.spec.defaults import NETWORK_ANNOTATION, PUBLISH_ANNOTATION
 from bareboat.spec.options import PortMapping
 
@@ -312,9 +312,10 @@ def parse_size(value: str) -> int:
 
 
 def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
-    try:
-        data = path.read_bytes()[-16384:]
-    except OSError:
+    from .consolelog import read_tail, rotated_path
+
+    data = read_tail(path, 16384)
+    if not data and not (path.exists() or rotated_path(path).exists()):
         return "(no console log)"
     text = data.decode(errors="replace").replace("\r", "")
     tail = [line for line in text.splitlines() if line.strip()][-lines:]
@@ -803,16 +804,15 @@ class MicrovmBackend:
         return f"{message}; console log tail:\n{tail}"
 
     def _keep_console(self, ctx: BackendContext) -> None:
-        """Keep a failed VM's console log beside the container's record (removed by rm)."""
+        """Keep a failed VM's console log beside the container's record (removed by rm): the
+        capped log and the part rotated out of it, as one file."""
+        from .consolelog import read_all
+
         src = self.vmdir(ctx).console
         dest = self.record_dir(ctx) / "console.log"
         if src.exists() and dest.parent.is_dir():
-            with (
-                contextlib.suppress(OSError),
-                open(src, "rb") as fin,
-                open(dest, "wb", opener=private_file) as fout,
-            ):
-                shutil.copyfileobj(fin, fout)
+            with contextlib.suppress(OSError):
+                atomic_write(dest, read_all(src))
 
     # --- after start ----------------------------------------------------------------------------
     def exit_code(self, ctx: BackendContext, status: int) -> int:
@@ -823,8 +823,10 @@ class MicrovmBackend:
         rec = ExitRecord.load(d.exit)
         if rec is not None and not rec.error:
             return rec.code
-        self._keep_console(ctx)
         vm = running.vm if running is not None else None
+        if vm is not None:
+            vm.wait(0)  # if QEMU has ended, its console log is then whole
+        self._keep_console(ctx)
         if rec is not None:
             if rec.code == 137 and "SIGKILL" in rec.error:
                 return rec.code

@@ -33,6 +33,8 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from bareboat.errors import BackendError, BackendUnavailable, UsageError
 from bareboat.privdir import private_file
 
+from .consolelog import CONSOLE_LOG_MAX, ConsoleLog, fifo_path, read_tail
+
 if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
@@ -262,10 +264,12 @@ def build_argv(
         argv += ["-initrd", str(cfg.initrd)]
     if fds is not None and fds.console is not None:
         argv += ["-add-fd", f"fd={fds.console},set=1"]
-        argv += ["-chardev", "file,id=console,path=/dev/fdset/1"]
+        # append: no O_TRUNC, which QEMU would turn into an ftruncate of the inherited FIFO
+        argv += ["-chardev", "file,id=console,path=/dev/fdset/1,append=on"]
         argv += ["-serial", "chardev:console"]
     elif cfg.console_log is not None:
-        argv += ["-chardev", f"file,id=console,path={_opt(cfg.console_log)}"]
+        # Into the FIFO that QemuProcess reads into the capped log (see consolelog.py).
+        argv += ["-chardev", f"file,id=console,path={_opt(fifo_path(cfg.console_log))}"]
         argv += ["-serial", "chardev:console"]
     else:
         argv += ["-serial", "null"]
@@ -525,7 +529,8 @@ class QemuProcess:
 
     On leaving the block QEMU is stopped if it still runs (QMP quit, SIGTERM, SIGKILL, each
     with a timeout), reaped, and its QMP and virtio-serial sockets are removed. The console
-    log, if any, is kept: it is the evidence of a failed boot.
+    log, if any, is kept: it is the evidence of a failed boot. It is written by a thread of
+    this process, capped (consolelog.ConsoleLog), and whole once `wait` has seen QEMU's end.
     """
 
     def __init__(
@@ -541,12 +546,14 @@ class QemuProcess:
         pass_fds: tuple[int, ...] = (),
         cpu_limit: tuple[int | None, int | None] = (None, None),
         jail_record: Path | None = None,
+        console_max_size: int = CONSOLE_LOG_MAX,
         net: Slirp4netns | None = None,
     ) -> None:
         from . import jail
 
         self.cfg = cfg
         self.qemu = qemu
+        self.console_max_size = console_max_size
         # Connects QEMU's own network namespace outward once QEMU runs (cfg.own_netns).
         self.net = net
         self.die_with_parent = die_with_parent
@@ -568,6 +575,7 @@ class QemuProcess:
         self._lease: Any = None  # jail.Lease of a jailed QEMU
         self._cgroups: Any = None  # jail.VmmCgroups
         self._owned: list[Path] = []  # files handed to the VMM's uid, handed back at shutdown
+        self._console: ConsoleLog | None = None
         # How QEMU ended: "exit" (by itself), "quit" (QMP), "sigterm" or "sigkill" (by us).
         self.ended_by: str | None = None
 
@@ -627,6 +635,14 @@ class QemuProcess:
             self._stderr = open(self._stderr_path, "w+b", opener=private_file)  # noqa: SIM115
         else:
             self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in shutdown
+        if cfg.console_log is not None:
+            self._console = ConsoleLog(cfg.console_log, max_size=self.console_max_size)
+            try:
+                self._console.start()
+            except BaseException:
+                self._end_console()
+                self._close_stderr()
+                raise
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child_fds: list[int] = [theirs.fileno()]
         listening: list[socket.socket] = []
@@ -638,11 +654,10 @@ class QemuProcess:
                     stack.callback(listening[-1].close)
                 child_fds += [s.fileno() for s in listening]
                 console = None
-                if cfg.console_log is not None:
-                    # 0600: what the guest printed is no other local user's to read.
-                    console = private_file(
-                        str(cfg.console_log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                    )
+                if self._console is not None:
+                    # QEMU writes its console into the FIFO our thread keeps, capped, in the
+                    # log (consolelog.py); it gets the FIFO's write end, not its path.
+                    console = self._console.writer()
                     stack.callback(os.close, console)
                     child_fds.append(console)
                 fds = LaunchFds(theirs.fileno(), tuple(s.fileno() for s in listening), console)
@@ -757,9 +772,11 @@ class QemuProcess:
         if self._proc is None:
             raise BackendError("QEMU was not launched")
         try:
-            return self._proc.wait(timeout)
+            rc = self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+        self._end_console()  # QEMU is gone: its last console output is taken in now
+        return rc
 
     def result(self) -> VMExit:
         """How QEMU ended; call after `wait` returned a status."""
@@ -773,11 +790,9 @@ class QemuProcess:
         log = self.cfg.console_log
         if log is None:
             return None
-        try:
-            data = log.read_bytes()[-65536:]
-        except OSError:
-            return None
-        m = _PANIC.search(data)
+        if self.returncode is not None:
+            self._end_console()
+        m = _PANIC.search(read_tail(log, 65536))
         return m.group(0).decode(errors="replace").strip() if m else None
 
     def stderr_tail(self, limit: int = 400) -> str:
@@ -823,6 +838,8 @@ class QemuProcess:
             for path in self._sockets():
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
+            if self._proc is None or self._proc.poll() is not None:
+                self._end_console()
             self._close_stderr()
             self._release_jail()
 
@@ -919,6 +936,11 @@ class QemuProcess:
         if qmp is not None:
             with contextlib.suppress(Exception):
                 qmp.close()
+
+    def _end_console(self) -> None:
+        console, self._console = self._console, None
+        if console is not None:
+            console.finish()
 
     def _close_stderr(self) -> None:
         if self._stderr is not None and not self._stderr.closed:
