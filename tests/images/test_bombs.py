@@ -166,7 +166,7 @@ def test_default_cap_is_the_free_space_of_the_store(
     """No cap set, and a store on a 128 MiB filesystem: the bomb is refused by the space
     left there (less 5% of it), before it fills it."""
     roots.root.mkdir(parents=True)
-    mount = ["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(roots.root)]
+    mount = ["mount", "-t", "tmpfs", "-o", "size=128m,mode=0700", "tmpfs", str(roots.root)]
     if subprocess.run(mount, capture_output=True, timeout=30).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
