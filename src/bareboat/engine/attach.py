@@ -48,6 +48,8 @@ class AttachClient:
             for kind, payload in self.reader.feed(data):
                 if kind in (P.EXIT, P.ERROR):
                     return int(json.loads(payload).get("code", 125))
+                if kind == P.REFUSED:
+                    raise _refused(payload)
 
     def send_signal(self, sig: int) -> None:
         with contextlib.suppress(OSError):
@@ -91,6 +93,17 @@ class AttachClient:
                         err = BareboatError(str(info["message"]))
                         err.exit_code = int(info.get("code", 125))
                         raise err
+                    elif kind == P.REFUSED:
+                        raise _refused(payload)
+
+
+def _refused(payload: bytes) -> BareboatError:
+    """The monitor refused what we sent (and closed the connection)."""
+    try:
+        message = str(json.loads(payload)["message"])
+    except (ValueError, KeyError, TypeError):
+        message = "no reason given"
+    return BareboatError(f"the container's monitor refused the request: {message}")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -254,13 +254,7 @@ class Monitor:
                 os.read(self.wake_r, 512)
             self.reap()
         elif kind == "listen":
-            with contextlib.suppress(BlockingIOError):
-                sock, _ = key.fileobj.accept()  # type: ignore[union-attr]
-                sock.setblocking(True)
-                sock.settimeout(5)
-                client = Client(sock)
-                self.clients.append(client)
-                self.sel.register(sock, selectors.EVENT_READ, client)
+            self.accept(key.fileobj)  # type: ignore[arg-type]
         elif kind in ("stdout", "stderr"):
             self.pump(key.fd, kind)
         elif isinstance(kind, Client):
@@ -313,6 +307,33 @@ class Monitor:
                 self.sel.unregister(c.sock)
             c.sock.close()
 
+    # --- control clients ---------------------------------------------------------------
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            sock, _ = listener.accept()
+        except OSError:  # gone before we looked, or no descriptor left: nothing to serve
+            return
+        sock.setblocking(True)
+        sock.settimeout(5)
+        client = Client(sock)
+        self.clients.append(client)
+        self.sel.register(sock, selectors.EVENT_READ, client)
+        if len(self.clients) > P.MAX_CLIENTS:
+            self.refuse(client, f"too many clients (at most {P.MAX_CLIENTS} at once)")
+
+    def send(self, c: Client, data: bytes) -> None:
+        """Send to one client; one that cannot take it is dropped."""
+        try:
+            c.sock.sendall(data)
+        except OSError:
+            self.drop(c)
+
+    def refuse(self, c: Client, message: str) -> None:
+        """Tell a client what was wrong with what it sent, and close its connection."""
+        with contextlib.suppress(OSError):
+            c.sock.send(P.jframe(P.REFUSED, {"message": message}), socket.MSG_DONTWAIT)
+        self.drop(c)
+
     def from_client(self, c: Client) -> None:
         try:
             data = c.sock.recv(65536)
@@ -321,42 +342,47 @@ class Monitor:
         if not data:
             self.drop(c)
             return
+        # A client is input like any other: whatever it sends or asks for, the worst it gets
+        # is REFUSED and a closed connection; the container runs on.
         try:
-            frames = c.reader.feed(data)
-        except ContainerError:
-            self.drop(c)
-            return
-        for kind, payload in frames:
-            self.handle(c, kind, payload)
+            for kind, payload in c.reader.feed(data):
+                self.handle(c, P.decode(kind, payload))
+                if c not in self.clients:
+                    return
+        except BareboatError as err:
+            self.refuse(c, str(err))
+        except Exception as err:  # noqa: BLE001 - a failed request must not end the container
+            import traceback
 
-    def handle(self, c: Client, kind: int, payload: bytes) -> None:
-        # Clients are local but still only get to do what the frame types allow.
-        if kind == P.REQUEST:
-            req = json.loads(payload)
-            op = req.get("op")
-            if op == "attach":
-                c.attached, c.stdin = True, bool(req.get("stdin"))
-                if req.get("rows") and req.get("cols"):
-                    self.resize(int(req["rows"]), int(req["cols"]))
-            elif op == "kill":
-                self.kill(int(req.get("signal", signal.SIGKILL)))
-                c.sock.sendall(P.frame(P.ACK))
-            # "wait": nothing to do; every client hears EXIT (or ERROR) at the end
-        elif kind == P.STDIN and c.stdin and self.stdin_w is not None:
-            with contextlib.suppress(OSError):
-                os.write(self.stdin_w, payload)
-        elif kind == P.STDIN_EOF and c.stdin and self.stdin_w is not None:
-            if self.pty_master is None:
-                os.close(self.stdin_w)
-            else:
+            traceback.print_exc()
+            self.refuse(c, f"the request failed: {err!r}")
+
+    def handle(self, c: Client, msg: P.Message) -> None:
+        # Clients are local but still only get to do what the messages allow.
+        if isinstance(msg, P.Attach):
+            c.attached, c.stdin = True, msg.stdin
+            if msg.rows and msg.cols:
+                self.resize(msg.rows, msg.cols)
+        elif isinstance(msg, P.Kill):
+            self.kill(msg.signal)
+            self.send(c, P.frame(P.ACK))
+        elif isinstance(msg, P.Stdin):
+            if c.stdin and self.stdin_w is not None:
                 with contextlib.suppress(OSError):
-                    os.write(self.stdin_w, b"\x04")
-            self.stdin_w = None
-        elif kind == P.RESIZE:
-            size = json.loads(payload)
-            self.resize(int(size["rows"]), int(size["cols"]))
-        elif kind == P.SIGNAL:
-            self.kill(int(json.loads(payload)["signal"]))
+                    os.write(self.stdin_w, msg.data)
+        elif isinstance(msg, P.StdinEof):
+            if c.stdin and self.stdin_w is not None:
+                if self.pty_master is None:
+                    os.close(self.stdin_w)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.write(self.stdin_w, b"\x04")
+                self.stdin_w = None
+        elif isinstance(msg, P.Resize):
+            self.resize(msg.rows, msg.cols)
+        elif isinstance(msg, P.Signal):
+            self.kill(msg.signal)
+        # P.Wait: nothing to do; every client hears EXIT (or ERROR) at the end
 
     def resize(self, rows: int, cols: int) -> None:
         rows, cols = max(1, min(rows, 10000)), max(1, min(cols, 10000))
