@@ -344,7 +344,7 @@ class Engine:
         rec = self.get(ref)
         if rec.state not in (State.RUNNING, State.PAUSED):
             return rec
-        sig = parse_signal(rec.stop_signal or "SIGTERM")
+        sig = _stop_signal(rec)
         backend = self.backend(rec.isolation)
         ctx = self.context(rec.id)
         backend.kill(ctx, rec.pid, sig)
@@ -442,6 +442,28 @@ class Engine:
                         yield float(e["t"]), str(e["s"]), e["d"].encode("utf-8", "surrogateescape")
                     return
                 time.sleep(0.1)
+
+
+def _stop_signal(rec: Record) -> int:
+    """The image's StopSignal; SIGTERM, with a warning, where it names no signal (the image's
+    config is its author's data, and docker too falls back rather than fail the stop)."""
+    if not rec.stop_signal:
+        return signal.SIGTERM
+    try:
+        sig = parse_signal(rec.stop_signal)
+    except UsageError:
+        sig = 0
+    if 1 <= sig <= signal.SIGRTMAX:
+        return sig
+    import logging
+
+    logging.getLogger("bareboat").warning(
+        "bareboat: warning: the image's StopSignal %r is not a signal; "
+        "stopping container %s with SIGTERM",
+        rec.stop_signal[:64],
+        rec.short_id,
+    )
+    return signal.SIGTERM
 
 
 def _runs_in(pid: int, root: Path) -> bool:
