@@ -28,6 +28,7 @@ from bareboat.paths import Roots
 from bareboat.proc import alive, parse_signal, wait_exit
 from bareboat.spec.options import Isolation, RunOptions
 
+from .leftovers import end_rooted_in
 from .names import ID_RE, check_name, new_id, random_name
 from .overlay import Overlay, unmount_tree
 from .state import Record, RecordStore, State
@@ -178,21 +179,58 @@ class Engine:
         raise ContainerNotFound(f"no such container: {ref}")
 
     def get(self, ref: str) -> Record:
-        """The record, corrected if its monitor died without writing the end."""
+        """The record, made true if its monitor died without writing the end: what the monitor
+        left running is ended first (see `_end_orphan`)."""
         cid = self.resolve(ref)
         rec = self.records.load(cid)
         if rec.state in (State.RUNNING, State.PAUSED) and not alive(
             rec.monitor_pid, rec.monitor_start
         ):
-            # Re-read under no lock: the monitor may have just written the end itself.
-            rec = self.records.load(cid)
-            if rec.state in (State.RUNNING, State.PAUSED):
-                rec.move_to(State.EXITED)
-                rec.exit_code = 255
-                rec.finished = time.time()
-                rec.error = "the container's monitor died; its workload may still run (rm -f)"
-                self.records.save(rec)
+            rec = self._end_orphan(cid)
         return rec
+
+    def _end_orphan(self, cid: str) -> Record:
+        """A container whose monitor died (kill -9, OOM) has no one to end its workload,
+        unmount its root or record its end: the first engine call that sees it does all three,
+        so that `ps` says exited only of a container of which nothing runs any more."""
+        with self._container_lock(cid):
+            # Re-read under the lock: the monitor may have written the end itself, or another
+            # caller already ended what it left.
+            rec = self.records.load(cid)
+            if rec.state not in (State.RUNNING, State.PAUSED) or alive(
+                rec.monitor_pid, rec.monitor_start
+            ):
+                return rec
+            self._end_leftovers(rec)
+            rec.move_to(State.EXITED)
+            rec.exit_code, rec.finished, rec.pid, rec.pid_start = 255, time.time(), None, None
+            rec.error = "the container's monitor died; bareboat ended what it had left running"
+            self.records.save(rec)
+            return rec
+
+    def _end_leftovers(self, rec: Record) -> None:
+        """End whatever of the container runs without its monitor, and unmount its root."""
+        p = self.paths(rec.id)
+        with contextlib.suppress(BareboatError, OSError):
+            # the backend's own way: the runtime's container (cgroup, PID namespace), the VM
+            self.backend(rec.isolation).delete(self.context(rec.id), force=True)
+        # the monitor's child (the runtime, a Wasm runner), if that process still runs
+        if rec.pid is not None and alive(rec.pid, rec.pid_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+        # processes chrooted (process) or pivoted (container) into the container's root mount
+        end_rooted_in(p.rootfs)
+        unmount_tree(p.rootfs)
+        shutil.rmtree(p.work, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _container_lock(self, cid: str) -> Iterator[None]:
+        fd = os.open(self.paths(cid).record, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def containers(self, *, all: bool = False) -> list[Record]:
         out = []
@@ -363,24 +401,17 @@ class Engine:
                 f"container {rec.short_id} is {rec.state.value}: stop it or use -f"
             )
         p = self.paths(rec.id)
-        ctx = self.context(rec.id)
-        backend = self.backend(rec.isolation)
         if alive(rec.monitor_pid, rec.monitor_start):
-            with contextlib.suppress(ContainerError, OSError):
-                backend.kill(ctx, rec.pid, signal.SIGKILL)
+            with contextlib.suppress(BareboatError, OSError):
+                self.backend(rec.isolation).kill(self.context(rec.id), rec.pid, signal.SIGKILL)
                 self.wait(rec.id, 10)
         # a monitor still there (hung, or interrupted before the workload started) goes too
         for pid, start in ((rec.monitor_pid, rec.monitor_start), _pid_file(p.monitor_pid)):
             if pid is not None and alive(pid, start):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        # a dead monitor's process-backend workload: nothing else owns it (its start time
-        # was not kept, so only kill it if it still runs in this container's rootfs)
-        if rec.isolation is Isolation.PROCESS and rec.pid and _runs_in(rec.pid, p.rootfs):
-            backend.kill(ctx, rec.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            backend.delete(ctx, force=True)
-        unmount_tree(p.rootfs)
+                wait_exit(pid, start, 5)
+        self._end_leftovers(rec)
         shutil.rmtree(p.run, ignore_errors=True)
         shutil.rmtree(p.record, ignore_errors=True)
 
@@ -464,13 +495,6 @@ def _stop_signal(rec: Record) -> int:
         rec.short_id,
     )
     return signal.SIGTERM
-
-
-def _runs_in(pid: int, root: Path) -> bool:
-    try:
-        return os.readlink(f"/proc/{pid}/root") == str(root)
-    except OSError:
-        return False
 
 
 def _pid_file(path: Path) -> tuple[int | None, int | None]:

@@ -36,6 +36,7 @@ from bareboat.proc import start_time
 
 from . import protocol as P
 from .command import check_command
+from .leftovers import end_rooted_in
 from .state import State
 
 if TYPE_CHECKING:
@@ -179,6 +180,7 @@ class Monitor:
         rec = self.engine.records.load(self.cid)
         rec.move_to(State.RUNNING)
         rec.pid, rec.started, rec.exit_code, rec.finished = self.pid, time.time(), None, None
+        rec.pid_start = start_time(self.pid)
         rec.monitor_pid = os.getpid()
         rec.monitor_start = start_time(os.getpid())
         self.record = rec
@@ -407,6 +409,10 @@ class Monitor:
             if (self.ctx.state_dir / self.cid).exists():
                 self.backend.delete(self.ctx, force=True)
         with contextlib.suppress(Exception):
+            # What the workload started and left behind (a `process` container's daemons)
+            # ends with it: nothing may run on in a root that is about to be unmounted.
+            end_rooted_in(self.ctx.rootfs)
+        with contextlib.suppress(Exception):
             self.engine.overlay(self.cid).unmount()
         if self.log is not None:
             self.log.close()
@@ -417,6 +423,7 @@ class Monitor:
             if rec.state is not State.EXITED:
                 rec.move_to(State.EXITED)
             rec.exit_code, rec.finished, rec.error, rec.pid = code, time.time(), error, None
+            rec.pid_start = None
             self.engine.records.save(rec)
         with contextlib.suppress(FileNotFoundError):
             self.paths.socket.unlink()
