@@ -274,6 +274,7 @@ class Engine:
                 root_path=str(p.rootfs),
                 etc_dir=p.bundle / "etc",
             )
+            _check_runnable(options.isolation, spec)
             with self._lock():
                 name = check_name(options.name) if options.name else self._free_name()
                 if options.name and self._name_taken(name):
@@ -473,6 +474,16 @@ class Engine:
                         yield float(e["t"]), str(e["s"]), e["d"].encode("utf-8", "surrogateescape")
                     return
                 time.sleep(0.1)
+
+
+def _check_runnable(isolation: Isolation, spec: dict[str, Any]) -> None:
+    """Refuse at create, before anything is made, a container its backend would refuse at
+    start: a VM larger than this host (more vCPUs than CPUs, more RAM) or that a guest cannot
+    honour."""
+    if isolation is Isolation.MICROVM:
+        from bareboat.backends.microvm import vmspec
+
+        vmspec.check_host(vmspec.parse_config(spec), vmspec.HostSize.current())
 
 
 def _stop_signal(rec: Record) -> int:
