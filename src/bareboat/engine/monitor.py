@@ -90,6 +90,9 @@ class Client:
     stdin: bool = False
 
 
+STDIN_HIGH = 1 << 20  # bytes of stdin that may wait for the workload before clients wait
+
+
 class Monitor:
     def __init__(self, engine: Engine, cid: str, report_fd: int, wait_attach: bool) -> None:
         self.engine = engine
@@ -105,7 +108,15 @@ class Monitor:
         self.pid: int | None = None
         self.status: int | None = None
         self.pty_master: int | None = None
+        # The workload's stdin, our end (non-blocking; for -t a dup of the pty master): what
+        # clients send waits in stdin_buf until the workload reads it, and while more than
+        # STDIN_HIGH waits, the clients sending it are not read (`paused`). A blocking write
+        # here stopped the whole monitor, and with it the workload's output: a `run -i cat`
+        # of a few MB deadlocked.
         self.stdin_w: int | None = None
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.paused: list[Client] = []
         self.log: IO[bytes] | None = None
         self.winsize = (24, 80)
 
@@ -208,7 +219,7 @@ class Monitor:
             self.pty_master = master
             self.sel.register(master, selectors.EVENT_READ, "stdout")
             if opts.interactive:
-                self.stdin_w = master
+                self.stdin_w = os.dup(master)
             return Stdio(slave, os.dup(slave), os.dup(slave), tty=True)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -217,6 +228,7 @@ class Monitor:
             self.sel.register(fd, selectors.EVENT_READ, name)
         if opts.interactive:
             in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(in_w, False)
             self.stdin_w = in_w
         else:
             in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -230,7 +242,11 @@ class Monitor:
         os.set_blocking(console, False)
         self.pty_master = console
         if self.stdin_w is not None:
-            self.stdin_w = console
+            if self.stdin_w in self.sel.get_map():
+                self.sel.unregister(self.stdin_w)
+            os.close(self.stdin_w)
+            self.stdin_w = os.dup(console)
+            self.flush_stdin()
         self.sel.register(console, selectors.EVENT_READ, "stdout")
         self.resize(*self.winsize)
 
@@ -259,6 +275,8 @@ class Monitor:
             self.accept(key.fileobj)  # type: ignore[arg-type]
         elif kind in ("stdout", "stderr"):
             self.pump(key.fd, kind)
+        elif kind == "stdin":
+            self.flush_stdin()
         elif isinstance(kind, Client):
             self.from_client(kind)
 
@@ -369,22 +387,52 @@ class Monitor:
             self.kill(msg.signal)
             self.send(c, P.frame(P.ACK))
         elif isinstance(msg, P.Stdin):
-            if c.stdin and self.stdin_w is not None:
-                with contextlib.suppress(OSError):
-                    os.write(self.stdin_w, msg.data)
+            if c.stdin and self.stdin_w is not None and not self.stdin_eof:
+                self.stdin_buf += msg.data
+                self.flush_stdin()
+                if len(self.stdin_buf) > STDIN_HIGH and c in self.clients and c not in self.paused:
+                    self.sel.unregister(c.sock)  # its next frames wait in its socket
+                    self.paused.append(c)
         elif isinstance(msg, P.StdinEof):
-            if c.stdin and self.stdin_w is not None:
-                if self.pty_master is None:
-                    os.close(self.stdin_w)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.write(self.stdin_w, b"\x04")
-                self.stdin_w = None
+            if c.stdin and self.stdin_w is not None and not self.stdin_eof:
+                if self.pty_master is not None:
+                    self.stdin_buf += b"\x04"  # a terminal's end of input
+                self.stdin_eof = True
+                self.flush_stdin()
         elif isinstance(msg, P.Resize):
             self.resize(msg.rows, msg.cols)
         elif isinstance(msg, P.Signal):
             self.kill(msg.signal)
         # P.Wait: nothing to do; every client hears EXIT (or ERROR) at the end
+
+    def flush_stdin(self) -> None:
+        """Write what waits for the workload's stdin, as much as it takes now."""
+        fd = self.stdin_w
+        if fd is None:
+            return
+        while self.stdin_buf:
+            try:
+                n = os.write(fd, self.stdin_buf)
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: the workload closed its stdin (EIO: the pty's)
+                self.stdin_buf.clear()
+                self.stdin_eof = True
+                break
+            del self.stdin_buf[:n]
+        registered = fd in self.sel.get_map()
+        if self.stdin_buf and not registered:
+            self.sel.register(fd, selectors.EVENT_WRITE, "stdin")
+        elif not self.stdin_buf and registered:
+            self.sel.unregister(fd)
+        if len(self.stdin_buf) <= STDIN_HIGH // 2:
+            for c in self.paused:
+                if c in self.clients:
+                    self.sel.register(c.sock, selectors.EVENT_READ, c)
+            self.paused.clear()
+        if self.stdin_eof and not self.stdin_buf:
+            os.close(fd)  # (a pty's: our dup of its master)
+            self.stdin_w = None
 
     def resize(self, rows: int, cols: int) -> None:
         rows, cols = max(1, min(rows, 10000)), max(1, min(cols, 10000))
