@@ -41,7 +41,7 @@ def test_megabytes_through_cat(bb: Run, image: str, roots: Roots, isolation: str
     assert leftovers(roots) == []
 
 
-@pytest.mark.parametrize("isolation", ["container"])
+@pytest.mark.parametrize("isolation", ["process", "container"])
 def test_ctrl_c_reaches_a_workload_that_reads_no_stdin(
     bb: Run, image: str, roots: Roots, isolation: str
 ) -> None:
@@ -81,3 +81,15 @@ def test_ctrl_c_reaches_a_workload_that_reads_no_stdin(
         writer.join(10)
     assert leftovers(roots) == []
 
+
+def test_a_process_workload_can_trap_what_the_monitor_survives(bb: Run, image: str) -> None:
+    """The monitor outlives SIGINT, SIGHUP, SIGTTIN and SIGTTOU; its children must not start
+    with them ignored (sh cannot trap a signal it was started ignoring)."""
+    script = "trap 'exit 9' INT; trap 'exit 8' HUP; while :; do sleep 0.1; done"
+    for sig, code in (("INT", 9), ("HUP", 8)):
+        cid = bb("run", "-d", "--isolation", "process", image, "sh", "-c", script).stdout.strip()
+        time.sleep(0.3)
+        assert bb("kill", "-s", sig, cid).returncode == 0
+        w = bb("wait", cid, timeout=30)
+        assert w.stdout == f"{code}\n", (sig, w.stdout, w.stderr)
+        assert bb("rm", cid).returncode == 0

@@ -143,8 +143,12 @@ class Monitor:
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
         set_child_subreaper()
-        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTTOU, signal.SIGTTIN):
-            signal.signal(sig, signal.SIG_IGN)
+        # Survive these, with a handler that does nothing rather than SIG_IGN: an ignored
+        # signal stays ignored in the children across exec, and a `process` workload could
+        # then not even trap SIGINT (sh cannot trap what it was started ignoring).
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTOU, signal.SIGTTIN):
+            signal.signal(sig, lambda *_: None)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # (Popen restores it in children)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
