@@ -205,3 +205,26 @@ def test_copyup_only_over_nothing(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="tmpcopyup"):
         check_copyup(vmspec.VmSpec(vmspec.GuestProcess(("true",)), mounts=(
             GuestMount("/full", "tmpfs", copyup=True),)), tmp_path)  # fmt: skip
+
+
+def test_a_vm_must_fit_the_host() -> None:
+    spec = vmspec.parse_config(
+        config(
+            linux={
+                "resources": {
+                    "cpu": {"quota": 400000, "period": 100000},
+                    "memory": {"limit": 301 * MIB},
+                }
+            }
+        )
+    )
+    vmspec.check_host(spec, vmspec.HostSize(cpus=4, memory=spec.memory))
+    with pytest.raises(UsageError, match=r"4 vCPUs .* this host has 2"):
+        vmspec.check_host(spec, vmspec.HostSize(cpus=2, memory=1 << 40))
+    with pytest.raises(UsageError, match=r"301 MiB .* host.s 256 MiB"):
+        vmspec.check_host(spec, vmspec.HostSize(cpus=8, memory=256 * MIB))
+    too_many = config(linux={"resources": {"cpu": {"quota": 6500, "period": 100}}})
+    with pytest.raises(UsageError, match="at most 64 vCPUs, not 65"):
+        vmspec.parse_config(too_many)  # refused, no longer cut to 64 without a word
+    here = vmspec.HostSize.current()
+    assert here.cpus >= 1 and here.memory > 64 * MIB

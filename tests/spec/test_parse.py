@@ -134,6 +134,19 @@ def test_pids_limit() -> None:
             parse_pids_limit(bad)
 
 
+def test_sizes_are_bounded_by_what_runtimes_and_the_kernel_take() -> None:
+    # The runtime spec's memory limit is an int64; pids.max takes at most PID_MAX_LIMIT.
+    assert parse_memory("8191p") == 8191 << 50
+    assert parse_pids_limit("4194304") == 4194304
+    for bad_memory in ["8192p", "99999999999g", "9223372036854775808"]:
+        with pytest.raises(UsageError, match="too large") as e:
+            parse_memory(bad_memory)
+        one_line_usage_error(e)
+    for bad_pids in ["4194305", "9223372036854775807", "1" + "0" * 400]:
+        with pytest.raises(UsageError, match="4194304"):
+            parse_pids_limit(bad_pids)
+
+
 # --- publish ------------------------------------------------------------------------------
 
 

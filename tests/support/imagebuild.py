@@ -142,6 +142,7 @@ class Image:
     user: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     exposed_ports: list[str] = field(default_factory=list)
+    stop_signal: str = ""
     arch: str = field(default_factory=host_arch)
     os: str = "linux"
     layer_media_type: str | None = None  # override, e.g. for Wasm layers
@@ -160,6 +161,8 @@ class Image:
             cfg["Labels"] = self.labels
         if self.exposed_ports:
             cfg["ExposedPorts"] = {p: {} for p in self.exposed_ports}
+        if self.stop_signal:
+            cfg["StopSignal"] = self.stop_signal
         return {
             "architecture": self.arch,
             "os": self.os,

@@ -28,6 +28,7 @@ from bareboat.paths import Roots
 from bareboat.proc import alive, parse_signal, wait_exit
 from bareboat.spec.options import Isolation, RunOptions
 
+from .leftovers import end_rooted_in
 from .names import ID_RE, check_name, new_id, random_name
 from .overlay import Overlay, unmount_tree
 from .state import Record, RecordStore, State
@@ -178,21 +179,58 @@ class Engine:
         raise ContainerNotFound(f"no such container: {ref}")
 
     def get(self, ref: str) -> Record:
-        """The record, corrected if its monitor died without writing the end."""
+        """The record, made true if its monitor died without writing the end: what the monitor
+        left running is ended first (see `_end_orphan`)."""
         cid = self.resolve(ref)
         rec = self.records.load(cid)
         if rec.state in (State.RUNNING, State.PAUSED) and not alive(
             rec.monitor_pid, rec.monitor_start
         ):
-            # Re-read under no lock: the monitor may have just written the end itself.
-            rec = self.records.load(cid)
-            if rec.state in (State.RUNNING, State.PAUSED):
-                rec.move_to(State.EXITED)
-                rec.exit_code = 255
-                rec.finished = time.time()
-                rec.error = "the container's monitor died; its workload may still run (rm -f)"
-                self.records.save(rec)
+            rec = self._end_orphan(cid)
         return rec
+
+    def _end_orphan(self, cid: str) -> Record:
+        """A container whose monitor died (kill -9, OOM) has no one to end its workload,
+        unmount its root or record its end: the first engine call that sees it does all three,
+        so that `ps` says exited only of a container of which nothing runs any more."""
+        with self._container_lock(cid):
+            # Re-read under the lock: the monitor may have written the end itself, or another
+            # caller already ended what it left.
+            rec = self.records.load(cid)
+            if rec.state not in (State.RUNNING, State.PAUSED) or alive(
+                rec.monitor_pid, rec.monitor_start
+            ):
+                return rec
+            self._end_leftovers(rec)
+            rec.move_to(State.EXITED)
+            rec.exit_code, rec.finished, rec.pid, rec.pid_start = 255, time.time(), None, None
+            rec.error = "the container's monitor died; bareboat ended what it had left running"
+            self.records.save(rec)
+            return rec
+
+    def _end_leftovers(self, rec: Record) -> None:
+        """End whatever of the container runs without its monitor, and unmount its root."""
+        p = self.paths(rec.id)
+        with contextlib.suppress(BareboatError, OSError):
+            # the backend's own way: the runtime's container (cgroup, PID namespace), the VM
+            self.backend(rec.isolation).delete(self.context(rec.id), force=True)
+        # the monitor's child (the runtime, a Wasm runner), if that process still runs
+        if rec.pid is not None and alive(rec.pid, rec.pid_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+        # processes chrooted (process) or pivoted (container) into the container's root mount
+        end_rooted_in(p.rootfs)
+        unmount_tree(p.rootfs)
+        shutil.rmtree(p.work, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _container_lock(self, cid: str) -> Iterator[None]:
+        fd = os.open(self.paths(cid).record, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def containers(self, *, all: bool = False) -> list[Record]:
         out = []
@@ -236,6 +274,7 @@ class Engine:
                 root_path=str(p.rootfs),
                 etc_dir=p.bundle / "etc",
             )
+            _check_runnable(options.isolation, spec)
             with self._lock():
                 name = check_name(options.name) if options.name else self._free_name()
                 if options.name and self._name_taken(name):
@@ -344,7 +383,7 @@ class Engine:
         rec = self.get(ref)
         if rec.state not in (State.RUNNING, State.PAUSED):
             return rec
-        sig = parse_signal(rec.stop_signal or "SIGTERM")
+        sig = _stop_signal(rec)
         backend = self.backend(rec.isolation)
         ctx = self.context(rec.id)
         backend.kill(ctx, rec.pid, sig)
@@ -363,24 +402,17 @@ class Engine:
                 f"container {rec.short_id} is {rec.state.value}: stop it or use -f"
             )
         p = self.paths(rec.id)
-        ctx = self.context(rec.id)
-        backend = self.backend(rec.isolation)
         if alive(rec.monitor_pid, rec.monitor_start):
-            with contextlib.suppress(ContainerError, OSError):
-                backend.kill(ctx, rec.pid, signal.SIGKILL)
+            with contextlib.suppress(BareboatError, OSError):
+                self.backend(rec.isolation).kill(self.context(rec.id), rec.pid, signal.SIGKILL)
                 self.wait(rec.id, 10)
         # a monitor still there (hung, or interrupted before the workload started) goes too
         for pid, start in ((rec.monitor_pid, rec.monitor_start), _pid_file(p.monitor_pid)):
             if pid is not None and alive(pid, start):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        # a dead monitor's process-backend workload: nothing else owns it (its start time
-        # was not kept, so only kill it if it still runs in this container's rootfs)
-        if rec.isolation is Isolation.PROCESS and rec.pid and _runs_in(rec.pid, p.rootfs):
-            backend.kill(ctx, rec.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            backend.delete(ctx, force=True)
-        unmount_tree(p.rootfs)
+                wait_exit(pid, start, 5)
+        self._end_leftovers(rec)
         shutil.rmtree(p.run, ignore_errors=True)
         shutil.rmtree(p.record, ignore_errors=True)
 
@@ -434,11 +466,36 @@ class Engine:
         yield from read_log(paths.log, until=finished if follow else None)
 
 
-def _runs_in(pid: int, root: Path) -> bool:
+def _check_runnable(isolation: Isolation, spec: dict[str, Any]) -> None:
+    """Refuse at create, before anything is made, a container its backend would refuse at
+    start: a VM larger than this host (more vCPUs than CPUs, more RAM) or that a guest cannot
+    honour."""
+    if isolation is Isolation.MICROVM:
+        from bareboat.backends.microvm import vmspec
+
+        vmspec.check_host(vmspec.parse_config(spec), vmspec.HostSize.current())
+
+
+def _stop_signal(rec: Record) -> int:
+    """The image's StopSignal; SIGTERM, with a warning, where it names no signal (the image's
+    config is its author's data, and docker too falls back rather than fail the stop)."""
+    if not rec.stop_signal:
+        return signal.SIGTERM
     try:
-        return os.readlink(f"/proc/{pid}/root") == str(root)
-    except OSError:
-        return False
+        sig = parse_signal(rec.stop_signal)
+    except UsageError:
+        sig = 0
+    if 1 <= sig <= signal.SIGRTMAX:
+        return sig
+    import logging
+
+    logging.getLogger("bareboat").warning(
+        "bareboat: warning: the image's StopSignal %r is not a signal; "
+        "stopping container %s with SIGTERM",
+        rec.stop_signal[:64],
+        rec.short_id,
+    )
+    return signal.SIGTERM
 
 
 def _pid_file(path: Path) -> tuple[int | None, int | None]:

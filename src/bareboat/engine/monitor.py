@@ -35,6 +35,7 @@ from bareboat.proc import start_time
 
 from . import protocol as P
 from .command import check_command
+from .leftovers import end_rooted_in
 from .logfile import LogWriter
 from .state import State
 
@@ -89,6 +90,9 @@ class Client:
     stdin: bool = False
 
 
+STDIN_HIGH = 1 << 20  # bytes of stdin that may wait for the workload before clients wait
+
+
 class Monitor:
     def __init__(self, engine: Engine, cid: str, report_fd: int, wait_attach: bool) -> None:
         self.engine = engine
@@ -104,7 +108,15 @@ class Monitor:
         self.pid: int | None = None
         self.status: int | None = None
         self.pty_master: int | None = None
+        # The workload's stdin, our end (non-blocking; for -t a dup of the pty master): what
+        # clients send waits in stdin_buf until the workload reads it, and while more than
+        # STDIN_HIGH waits, the clients sending it are not read (`paused`). A blocking write
+        # here stopped the whole monitor, and with it the workload's output: a `run -i cat`
+        # of a few MB deadlocked.
         self.stdin_w: int | None = None
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.paused: list[Client] = []
         self.log: LogWriter | None = None
         self.winsize = (24, 80)
 
@@ -131,8 +143,12 @@ class Monitor:
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
         set_child_subreaper()
-        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTTOU, signal.SIGTTIN):
-            signal.signal(sig, signal.SIG_IGN)
+        # Survive these, with a handler that does nothing rather than SIG_IGN: an ignored
+        # signal stays ignored in the children across exec, and a `process` workload could
+        # then not even trap SIGINT (sh cannot trap what it was started ignoring).
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTOU, signal.SIGTTIN):
+            signal.signal(sig, lambda *_: None)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # (Popen restores it in children)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -180,6 +196,7 @@ class Monitor:
         rec = self.engine.records.load(self.cid)
         rec.move_to(State.RUNNING)
         rec.pid, rec.started, rec.exit_code, rec.finished = self.pid, time.time(), None, None
+        rec.pid_start = start_time(self.pid)
         rec.monitor_pid = os.getpid()
         rec.monitor_start = start_time(os.getpid())
         self.record = rec
@@ -207,7 +224,7 @@ class Monitor:
             self.pty_master = master
             self.sel.register(master, selectors.EVENT_READ, "stdout")
             if opts.interactive:
-                self.stdin_w = master
+                self.stdin_w = os.dup(master)
             return Stdio(slave, os.dup(slave), os.dup(slave), tty=True)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -216,6 +233,7 @@ class Monitor:
             self.sel.register(fd, selectors.EVENT_READ, name)
         if opts.interactive:
             in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(in_w, False)
             self.stdin_w = in_w
         else:
             in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -229,7 +247,11 @@ class Monitor:
         os.set_blocking(console, False)
         self.pty_master = console
         if self.stdin_w is not None:
-            self.stdin_w = console
+            if self.stdin_w in self.sel.get_map():
+                self.sel.unregister(self.stdin_w)
+            os.close(self.stdin_w)
+            self.stdin_w = os.dup(console)
+            self.flush_stdin()
         self.sel.register(console, selectors.EVENT_READ, "stdout")
         self.resize(*self.winsize)
 
@@ -255,15 +277,11 @@ class Monitor:
                 os.read(self.wake_r, 512)
             self.reap()
         elif kind == "listen":
-            with contextlib.suppress(BlockingIOError):
-                sock, _ = key.fileobj.accept()  # type: ignore[union-attr]
-                sock.setblocking(True)
-                sock.settimeout(5)
-                client = Client(sock)
-                self.clients.append(client)
-                self.sel.register(sock, selectors.EVENT_READ, client)
+            self.accept(key.fileobj)  # type: ignore[arg-type]
         elif kind in ("stdout", "stderr"):
             self.pump(key.fd, kind)
+        elif kind == "stdin":
+            self.flush_stdin()
         elif isinstance(kind, Client):
             self.from_client(kind)
 
@@ -312,6 +330,33 @@ class Monitor:
                 self.sel.unregister(c.sock)
             c.sock.close()
 
+    # --- control clients ---------------------------------------------------------------
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            sock, _ = listener.accept()
+        except OSError:  # gone before we looked, or no descriptor left: nothing to serve
+            return
+        sock.setblocking(True)
+        sock.settimeout(5)
+        client = Client(sock)
+        self.clients.append(client)
+        self.sel.register(sock, selectors.EVENT_READ, client)
+        if len(self.clients) > P.MAX_CLIENTS:
+            self.refuse(client, f"too many clients (at most {P.MAX_CLIENTS} at once)")
+
+    def send(self, c: Client, data: bytes) -> None:
+        """Send to one client; one that cannot take it is dropped."""
+        try:
+            c.sock.sendall(data)
+        except OSError:
+            self.drop(c)
+
+    def refuse(self, c: Client, message: str) -> None:
+        """Tell a client what was wrong with what it sent, and close its connection."""
+        with contextlib.suppress(OSError):
+            c.sock.send(P.jframe(P.REFUSED, {"message": message}), socket.MSG_DONTWAIT)
+        self.drop(c)
+
     def from_client(self, c: Client) -> None:
         try:
             data = c.sock.recv(65536)
@@ -320,42 +365,77 @@ class Monitor:
         if not data:
             self.drop(c)
             return
+        # A client is input like any other: whatever it sends or asks for, the worst it gets
+        # is REFUSED and a closed connection; the container runs on.
         try:
-            frames = c.reader.feed(data)
-        except ContainerError:
-            self.drop(c)
-            return
-        for kind, payload in frames:
-            self.handle(c, kind, payload)
+            for kind, payload in c.reader.feed(data):
+                self.handle(c, P.decode(kind, payload))
+                if c not in self.clients:
+                    return
+        except BareboatError as err:
+            self.refuse(c, str(err))
+        except Exception as err:  # noqa: BLE001 - a failed request must not end the container
+            import traceback
 
-    def handle(self, c: Client, kind: int, payload: bytes) -> None:
-        # Clients are local but still only get to do what the frame types allow.
-        if kind == P.REQUEST:
-            req = json.loads(payload)
-            op = req.get("op")
-            if op == "attach":
-                c.attached, c.stdin = True, bool(req.get("stdin"))
-                if req.get("rows") and req.get("cols"):
-                    self.resize(int(req["rows"]), int(req["cols"]))
-            elif op == "kill":
-                self.kill(int(req.get("signal", signal.SIGKILL)))
-                c.sock.sendall(P.frame(P.ACK))
-            # "wait": nothing to do; every client hears EXIT (or ERROR) at the end
-        elif kind == P.STDIN and c.stdin and self.stdin_w is not None:
-            with contextlib.suppress(OSError):
-                os.write(self.stdin_w, payload)
-        elif kind == P.STDIN_EOF and c.stdin and self.stdin_w is not None:
-            if self.pty_master is None:
-                os.close(self.stdin_w)
-            else:
-                with contextlib.suppress(OSError):
-                    os.write(self.stdin_w, b"\x04")
+            traceback.print_exc()
+            self.refuse(c, f"the request failed: {err!r}")
+
+    def handle(self, c: Client, msg: P.Message) -> None:
+        # Clients are local but still only get to do what the messages allow.
+        if isinstance(msg, P.Attach):
+            c.attached, c.stdin = True, msg.stdin
+            if msg.rows and msg.cols:
+                self.resize(msg.rows, msg.cols)
+        elif isinstance(msg, P.Kill):
+            self.kill(msg.signal)
+            self.send(c, P.frame(P.ACK))
+        elif isinstance(msg, P.Stdin):
+            if c.stdin and self.stdin_w is not None and not self.stdin_eof:
+                self.stdin_buf += msg.data
+                self.flush_stdin()
+                if len(self.stdin_buf) > STDIN_HIGH and c in self.clients and c not in self.paused:
+                    self.sel.unregister(c.sock)  # its next frames wait in its socket
+                    self.paused.append(c)
+        elif isinstance(msg, P.StdinEof):
+            if c.stdin and self.stdin_w is not None and not self.stdin_eof:
+                if self.pty_master is not None:
+                    self.stdin_buf += b"\x04"  # a terminal's end of input
+                self.stdin_eof = True
+                self.flush_stdin()
+        elif isinstance(msg, P.Resize):
+            self.resize(msg.rows, msg.cols)
+        elif isinstance(msg, P.Signal):
+            self.kill(msg.signal)
+        # P.Wait: nothing to do; every client hears EXIT (or ERROR) at the end
+
+    def flush_stdin(self) -> None:
+        """Write what waits for the workload's stdin, as much as it takes now."""
+        fd = self.stdin_w
+        if fd is None:
+            return
+        while self.stdin_buf:
+            try:
+                n = os.write(fd, self.stdin_buf)
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: the workload closed its stdin (EIO: the pty's)
+                self.stdin_buf.clear()
+                self.stdin_eof = True
+                break
+            del self.stdin_buf[:n]
+        registered = fd in self.sel.get_map()
+        if self.stdin_buf and not registered:
+            self.sel.register(fd, selectors.EVENT_WRITE, "stdin")
+        elif not self.stdin_buf and registered:
+            self.sel.unregister(fd)
+        if len(self.stdin_buf) <= STDIN_HIGH // 2:
+            for c in self.paused:
+                if c in self.clients:
+                    self.sel.register(c.sock, selectors.EVENT_READ, c)
+            self.paused.clear()
+        if self.stdin_eof and not self.stdin_buf:
+            os.close(fd)  # (a pty's: our dup of its master)
             self.stdin_w = None
-        elif kind == P.RESIZE:
-            size = json.loads(payload)
-            self.resize(int(size["rows"]), int(size["cols"]))
-        elif kind == P.SIGNAL:
-            self.kill(int(json.loads(payload)["signal"]))
 
     def resize(self, rows: int, cols: int) -> None:
         rows, cols = max(1, min(rows, 10000)), max(1, min(cols, 10000))
@@ -380,6 +460,10 @@ class Monitor:
             if (self.ctx.state_dir / self.cid).exists():
                 self.backend.delete(self.ctx, force=True)
         with contextlib.suppress(Exception):
+            # What the workload started and left behind (a `process` container's daemons)
+            # ends with it: nothing may run on in a root that is about to be unmounted.
+            end_rooted_in(self.ctx.rootfs)
+        with contextlib.suppress(Exception):
             self.engine.overlay(self.cid).unmount()
         if self.log is not None:
             self.log.close()
@@ -390,6 +474,7 @@ class Monitor:
             if rec.state is not State.EXITED:
                 rec.move_to(State.EXITED)
             rec.exit_code, rec.finished, rec.error, rec.pid = code, time.time(), error, None
+            rec.pid_start = None
             self.engine.records.save(rec)
         with contextlib.suppress(FileNotFoundError):
             self.paths.socket.unlink()

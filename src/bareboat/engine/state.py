@@ -58,6 +58,7 @@ class Record:
     started: float | None = None
     finished: float | None = None
     pid: int | None = None  # the workload (or its runtime / VMM) as the monitor sees it
+    pid_start: int | None = None  # its /proc/PID/stat starttime: guards against pid reuse
     monitor_pid: int | None = None
     monitor_start: int | None = None  # /proc/PID/stat starttime: guards against pid reuse
     auto_remove: bool = False

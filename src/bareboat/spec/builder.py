@@ -18,7 +18,7 @@ from typing import Any
 
 from bareboat.errors import UsageError
 from bareboat.images.model import ImageConfig
-from bareboat.spec import defaults, etcfiles
+from bareboat.spec import defaults, etcfiles, parse
 from bareboat.spec.options import Isolation, Mount, RunOptions
 from bareboat.spec.users import User, resolve_user
 
@@ -159,7 +159,7 @@ def build_rlimits(options: RunOptions, *, nofile: int) -> list[dict[str, Any]]:
 def build_resources(options: RunOptions) -> dict[str, Any]:
     res: dict[str, Any] = {"devices": defaults.device_rules()}
     if options.memory is not None:
-        if options.memory <= 0:
+        if not 0 < options.memory <= parse.MAX_MEMORY:
             raise UsageError(f"invalid memory limit {options.memory}")
         # swap == limit: no swap on top of the memory limit, so --memory is a hard cap.
         res["memory"] = {"limit": options.memory, "swap": options.memory}
@@ -169,7 +169,7 @@ def build_resources(options: RunOptions) -> dict[str, Any]:
         period = 100_000
         res["cpu"] = {"quota": round(options.cpus * period), "period": period}
     if options.pids_limit is not None:
-        if options.pids_limit <= 0:
+        if not 0 < options.pids_limit <= parse.MAX_PIDS:
             raise UsageError(f"invalid --pids-limit {options.pids_limit}")
         res["pids"] = {"limit": options.pids_limit}
     return res

@@ -71,6 +71,10 @@ NETWORK_OPTIONS = {"user": ("host-loopback",)}
 
 # The smallest memory limit docker accepts; below it the runtime's own process cannot start.
 MIN_MEMORY = 6 * (1 << 20)
+# The largest the runtime spec's int64 holds (8 EiB): crun and runc refuse to read more.
+MAX_MEMORY = (1 << 63) - 1
+# The kernel's PID_MAX_LIMIT (64-bit): pids.max takes nothing larger.
+MAX_PIDS = 4 * 1024 * 1024
 CPU_PERIOD = 100_000  # microseconds, as docker uses for --cpus
 
 
@@ -146,6 +150,8 @@ def parse_memory(value: str) -> int:
     size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if size < MIN_MEMORY:
         raise UsageError(f"memory limit {value!r} is too small: the minimum is 6m")
+    if size > MAX_MEMORY:
+        raise UsageError(f"memory limit {value[:40]!r} is too large: the maximum is 8 EiB")
     return size
 
 
@@ -172,6 +178,11 @@ def parse_pids_limit(value: str) -> int | None:
         return None
     if n < 0:
         raise UsageError(f"invalid --pids-limit {value!r}: must be positive, or -1 for no limit")
+    if n > MAX_PIDS:
+        raise UsageError(
+            f"invalid --pids-limit {value[:40]!r}: the kernel's maximum is {MAX_PIDS} "
+            "(-1 for no limit)"
+        )
     return n
 
 

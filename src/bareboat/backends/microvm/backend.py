@@ -450,6 +450,7 @@ class MicrovmBackend:
         from .kernel import resolve_kernel
 
         spec = vmspec.parse_config(ctx.spec)
+        vmspec.check_host(spec, vmspec.HostSize.current())
         s = self.settings(ctx)
         kernel = resolve_kernel(self.roots, configured=s.kernel)
         initrd = build_initramfs(self.roots)

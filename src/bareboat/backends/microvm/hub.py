@@ -54,6 +54,9 @@ CTL_LIMITS: dict[FrameType, int] = {
     FrameType.PAUSE: 0,
     FrameType.RESUME: 0,
 }
+# Connections served at once: each holds a descriptor and up to MAX_PAYLOAD of input, and a
+# hub out of descriptors would fail its relay, which ends the VM.
+MAX_CLIENTS = 64
 OUTBUF_HIGH = 4 << 20  # stop reading new input while this much waits for the agent
 KILL_GRACE_S = 5.0  # after a SIGKILL the workload must be gone by then, or QEMU is killed
 
@@ -326,12 +329,24 @@ class Hub:
 
     # --- control clients ---------------------------------------------------------------------
     def _accept(self) -> None:
-        with contextlib.suppress(BlockingIOError):
+        try:
             sock, _ = self.listener.accept()
-            sock.settimeout(5)
-            client = _Client(sock)
-            self.clients[sock.fileno()] = client
-            self.sel.register(sock, selectors.EVENT_READ, client)
+        except OSError:  # gone before we looked, or no descriptor left: nothing to serve
+            return
+        sock.settimeout(5)
+        client = _Client(sock)
+        self.clients[sock.fileno()] = client
+        self.sel.register(sock, selectors.EVENT_READ, client)
+        if len(self.clients) > MAX_CLIENTS:
+            self._refuse(client, f"too many control clients (at most {MAX_CLIENTS} at once)")
+
+    def _refuse(self, c: _Client, message: str, session: int = 0) -> None:
+        """Tell a control client what was wrong with what it sent (ERROR BAD_REQUEST), and
+        close its connection. Nothing of it reaches the guest; the VM runs on."""
+        reply = int(ErrorKind.BAD_REQUEST).to_bytes(2, "big") + message.encode()[:MAX_ERROR_MESSAGE]
+        with contextlib.suppress(OSError):
+            c.sock.send(encode_frame(Frame(FrameType.ERROR, session, reply)), socket.MSG_DONTWAIT)
+        self._drop(c)
 
     def _drop(self, c: _Client) -> None:
         self.clients.pop(c.sock.fileno(), None)
@@ -348,16 +363,26 @@ class Hub:
             self._drop(c)
 
     def _read_client(self, c: _Client) -> None:
+        fd = c.sock.fileno()
         try:
             data = c.sock.recv(256 * 1024)
-            frames = c.decoder.feed(data) if data else None
-        except (OSError, AgentProtocolError):
-            frames = None
-        if frames is None:
+        except OSError:
+            data = b""
+        if not data:
             self._drop(c)
             return
-        for f in frames:
-            self._from_client(c, f)
+        # A control client is input like any other: the worst it can get for what it sends is
+        # an ERROR and a closed connection. Only checked frames reach the guest, whose answers
+        # to a malformed one would otherwise count as the workload's failure.
+        try:
+            for f in c.decoder.feed(data):
+                self._from_client(c, f)
+                if self.clients.get(fd) is not c:
+                    return  # refused or gone
+        except AgentProtocolError as err:
+            self._refuse(c, str(err).replace("agent sent", "control client sent"))
+        except Exception as err:  # noqa: BLE001 - a failed request must not end the VM
+            self._refuse(c, f"the request failed: {err!r}")
 
     def _from_client(self, c: _Client, f: Frame) -> None:
         if f.type is FrameType.POWEROFF:
@@ -368,7 +393,7 @@ class Hub:
             return
         if f.type is FrameType.EXEC:
             if f.session == 0 or f.session in c.sessions:
-                self._drop(c)
+                self._refuse(c, f"EXEC needs a session id >= 1 not in use, not {f.session}")
                 return
             sid = self.next_session
             self.next_session += 1
@@ -377,7 +402,13 @@ class Hub:
             self.send(Frame(FrameType.EXEC, sid, f.payload))
             return
         if f.type not in (FrameType.SIGNAL, FrameType.RESIZE, FrameType.STDIN):
-            self._drop(c)
+            self._refuse(c, f"a control client may not send {f.type.name}", f.session)
+            return
+        if f.type is not FrameType.STDIN and len(f.payload) != 4:
+            self._refuse(c, f"{f.type.name} takes 4 bytes, not {len(f.payload)}", f.session)
+            return
+        if f.type is FrameType.SIGNAL and not 1 <= int.from_bytes(f.payload, "big") <= 64:
+            self._refuse(c, f"no signal {int.from_bytes(f.payload, 'big')}", f.session)
             return
         if f.session == 0:
             if f.type is FrameType.STDIN or self.exited is not None:

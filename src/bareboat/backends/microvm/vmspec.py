@@ -253,7 +253,10 @@ def vcpus_for(linux: Mapping[str, Any]) -> int:
         return 1
     quota = _int(quota, "linux.resources.cpu.quota", lo=1)
     period = _int(period, "linux.resources.cpu.period", lo=1)
-    return max(1, min(MAX_VCPUS, math.ceil(quota / period)))
+    vcpus = max(1, math.ceil(quota / period))
+    if vcpus > MAX_VCPUS:
+        raise UsageError(f"a microVM takes at most {MAX_VCPUS} vCPUs, not {vcpus} (--cpus)")
+    return vcpus
 
 
 def memory_for(linux: Mapping[str, Any]) -> int:
@@ -265,6 +268,41 @@ def memory_for(linux: Mapping[str, Any]) -> int:
     limit = _int(limit, "linux.resources.memory.limit", lo=1)
     # QEMU takes whole MiB; round up so the guest never gets less than was asked.
     return max(MIN_MEMORY, (limit + MIB - 1) // MIB * MIB)
+
+
+@dataclass(frozen=True)
+class HostSize:
+    """What this host can give a VM: the CPUs this process may run on, and its RAM."""
+
+    cpus: int
+    memory: int  # bytes
+
+    @classmethod
+    def current(cls) -> HostSize:
+        import os
+
+        memory = 0
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemTotal:"):
+                    memory = int(line.split()[1]) * 1024
+                    break
+        return cls(len(os.sched_getaffinity(0)), memory)
+
+
+def check_host(spec: VmSpec, host: HostSize) -> None:
+    """Refuse a VM this host cannot run: more vCPUs than it has CPUs (under TCG such a guest
+    did not even reach its agent in 30 s, with an empty console), more RAM than it has."""
+    if spec.vcpus > host.cpus:
+        raise UsageError(
+            f"a microVM of {spec.vcpus} vCPUs (--cpus) needs as many CPUs; "
+            f"this host has {host.cpus}"
+        )
+    if host.memory and spec.memory > host.memory:
+        raise UsageError(
+            f"a microVM of {spec.memory >> 20} MiB (--memory) is more than this host's "
+            f"{host.memory >> 20} MiB of RAM"
+        )
 
 
 def parse_config(config: Mapping[str, Any]) -> VmSpec:
