@@ -23,6 +23,8 @@ import os
 import signal
 import time
 
+from bareboat.cgroupfs import remove_when_empty
+
 MOUNTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
 PARENT = "bareboat-process"
 
@@ -128,16 +130,6 @@ def freeze(path: str, frozen: bool, timeout: float = 5.0) -> bool:
     return True
 
 
-def remove(path: str, timeout: float = 5.0) -> None:
-    """Remove the cgroup once its processes are gone (rmdir fails with EBUSY until then)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                return  # a process stuck in the kernel: an empty cgroup left beats a failed delete
-            time.sleep(0.01)
+def remove(path: str) -> None:
+    """Remove the container's cgroup once its processes are gone."""
+    remove_when_empty(path)

@@ -13,11 +13,11 @@ on every `create` of a VM through bareboat-runtime.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bareboat.cgroupfs import remove_when_empty
 from bareboat.errors import BackendError, UsageError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -171,16 +171,6 @@ def read(d: Path) -> CpuLimits:
     )
 
 
-def remove(d: Path, timeout: float = 5.0) -> None:
-    """Remove the cgroup once its processes are gone (rmdir fails with EBUSY until then)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.rmdir(d)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                return  # a process lingers; leaving an empty-ish cgroup beats failing delete
-            time.sleep(0.02)
+def remove(d: Path) -> None:
+    """Remove the cgroup once its processes are gone."""
+    remove_when_empty(d)

@@ -9,7 +9,6 @@ what the dead one left (its cgroups, named in the file).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bareboat.cgroupfs import remove_when_empty
 from bareboat.errors import BackendError, UsageError
 
 from .jail import Limits
@@ -227,7 +227,7 @@ class VmmCgroups:
 
     def remove(self) -> None:
         for d in reversed(self.dirs):
-            _rmdir_when_empty(d)
+            remove_when_empty(d)
         self.dirs = []
 
 
@@ -274,19 +274,3 @@ def _limit_v2(d: Path, limits: Limits) -> None:
     _write(d / "pids.max", str(limits.pids))
     if limits.cpu_quota_us:
         _write(d / "cpu.max", f"{limits.cpu_quota_us} {limits.cpu_period_us or 100000}")
-
-
-def _rmdir_when_empty(d: Path, timeout: float = 5.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            d.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                return
-            time.sleep(0.01)
