@@ -168,6 +168,8 @@ def test_four_clones_in_parallel(
 ) -> None:
     _, inputs = setup
     before = socket_dirs()
+    umask = os.umask(0o022)
+    os.umask(umask)
     results: dict[int, SessionResult | BaseException] = {}
 
     def one(i: int) -> None:
@@ -187,6 +189,10 @@ def test_four_clones_in_parallel(
         assert (r.stdout, r.exit.code) == (f"clone {i}\n".encode(), i)
     assert our_qemus(str(template.ram)) == []
     assert socket_dirs() == before
+    # the process's umask is everyone's: launching QEMU from threads must leave it alone
+    now = os.umask(0o022)
+    os.umask(now)
+    assert now == umask
 
 
 def test_corrupt_state_is_detected_before_use(

@@ -437,11 +437,10 @@ def _listen(path: Path) -> Any:
     path.unlink(missing_ok=True)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        old = os.umask(0o177)
-        try:
-            s.bind(str(path))
-        finally:
-            os.umask(old)
+        s.bind(str(path))
+        # Not through the umask: it is the whole process's, and clones start from threads.
+        # The socket directory is private (0700) already; this is the socket's own word.
+        os.chmod(path, 0o600)
         s.listen(4)
     except BaseException:
         s.close()
