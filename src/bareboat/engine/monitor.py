@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 from bareboat.backends.base import BackendContext, Started, Stdio, set_child_subreaper
 from bareboat.errors import BareboatError, ContainerError
 from bareboat.proc import start_time
+from bareboat.spec.command import check_command
 
 from . import protocol as P
-from .command import check_command
 from .leftovers import end_rooted_in
 from .logfile import LogWriter
 from .state import State

@@ -172,39 +172,6 @@ def _opaque(path: str) -> bool:
     return False
 
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def check_command(rootfs: Path, process: dict[str, Any]) -> None:
-    """Fail `create` as runc and crun do when the command is not in the rootfs: clients (podman)
-    turn that error into 127/126, while an error at `start` would only give 126."""
-    from bareboat.errors import CommandNotExecutable, CommandNotFound
-    from bareboat.spec.rootread import open_in_root
-
-    arg0 = str(process["args"][0])
-    if "/" in arg0:
-        candidates = [arg0 if arg0.startswith("/") else f"{process.get('cwd') or '/'}/{arg0}"]
-    else:
-        path = lc.process_env(process).get("PATH", DEFAULT_PATH)
-        candidates = [f"{d or '.'}/{arg0}" for d in path.split(":")]
-    denied = False
-    for candidate in candidates:
-        try:
-            fd = open_in_root(rootfs, candidate, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
-            return
-        denied = True
-    if denied:
-        raise CommandNotExecutable(f"exec {arg0}: permission denied")
-    raise CommandNotFound(f"executable file `{arg0}` not found in $PATH: no such file or directory")
-
-
 def _context(cid: str, bundle: str, sdir: str, config: dict[str, Any]) -> BackendContext:
     from bareboat.backends.base import BackendContext
 
@@ -234,7 +201,12 @@ def _create(
     rootfs: str,
     sdir: str,
 ) -> int:
-    check_command(Path(rootfs), config.get("process") or {})
+    from bareboat.spec.command import check_command
+
+    process = config.get("process") or {}
+    args = [str(a) for a in process.get("args") or []]
+    env = [str(e) for e in process.get("env") or []]
+    check_command(Path(rootfs), args, env, str(process.get("cwd") or "/"))
     backend = _backend(root, inv.id, rootfs)
     ctx = _context(inv.id, bundle, sdir, config)
     backend.create(ctx)  # the plan: every check that can fail before a VM exists
