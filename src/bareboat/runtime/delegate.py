@@ -6,9 +6,9 @@ Plan: `runc_argv` turns an invocation into runc's argv (our globals with `--root
 when nothing is left to do afterwards (the client then talks to runc directly: exit code,
 stdio, signals), `spawn_runc` waits when a record must follow the result.
 
-`BAREBOAT_RUNTIME_OCI` names the runtime (a name on PATH or a path; default runc: Debian's
-crun 1.8.1 refuses this host's hybrid cgroup layout unless cgroup2 is hidden, which bareboat's
-container backend does for its own `run`, and runc 1.1.5 works as is).
+`BAREBOAT_OCI_RUNTIME` names the runtime, as for `bareboat run` (ociruntime.py; default
+runc: Debian's crun 1.8.1 refuses this host's hybrid cgroup layout unless cgroup2 is hidden,
+which bareboat's container backend does for its own `run`, and runc 1.1.5 works as is).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 
-from bareboat.errors import BackendUnavailable
 from bareboat.proc import FORWARDED_SIGNALS, wait_child
 
 from .args import Invocation
@@ -31,22 +30,9 @@ if TYPE_CHECKING:
 
 
 def find_runtime(env: Mapping[str, str]) -> str:
-    wanted = env.get("BAREBOAT_RUNTIME_OCI") or "runc"
-    if "/" in wanted:
-        candidates = [wanted]
-    else:
-        dirs = (env.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin").split(":")
-        # podman and containerd may hand us a minimal PATH; runc lives in /usr/sbin on Debian.
-        dirs += ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin"]
-        candidates = [os.path.join(d, wanted) for d in dirs if d]
-    for path in candidates:
-        if os.access(path, os.X_OK) and not os.path.isdir(path):
-            if os.path.realpath(path) == os.path.realpath("/proc/self/exe"):
-                continue
-            return path
-    raise BackendUnavailable(
-        f"OCI runtime {wanted!r} not found: install runc or set BAREBOAT_RUNTIME_OCI"
-    )
+    from bareboat import ociruntime
+
+    return ociruntime.find(dict(env), prefer=("runc",))
 
 
 def runc_argv(runtime: str, inv: Invocation, root: RuntimeRoot) -> list[str]:

@@ -13,7 +13,6 @@ that mount detached, set up in the child before exec — makes it use the v1 con
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from bareboat.backends.base import (
     umount,
     unshare,
 )
-from bareboat.errors import BackendUnavailable
 
 UNIFIED = Path("/sys/fs/cgroup/unified")
 
@@ -97,14 +95,8 @@ def is_hybrid() -> bool:
 def select_runtime(
     env: dict[str, str] | None = None, *, prefer: Sequence[str] = ("crun", "runc")
 ) -> OciRuntime:
-    env = dict(os.environ) if env is None else env
-    wanted = env.get("BAREBOAT_OCI_RUNTIME", "")
-    candidates = [wanted] if wanted else list(prefer)
-    for name in candidates:
-        path = name if "/" in name else shutil.which(name)
-        if path and os.access(path, os.X_OK):
-            kind = "crun" if "crun" in Path(path).name else "runc"
-            return OciRuntime(path, kind, hide_cgroup2=kind == "crun" and is_hybrid())
-    raise BackendUnavailable(
-        f"no OCI runtime found (tried {', '.join(candidates)}): install crun or runc"
-    )
+    from bareboat import ociruntime
+
+    path = ociruntime.find(dict(os.environ) if env is None else env, tuple(prefer))
+    kind = "crun" if "crun" in Path(path).name else "runc"
+    return OciRuntime(path, kind, hide_cgroup2=kind == "crun" and is_hybrid())
