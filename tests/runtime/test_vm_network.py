@@ -9,13 +9,15 @@ from typing import Any
 
 import pytest
 
-from bareboat.runtime.records import RuntimeRoot
-from bareboat.runtime.vmgate import _backend, _context
+from bareboat.backends.base import BackendContext
+from bareboat.backends.microvm.backend import VmDir
+from bareboat.backends.microvm.ocivm import OciVmBackend
 
 
 def plan_for(tmp_path: Path, config: dict[str, Any]) -> Any:
-    backend = _backend(RuntimeRoot(str(tmp_path / "root")), "c1", str(tmp_path / "rootfs"))
-    ctx = _context("c1", str(tmp_path), str(tmp_path / "state"), config)
+    vmdir = VmDir(tmp_path / "state" / "vm", tmp_path / "state" / "s")
+    backend = OciVmBackend(vmdir, tmp_path / "state", tmp_path / "rootfs")
+    ctx = BackendContext(id="c1", bundle=tmp_path, state_dir=tmp_path / "state", spec=config)
     return backend.network_for(ctx, config.get("annotations") or {})
 
 

@@ -92,6 +92,28 @@ class Backend(Protocol):
         """Remove every trace the backend left (runtime state, cgroups). Idempotent."""
 
 
+def terminal_size(fd: int) -> tuple[int, int]:
+    """(rows, cols) of the terminal `fd`; (0, 0) when it is none."""
+    import fcntl
+    import struct
+    import termios
+
+    try:
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)))
+    except OSError:
+        return (0, 0)
+    return rows, cols
+
+
+def is_devnull(fd: int) -> bool:
+    """Whether `fd` is /dev/null (a workload with no stdin to relay)."""
+    try:
+        st, null = os.fstat(fd), os.stat(os.devnull)
+    except OSError:
+        return False
+    return (st.st_rdev, st.st_ino) == (null.st_rdev, null.st_ino)
+
+
 def signal_pid(pid: int | None, sig: int) -> None:
     """Send `sig` to the workload `pid` the monitor started; gone already is fine."""
     if pid is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,12 +22,8 @@ from .vm import VmPaths, remove_files
 
 if TYPE_CHECKING:
     from bareboat.backends.base import BackendContext, Stdio
-    from bareboat.backends.microvm.backend import Booted, MicrovmBackend, VmDir, VmPlan
-    from bareboat.backends.microvm.network import NetworkPlan
-    from bareboat.backends.microvm.rootfs import RootfsImage
+    from bareboat.backends.microvm.backend import Booted, MicrovmBackend, VmDir
 
-PLACEHOLDER_SCAN_LIMIT = 2000  # entries of an upper dir checked before giving up on the cache
-PRIVATE_IMAGE = "rootfs"  # the key of a disk built for one container only
 
 
 def vm_dir(root: RuntimeRoot, cid: str) -> VmDir:
@@ -39,137 +34,9 @@ def vm_dir(root: RuntimeRoot, cid: str) -> VmDir:
 
 
 def _backend(root: RuntimeRoot, cid: str, rootfs: str) -> MicrovmBackend:
-    from bareboat.backends.microvm import rootfs as vmrootfs
-    from bareboat.backends.microvm.backend import (
-        ANN_NETWORK,
-        MicrovmBackend,
-        lower_tree,
-        tree_key,
-    )
+    from bareboat.backends.microvm.ocivm import OciVmBackend
 
-    class RuntimeVmBackend(MicrovmBackend):
-        """The microVM backend with its files in the runtime's state dir and the rootfs
-        named by the bundle's config.json."""
-
-        def vmdir(self, ctx: BackendContext) -> VmDir:
-            return vm_dir(root, ctx.id)
-
-        def record_dir(self, ctx: BackendContext) -> Path:
-            return Path(lc.state_dir(root, ctx.id))
-
-        def rootfs_dir(self, ctx: BackendContext) -> Path:
-            return Path(rootfs)
-
-        def network_for(self, ctx: BackendContext, ann: dict[str, Any]) -> NetworkPlan:
-            # QEMU runs in the container's network namespace with user-mode networking, so
-            # the guest reaches out as the container would: in one the client set up with an
-            # interface (podman's bridge, CNI), or in the new one the gate makes when asked,
-            # which the client's prestart hook then configures (docker's bridge). A client's
-            # namespace with only loopback (--network none), or none asked for (the host's),
-            # gives no NIC. An annotation still wins.
-            from bareboat.backends.microvm import network
-
-            if ANN_NETWORK in ann:
-                return super().network_for(ctx, ann)
-            wanted, netns = _client_netns(ctx.spec)
-            if netns is not None and not network.netns_has_links(netns):
-                return super().network_for(ctx, ann)
-            if netns is None and not (wanted and _may_be_configured(ctx.spec)):
-                return super().network_for(ctx, ann)
-            # QEMU inherits the gate's namespace. What the guest listens on is forwarded
-            # from the same port there, where the client's port mappings (podman or
-            # docker -p, a Kubernetes Service) send connections for the container.
-            return network.plan_network("user", watch_ports=True)
-
-        def image_for(self, ctx: BackendContext) -> RootfsImage:
-            tree = lower_tree(Path(rootfs))
-            if tree != Path(rootfs) and _only_placeholders(Path(rootfs)):
-                return vmrootfs.ensure_image(self.roots, tree, key=tree_key(tree))
-            # The client's own tree (or one it changed): a disk of this container's only.
-            out = Path(lc.state_dir(root, ctx.id))
-            return vmrootfs.build_image(Path(rootfs), out, key=PRIVATE_IMAGE, durable=False)
-
-        def template_allowed(self, plan: VmPlan) -> bool:
-            # A template is keyed by its image disk: only a shared, cached one can have one.
-            return plan.image.key != PRIVATE_IMAGE
-
-        def vmm_cpu_limit(self, ctx: BackendContext) -> tuple[int | None, int | None]:
-            # The container's cgroup (the VMM's parent) holds the spec's CPU limits, and
-            # `update` changes them there.
-            return None, None
-
-    return RuntimeVmBackend()
-
-
-def _client_netns(config: dict[str, Any]) -> tuple[bool, Path | None]:
-    """Whether config.json asks for a network namespace, and the path of the one the client
-    made (None: a new one, the gate's)."""
-    for ns in (config.get("linux") or {}).get("namespaces") or []:
-        if isinstance(ns, dict) and ns.get("type") == "network":
-            if not ns.get("path"):
-                return True, None
-            path = Path(str(ns["path"]))
-            if not path.is_absolute():
-                raise UsageError(f"config.json: network namespace path {path} is not absolute")
-            return True, path
-    return False, None
-
-
-def _may_be_configured(config: dict[str, Any]) -> bool:
-    """Whether a new network namespace may get an interface: only a hook of the client's can
-    give it one before the workload starts (docker's libnetwork-setkey). Without one (podman
-    --network none) it keeps only loopback, so the VM gets no NIC, and may be a template's
-    clone."""
-    hooks = config.get("hooks") or {}
-    return bool(hooks.get("prestart") or hooks.get("createRuntime"))
-
-
-def _only_placeholders(rootfs: Path) -> bool:
-    """True if the overlay's upper dir holds nothing but directories, empty regular files
-    (mount points the client made) and links into /proc: then the lower dir alone is the tree
-    the VM must see."""
-    from bareboat.backends.microvm.backend import overlay_layers
-    from bareboat.backends.microvm.vmspec import COPIED_FILES
-
-    lowers, upper = overlay_layers(rootfs)
-    if upper is None:
-        return True
-    seen = 0
-    for dirpath, dirnames, filenames in os.walk(upper):
-        for name in filenames + dirnames:
-            seen += 1
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if seen > PLACEHOLDER_SCAN_LIMIT:
-                return False  # too much to check: not placeholders
-            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-                inside = "/" + os.path.relpath(path, upper)
-                if inside in COPIED_FILES or not _has_content(lowers[0], inside):
-                    continue
-                return False  # an emptied image file: the merged view differs from the image
-            if stat.S_ISLNK(st.st_mode) and os.readlink(path).startswith("/proc/"):
-                continue  # podman's /etc/mtab -> /proc/mounts: about the guest's own /proc
-            if not stat.S_ISDIR(st.st_mode) or _opaque(path):
-                return False  # content, a symlink, a whiteout (0:0 char device), or a dir
-                # that hides the lower one's entries
-    return True
-
-
-def _has_content(lower: Path, inside: str) -> bool:
-    """Whether the image's tree has a non-empty regular file at `inside`."""
-    try:
-        st = os.lstat(lower / inside.lstrip("/"))
-    except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_size > 0
-
-
-def _opaque(path: str) -> bool:
-    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
-        with contextlib.suppress(OSError):
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-    return False
+    return OciVmBackend(vm_dir(root, cid), Path(lc.state_dir(root, cid)), Path(rootfs))
 
 
 def _context(cid: str, bundle: str, sdir: str, config: dict[str, Any]) -> BackendContext:
@@ -379,23 +246,19 @@ def _start_error(e: BareboatError) -> str:
 
 def _serve(backend: MicrovmBackend, ctx: BackendContext, b: Booted, stdio: Stdio) -> int:
     """Relay until the workload ends and the VM is off; the workload's exit status."""
-    running = backend._running[ctx.id]
-    hub = running.hub
-    assert hub is not None
-
     def forward(sig: int, _frame: object) -> None:
         backend.kill(ctx, b.vm.pid, sig)
 
     def resize(_sig: int, _frame: object) -> None:
-        from bareboat.backends.microvm.backend import _winsize
+        from bareboat.backends.base import terminal_size
 
-        backend.resize(ctx, *_winsize(stdio.stdout))
+        backend.resize(ctx, *terminal_size(stdio.stdout))
 
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, forward)
     if stdio.tty:
         signal.signal(signal.SIGWINCH, resize)
-    while not hub.done.wait(1.0):
+    while not backend.wait_relayed(ctx, 1.0):
         pass
     for sig in (*FORWARDED_SIGNALS, signal.SIGWINCH):
         signal.signal(sig, signal.SIG_IGN)
@@ -418,15 +281,16 @@ def _serve(backend: MicrovmBackend, ctx: BackendContext, b: Booted, stdio: Stdio
 
 
 def exec_in(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
+    from bareboat.backends.base import terminal_size
     from bareboat.backends.microvm import vmspec
     from bareboat.backends.microvm.agent import encode_process
-    from bareboat.backends.microvm.backend import _winsize, to_process_spec
+    from bareboat.backends.microvm.backend import to_process_spec
 
     lc.require(root, rec, "running", action="exec in it (it is not running)")
     process = lc.exec_process(inv)
     p = vmspec.parse_process(process)
     master, slave = lc.console_pair(inv, process)
-    winsize = _winsize(slave) if slave is not None else (0, 0)
+    winsize = terminal_size(slave) if slave is not None else (0, 0)
     payload = encode_process(to_process_spec(p, winsize))
     ctl = vm_dir(root, rec.id).ctl
     if not inv.has("--detach"):
@@ -444,7 +308,7 @@ def _run_session(
     errors: list[str] | None = None,
     tty: int | None = None,
 ) -> int:
-    from bareboat.backends.microvm.backend import _is_devnull
+    from bareboat.backends.base import is_devnull
     from bareboat.backends.microvm.hub import CtlClient
 
     found = errors if errors is not None else []
@@ -454,7 +318,7 @@ def _run_session(
         if errors is None:
             print(f"bareboat-runtime: exec failed: {err.message}", file=sys.stderr, flush=True)
 
-    stdin = None if _is_devnull(fds[0]) else fds[0]
+    stdin = None if is_devnull(fds[0]) else fds[0]
     with CtlClient(ctl) as c:
         return c.exec(
             payload, stdin=stdin, stdout=fds[1], stderr=fds[2], on_error=on_error,

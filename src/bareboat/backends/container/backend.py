@@ -15,13 +15,12 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import termios
 import time
 from typing import Any
 
-from bareboat.backends.base import BackendContext, Started, Stdio
+from bareboat.backends.base import BackendContext, Started, Stdio, terminal_size
 from bareboat.errors import BackendError
 from bareboat.proc import wait_status_to_code
 
@@ -190,7 +189,7 @@ def _size_console(ctx: BackendContext, slave: int) -> None:
     received it would race with a workload that asks at once (`stty size`)."""
     from bareboat.fsutil import atomic_write
 
-    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(slave, termios.TIOCGWINSZ, bytes(8)))
+    rows, cols = terminal_size(slave)
     path = ctx.bundle / "config.json"
     config = json.loads(path.read_bytes())
     config["process"]["consoleSize"] = {"height": rows, "width": cols}

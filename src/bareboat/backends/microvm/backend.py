@@ -22,7 +22,6 @@ sets them: the spec builder writes them from the flags (`--network`, `-p`, `--te
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bareboat.backends.base import BackendContext, Stdio
+from bareboat.backends.base import BackendContext, Stdio, is_devnull, terminal_size
 from bareboat.errors import (
     AgentProtocolError,
     BackendError,
@@ -398,13 +397,6 @@ def _pid_is_ours(pid: int, vmdir: VmDir) -> bool:
     return is_vm_qemu(pid, vmdir.sockets)
 
 
-def _winsize(fd: int) -> tuple[int, int]:
-    with contextlib.suppress(OSError):
-        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
-        return rows, cols
-    return (0, 0)
-
-
 # --- the backend ----------------------------------------------------------------------------
 
 
@@ -606,7 +598,7 @@ class MicrovmBackend:
         try:
             winsize = (0, 0)
             if stdio.tty:
-                winsize = _winsize(stdio.stdout)
+                winsize = terminal_size(stdio.stdout)
                 # The guest's pty does the line discipline; ours must pass bytes through.
                 with contextlib.suppress(termios.error):
                     tty.setraw(stdio.stdin)
@@ -614,7 +606,7 @@ class MicrovmBackend:
             b.sock.sendall(encode_frame(Frame(FrameType.START, 0, start)))
             pending = b.pending + self._await_started(vm, d, b.sock, b.decoder)
             fds = [os.dup(stdio.stdout), os.dup(stdio.stderr)]
-            stdin = os.dup(stdio.stdin) if not _is_devnull(stdio.stdin) else None
+            stdin = os.dup(stdio.stdin) if not is_devnull(stdio.stdin) else None
             if stdin is not None:
                 fds.append(stdin)
             hub = Hub(
@@ -816,6 +808,14 @@ class MicrovmBackend:
                 atomic_write(dest, read_all(src))
 
     # --- after start ----------------------------------------------------------------------------
+    def wait_relayed(self, ctx: BackendContext, timeout: float | None = None) -> bool:
+        """Wait until the hub has relayed the workload's end (its output and exit); False if
+        it has not after `timeout` seconds. For a supervisor that must outlive the workload."""
+        running = self._running.get(ctx.id)
+        if running is None or running.hub is None:
+            return True
+        return running.hub.done.wait(timeout)
+
     def exit_code(self, ctx: BackendContext, status: int) -> int:
         d = self.vmdir(ctx)
         running = self._running.get(ctx.id)
@@ -862,7 +862,7 @@ class MicrovmBackend:
         import sys
 
         p = vmspec.parse_process(process)
-        winsize = _winsize(0) if p.terminal else (0, 0)
+        winsize = terminal_size(0) if p.terminal else (0, 0)
         payload = encode_process(to_process_spec(p, winsize))
 
         def show(err: AgentError) -> None:
@@ -919,11 +919,3 @@ class MicrovmBackend:
     def _cleanup(self, d: VmDir) -> None:
         shutil.rmtree(d.sockets, ignore_errors=True)
         shutil.rmtree(d.path, ignore_errors=True)
-
-
-def _is_devnull(fd: int) -> bool:
-    try:
-        st, null = os.fstat(fd), os.stat(os.devnull)
-    except OSError:
-        return False
-    return (st.st_rdev, st.st_ino) == (null.st_rdev, null.st_ino)
