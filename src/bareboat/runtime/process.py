@@ -26,7 +26,7 @@ import os
 import signal
 from typing import Any
 
-from bareboat.errors import BackendError, BackendUnavailable, ContainerError
+from bareboat.errors import BackendUnavailable, ContainerError
 from bareboat.proc import parse_signal, wait_status_to_code
 
 from . import lifecycle as lc
@@ -117,47 +117,39 @@ def _create(
     sdir: str,
     cgroup: str | None,
 ) -> int:
+    from .gate import GatePlan, fork_gate
+
     fifo = lc.make_gate(sdir)
     master, slave = lc.console_pair(inv, process)
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the workload-to-be
-        try:
-            os.close(ready_r)
-            if master is not None:
-                os.close(master)
-            if slave is not None:
-                # containerd's runc shim (docker's too) reads create's stdout to EOF when there
-                # is a terminal: this gate must not hold it open, so its stdio is the pty now.
-                for fd in (0, 1, 2):
-                    os.dup2(slave, fd)
-            lc.enter_network(config)
-            _apply_mounts(config, rootfs)
-            os.write(ready_w, b"ok")
-            os.close(ready_w)
-            # Blocks until `start` opens the fifo for reading; the fd closes at exec.
-            gate = lc.wait_for_start(fifo)
-            os.write(gate, lc.GATE_OK)
-            _enter(process, rootfs, slave)
-            _exec(process)
-        except BaseException as e:  # noqa: BLE001 - the child must never return into main
-            with contextlib.suppress(OSError):
-                os.write(ready_w, f"error: {e}".encode()[:4000])
-            os._exit(1)
-    # The gate forks nothing before `start`, so it can be moved into its cgroup now, while it
-    # sets itself up: a move took 5-30 ms here (median 13 ms), hidden behind the gate's
-    # imports and mounts instead of added to them.
-    joined = cgroup is not None and procgroup.move(cgroup, pid)
-    os.close(ready_w)
-    if slave is not None:
-        os.close(slave)
-    with os.fdopen(ready_r, "rb") as r:
-        ready = r.read()
-    if ready != b"ok":
-        os.waitpid(pid, 0)
-        msg = ready.decode(errors="replace").removeprefix("error: ") or "child died"
-        raise BackendError(f"process isolation: cannot set up the container: {msg}")
-    if cgroup is not None and not joined:
+
+    def setup() -> None:
+        if slave is not None:
+            # containerd's runc shim (docker's too) reads create's stdout to EOF when there
+            # is a terminal: this gate must not hold it open, so its stdio is the pty now.
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+        lc.enter_network(config)
+        _apply_mounts(config, rootfs)
+
+    def run() -> int:
+        _enter(process, rootfs, slave)
+        _exec(process)  # the gate becomes the workload
+        return 126
+
+    joined = []
+
+    def move(pid: int) -> None:
+        # The gate forks nothing before `start`, so it can be moved into its cgroup now,
+        # while it sets itself up: a move took 5-30 ms here (median 13 ms), hidden behind
+        # the gate's imports and mounts instead of added to them.
+        joined.append(cgroup is not None and procgroup.move(cgroup, pid))
+
+    plan = GatePlan(
+        setup, run, report_at_exec=True, what="the container's process",
+        error_prefix="process isolation: cannot set up the container: ",
+    )  # fmt: skip
+    pid = fork_gate(plan, fifo, master, slave, after_fork=move)
+    if cgroup is not None and not joined[0]:
         procgroup.remove(cgroup)  # the fallback of container_pids serves
         cgroup = None
     extra = {"cgroup": cgroup} if cgroup is not None else {}

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from bareboat.backends.base import BackendContext, Stdio
     from bareboat.backends.microvm.backend import Booted, MicrovmBackend, VmDir
 
+    from .gate import GatePlan
+
 
 
 def vm_dir(root: RuntimeRoot, cid: str) -> VmDir:
@@ -77,25 +79,20 @@ def _create(
     backend = _backend(root, inv.id, rootfs)
     ctx = _context(inv.id, bundle, sdir, config)
     backend.create(ctx)  # the plan: every check that can fail before a VM exists
+    from .gate import fork_gate
+
     fifo = lc.make_gate(sdir)
     master, slave = lc.console_pair(inv, config.get("process") or {})
-    ready_r, ready_w = os.pipe()
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        os.close(ready_r)
-        if master is not None:
-            os.close(master)
-        _gate(backend, ctx, fifo, ready_w, slave, parent)  # never returns
-    os.close(ready_w)
-    if slave is not None:
-        os.close(slave)
-    # Recorded at once: a `delete --force` after this `create` was killed mid-boot finds the
-    # gate (and with it QEMU) to kill.
     # The cgroups the gate joins (the cpu one first), for update and delete to find.
     cgroups = {"cgroups": [str(d) for d in _cgroups_of(inv.id, config)]}
-    lc.write_state(root, inv.id, lc.new_state(pid, config, **cgroups))
-    lc.await_ready(pid, ready_r, master, "the VM's gate process")
+
+    def record(pid: int) -> None:
+        # Recorded at once: a `delete --force` after this `create` was killed mid-boot
+        # finds the gate (and with it QEMU) to kill.
+        lc.write_state(root, inv.id, lc.new_state(pid, config, **cgroups))
+
+    pid = fork_gate(_gate_plan(backend, ctx, slave, os.getpid()), fifo, master, slave,
+                    after_fork=record)  # fmt: skip
     try:
         # Killing the gate on failure kills QEMU with it; the cgroups go after.
         lc.finish_create(inv, root, Record(inv.id, "microvm", bundle), config, pid, master,
@@ -151,50 +148,38 @@ def drop_cgroups(cid: str, config: dict[str, Any]) -> None:
 # --- the gate process ------------------------------------------------------------------------
 
 
-def _gate(
-    backend: MicrovmBackend,
-    ctx: BackendContext,
-    fifo: str,
-    ready_w: int,
-    slave: int | None,
-    parent: int,
-) -> None:
-    """The body of the gate process: boot, wait for `start`, run the workload, exit with it."""
-    code = 125
-    try:
-        try:
-            # Until the VM is ready the gate is `create`'s: if create dies, so do the gate
-            # and (by its own PDEATHSIG) QEMU. Once ready it must outlive create.
-            _die_with_parent(True)
-            if os.getppid() != parent:
-                os._exit(1)
-            os.setsid()  # out of the caller's process group: its signals are not the workload's
-            stdio = _gate_stdio(slave)
-            host_net = os.readlink("/proc/self/ns/net")
-            lc.enter_network(ctx.spec)  # QEMU inherits it: the client's hooks configure it
-            if os.readlink("/proc/self/ns/net") != host_net:
-                _low_ports_for_the_vmm()
-            join_cgroups(ctx.id, ctx.spec)
-            booted = backend.boot(ctx, stdio)
-        except BaseException as e:  # noqa: BLE001 - every failure is create's to report
-            os.write(ready_w, (str(e) or repr(e)).encode()[:65536])
+def _gate_plan(
+    backend: MicrovmBackend, ctx: BackendContext, slave: int | None, parent: int
+) -> GatePlan:
+    """The VM's gate: boot to HELLO at create, START at start, relay until the VM is off."""
+    from .gate import GatePlan
+
+    booted: list[Booted] = []
+    stdio: list[Stdio] = []
+
+    def setup() -> None:
+        # Until the VM is ready the gate is `create`'s: if create dies, so do the gate and
+        # (by its own PDEATHSIG) QEMU. Once ready it must outlive create.
+        _die_with_parent(True)
+        if os.getppid() != parent:
             os._exit(1)
+        os.setsid()  # out of the caller's process group: its signals are not the workload's
+        stdio.append(_gate_stdio(slave))
+        host_net = os.readlink("/proc/self/ns/net")
+        lc.enter_network(ctx.spec)  # QEMU inherits it: the client's hooks configure it
+        if os.readlink("/proc/self/ns/net") != host_net:
+            _low_ports_for_the_vmm()
+        join_cgroups(ctx.id, ctx.spec)
+        booted.append(backend.boot(ctx, stdio[0]))
         _die_with_parent(False)
-        os.write(ready_w, b"ok")
-        os.close(ready_w)
-        gate = lc.wait_for_start(fifo)
-        try:
-            backend.run_workload(ctx, booted, stdio)
-        except BareboatError as e:
-            lc.report_start(gate, _start_error(e))
-            os._exit(e.exit_code)
-        lc.report_start(gate)
-        code = _serve(backend, ctx, booted, stdio)
-    except BaseException as e:  # noqa: BLE001 - the gate must never return into create
-        with contextlib.suppress(Exception):
-            os.write(2, f"bareboat-runtime: the VM's gate failed: {e!r}\n".encode())
-    finally:
-        os._exit(code)
+
+    def start() -> None:
+        backend.run_workload(ctx, booted[0], stdio[0])
+
+    def run() -> int:
+        return _serve(backend, ctx, booted[0], stdio[0])
+
+    return GatePlan(setup, run, start, what="the VM's gate")
 
 
 def _low_ports_for_the_vmm() -> None:
@@ -230,18 +215,6 @@ def _gate_stdio(slave: int | None) -> Stdio:
     if slave > 2:
         os.close(slave)
     return Stdio(0, 1, 2, tty=True)
-
-
-def _start_error(e: BareboatError) -> str:
-    from bareboat.errors import CommandNotExecutable, CommandNotFound
-
-    msg = str(e)
-    # podman and the containerd shim read the runtime's words to pick 127 and 126.
-    if isinstance(e, CommandNotFound) and "no such file or directory" not in msg.lower():
-        msg += ": no such file or directory"
-    elif isinstance(e, CommandNotExecutable) and "permission denied" not in msg.lower():
-        msg += ": permission denied"
-    return msg
 
 
 def _serve(backend: MicrovmBackend, ctx: BackendContext, b: Booted, stdio: Stdio) -> int:

@@ -116,41 +116,28 @@ def _create(
     import bareboat.backends.wasm.runner
     import bareboat.backends.wasm.shim  # noqa: F401
 
+    from .gate import GatePlan, fork_gate
+
     fifo = lc.make_gate(sdir)
     master, slave = lc.console_pair(inv, process)
-    pid = os.fork()
-    if pid == 0:
-        _gate(fifo, slave, plan, cache)  # never returns
-    if slave is not None:
-        os.close(slave)
-    lc.finish_create(inv, root, Record(inv.id, ISOLATION, bundle), config, pid, master)
-    return 0
 
+    def setup() -> None:
+        from bareboat.backends.wasm.shim import default_signals
 
-def _gate(fifo: str, slave: int | None, plan: WasmPlan, cache: ModuleCache) -> None:
-    """In the forked child: wait for `start`, report, run the module, exit with its code.
-
-    Leaves only by `os._exit`: nothing may return into the runtime's own code.
-    """
-    from bareboat.backends.wasm.runner import run_plan
-    from bareboat.backends.wasm.shim import default_signals
-
-    code = 125
-    try:
         default_signals()  # a signal must end the module at once, as for a native process
         _own_stdio(slave)
-        fd = lc.wait_for_start(fifo)
-        lc.report_start(fd)
+
+    def run() -> int:
+        from bareboat.backends.wasm.runner import run_plan
+
         if plan.limits.timeout is not None:
             _watchdog(plan.limits.timeout)
-        code = run_plan(plan, cache).exit_code
-    except BaseException as e:  # noqa: BLE001 - the child must never return into main
-        try:  # noqa: SIM105 - contextlib costs import time here
-            os.write(2, f"bareboat: {e}\n".encode())
-        except OSError:
-            pass
-    finally:
-        os._exit(code)
+        return run_plan(plan, cache).exit_code
+
+    gate = GatePlan(setup, run, close_inherited=True, what="the module's gate")
+    pid = fork_gate(gate, fifo, master, slave)
+    lc.finish_create(inv, root, Record(inv.id, ISOLATION, bundle), config, pid, master)
+    return 0
 
 
 def _watchdog(timeout: float) -> None:
@@ -171,8 +158,7 @@ def _watchdog(timeout: float) -> None:
 
 
 def _own_stdio(slave: int | None) -> None:
-    """A session of its own, the pty as stdio when there is one, and no other inherited fd
-    (a client may wait for EOF on a pipe it gave `create`, as it would after runc's exec)."""
+    """A session of its own, and the pty as stdio when there is one."""
     os.setsid()
     if slave is not None:
         import fcntl
@@ -181,14 +167,6 @@ def _own_stdio(slave: int | None) -> None:
         for fd in (0, 1, 2):
             os.dup2(slave, fd)
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    os.closerange(3, _max_fd())
-
-
-def _max_fd() -> int:
-    import resource
-
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return soft if 0 < soft < 1 << 20 else 1 << 16
 
 
 # --- the other commands ----------------------------------------------------------------------
