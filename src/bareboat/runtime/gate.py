@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bareboat.errors import BareboatError, ContainerError
+from bareboat.errors import BareboatError
 
 from . import lifecycle as lc
 
@@ -55,7 +55,8 @@ def fork_gate(
     after_fork: Callable[[int], None] | None = None,
 ) -> int:
     """Fork the gate and wait until its setup is done; its pid. On a failed setup the gate is
-    reaped, the pty master closed, and ContainerError raised with the gate's words."""
+    reaped, the pty master closed, and ContainerError raised with the gate's words
+    (lifecycle.await_ready)."""
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the gate never returns into create
@@ -70,14 +71,7 @@ def fork_gate(
         if after_fork is not None:
             after_fork(pid)
     finally:
-        with os.fdopen(ready_r, "rb") as r:
-            ready = r.read()
-    if ready != b"ok":
-        os.waitpid(pid, 0)
-        if master is not None:
-            os.close(master)
-        raise ContainerError(plan.error_prefix + (ready.decode(errors="replace") or
-                                                  f"{plan.what} died"))  # fmt: skip
+        lc.await_ready(pid, ready_r, master, plan.what, prefix=plan.error_prefix)
     return pid
 
 

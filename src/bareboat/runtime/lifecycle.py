@@ -384,16 +384,18 @@ def process_of(config: dict[str, Any]) -> dict[str, Any]:
     return process
 
 
-def await_ready(pid: int, ready_r: int, master: int | None, what: str) -> None:
+def await_ready(
+    pid: int, ready_r: int, master: int | None, what: str, *, prefix: str = ""
+) -> None:
     """In the parent of a forked gate: wait for its b"ok" (anything else before EOF is its
-    error); on failure reap it, close the pty master and raise."""
+    error, raised after `prefix`); on failure reap it, close the pty master and raise."""
     with os.fdopen(ready_r, "rb") as r:
         ready = r.read()
     if ready != b"ok":
         os.waitpid(pid, 0)
         if master is not None:
             os.close(master)
-        raise ContainerError(ready.decode(errors="replace") or f"{what} died")
+        raise ContainerError(prefix + (ready.decode(errors="replace") or f"{what} died"))
 
 
 def hand_console(inv: Invocation, master: int | None) -> None:
