@@ -915,10 +915,6 @@ class QemuProcess:
         """Ask QEMU to exit now (no guest shutdown)."""
         self.command("quit")
 
-    def powerdown(self) -> None:
-        """Press the ACPI power button: the guest may shut down cleanly."""
-        self.command("system_powerdown")
-
     # -- internals -----------------------------------------------------------------------
 
     def _sockets(self) -> list[Path]:
