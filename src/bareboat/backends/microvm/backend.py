@@ -874,13 +874,6 @@ class MicrovmBackend:
                 on_error=show, tty=0 if p.terminal and not detach else None,
             )  # fmt: skip
 
-    def state(self, ctx: BackendContext) -> str:
-        d = self.vmdir(ctx)
-        pid = self._recorded_pid(d)
-        if pid and _pid_is_ours(pid, d):
-            return "running"
-        return "stopped" if d.path.exists() else "unknown"
-
     def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
         d = self.vmdir(ctx)
         running = self._running.pop(ctx.id, None)
