@@ -525,7 +525,7 @@ class MicrovmBackend:
             kernel=plan.kernel,
             initrd=plan.initrd,
             qmp_socket=d.qmp,
-            cmdline=(*plan.net.kernel_args, *plan.cmdline),
+            cmdline=plan.cmdline,
             vcpus=plan.spec.vcpus,
             memory_mib=plan.spec.memory >> 20,
             accel=choose_accel(self.roots).accel,
