@@ -54,10 +54,7 @@ class FrameType(enum.IntEnum):
     POWEROFF = 12
     PING = 13
     PONG = 14
-    # Host-side only: a control client asks the hub to stop or continue the vCPUs (QMP).
-    # Never sent to a guest; the hub answers PONG (done) or ERROR.
-    PAUSE = 15
-    RESUME = 16
+    # 15 and 16 are not used: the host's own control messages are control.py's
     PORTS = 17
 
 
@@ -108,18 +105,6 @@ GUEST_LIMITS: dict[FrameType, int] = {
     FrameType.PONG: MAX_PING,
     FrameType.PORTS: 2 * MAX_PORTS,
 }
-HOST_TYPES = frozenset(
-    {
-        FrameType.HELLO,
-        FrameType.START,
-        FrameType.STDIN,
-        FrameType.RESIZE,
-        FrameType.SIGNAL,
-        FrameType.EXEC,
-        FrameType.POWEROFF,
-        FrameType.PING,
-    }
-)
 MAX_SESSION = 0xFFFFFFFF
 
 

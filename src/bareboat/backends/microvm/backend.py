@@ -77,7 +77,8 @@ from .agent import (
     encode_process,
     encode_start,
 )
-from .hub import CtlClient, ExitRecord, Hub
+from .control import CtlClient
+from .hub import ExitRecord, Hub
 from .vmproc import VMM_RECORD, is_vm_qemu, recorded_pid, release_vmm
 
 if TYPE_CHECKING:
@@ -627,7 +628,8 @@ class MicrovmBackend:
                 qemu_pid=vm.pid,
                 pending=pending,
                 decoder=b.decoder,
-                vm_control=lambda what: vm.stop() if what is FrameType.PAUSE else vm.cont(),
+                pause_vm=vm.stop,
+                resume_vm=vm.cont,
                 forward_ports=(
                     network.PortForwarder(vm.hmp).update if b.plan.net.watch_ports else None
                 ),
@@ -856,7 +858,7 @@ class MicrovmBackend:
 
     def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
         with contextlib.suppress(BackendError), CtlClient(self.vmdir(ctx).ctl) as c:
-            c.send(Frame(FrameType.RESIZE, 0, struct.pack(">HH", rows, cols)))
+            c.resize(rows, cols)
 
     def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
         import sys
@@ -865,8 +867,8 @@ class MicrovmBackend:
         winsize = _winsize(0) if p.terminal else (0, 0)
         payload = encode_process(to_process_spec(p, winsize))
 
-        def show(err: AgentError) -> None:
-            print(f"bareboat: exec failed: {err.message}", file=sys.stderr, flush=True)
+        def show(message: str) -> None:
+            print(f"bareboat: exec failed: {message}", file=sys.stderr, flush=True)
 
         with CtlClient(self.vmdir(ctx).ctl) as c:
             return c.exec(
@@ -895,7 +897,7 @@ class MicrovmBackend:
         if pid is None or not _pid_is_ours(pid, d):
             return
         with contextlib.suppress(BackendError), CtlClient(d.ctl, timeout=1.0) as c:
-            c.send(Frame(FrameType.POWEROFF, 0))
+            c.poweroff()
         for sig, wait in ((None, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
             if sig is not None:
                 with contextlib.suppress(ProcessLookupError):
