@@ -7,8 +7,10 @@ QEMU each end the wait with the console log's tail), send START, wait for STARTE
 the channel to the `Hub` thread that relays stdio and serves the control socket. The pid the
 monitor waits on is QEMU's; `exit_code` reads what the hub recorded from the agent's EXIT.
 
-Everything of one VM lives in `<ctx.state_dir>/<id>/` (sockets, console log, exit record),
-removed by `delete`; the log of a failed start is first copied beside the container's record.
+One VM's files live in `<ctx.state_dir>/<id>/` (console log, QEMU's log, exit and pid records)
+and its unix sockets in a short directory of their own (`socket_dir`: a socket's path must fit
+a sockaddr_un), both removed by `delete`; the log of a failed start is first copied beside the
+container's record, where a persistent disk lives too.
 Options a bundle cannot express travel as annotations (`settings` reads them, as data):
 `io.bareboat.network` (none|user[,host-loopback]),
 `io.bareboat.publish` ([IP:]HOST:GUEST[/proto],...),
