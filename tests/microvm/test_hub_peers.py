@@ -361,6 +361,23 @@ def test_exec_sessions_are_renumbered_per_client(make_peers: MakePeers) -> None:
     assert not p.hub.done.is_set()
 
 
+def test_an_exec_stdin_larger_than_the_guest_takes_is_refused(make_peers: MakePeers) -> None:
+    """STDIN frames are 64 KiB at most (guest/PROTOCOL.md; CtlClient sends no larger): the
+    hub refuses a larger one at its header, and nothing of it reaches the agent. (It passed
+    frames of up to 1 MiB on, having decoded its clients with the agent's largest payload.)"""
+    p = make_peers()
+    with p.client() as a:
+        a.sendall(ctl.encode(ctl.Type.EXEC, 1, b"spec"))
+        p.expect(FrameType.EXEC)
+        header = ctl.HEADER.pack(ctl.MAGIC, ctl.VERSION, ctl.Type.STDIN, 1, ctl.MAX_DATA + 1)
+        with contextlib.suppress(OSError):  # the hub may close before it has all of it
+            a.sendall(header + bytes(ctl.MAX_DATA + 1))
+        ((kind, _, why),) = _events(a, 1)
+        assert kind is ctl.Type.REFUSED and b"limit" in why
+    p.quiet()
+    assert not p.hub.done.is_set()
+
+
 def test_ctlclient_exec_through_the_hub(make_peers: MakePeers) -> None:
     p = make_peers()
     out_r, out_w = os.pipe()
