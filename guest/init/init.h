@@ -28,7 +28,7 @@
 enum frame_type {
 	T_HELLO = 1, T_START, T_STARTED, T_STDIN, T_STDOUT, T_STDERR, T_RESIZE, T_SIGNAL,
 	T_EXIT, T_EXEC, T_ERROR, T_POWEROFF, T_PING, T_PONG,
-	T_PORTS = 17, /* 15, 16 are the host's own control frames */
+	T_PORTS = 17, /* 15, 16 are not used */
 };
 
 enum error_kind {

@@ -3,7 +3,7 @@ the VM's agent: no VM boots, the relay and the protocol are the ones a VM gets.
 
 Any root process can connect to a VM's control socket (bareboat's CLI and bareboat-runtime do),
 so what a client sends is input to check: garbage, oversized and truncated frames, frames a
-client may not send and malformed payloads get that client an ERROR and a closed connection.
+client may not send and malformed payloads get that client REFUSED and a closed connection.
 The VM (here the init process) runs on, the workload's exit is its own, and good clients are
 still served.
 """
@@ -23,12 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from bareboat.backends.microvm import control as ctl
 from bareboat.backends.microvm.agent import (
-    HEADER,
-    MAGIC,
-    MAX_PAYLOAD,
-    VERSION,
-    ErrorKind,
     Frame,
     FrameDecoder,
     FrameType,
@@ -38,7 +34,8 @@ from bareboat.backends.microvm.agent import (
     encode_process,
     encode_start,
 )
-from bareboat.backends.microvm.hub import MAX_CLIENTS, CtlClient, ExitRecord, Hub
+from bareboat.backends.microvm.control import CtlClient
+from bareboat.backends.microvm.hub import MAX_CLIENTS, ExitRecord, Hub
 from bareboat.backends.microvm.initbuild import build_init
 from bareboat.paths import Roots
 
@@ -110,7 +107,7 @@ def running(roots: Roots, tmp_path: Path) -> Iterator[RunningHub]:
 
 
 def _header(ftype: int, session: int, length: int) -> bytes:
-    return HEADER.pack(MAGIC, VERSION, ftype, 0, session, length)
+    return ctl.HEADER.pack(ctl.MAGIC, ctl.VERSION, ftype, session, length)
 
 
 def _send_raw(ctl: Path, data: bytes, *, close_early: bool = False) -> bytes:
@@ -129,24 +126,24 @@ def _send_raw(ctl: Path, data: bytes, *, close_early: bool = False) -> bytes:
 
 
 def _refusal(answer: bytes) -> str:
-    frames = FrameDecoder().feed(answer)
-    assert [f.type for f in frames] == [FrameType.ERROR], answer
-    assert int.from_bytes(frames[0].payload[:2], "big") == ErrorKind.BAD_REQUEST
-    return frames[0].payload[2:].decode()
+    frames = ctl.Decoder(ctl.EVENT_LIMITS, "hub").feed(answer)
+    assert [f[0] for f in frames] == [ctl.Type.REFUSED], answer
+    return frames[0][2].decode()
 
 
 BAD_CLIENTS = {
     "garbage": (b"this is not a frame at all", "bad magic"),
-    "oversized": (_header(FrameType.STDIN, 1, MAX_PAYLOAD + 1), "limit"),
-    "signal of 3 bytes": (_header(FrameType.SIGNAL, 0, 3) + b"\0\0\x0f", "4 bytes"),
-    "signal 999": (encode_frame(Frame(FrameType.SIGNAL, 0, (999).to_bytes(4, "big"))), "999"),
-    "signal 0": (encode_frame(Frame(FrameType.SIGNAL, 0, bytes(4))), "no signal 0"),
-    "resize of 5 bytes": (encode_frame(Frame(FrameType.RESIZE, 0, bytes(5))), "4 bytes"),
-    "exec as session 0": (encode_frame(Frame(FrameType.EXEC, 0, b"x")), "session"),
-    "start": (encode_frame(Frame(FrameType.START, 0, b"")), "START"),
-    "hello": (encode_frame(Frame(FrameType.HELLO, 0)), "HELLO"),
-    "a guest's frame": (_header(FrameType.PONG, 0, 0), "PONG"),
-    "bad version": (HEADER.pack(MAGIC, 9, FrameType.SIGNAL, 0, 0, 4), "version"),
+    "oversized": (_header(ctl.Type.STDIN, 1, ctl.MAX_DATA + 1), "limit"),
+    "signal of 3 bytes": (_header(ctl.Type.SIGNAL, 0, 3) + b"\0\0\x0f", "4 bytes"),
+    "signal 999": (ctl.encode(ctl.Type.SIGNAL, 0, (999).to_bytes(4, "big")), "999"),
+    "signal 0": (ctl.encode(ctl.Type.SIGNAL, 0, bytes(4)), "no signal 0"),
+    "resize of 5 bytes": (_header(ctl.Type.RESIZE, 0, 5) + bytes(5), "4 bytes"),
+    "exec as session 0": (ctl.encode(ctl.Type.EXEC, 0, b"x"), "session"),
+    "an agent's START": (encode_frame(Frame(FrameType.START, 0, b"")), "bad magic"),
+    "an agent's HELLO": (encode_frame(Frame(FrameType.HELLO, 0)), "bad magic"),
+    "a hub's frame": (_header(ctl.Type.DONE, 0, 0), "DONE"),
+    "unknown type": (_header(15, 0, 0), "unknown frame type 15"),
+    "bad version": (ctl.HEADER.pack(ctl.MAGIC, 9, ctl.Type.SIGNAL, 0, 4), "version"),
 }
 
 
@@ -155,10 +152,8 @@ def test_bad_control_clients_get_an_error_and_the_vm_lives(running: RunningHub) 
         assert reason in _refusal(_send_raw(running.ctl, data)), name
     # Truncated: a header that promises more than comes, a header cut short. Nothing of either
     # may reach the guest.
-    _send_raw(running.ctl, _header(FrameType.SIGNAL, 0, 4) + b"\0\0", close_early=True)
-    _send_raw(
-        running.ctl, encode_frame(Frame(FrameType.SIGNAL, 0, b"\0\0\0\x09"))[:7], close_early=True
-    )
+    _send_raw(running.ctl, _header(ctl.Type.SIGNAL, 0, 4) + b"\0\0", close_early=True)
+    _send_raw(running.ctl, ctl.encode(ctl.Type.SIGNAL, 0, b"\0\0\0\x09")[:7], close_early=True)
     # More connections than the hub serves: the ones over the limit are refused.
     crowd = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(MAX_CLIENTS + 8)]
     try:
@@ -202,7 +197,7 @@ def test_a_good_signal_still_reaches_the_workload(running: RunningHub) -> None:
 
 
 def test_a_good_resize_is_taken(running: RunningHub) -> None:
-    good = encode_frame(Frame(FrameType.RESIZE, 0, struct.pack(">HH", 24, 80)))
+    good = ctl.encode(ctl.Type.RESIZE, 0, struct.pack(">HH", 24, 80))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(str(running.ctl))
         s.sendall(good)

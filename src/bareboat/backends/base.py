@@ -6,7 +6,7 @@ Each container has one *monitor* process (see `bareboat.engine.monitor`). The mo
 backend for the container's life: it calls `start` once, with the file descriptors the
 workload's stdio must use (pipes, or the slave of a pty for `-t`), waits for the pid that
 `start` returned, and hands the raw wait status to `exit_code`. Everything else (`kill`,
-`exec`, `delete`, `state`) must work from *any* process that holds the container's
+`exec`, `delete`) must work from *any* process that holds the container's
 `BackendContext` — the CLI calls them directly — so a backend keeps what it needs on disk
 under `ctx.state_dir`, never in memory.
 
@@ -84,9 +84,6 @@ class Backend(Protocol):
     def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
         """Run `process` (an OCI process object) in the running container with the caller's
         stdio; return its exit code (0 when detached)."""
-
-    def state(self, ctx: BackendContext) -> str:
-        """What the backend itself knows: running, stopped or unknown."""
 
     def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
         """Remove every trace the backend left (runtime state, cgroups). Idempotent."""

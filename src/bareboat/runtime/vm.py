@@ -113,11 +113,9 @@ def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(st["pid"]), sig)
         return 0
-    from pathlib import Path
+    from bareboat.backends.microvm.control import CtlClient
 
-    from bareboat.backends.microvm.hub import CtlClient
-
-    with CtlClient(Path(VmPaths(root, rec.id).ctl)) as c:
+    with CtlClient(VmPaths(root, rec.id).ctl) as c:
         c.signal(sig)
     return 0
 
@@ -169,14 +167,14 @@ def remove_files(root: RuntimeRoot, cid: str) -> None:
 
 
 def _control(root: RuntimeRoot, rec: Record, pause: bool) -> int:
-    from pathlib import Path
-
-    from bareboat.backends.microvm.agent import FrameType
-    from bareboat.backends.microvm.hub import CtlClient
+    from bareboat.backends.microvm.control import CtlClient
 
     lc.require(root, rec, "running", "paused", action="pause or resume it (it is not running)")
-    with CtlClient(Path(VmPaths(root, rec.id).ctl), timeout=30.0) as c:
-        c.control_vm(FrameType.PAUSE if pause else FrameType.RESUME)
+    with CtlClient(VmPaths(root, rec.id).ctl, timeout=30.0) as c:
+        if pause:
+            c.pause()
+        else:
+            c.resume()
     lc.set_paused(root, rec.id, pause)
     return 0
 

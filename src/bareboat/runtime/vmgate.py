@@ -282,14 +282,14 @@ def _run_session(
     tty: int | None = None,
 ) -> int:
     from bareboat.backends.base import is_devnull
-    from bareboat.backends.microvm.hub import CtlClient
+    from bareboat.backends.microvm.control import CtlClient
 
     found = errors if errors is not None else []
 
-    def on_error(err: Any) -> None:
-        found.append(str(err.message))
+    def on_error(message: str) -> None:
+        found.append(message)
         if errors is None:
-            print(f"bareboat-runtime: exec failed: {err.message}", file=sys.stderr, flush=True)
+            print(f"bareboat-runtime: exec failed: {message}", file=sys.stderr, flush=True)
 
     stdin = None if is_devnull(fds[0]) else fds[0]
     with CtlClient(ctl) as c:

@@ -167,16 +167,6 @@ class ContainerBackend:
         finally:
             pfile.unlink(missing_ok=True)
 
-    def state(self, ctx: BackendContext) -> str:
-        rt = self.runtime_for(ctx)
-        res = self._run(rt, rt.state(ctx.state_dir, ctx.id), check=False)
-        if res.returncode != 0:
-            return "unknown"
-        try:
-            return str(json.loads(res.stdout).get("status", "unknown"))
-        except ValueError:
-            return "unknown"
-
     def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
         rt = self.runtime_for(ctx)
         self._run(rt, rt.kill(ctx.state_dir, ctx.id, 9), check=False)

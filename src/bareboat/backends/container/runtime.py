@@ -56,9 +56,6 @@ class OciRuntime:
     def delete(self, root: Path, cid: str) -> list[str]:
         return self.argv(root, "delete", "--force", cid)
 
-    def state(self, root: Path, cid: str) -> list[str]:
-        return self.argv(root, "state", cid)
-
     def exec(
         self, root: Path, cid: str, process_file: Path, *, tty: bool, detach: bool
     ) -> list[str]:

@@ -15,7 +15,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from bareboat.errors import AgentProtocolError, AgentTimeout, BootTimeout, UsageError
@@ -54,10 +54,7 @@ class FrameType(enum.IntEnum):
     POWEROFF = 12
     PING = 13
     PONG = 14
-    # Host-side only: a control client asks the hub to stop or continue the vCPUs (QMP).
-    # Never sent to a guest; the hub answers PONG (done) or ERROR.
-    PAUSE = 15
-    RESUME = 16
+    # 15 and 16 are not used: the host's own control messages are control.py's
     PORTS = 17
 
 
@@ -108,18 +105,6 @@ GUEST_LIMITS: dict[FrameType, int] = {
     FrameType.PONG: MAX_PING,
     FrameType.PORTS: 2 * MAX_PORTS,
 }
-HOST_TYPES = frozenset(
-    {
-        FrameType.HELLO,
-        FrameType.START,
-        FrameType.STDIN,
-        FrameType.RESIZE,
-        FrameType.SIGNAL,
-        FrameType.EXEC,
-        FrameType.POWEROFF,
-        FrameType.PING,
-    }
-)
 MAX_SESSION = 0xFFFFFFFF
 
 
@@ -635,22 +620,6 @@ class AgentClient:
         self.hello: Hello | None = None
         self.ports: tuple[int, ...] = ()  # the last PORTS the guest sent (WATCH_PORTS)
 
-    @classmethod
-    def connect_unix(cls, path: str, *, timeout: float = 5.0) -> AgentClient:
-        deadline = time.monotonic() + timeout
-        while True:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(path)
-                return cls(s)
-            except (FileNotFoundError, ConnectionRefusedError):
-                s.close()
-                if time.monotonic() > deadline:
-                    raise AgentTimeout(
-                        f"agent socket {path} did not accept in {timeout}s"
-                    ) from None
-                time.sleep(0.01)
-
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -903,6 +872,3 @@ class AgentClient:
             timeout,
             f"session {session} did not finish in time",
         )
-
-    def sessions(self) -> Iterable[int]:
-        return list(self._sessions)

@@ -7,8 +7,10 @@ QEMU each end the wait with the console log's tail), send START, wait for STARTE
 the channel to the `Hub` thread that relays stdio and serves the control socket. The pid the
 monitor waits on is QEMU's; `exit_code` reads what the hub recorded from the agent's EXIT.
 
-Everything of one VM lives in `<ctx.state_dir>/<id>/` (sockets, console log, exit record),
-removed by `delete`; the log of a failed start is first copied beside the container's record.
+One VM's files live in `<ctx.state_dir>/<id>/` (console log, QEMU's log, exit and pid records)
+and its unix sockets in a short directory of their own (`socket_dir`: a socket's path must fit
+a sockaddr_un), both removed by `delete`; the log of a failed start is first copied beside the
+container's record, where a persistent disk lives too.
 Options a bundle cannot express travel as annotations (`settings` reads them, as data):
 `io.bareboat.network` (none|user[,host-loopback]),
 `io.bareboat.publish` ([IP:]HOST:GUEST[/proto],...),
@@ -76,7 +78,8 @@ from .agent import (
     encode_process,
     encode_start,
 )
-from .hub import CtlClient, ExitRecord, Hub
+from .control import CtlClient
+from .hub import ExitRecord, Hub
 from .vmproc import VMM_RECORD, is_vm_qemu, recorded_pid, release_vmm
 
 if TYPE_CHECKING:
@@ -517,7 +520,7 @@ class MicrovmBackend:
             kernel=plan.kernel,
             initrd=plan.initrd,
             qmp_socket=d.qmp,
-            cmdline=(*plan.net.kernel_args, *plan.cmdline),
+            cmdline=plan.cmdline,
             vcpus=plan.spec.vcpus,
             memory_mib=plan.spec.memory >> 20,
             accel=choose_accel(self.roots).accel,
@@ -619,7 +622,8 @@ class MicrovmBackend:
                 qemu_pid=vm.pid,
                 pending=pending,
                 decoder=b.decoder,
-                vm_control=lambda what: vm.stop() if what is FrameType.PAUSE else vm.cont(),
+                pause_vm=vm.stop,
+                resume_vm=vm.cont,
                 forward_ports=(
                     network.PortForwarder(vm.hmp).update if b.plan.net.watch_ports else None
                 ),
@@ -856,7 +860,7 @@ class MicrovmBackend:
 
     def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
         with contextlib.suppress(BackendError), CtlClient(self.vmdir(ctx).ctl) as c:
-            c.send(Frame(FrameType.RESIZE, 0, struct.pack(">HH", rows, cols)))
+            c.resize(rows, cols)
 
     def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
         import sys
@@ -865,21 +869,14 @@ class MicrovmBackend:
         winsize = terminal_size(0) if p.terminal else (0, 0)
         payload = encode_process(to_process_spec(p, winsize))
 
-        def show(err: AgentError) -> None:
-            print(f"bareboat: exec failed: {err.message}", file=sys.stderr, flush=True)
+        def show(message: str) -> None:
+            print(f"bareboat: exec failed: {message}", file=sys.stderr, flush=True)
 
         with CtlClient(self.vmdir(ctx).ctl) as c:
             return c.exec(
                 payload, stdin=None if detach else 0, stdout=1, stderr=2, detach=detach,
                 on_error=show, tty=0 if p.terminal and not detach else None,
             )  # fmt: skip
-
-    def state(self, ctx: BackendContext) -> str:
-        d = self.vmdir(ctx)
-        pid = self._recorded_pid(d)
-        if pid and _pid_is_ours(pid, d):
-            return "running"
-        return "stopped" if d.path.exists() else "unknown"
 
     def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
         d = self.vmdir(ctx)
@@ -902,7 +899,7 @@ class MicrovmBackend:
         if pid is None or not _pid_is_ours(pid, d):
             return
         with contextlib.suppress(BackendError), CtlClient(d.ctl, timeout=1.0) as c:
-            c.send(Frame(FrameType.POWEROFF, 0))
+            c.poweroff()
         for sig, wait in ((None, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
             if sig is not None:
                 with contextlib.suppress(ProcessLookupError):

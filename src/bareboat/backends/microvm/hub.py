@@ -1,11 +1,14 @@
 """The host end of a running VM's agent channel, and the control socket other processes use.
 
 QEMU's virtio-serial socket takes one connection, so one object must own it for the VM's
-life: the `Hub`, a thread inside the container's monitor. It relays the workload's streams
-(session 0) between the agent and the monitor's stdio fds, records the workload's exit, and
-serves a unix control socket on which any bareboat process (the CLI's `kill`, `exec`, `rm -f`)
-speaks the same framed protocol as the agent: SIGNAL, RESIZE and POWEROFF for the VM, or an
-EXEC session of its own, whose frames the hub renumbers to the agent's session ids and back.
+life: the `Hub`, a thread inside the container's monitor (or bareboat-runtime's gate). It
+relays the workload's streams (session 0) between the agent and the owner's stdio fds, records
+the workload's exit, and serves a unix control socket on which any bareboat process (the CLI's
+`kill`, `exec`, `rm -f`, bareboat-runtime's `kill`, `exec`, `pause`, `resume`) speaks the
+host's own control protocol (control.py): SIGNAL, RESIZE, POWEROFF, PAUSE and RESUME for the
+VM, or an EXEC session of its own, which the hub renumbers to the agent's session ids and whose
+guest events it passes back as control events. Nothing a control client sends reaches the
+guest unchecked, and no host-only message is ever a guest frame.
 
 The guest is untrusted: its frames pass the agent codec's bounds and checks, events for
 sessions it was never given are a protocol violation, and a violation ends the VM.
@@ -19,24 +22,20 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bareboat.errors import AgentProtocolError, BackendError, BareboatError
 from bareboat.fsutil import atomic_write_text
 
+from . import control as ctl
 from .agent import (
-    GUEST_LIMITS,
-    HOST_TYPES,
     MAX_DATA,
-    MAX_ERROR_MESSAGE,
-    MAX_PAYLOAD,
     AgentError,
-    ErrorKind,
+    Event,
     Exited,
     Frame,
     FrameDecoder,
@@ -47,12 +46,13 @@ from .agent import (
     decode_event,
     encode_frame,
 )
+from .control import write_all
 
-# What a control client may send, and how large (the hub checks its clients too).
-CTL_LIMITS: dict[FrameType, int] = {
-    **{t: MAX_PAYLOAD for t in HOST_TYPES},
-    FrameType.PAUSE: 0,
-    FrameType.RESUME: 0,
+# A control request's agent frame, for those the hub passes on.
+_TO_AGENT = {
+    ctl.Type.STDIN: FrameType.STDIN,
+    ctl.Type.SIGNAL: FrameType.SIGNAL,
+    ctl.Type.RESIZE: FrameType.RESIZE,
 }
 # Connections served at once: each holds a descriptor and up to MAX_PAYLOAD of input, and a
 # hub out of descriptors would fail its relay, which ends the VM.
@@ -83,7 +83,9 @@ class ExitRecord:
 @dataclass
 class _Client:
     sock: socket.socket
-    decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(CTL_LIMITS))
+    decoder: ctl.Decoder = field(
+        default_factory=lambda: ctl.Decoder(ctl.REQUEST_LIMITS, "control client")
+    )
     sessions: dict[int, int] = field(default_factory=dict)  # client's id -> agent's id
 
 
@@ -102,11 +104,13 @@ class Hub:
         qemu_pid: int,
         pending: list[Frame] | None = None,
         decoder: FrameDecoder | None = None,
-        vm_control: Callable[[FrameType], None] | None = None,
+        pause_vm: Callable[[], None] | None = None,
+        resume_vm: Callable[[], None] | None = None,
         forward_ports: Callable[[tuple[int, ...]], None] | None = None,
     ) -> None:
         self.agent = agent
-        self.vm_control = vm_control  # PAUSE/RESUME: stop or continue the vCPUs
+        self.pause_vm = pause_vm  # PAUSE/RESUME: stop or continue the vCPUs (QMP)
+        self.resume_vm = resume_vm
         self.forward_ports = forward_ports  # the guest's listening ports (PORTS frames)
         self.stdin = stdin
         self.out: dict[str, int | None] = {"stdout": stdout, "stderr": stderr}
@@ -265,7 +269,7 @@ class Hub:
                 raise AgentProtocolError(f"agent sent a frame for unknown session {session}")
             return  # a session whose client went away
         client, local = owner
-        self._to_client(client, Frame(frame.type, local, frame.payload))
+        self._to_client(client, _control_event(event, local))
         if isinstance(event, Exited):
             del self.owner[session]
             client.sessions.pop(local, None)
@@ -281,7 +285,7 @@ class Hub:
                 self._end_stream(event.stream)
                 return
             try:
-                _write_all(fd, event.data)
+                write_all(fd, event.data)
             except OSError:
                 self._end_stream(event.stream)  # nobody reads it any more; keep relaying
         elif isinstance(event, AgentError):
@@ -341,11 +345,10 @@ class Hub:
             self._refuse(client, f"too many control clients (at most {MAX_CLIENTS} at once)")
 
     def _refuse(self, c: _Client, message: str, session: int = 0) -> None:
-        """Tell a control client what was wrong with what it sent (ERROR BAD_REQUEST), and
-        close its connection. Nothing of it reaches the guest; the VM runs on."""
-        reply = int(ErrorKind.BAD_REQUEST).to_bytes(2, "big") + message.encode()[:MAX_ERROR_MESSAGE]
+        """Tell a control client what was wrong with what it sent (REFUSED), and close its
+        connection. Nothing of it reaches the guest; the VM runs on."""
         with contextlib.suppress(OSError):
-            c.sock.send(encode_frame(Frame(FrameType.ERROR, session, reply)), socket.MSG_DONTWAIT)
+            c.sock.send(ctl.message(ctl.Type.REFUSED, message, session), socket.MSG_DONTWAIT)
         self._drop(c)
 
     def _drop(self, c: _Client) -> None:
@@ -356,9 +359,9 @@ class Hub:
             self.owner.pop(sid, None)  # its sessions run on; their output has no reader
         c.sock.close()
 
-    def _to_client(self, c: _Client, frame: Frame) -> None:
+    def _to_client(self, c: _Client, data: bytes) -> None:
         try:
-            c.sock.sendall(encode_frame(frame))
+            c.sock.sendall(data)
         except OSError:
             self._drop(c)
 
@@ -372,54 +375,46 @@ class Hub:
             self._drop(c)
             return
         # A control client is input like any other: the worst it can get for what it sends is
-        # an ERROR and a closed connection. Only checked frames reach the guest, whose answers
-        # to a malformed one would otherwise count as the workload's failure.
+        # REFUSED and a closed connection. Only checked requests reach the guest, whose
+        # answers to a malformed one would otherwise count as the workload's failure.
         try:
-            for f in c.decoder.feed(data):
-                self._from_client(c, f)
+            for ftype, session, payload in c.decoder.feed(data):
+                self._from_client(c, ftype, session, payload)
                 if self.clients.get(fd) is not c:
                     return  # refused or gone
-        except AgentProtocolError as err:
-            self._refuse(c, str(err).replace("agent sent", "control client sent"))
+        except BackendError as err:  # the frame's shape (control.Decoder)
+            self._refuse(c, str(err))
         except Exception as err:  # noqa: BLE001 - a failed request must not end the VM
             self._refuse(c, f"the request failed: {err!r}")
 
-    def _from_client(self, c: _Client, f: Frame) -> None:
-        if f.type is FrameType.POWEROFF:
+    def _from_client(self, c: _Client, ftype: ctl.Type, session: int, payload: bytes) -> None:
+        if ftype is ctl.Type.POWEROFF:
             self.send(Frame(FrameType.POWEROFF, 0))
             return
-        if f.type in (FrameType.PAUSE, FrameType.RESUME):
-            self._control_vm(c, f.type)
+        if ftype in (ctl.Type.PAUSE, ctl.Type.RESUME):
+            self._control_vm(c, ftype)
             return
-        if f.type is FrameType.EXEC:
-            if f.session == 0 or f.session in c.sessions:
-                self._refuse(c, f"EXEC needs a session id >= 1 not in use, not {f.session}")
+        if ftype is ctl.Type.EXEC:
+            if session in c.sessions:
+                self._refuse(c, f"EXEC needs a session id >= 1 not in use, not {session}")
                 return
             sid = self.next_session
             self.next_session += 1
-            c.sessions[f.session] = sid
-            self.owner[sid] = (c, f.session)
-            self.send(Frame(FrameType.EXEC, sid, f.payload))
+            c.sessions[session] = sid
+            self.owner[sid] = (c, session)
+            self.send(Frame(FrameType.EXEC, sid, payload))
             return
-        if f.type not in (FrameType.SIGNAL, FrameType.RESIZE, FrameType.STDIN):
-            self._refuse(c, f"a control client may not send {f.type.name}", f.session)
-            return
-        if f.type is not FrameType.STDIN and len(f.payload) != 4:
-            self._refuse(c, f"{f.type.name} takes 4 bytes, not {len(f.payload)}", f.session)
-            return
-        if f.type is FrameType.SIGNAL and not 1 <= int.from_bytes(f.payload, "big") <= 64:
-            self._refuse(c, f"no signal {int.from_bytes(f.payload, 'big')}", f.session)
-            return
-        if f.session == 0:
-            if f.type is FrameType.STDIN or self.exited is not None:
+        guest_type = _TO_AGENT[ftype]
+        if session == 0:
+            if ftype is ctl.Type.STDIN or self.exited is not None:
                 return  # the workload's stdin is the monitor's; a finished one takes nothing
-            if f.type is FrameType.SIGNAL and f.payload == signal.SIGKILL.to_bytes(4, "big"):
+            if ftype is ctl.Type.SIGNAL and payload == signal.SIGKILL.to_bytes(4, "big"):
                 self.kill_deadline = time.monotonic() + KILL_GRACE_S
-            self.send(f)
+            self.send(Frame(guest_type, 0, payload))
             return
-        target = c.sessions.get(f.session)
+        target = c.sessions.get(session)
         if target is not None:
-            self.send(Frame(f.type, target, f.payload))
+            self.send(Frame(guest_type, target, payload))
 
     def _forward(self, ports: tuple[int, ...]) -> None:
         if self.forward_ports is None:
@@ -429,184 +424,27 @@ class Hub:
         with contextlib.suppress(BareboatError, OSError):
             self.forward_ports(ports)
 
-    def _control_vm(self, c: _Client, what: FrameType) -> None:
+    def _control_vm(self, c: _Client, what: ctl.Type) -> None:
+        action = self.pause_vm if what is ctl.Type.PAUSE else self.resume_vm
         try:
-            if self.vm_control is None:
+            if action is None:
                 raise BackendError("this VM cannot be paused")
-            self.vm_control(what)
+            action()
         except (BareboatError, OSError) as err:
-            msg = str(err).encode()[:MAX_ERROR_MESSAGE]
-            reply = Frame(FrameType.ERROR, 0, int(ErrorKind.INTERNAL).to_bytes(2, "big") + msg)
+            reply = ctl.message(ctl.Type.ERROR, str(err))
         else:
-            reply = Frame(FrameType.PONG, 0)
+            reply = ctl.encode(ctl.Type.DONE)
         self._to_client(c, reply)
 
 
-@contextlib.contextmanager
-def _winch_events(
-    sel: selectors.BaseSelector, tty: int | None
-) -> Iterator[Callable[[], tuple[int, int] | None]]:
-    """While relaying a session with a terminal: SIGWINCH makes the selector report "winch",
-    and the returned function then gives the terminal's new (rows, cols). The signal only
-    writes to a pipe (signal.set_wakeup_fd), so the frame is sent by the relay loop itself."""
-    if tty is None:
-        yield lambda: None
-        return
-    import fcntl
-    import termios
-
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    old_handler = signal.signal(signal.SIGWINCH, lambda *_: None)
-    old_fd = signal.set_wakeup_fd(w)
-    sel.register(r, selectors.EVENT_READ, "winch")
-
-    def size() -> tuple[int, int] | None:
-        with contextlib.suppress(OSError):
-            while os.read(r, 64):
-                pass
-        try:
-            rows, cols, _, _ = struct.unpack(
-                "HHHH", fcntl.ioctl(tty, termios.TIOCGWINSZ, b"\0" * 8)
-            )
-        except OSError:
-            return None
-        return rows, cols
-
-    try:
-        yield size
-    finally:
-        signal.set_wakeup_fd(old_fd)
-        signal.signal(signal.SIGWINCH, old_handler)
-        sel.unregister(r)
-        os.close(r)
-        os.close(w)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-# --- the client side (any process) ----------------------------------------------------------
-
-
-class CtlClient:
-    """A connection to a running VM's hub."""
-
-    def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(str(path))
-        except OSError as err:
-            self.sock.close()
-            raise BackendError(f"the VM is not running ({err.strerror})") from None
-        self.decoder = FrameDecoder(GUEST_LIMITS)
-        self._send_lock = threading.Lock()  # the stdin pump and the relay loop both send
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> CtlClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def send(self, frame: Frame) -> None:
-        try:
-            with self._send_lock:
-                self.sock.sendall(encode_frame(frame))
-        except OSError as err:
-            raise BackendError(f"lost the VM's control socket: {err}") from None
-
-    def _pump_stdin(self, fd: int) -> None:
-        with contextlib.suppress(OSError, BackendError):
-            while True:
-                data = os.read(fd, MAX_DATA)
-                self.send(Frame(FrameType.STDIN, 1, data))
-                if not data:
-                    return
-
-    def signal(self, sig: int, session: int = 0) -> None:
-        self.send(Frame(FrameType.SIGNAL, session, sig.to_bytes(4, "big")))
-
-    def control_vm(self, what: FrameType) -> None:
-        """PAUSE or RESUME the VM's vCPUs; returns when the hub has done it."""
-        self.send(Frame(what, 0))
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError as err:
-                raise BackendError(f"lost the VM's control socket: {err}") from None
-            if not data:
-                raise BackendError("the VM ended before it could be paused or resumed")
-            for frame in self.decoder.feed(data):
-                event = decode_event(frame)
-                if isinstance(event, AgentError):
-                    raise BackendError(event.message)
-                if frame.type is FrameType.PONG:
-                    return
-
-    def exec(
-        self,
-        payload: bytes,
-        *,
-        stdin: int | None,
-        stdout: int,
-        stderr: int,
-        detach: bool = False,
-        on_error: Callable[[AgentError], None] | None = None,
-        on_started: Callable[[], None] | None = None,
-        tty: int | None = None,
-    ) -> int:
-        """Run one EXEC session to its end, relaying the given fds; its exit status. With
-        `tty` (a terminal whose size is the session's), a SIGWINCH resizes the session's pty:
-        call it from the main thread."""
-        self.send(Frame(FrameType.EXEC, 1, payload))
-        if detach:
-            return 0
-        self.sock.settimeout(None)
-        if stdin is not None:
-            # A thread, not the selector: stdin may be a regular file, which epoll refuses.
-            threading.Thread(target=self._pump_stdin, args=(stdin,), daemon=True).start()
-        fds = {"stdout": stdout, "stderr": stderr}
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ, "sock")
-        try:
-            with _winch_events(sel, tty) as resized:
-                return self._relay(sel, fds, on_error, on_started, resized)
-        finally:
-            sel.close()
-
-    def _relay(
-        self,
-        sel: selectors.BaseSelector,
-        fds: dict[str, int],
-        on_error: Callable[[AgentError], None] | None,
-        on_started: Callable[[], None] | None,
-        resized: Callable[[], tuple[int, int] | None],
-    ) -> int:
-        while True:
-            ready = {key.data for key, _ in sel.select()}
-            if "winch" in ready:
-                size = resized()
-                if size is not None:
-                    self.send(Frame(FrameType.RESIZE, 1, struct.pack(">HH", *size)))
-                if "sock" not in ready:
-                    continue
-            data = self.sock.recv(256 * 1024)
-            if not data:
-                raise BackendError("the VM ended before the exec session did")
-            for frame in self.decoder.feed(data):
-                event = decode_event(frame)
-                if isinstance(event, Output) and event.data:
-                    _write_all(fds[event.stream], event.data)
-                elif isinstance(event, AgentError) and on_error is not None:
-                    on_error(event)
-                elif isinstance(event, Started) and on_started is not None:
-                    on_started()
-                elif isinstance(event, Exited):
-                    return event.status
+def _control_event(event: Event, session: int) -> bytes:
+    """A guest event of an exec session as its client's control frame."""
+    if isinstance(event, Output):
+        kind = ctl.Type.STDOUT if event.stream == "stdout" else ctl.Type.STDERR
+        return ctl.encode(kind, session, event.data)
+    if isinstance(event, Started):
+        return ctl.encode(ctl.Type.STARTED, session, event.pid.to_bytes(4, "big"))
+    if isinstance(event, Exited):
+        return ctl.encode(ctl.Type.EXIT, session, event.status.to_bytes(4, "big"))
+    assert isinstance(event, AgentError)
+    return ctl.message(ctl.Type.ERROR, event.message, session)

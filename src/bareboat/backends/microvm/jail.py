@@ -1,6 +1,7 @@
 """The VMM jail: each QEMU process runs as a uid of its own, with no capabilities and
-`no_new_privs`, in new PID, IPC, UTS and mount namespaces (and a new network namespace when the
-VM has no network), its root a small read-only tmpfs that holds only what it must open, in
+`no_new_privs`, in new PID, IPC, UTS and mount namespaces (and a new network namespace, unless its
+user-mode network must be the caller's: `--network user,host-loopback`, or a namespace a client
+of bareboat-runtime made), its root a small read-only tmpfs that holds only what it must open, in
 cgroups that bound its memory, CPU and tasks, under QEMU's own seccomp filter.
 
 Plan, then execute, as Firecracker's jailer does: `plan_jail` turns a VM's config into a

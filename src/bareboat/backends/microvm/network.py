@@ -42,10 +42,6 @@ from typing import IO
 from bareboat.errors import BackendError, BackendUnavailable, UsageError
 from bareboat.spec.options import PortMapping
 
-GUEST_IP = "10.0.2.15"
-GATEWAY = "10.0.2.2"
-DNS = "10.0.2.3"
-NETMASK = "255.255.255.0"
 NETDEV_ID = "net0"
 # slirp4netns's tap in QEMU's own namespace (`--configure` gives it this address and a
 # default route via its gateway 10.0.2.2; slirp4netns's network is not the guest's, which
@@ -60,13 +56,11 @@ SLIRP4NETNS_READY_S = 10.0
 
 @dataclass(frozen=True)
 class NetworkPlan:
-    """What QEMU and the guest need for one VM's network."""
+    """One VM's network, as `qemu.VMConfig` (the virtio-net card and slirp's rules) and
+    slirp4netns take it. The guest's side needs nothing from here: its init gives eth0 slirp's
+    fixed addresses, and /etc/resolv.conf comes with the container's files."""
 
     mode: str  # "none" | "user"
-    qemu_args: tuple[str, ...] = ()
-    # the kernel's `ip=` parameter (CONFIG_IP_PNP) brings eth0 up before init runs
-    kernel_args: tuple[str, ...] = ()
-    resolv_conf: str = ""
     ports: tuple[PortMapping, ...] = ()
     # Forward every TCP port the guest listens on, from the same port of QEMU's network
     # namespace (the container's, where a client's -p or a Service sends connections).
@@ -112,14 +106,6 @@ class NetworkPlan:
         ]
 
 
-def hostfwd(p: PortMapping, *, isolated: bool = False) -> str:
-    """One slirp forwarding rule: `tcp:127.0.0.1:8080-:80` (guest address left to slirp).
-    In QEMU's own namespace it listens on every address there (only slirp4netns reaches
-    it), since slirp4netns's tap has no address yet when QEMU binds."""
-    host_ip = "" if isolated else p.host_ip
-    return f"hostfwd={p.protocol}:{host_ip}:{p.host_port}-:{p.guest_port}"
-
-
 def plan_network(
     value: str, publish: Sequence[PortMapping] = (), *, watch_ports: bool = False
 ) -> NetworkPlan:
@@ -155,15 +141,9 @@ def plan_network(
         if key in seen:
             raise UsageError(f"host port {p.host_ip}:{p.host_port}/{p.protocol} published twice")
         seen.add(key)
-    isolated = "host-loopback" not in options and not watch_ports
-    rules = (hostfwd(p, isolated=isolated) for p in publish)
-    netdev = ",".join(["user", f"id={NETDEV_ID}", *rules])
     return NetworkPlan(
         mode="user",
-        isolated=isolated,
-        qemu_args=("-netdev", netdev, "-device", f"virtio-net-device,netdev={NETDEV_ID}"),
-        kernel_args=(f"ip={GUEST_IP}::{GATEWAY}:{NETMASK}::eth0:off",),
-        resolv_conf=f"nameserver {DNS}\n",
+        isolated="host-loopback" not in options and not watch_ports,
         ports=tuple(publish),
         watch_ports=watch_ports,
     )

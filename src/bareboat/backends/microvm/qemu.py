@@ -2,7 +2,8 @@
 
 Plan, then execute: `VMConfig` describes a VM, `build_argv` turns it into QEMU's argument list
 without touching the system (tests check that list as data), and `QemuProcess` is the only place
-that starts QEMU. `QemuProcess` is a context manager: however its body ends, QEMU is asked to quit
+that starts a VM's QEMU (accel.py's probe runs a firmware-only QEMU of its own, for an instant).
+`QemuProcess` is a context manager: however its body ends, QEMU is asked to quit
 over QMP, then sent SIGTERM, then SIGKILL, is reaped, and the sockets it made are removed.
 
 Machine choices, measured here under TCG (QEMU 7.2, Linux 6.1 guest): `rtc=on` (without an
@@ -914,10 +915,6 @@ class QemuProcess:
     def quit(self) -> None:
         """Ask QEMU to exit now (no guest shutdown)."""
         self.command("quit")
-
-    def powerdown(self) -> None:
-        """Press the ACPI power button: the guest may shut down cleanly."""
-        self.command("system_powerdown")
 
     # -- internals -----------------------------------------------------------------------
 

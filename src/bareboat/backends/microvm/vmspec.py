@@ -3,8 +3,10 @@
 The bundle format is the same for every backend; this module is where the microVM backend
 decides what of it a guest can honour. Namespaces, cgroups, seccomp and the standard
 /proc, /sys and /dev mounts are the VM boundary's job and the guest init's (it mounts those
-itself), so they are dropped. Host bind mounts (`-v`) become 9p shares of the host directory;
-what a guest cannot do is refused with one clear error.
+itself), so they are dropped. Host bind mounts (`-v`) become 9p shares (the backend serves a
+file's as a directory holding only that file), and the small files runtimes bind in
+(`COPIED_FILES`) are copied into the guest; what a guest cannot do is refused with one clear
+error.
 
 Everything returned is plain, validated data; the backend turns it into the agent's START
 message and QEMU's argv.

@@ -188,8 +188,5 @@ class ProcessBackend:
             return 0
         return self._popen(ctx, process).wait()
 
-    def state(self, ctx: BackendContext) -> str:
-        return "unknown"
-
     def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
         """Nothing of its own: the monitor unmounts the rootfs and everything below it."""

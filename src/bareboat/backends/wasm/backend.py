@@ -192,9 +192,6 @@ class WasmBackend:
     def _plan_path(self, ctx: BackendContext) -> Path:
         return ctx.state_dir / "wasm-plan.json"
 
-    def _pid_path(self, ctx: BackendContext) -> Path:
-        return ctx.state_dir / "wasm.pid"
-
     def create(self, ctx: BackendContext) -> None:
         from bareboat.fsutil import atomic_write
 
@@ -209,9 +206,6 @@ class WasmBackend:
             pid = self._exec_shim(ctx, stdio)
         else:
             pid = self._fork(ctx, stdio)
-        from bareboat.fsutil import atomic_write_text
-
-        atomic_write_text(self._pid_path(ctx), str(pid))
         return Started(pid)
 
     def _exec_shim(self, ctx: BackendContext, stdio: Stdio) -> int:
@@ -279,22 +273,8 @@ class WasmBackend:
     def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
         raise WasmError("exec is not supported with wasm isolation (a module is one process)")
 
-    def state(self, ctx: BackendContext) -> str:
-        try:
-            pid = int(self._pid_path(ctx).read_text())
-        except (OSError, ValueError):
-            return "unknown"
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return "stopped"
-        except PermissionError:
-            pass
-        return "running"
-
     def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
-        for p in (self._plan_path(ctx), self._pid_path(ctx)):
-            p.unlink(missing_ok=True)
+        self._plan_path(ctx).unlink(missing_ok=True)
         shutil.rmtree(ctx.state_dir / "tmpfs", ignore_errors=True)
 
 
