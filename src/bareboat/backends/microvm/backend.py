@@ -31,7 +31,6 @@ import shutil
 import signal
 import socket
 import stat
-import struct
 import tempfile
 import termios
 import time
