@@ -106,12 +106,12 @@ class Setup:
         """The template of a plain VM of the bench image (made once), and its inputs."""
         from bareboat.backends.microvm import backend as mb
         from bareboat.backends.microvm import template as T
+        from bareboat.backends.microvm import vmplan
         from bareboat.paths import Roots
 
         b = mb.MicrovmBackend(self.roots)
         ctx = self._ctx("tpl" + "0" * 61, ("true",))
-        plan = b.plan(ctx)
-        inputs = T.inputs_for(b.vm_config(ctx, plan), plan.image.key)
+        inputs = vmplan.template_inputs(b.plan(ctx))
         assert inputs is not None
         # Kept apart from the store the cold cases use, which must find no template.
         elsewhere = Roots(self.work / "tpl-root", self.work / "tpl-state", self.roots.cache)

@@ -1,26 +1,23 @@
 """`bareboat` commands: `guest build`, `guest info` and the host-wide `info`.
 
 The kernel build takes minutes, so it shows progress: a rich bar on a terminal, plain lines
-otherwise (logs, CI). rich and the backends are imported inside the handlers.
+otherwise (logs, CI). The guest and the accelerator are the engine's (engine/guest.py); rich
+and the engine are imported inside the handlers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bareboat.cli.common import roots
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
-
-    from bareboat.paths import Roots
 
 
 class RichProgress:
@@ -74,77 +71,20 @@ def _stderr_line(text: str) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from bareboat.backends.microvm import kernel
+    from bareboat.engine import guest
 
     r = roots(args)
     if sys.stderr.isatty():
         with RichProgress() as progress:
-            vmlinux = kernel.build_kernel(r, force=args.force, progress=progress, jobs=args.jobs)
+            vmlinux = guest.build_kernel(r, force=args.force, jobs=args.jobs, progress=progress)
     else:
-        vmlinux = kernel.build_kernel(
-            r, force=args.force, progress=kernel.PlainProgress(_stderr_line), jobs=args.jobs
+        vmlinux = guest.build_kernel(
+            r, force=args.force, jobs=args.jobs, progress=guest.plain_progress(_stderr_line)
         )
     print(f"kernel: {vmlinux}")
-    init = _build_init(r)
-    if init is not None:
-        print(f"init:   {init}")
-    return 0
-
-
-def _build_init(r: Roots) -> Path | None:
-    """Build the init and its initramfs with the init engineer's module, when it exists."""
-    try:
-        from bareboat.backends.microvm import initbuild
-    except ImportError:
-        _stderr_line("bareboat: the guest init builder is not available yet; skipping the init")
-        return None
     _stderr_line("bareboat: building the guest init")
-    builder = getattr(initbuild, "build_initramfs", None) or initbuild.build_init
-    path: Path = builder(r)
-    return path
-
-
-def _guest_info(r: Roots) -> dict[str, Any]:
-    from bareboat.backends.microvm import kernel
-
-    k = kernel.kernel_info(r)
-    info: dict[str, Any] = {
-        "cache": str(r.guest),
-        "kernel": {
-            "fragment": str(k.fragment),
-            "source_version": k.source_version,
-            "key": k.key,
-            "path": str(k.path) if k.path else None,
-            "size": k.size,
-            "built": k.path is not None,
-            **({"problem": k.problem} if k.problem else {}),
-        },
-    }
-    user = os.environ.get(kernel.ENV_KERNEL)
-    if user:
-        info["kernel"]["user_kernel"] = user
-    info["init"] = _init_info(r)
-    return info
-
-
-def _init_info(r: Roots) -> dict[str, Any]:
-    try:
-        from bareboat.backends.microvm import initbuild
-    except ImportError:
-        return {"available": False}
-    try:
-        plan = initbuild.plan_init()
-    except Exception as e:  # noqa: BLE001 - report any reason the init cannot be planned
-        return {"key": None, "built": False, "problem": str(e)}
-    path = initbuild.init_dir(r) / plan.key / "init"
-    initramfs = path.parent / "initramfs.cpio"
-    return {
-        "key": plan.key,
-        "path": str(path) if path.is_file() else None,
-        "size": path.stat().st_size if path.is_file() else None,
-        "initramfs": str(initramfs) if initramfs.is_file() else None,
-        "built": path.is_file(),
-    }
+    print(f"init:   {guest.build_init(r)}")
+    return 0
 
 
 def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
@@ -158,7 +98,9 @@ def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
 
 
 def _guest_info_cmd(args: argparse.Namespace) -> int:
-    info = _guest_info(roots(args))
+    from bareboat.engine import guest
+
+    info = guest.guest_info(roots(args))
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -180,17 +122,17 @@ def tool_version(argv: list[str]) -> str | None:
 
 def _info_cmd(args: argparse.Namespace) -> int:
     from bareboat import __version__
-    from bareboat.backends.microvm import accel
+    from bareboat.engine import guest
 
     r = roots(args)
-    choice = accel.choose_accel(r, args.accel)
+    accel, reason = guest.accelerator(r, args.accel)
     info: dict[str, Any] = {
         "version": __version__,
         "roots": {"root": str(r.root), "state": str(r.state), "cache": str(r.cache)},
         "microvm": {
-            "accelerator": choice.accel,
-            "reason": choice.reason,
-            **_guest_info(r),
+            "accelerator": accel,
+            "reason": reason,
+            **guest.guest_info(r),
         },
         "tools": {
             "qemu": tool_version(["qemu-system-x86_64", "--version"]),

@@ -1,8 +1,8 @@
-"""`bareboat template ls|create|rm|prune`: microVM templates (see backends/microvm/template.py).
+"""`bareboat template ls|create|rm|prune`: microVM templates (see engine/vmtemplates.py).
 
-`create IMAGE` computes the same inputs `bareboat run --isolation microvm IMAGE` would (kernel,
-init, the image's EROFS disk, vCPUs, memory, accelerator), so the run finds the template.
-Every heavy import happens inside the handlers.
+`create IMAGE` keys its template as `bareboat run --isolation microvm IMAGE` with the same
+`-m` and `--cpus` would look for it, so the run finds it. Every heavy import happens inside
+the handlers.
 """
 
 from __future__ import annotations
@@ -10,59 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bareboat.cli.common import roots
 
-if TYPE_CHECKING:
-    from bareboat.backends.microvm.template import TemplateInputs
-    from bareboat.paths import Roots
-
-
-def template_inputs(r: Roots, ref: str, *, memory: str | None, cpus: str | None) -> TemplateInputs:
-    """The inputs of a cold `run --isolation microvm` of `ref` with these sizes."""
-    import math
-
-    from bareboat.backends.microvm import rootfs, template, vmspec
-    from bareboat.backends.microvm.accel import choose_accel
-    from bareboat.backends.microvm.backend import tree_key
-    from bareboat.backends.microvm.initbuild import build_initramfs
-    from bareboat.backends.microvm.kernel import resolve_kernel
-    from bareboat.backends.microvm.qemu import host_tsc_khz
-    from bareboat.errors import UsageError
-    from bareboat.images.store import ImageStore
-    from bareboat.spec.parse import parse_memory
-
-    store = ImageStore(r)
-    image = store.ensure(ref)
-    tree = store.rootfs(image)
-    disk = rootfs.ensure_image(r, tree, key=tree_key(tree))
-    linux: dict[str, Any] = {"resources": {}}
-    if memory:
-        linux["resources"]["memory"] = {"limit": parse_memory(memory)}
-    mem = vmspec.memory_for(linux)
-    vcpus = 1
-    if cpus:
-        try:
-            vcpus = max(1, math.ceil(float(cpus)))
-        except ValueError:
-            raise UsageError(f"invalid --cpus {cpus!r}") from None
-    return template.TemplateInputs(
-        image=disk.key,
-        kernel=resolve_kernel(r).path,
-        initrd=build_initramfs(r),
-        lower=disk.path,
-        vcpus=vcpus,
-        memory_mib=mem >> 20,
-        accel=choose_accel(r).accel,
-        tsc_khz=host_tsc_khz(),
-    )
-
 
 def _ls(args: argparse.Namespace) -> int:
-    from bareboat.backends.microvm import template
+    from bareboat.engine import vmtemplates
 
-    entries = template.list_templates(roots(args))
+    entries = vmtemplates.list_templates(roots(args))
     if args.format == "json":
         rows = [
             {
@@ -91,30 +47,33 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from bareboat.backends.microvm import template
+    from bareboat.engine import vmtemplates
+    from bareboat.spec.parse import parse_cpus, parse_memory
 
-    r = roots(args)
-    inputs = template_inputs(r, args.image, memory=args.memory, cpus=args.cpus)
-    t = template.create_template(r, inputs, replace=args.replace)
+    # Read as `run` reads them, before the image is pulled or its disk built.
+    memory = parse_memory(args.memory) if args.memory else None
+    cpus = parse_cpus(args.cpus) if args.cpus else None
+    t = vmtemplates.create_template(
+        roots(args), args.image, memory=memory, cpus=cpus, replace=args.replace
+    )
     print(t.key)
     return 0
 
 
 def _rm(args: argparse.Namespace) -> int:
-    from bareboat.backends.microvm import template
+    from bareboat.engine import vmtemplates
     from bareboat.errors import UsageError
 
-    r = roots(args)
-    missing = [k for k in args.keys if not template.remove_template(r, k)]
+    missing = vmtemplates.remove_templates(roots(args), args.keys)
     if missing:
         raise UsageError(f"no such template: {', '.join(missing)}")
     return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from bareboat.backends.microvm import template
+    from bareboat.engine import vmtemplates
 
-    for key in template.prune_templates(roots(args), all=args.all):
+    for key in vmtemplates.prune_templates(roots(args), all=args.all):
         print(key)
     return 0
 

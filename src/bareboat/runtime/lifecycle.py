@@ -384,9 +384,7 @@ def process_of(config: dict[str, Any]) -> dict[str, Any]:
     return process
 
 
-def await_ready(
-    pid: int, ready_r: int, master: int | None, what: str, *, prefix: str = ""
-) -> None:
+def await_ready(pid: int, ready_r: int, master: int | None, what: str, *, prefix: str = "") -> None:
     """In the parent of a forked gate: wait for its b"ok" (anything else before EOF is its
     error, raised after `prefix`); on failure reap it, close the pty master and raise."""
     with os.fdopen(ready_r, "rb") as r:

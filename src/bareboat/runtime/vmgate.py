@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from .gate import GatePlan
 
 
-
 def vm_dir(root: RuntimeRoot, cid: str) -> VmDir:
     from bareboat.backends.microvm.backend import VmDir
 
@@ -219,6 +218,7 @@ def _gate_stdio(slave: int | None) -> Stdio:
 
 def _serve(backend: MicrovmBackend, ctx: BackendContext, b: Booted, stdio: Stdio) -> int:
     """Relay until the workload ends and the VM is off; the workload's exit status."""
+
     def forward(sig: int, _frame: object) -> None:
         backend.kill(ctx, b.vm.pid, sig)
 

@@ -1,7 +1,9 @@
 """The `microvm` backend: each container is a QEMU microVM running our kernel and init/agent.
 
-create: read the bundle (vmspec), find the kernel and the init initramfs, build or reuse the
-image's read-only EROFS disk, make the persistent disk if one was asked for, plan the network.
+create: read the bundle as data (vmspec, and `settings`: network, ports, disk, kernel) and
+check it, then build the artifacts (`prepare`: find the kernel and the init initramfs, build
+or reuse the image's read-only EROFS disk, make the persistent disk if one was asked for);
+the result is a `vmplan.VmPlan`, from which vmplan makes QEMU's config and START as data.
 start: launch QEMU (QemuProcess), wait for the agent's HELLO (a deadline, a panic or a dead
 QEMU each end the wait with the console log's tail), send START, wait for STARTED, and hand
 the channel to the `Hub` thread that relays stdio and serves the control socket. The pid the
@@ -35,6 +37,7 @@ import tempfile
 import termios
 import time
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,22 +59,17 @@ from bareboat.privdir import private_dir
 from bareboat.spec.defaults import NETWORK_ANNOTATION, PUBLISH_ANNOTATION
 from bareboat.spec.options import PortMapping
 
-from . import network, rootfs, vmspec
+from . import network, rootfs, vmplan, vmspec
 from .agent import (
     AgentError,
     ErrorKind,
     Exited,
-    File,
     Frame,
     FrameDecoder,
     FrameType,
     Hello,
-    Mount,
     Output,
-    ProcessSpec,
-    Rlimit,
     Started,
-    StartSpec,
     decode_event,
     encode_frame,
     encode_process,
@@ -79,36 +77,28 @@ from .agent import (
 )
 from .control import CtlClient
 from .hub import ExitRecord, Hub
+from .vmplan import VmPlan as VmPlan  # re-exported: bareboat-runtime names these from here
+from .vmplan import VmSettings as VmSettings
+from .vmplan import to_process_spec as to_process_spec
 from .vmproc import VMM_RECORD, is_vm_qemu, recorded_pid, release_vmm
 
 if TYPE_CHECKING:
-    from .qemu import QemuProcess
+    from .qemu import QemuProcess, Share, VMConfig
 
-AGENT_PORT = "bareboat.agent"
-LOWER_DEVICE = "/dev/vda"  # virtio-mmio disks enumerate in command-line order (measured)
-UPPER_DEVICE = "/dev/vdb"
 BOOT_TIMEOUT_S = 30.0  # TCG boots in ~1 s here; a loaded CI host may need far more
 START_TIMEOUT_S = 30.0
 # A clone resumes in ~60 ms here; one that has not after this is broken: boot cold instead.
 CLONE_READY_TIMEOUT_S = 8.0
 ENV_BOOT_TIMEOUT = "BAREBOAT_BOOT_TIMEOUT"
 CONSOLE_TAIL_LINES = 15
+DISK_FILE = "vm-disk.ext4"  # the persistent writable layer, beside the container's record
+NOT_TEMPLATED = "templates are made only for VMs without network, persistent disk or shared files"
 
-# How the guest mounts a shared directory: QEMU's 9p server over virtio, no caching (the
-# host side may change under it), 256 KiB messages.
-NINEP_OPTIONS = ("trans=virtio", "version=9p2000.L", "msize=262144", "cache=none")
 ANN_NETWORK = NETWORK_ANNOTATION
 ANN_PUBLISH = PUBLISH_ANNOTATION
 ANN_DISK = "io.bareboat.vm.disk"
 ANN_KERNEL = "io.bareboat.vm.kernel"
 ANN_CMDLINE = "io.bareboat.vm.cmdline"
-
-_RLIMIT_NUMBERS = {
-    "RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4,
-    "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7, "RLIMIT_MEMLOCK": 8,
-    "RLIMIT_AS": 9, "RLIMIT_LOCKS": 10, "RLIMIT_SIGPENDING": 11, "RLIMIT_MSGQUEUE": 12,
-    "RLIMIT_NICE": 13, "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
-}  # fmt: skip
 _ERRORS: dict[ErrorKind, type[BareboatError]] = {
     ErrorKind.NOT_FOUND: CommandNotFound,
     ErrorKind.NOT_EXECUTABLE: CommandNotExecutable,
@@ -157,121 +147,39 @@ class VmDir:
     def vmm_record(self) -> Path:
         return self.path / VMM_RECORD
 
-
-@dataclass(frozen=True)
-class VmSettings:
-    """The host side of one VM as its bundle sets it (the operator's annotations)."""
-
-    net: network.NetworkPlan
-    disk_size: int | None = None  # a persistent ext4 writable layer of this size
-    kernel: Path | None = None  # a vmlinux to boot instead of the one bareboat built
-    cmdline: tuple[str, ...] = ()  # extra guest kernel arguments
-    template: str = "auto"  # template.template_mode
+    @property
+    def shared_files(self) -> Path:
+        return self.path / "files"  # one directory per one-file share (vmplan.shares)
 
 
-@dataclass(frozen=True)
-class VmPlan:
-    spec: vmspec.VmSpec
-    kernel: Path
-    initrd: Path
-    image: rootfs.RootfsImage
-    disk: rootfs.WritableLayer
-    net: network.NetworkPlan
-    cmdline: tuple[str, ...] = ()
-    template: str = "auto"
-
-
-def to_process_spec(p: vmspec.GuestProcess, winsize: tuple[int, int] = (0, 0)) -> ProcessSpec:
-    return ProcessSpec(
-        args=list(p.args),
-        env=list(p.env),
-        cwd=p.cwd,
-        uid=p.uid,
-        gid=p.gid,
-        groups=list(p.additional_gids),
-        umask=0o022 if p.umask is None else p.umask,
-        rlimits=[Rlimit(_RLIMIT_NUMBERS[r.type], r.soft, r.hard) for r in p.rlimits],
-        no_new_privs=p.no_new_privileges,
-        terminal=p.terminal,
-        rows=winsize[0] if p.terminal else 0,
-        cols=winsize[1] if p.terminal else 0,
-    )
-
-
-def share_tags(spec: vmspec.VmSpec) -> dict[str, str]:
-    """The 9p mount tag of each shared directory, by its destination in the guest."""
-    return {
-        m.destination: f"bb{i}" for i, m in enumerate(x for x in spec.mounts if x.fstype == "9p")
-    }
-
-
-def check_shares(spec: vmspec.VmSpec) -> None:
+def check_shares(spec: vmspec.VmSpec) -> frozenset[str]:
     """Bind mounts reach a VM as 9p shares of a directory or of one regular file: anything
     else (missing, a device, a FIFO, a socket) is a clear error here, not a failed mount in
-    the guest."""
+    the guest. Returns the sources that are one file (`VmPlan.file_shares`)."""
+    files = set()
     for m in spec.mounts:
-        if m.fstype == "9p" and not (Path(m.source).is_dir() or Path(m.source).is_file()):
+        if m.fstype != "9p":
+            continue
+        if Path(m.source).is_file():
+            files.add(m.source)
+        elif not Path(m.source).is_dir():
             what = "does not exist" if not os.path.exists(m.source) else "is a special file"
             raise UsageError(
                 f"bind mount of {m.source} at {m.destination}: {m.source} {what} (a microVM "
                 "shares host directories and regular files)"
             )
+    return frozenset(files)
 
 
-def is_file_share(m: vmspec.GuestMount) -> bool:
-    """A bind mount of one host file (served as a directory holding only it, see shares_of),
-    where the guest binds that file onto the target instead of mounting the share there."""
-    return m.fstype == "9p" and not Path(m.source).is_dir()
+def stage_file_shares(shares: tuple[Share, ...]) -> None:
+    """Make the directory each one-file share is served from, holding only a placeholder
+    that QEMU's process binds the file onto (see qemu.Share)."""
+    from .qemu import SHARED_FILE
 
-
-def shares_of(spec: vmspec.VmSpec, vmdir: Path) -> tuple[Any, ...]:
-    """QEMU's 9p shares for the spec's bind mounts. A single file is served from a private
-    directory of this VM holding only a placeholder, onto which QEMU's process binds the file
-    (see qemu.Share): sharing the file's own directory would hand the guest its siblings."""
-    from .qemu import SHARED_FILE, Share
-
-    tags = share_tags(spec)
-    shares = []
-    for m in spec.mounts:
-        if m.fstype != "9p":
-            continue
-        tag, readonly = tags[m.destination], "ro" in m.options
-        if not is_file_share(m):
-            shares.append(Share(Path(m.source), tag, readonly))
-            continue
-        staging = vmdir / "files" / tag
-        staging.mkdir(parents=True, exist_ok=True)
-        (staging / SHARED_FILE).touch()
-        shares.append(Share(staging, tag, readonly, file=Path(m.source)))
-    return tuple(shares)
-
-
-def start_spec(plan: VmPlan, winsize: tuple[int, int] = (0, 0)) -> StartSpec:
-    """START for this VM: the process, identity, root disks and extra mounts."""
-    s = plan.spec
-    # The whole option list travels (vmspec checked every word): the agent turns flag words
-    # (nosuid, noexec, ro...) into mount(2) flags and passes the valued ones as data.
-    tags = share_tags(s)
-    mounts = [
-        Mount(m.destination, m.fstype, tags.get(m.destination, "tmpfs"),
-              ",".join((*m.options, *(NINEP_OPTIONS if m.fstype == "9p" else ()))),
-              readonly="ro" in m.options,
-              file=is_file_share(m))
-        for m in s.mounts
-    ]  # fmt: skip
-    return StartSpec(
-        process=to_process_spec(s.process, winsize),
-        hostname=s.hostname,
-        time_ns=time.time_ns(),
-        entropy=os.urandom(64),
-        lower=LOWER_DEVICE,
-        lower_fstype=plan.image.fstype,
-        upper=UPPER_DEVICE if plan.disk.disk is not None else None,
-        mounts=mounts,
-        files=[File(f.path, read_guest_file(f), readonly=f.readonly) for f in s.files],
-        readonly_root=s.readonly_rootfs,
-        watch_ports=plan.net.watch_ports,
-    )
+    for share in shares:
+        if share.file is not None:
+            share.path.mkdir(parents=True, exist_ok=True)
+            (share.path / SHARED_FILE).touch()
 
 
 def _tell(stdio: Stdio, message: str) -> None:
@@ -298,6 +206,50 @@ def read_guest_file(f: vmspec.GuestFile) -> bytes:
                 f"{vmspec.MAX_COPIED_FILE} bytes"
             )
         return fh.read(vmspec.MAX_COPIED_FILE + 1)[: vmspec.MAX_COPIED_FILE]
+
+
+def annotations_of(config: dict[str, Any]) -> dict[str, Any]:
+    ann = config.get("annotations") or {}
+    if not isinstance(ann, dict):
+        raise UsageError("invalid config.json: annotations must be an object")
+    return ann
+
+
+def network_of(ann: dict[str, Any]) -> network.NetworkPlan:
+    """The VM's network as the annotations set it (`none` unless asked)."""
+    mode = str(ann.get(ANN_NETWORK, "none"))
+    return network.plan_network(mode, parse_publish(str(ann.get(ANN_PUBLISH, ""))))
+
+
+def settings_of(ann: dict[str, Any], net: network.NetworkPlan) -> VmSettings:
+    """What the annotations set of the VM's host side, with its network `net`; plain data."""
+    from . import template
+
+    kernel, disk = ann.get(ANN_KERNEL), ann.get(ANN_DISK)
+    return VmSettings(
+        net=net,
+        disk_size=parse_size(str(disk)) if disk else None,
+        kernel=Path(str(kernel)) if kernel else None,
+        cmdline=tuple(str(ann.get(ANN_CMDLINE, "")).split()),
+        template=template.template_mode(ann.get(template.ANN_TEMPLATE)),
+    )
+
+
+def read_bundle(
+    config: dict[str, Any], settings: VmSettings, tree: Path
+) -> tuple[vmspec.VmSpec, VmSettings, frozenset[str]]:
+    """A bundle as what a VM can honour (vmspec), refused if this host cannot run it, if a
+    tmpfs would need copying from the image `tree` or a share is not a directory or file;
+    with its `settings` and the shares that are single files (`VmPlan.file_shares`)."""
+    spec = vmspec.parse_config(config)
+    vmspec.check_host(spec, vmspec.HostSize.current())
+    check_copyup(spec, tree)
+    return spec, settings, check_shares(spec)
+
+
+def image_of_tree(roots: Roots, tree: Path) -> rootfs.RootfsImage:
+    """The read-only disk of an image tree: built once, cached by the tree's identity."""
+    return rootfs.ensure_image(roots, tree, key=tree_key(tree))
 
 
 def parse_publish(value: str) -> tuple[PortMapping, ...]:
@@ -437,46 +389,82 @@ class MicrovmBackend:
     def record_dir(self, ctx: BackendContext) -> Path:
         return self.roots.containers / ctx.id
 
-    # --- create ----------------------------------------------------------------------------
+    # --- create: the bundle read as data, then the artifacts built --------------------------
     def plan(self, ctx: BackendContext) -> VmPlan:
-        """Everything `start` needs, checked and built (kernel, init, image, disk)."""
+        """Everything `start` needs: the bundle read and checked (`read`: a bad one makes
+        nothing), then its artifacts built (`prepare`)."""
+        return self.prepare(
+            *self.read(ctx),
+            image=lambda: self.image_for(ctx),
+            disk=self.record_dir(ctx) / DISK_FILE,
+        )
+
+    def read(self, ctx: BackendContext) -> tuple[vmspec.VmSpec, VmSettings, frozenset[str]]:
+        """The container's bundle as a VM's data, checked against this host and the
+        container's tree (see `read_bundle`); nothing is built."""
+        return read_bundle(ctx.spec, self.settings(ctx), self.rootfs_dir(ctx))
+
+    def template_inputs(self, config: dict[str, Any], tree: Path) -> vmplan.TemplateInputs:
+        """The template that a run of the bundle `config` on the image tree `tree` looks for
+        (`bareboat template create`), planned as `plan` plans that run."""
+        ann = annotations_of(config)
+        plan = self.prepare(
+            *read_bundle(config, settings_of(ann, network_of(ann)), tree),
+            image=lambda: image_of_tree(self.roots, tree),
+            disk=None,
+        )
+        inputs = vmplan.template_inputs(plan)
+        if inputs is None:
+            raise UsageError(NOT_TEMPLATED)
+        return inputs
+
+    def prepare(
+        self,
+        spec: vmspec.VmSpec,
+        settings: VmSettings,
+        file_shares: frozenset[str] = frozenset(),
+        *,
+        image: Callable[[], rootfs.RootfsImage],
+        disk: Path | None,
+    ) -> VmPlan:
+        """The artifact step, for a VM whose bundle was read and checked: the kernel (ours,
+        or the one asked for), the init's initramfs and the image's read-only disk (each
+        built once and cached), the persistent disk at `disk` when the settings ask for one;
+        and the host's accelerator and TSC frequency. Then the plan is data (vmplan)."""
+        from .accel import choose_accel
         from .initbuild import build_initramfs
         from .kernel import resolve_kernel
+        from .qemu import host_tsc_khz
 
-        spec = vmspec.parse_config(ctx.spec)
-        vmspec.check_host(spec, vmspec.HostSize.current())
-        s = self.settings(ctx)
-        kernel = resolve_kernel(self.roots, configured=s.kernel)
+        kernel = resolve_kernel(self.roots, configured=settings.kernel)
         initrd = build_initramfs(self.roots)
-        check_copyup(spec, self.rootfs_dir(ctx))
-        check_shares(spec)
-        image = self.image_for(ctx)
-        disk = rootfs.WritableLayer()
-        if s.disk_size is not None:
-            disk = rootfs.make_disk(self.record_dir(ctx) / "vm-disk.ext4", s.disk_size)
-        return VmPlan(spec, kernel.path, initrd, image, disk, s.net, s.cmdline, s.template)
+        made = image()
+        upper = None
+        if settings.disk_size is not None:
+            if disk is None:
+                raise UsageError("a persistent VM disk needs a container to keep it")
+            upper = rootfs.make_disk(disk, settings.disk_size).disk
+        return VmPlan(
+            spec,
+            settings,
+            kernel.path,
+            initrd,
+            made,
+            upper,
+            accel=choose_accel(self.roots).accel,
+            tsc_khz=host_tsc_khz(),
+            file_shares=file_shares,
+        )
 
     def settings(self, ctx: BackendContext) -> VmSettings:
         """What the bundle's annotations set of the VM's host side; plain data, nothing is
         built or started (the planned network's QEMU arguments included)."""
-        from . import template
-
-        ann = ctx.spec.get("annotations") or {}
-        if not isinstance(ann, dict):
-            raise UsageError("invalid config.json: annotations must be an object")
-        kernel, disk = ann.get(ANN_KERNEL), ann.get(ANN_DISK)
-        return VmSettings(
-            net=self.network_for(ctx, ann),
-            disk_size=parse_size(str(disk)) if disk else None,
-            kernel=Path(str(kernel)) if kernel else None,
-            cmdline=tuple(str(ann.get(ANN_CMDLINE, "")).split()),
-            template=template.template_mode(ann.get(template.ANN_TEMPLATE)),
-        )
+        ann = annotations_of(ctx.spec)
+        return settings_of(ann, self.network_for(ctx, ann))
 
     def network_for(self, ctx: BackendContext, ann: dict[str, Any]) -> network.NetworkPlan:
         """The VM's network from the annotations (`none` unless asked)."""
-        mode = str(ann.get(ANN_NETWORK, "none"))
-        return network.plan_network(mode, parse_publish(str(ann.get(ANN_PUBLISH, ""))))
+        return network_of(ann)
 
     def rootfs_dir(self, ctx: BackendContext) -> Path:
         """The container's root tree on the host (what the VM's disk is made of)."""
@@ -484,8 +472,7 @@ class MicrovmBackend:
 
     def image_for(self, ctx: BackendContext) -> rootfs.RootfsImage:
         """The read-only disk of the container's image: cached per image tree."""
-        tree = lower_tree(ctx.rootfs)
-        return rootfs.ensure_image(self.roots, tree, key=tree_key(tree))
+        return image_of_tree(self.roots, lower_tree(ctx.rootfs))
 
     def template_allowed(self, plan: VmPlan) -> bool:
         """Whether this VM may be a template's clone (its image disk is shared and keyed)."""
@@ -503,36 +490,9 @@ class MicrovmBackend:
         self.vmdir(ctx).path.mkdir(parents=True, exist_ok=True)
         self._plans[ctx.id] = plan
 
-    def vm_config(self, ctx: BackendContext, plan: VmPlan) -> Any:
-        from .accel import choose_accel
-        from .qemu import Disk, PortForward, SerialPort, VMConfig, host_tsc_khz
-
-        d = self.vmdir(ctx)
-        disks = [Disk(plan.image.path, readonly=True, serial="bb-lower")]
-        if plan.disk.disk is not None:
-            disks.append(Disk(plan.disk.disk, serial="bb-upper"))
-        forwards = tuple(
-            PortForward(p.host_port, p.guest_port, p.protocol, p.host_ip)  # type: ignore[arg-type]
-            for p in plan.net.ports
-        )
-        return VMConfig(
-            kernel=plan.kernel,
-            initrd=plan.initrd,
-            qmp_socket=d.qmp,
-            cmdline=plan.cmdline,
-            vcpus=plan.spec.vcpus,
-            memory_mib=plan.spec.memory >> 20,
-            accel=choose_accel(self.roots).accel,
-            disks=tuple(disks),
-            serial_ports=(SerialPort(AGENT_PORT, d.agent),),
-            console_log=d.console,
-            network="user" if plan.net.mode == "user" else "none",
-            own_netns=plan.net.isolated,
-            shares=shares_of(plan.spec, d.path),
-            port_forwards=forwards,
-            tsc_khz=host_tsc_khz(),
-            name=str(d.sockets),
-        )
+    def vm_config(self, ctx: BackendContext, plan: VmPlan) -> VMConfig:
+        """QEMU's config for a cold boot of this container's VM (vmplan.vm_config)."""
+        return vmplan.vm_config(plan, self.vmdir(ctx))
 
     def _qemu(self, ctx: BackendContext, plan: VmPlan) -> QemuProcess:
         """This VM's QEMU, not yet launched, with the slirp4netns that an isolated network
@@ -540,9 +500,11 @@ class MicrovmBackend:
         from .qemu import QemuProcess
 
         d = self.vmdir(ctx)
+        cfg = self.vm_config(ctx, plan)
+        stage_file_shares(cfg.shares)
         net = network.Slirp4netns(plan.net, d.sockets / "net.sock") if plan.net.isolated else None
         return QemuProcess(
-            self.vm_config(ctx, plan),
+            cfg,
             stderr=d.qemu_log,
             net=net,
             cpu_limit=self.vmm_cpu_limit(ctx),
@@ -604,7 +566,15 @@ class MicrovmBackend:
                 # The guest's pty does the line discipline; ours must pass bytes through.
                 with contextlib.suppress(termios.error):
                     tty.setraw(stdio.stdin)
-            start = encode_start(start_spec(b.plan, winsize))
+            start = encode_start(
+                vmplan.start_spec(
+                    b.plan,
+                    contents={f: read_guest_file(f) for f in b.plan.spec.files},
+                    time_ns=time.time_ns(),
+                    entropy=os.urandom(64),
+                    winsize=winsize,
+                )
+            )
             b.sock.sendall(encode_frame(Frame(FrameType.START, 0, start)))
             pending = b.pending + self._await_started(vm, d, b.sock, b.decoder)
             fds = [os.dup(stdio.stdout), os.dup(stdio.stderr)]
@@ -657,13 +627,13 @@ class MicrovmBackend:
         from . import template
 
         self.template_used = None
-        mode = plan.template
+        mode = plan.settings.template
         if not self.template_allowed(plan):
             mode = "off"
-        inputs = template.inputs_for(vm.cfg, plan.image.key) if mode != "off" else None
+        inputs = vmplan.template_inputs(plan) if mode != "off" else None
         reason = ""
         if inputs is None and mode == "create":
-            reason = "templates are made only for VMs without network or persistent disk"
+            reason = NOT_TEMPLATED
         if inputs is not None:
             try:
                 found = template.find_template(self.roots, inputs)

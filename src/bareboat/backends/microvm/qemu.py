@@ -449,7 +449,6 @@ def _listen(path: Path) -> Any:
     return s
 
 
-
 def _pre_exec_hook(
     die_with_parent: bool, shares: tuple[Share, ...], *, own_netns: bool = False
 ) -> Callable[[], None] | None:
@@ -718,8 +717,10 @@ class QemuProcess:
         for b in plan.binds:
             # The VM's own writable files (its disk, a template's RAM while it is made)
             # belong to its uid while it runs; shared ones (a clone's template RAM) do not.
-            if b.writable and b.idmap is None and (
-                b.source != self.cfg.ram_file or self.cfg.ram_shared
+            if (
+                b.writable
+                and b.idmap is None
+                and (b.source != self.cfg.ram_file or self.cfg.ram_shared)
             ):
                 os.chown(b.source, plan.uid, plan.gid)
                 self._owned.append(b.source)

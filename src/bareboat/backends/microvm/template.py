@@ -29,6 +29,7 @@ Any change gives a new key, so a stale template is never used, only left for `pr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -49,42 +50,19 @@ from bareboat.fsutil import atomic_write_text, exclusive_lock
 from bareboat.paths import Roots
 from bareboat.privdir import private_dir
 
+from . import vmplan
+from .vmplan import TemplateInputs as TemplateInputs  # where callers have always found it
+
 if TYPE_CHECKING:
     from .agent import AgentClient
     from .qemu import QemuProcess, VMConfig
 
 FORMAT_VERSION = 2  # 2: RAM file identity in the manifest (a jailed clone could write it)
-AGENT_PORT = "bareboat.agent"  # the name the guest init opens (backend.AGENT_PORT)
 MANIFEST = "manifest.json"
 RAM = "ram"
 STATE = "state"
 LOCK_TIMEOUT_S = 120.0
 MAX_STATE_BYTES = 64 << 20  # the device state is ~63 KB; anything near this is not ours
-
-
-@dataclass(frozen=True)
-class TemplateInputs:
-    """Everything a template depends on; two equal inputs give the same key."""
-
-    image: str  # the image's digest (or the rootfs image's cache key)
-    kernel: Path
-    initrd: Path
-    lower: Path  # the read-only rootfs disk, attached at the same place in every clone
-    vcpus: int = 1
-    memory_mib: int = 128
-    network: str = "none"
-    accel: str = "tcg"
-    cmdline: tuple[str, ...] = ()
-    tb_size_mib: int | None = None
-    tsc_khz: int | None = None
-
-    def validate(self) -> None:
-        if self.network != "none":
-            # slirp keeps host sockets and forwards in its migrated state; phase 1 clones
-            # only network-less VMs (the caller cold-boots the rest).
-            raise TemplateError(f"templates support only network mode none, not {self.network}")
-        if self.memory_mib < 32 or not 1 <= self.vcpus <= 255:
-            raise UsageError(f"bad template size: {self.vcpus} vCPUs, {self.memory_mib} MiB")
 
 
 def _file_identity(path: Path) -> str:
@@ -423,32 +401,15 @@ class VmFiles:
 
 
 def vm_config(inputs: TemplateInputs, *, ram: Path, files: VmFiles, clone: bool) -> VMConfig:
-    """The QEMU config of the template VM (`clone=False`) or of a clone.
+    """The QEMU config of the template VM (`clone=False`) or of a clone: the machine a cold
+    boot of the same inputs has (vmplan.machine), its RAM in the template's file.
 
     Both have the same devices in the same order (the migrated state names devices by their
     place); they differ in the RAM mapping (`share=on` writes the template's pages into the
     file, `share=off` maps it copy-on-write) and `-incoming defer` for a clone.
     """
-    from .qemu import Disk, SerialPort, VMConfig
-
-    return VMConfig(
-        kernel=inputs.kernel,
-        initrd=inputs.initrd,
-        qmp_socket=files.qmp,
-        cmdline=inputs.cmdline,
-        vcpus=inputs.vcpus,
-        memory_mib=inputs.memory_mib,
-        accel=inputs.accel,  # type: ignore[arg-type]
-        disks=(Disk(inputs.lower, readonly=True, serial="bb-lower"),),
-        serial_ports=(SerialPort(AGENT_PORT, files.agent),),
-        console_log=files.console,
-        network="none",
-        tb_size_mib=inputs.tb_size_mib,
-        tsc_khz=inputs.tsc_khz,
-        ram_file=ram,
-        ram_shared=not clone,
-        incoming=clone,
-        name=str(files.sockets),
+    return dataclasses.replace(
+        vmplan.machine(inputs, files), ram_file=ram, ram_shared=not clone, incoming=clone
     )
 
 
@@ -721,44 +682,6 @@ def restore_clone(
         restore_s=now - t0,
         owns_sockets=owns,
         timings={"restore": t_loaded - t0, "hello": now - t_loaded},
-    )
-
-
-def inputs_for(cfg: VMConfig, image: str) -> TemplateInputs | None:
-    """The template inputs of a cold-boot config, or None when such a VM is not templated
-    (phase 1: no network, exactly the read-only image disk, nothing extra on the command line).
-    """
-    from .qemu import Disk
-
-    plain = (
-        cfg.network == "none"
-        and not cfg.port_forwards
-        and cfg.initrd is not None
-        and len(cfg.disks) == 1
-        and cfg.disks[0] == Disk(cfg.disks[0].path, readonly=True, serial="bb-lower")
-        and [p.name for p in cfg.serial_ports] == [AGENT_PORT]
-        and cfg.rng
-        and cfg.quiet
-        and not cfg.paused
-        and cfg.vsock_cid is None
-        and not cfg.extra_args
-        and cfg.ram_file is None
-        and not cfg.incoming
-        and not cfg.shares
-    )
-    if not plain or cfg.initrd is None:
-        return None
-    return TemplateInputs(
-        image=image,
-        kernel=cfg.kernel,
-        initrd=cfg.initrd,
-        lower=cfg.disks[0].path,
-        vcpus=cfg.vcpus,
-        memory_mib=cfg.memory_mib,
-        accel=cfg.accel,
-        cmdline=cfg.cmdline,
-        tb_size_mib=cfg.tb_size_mib,
-        tsc_khz=cfg.tsc_khz,
     )
 
 
