@@ -29,7 +29,7 @@ def vm_bb(roots: Roots, bb: Run) -> Iterator[Run]:
 
 
 def _vm_json(roots: Roots, cid: str) -> dict[str, int]:
-    path = roots.run / cid / "oci" / cid / "vm.json"
+    path = roots.run / cid / "oci" / "vm" / "vm.json"
     deadline = time.monotonic() + 60
     while not path.exists():
         assert time.monotonic() < deadline, f"no {path}"

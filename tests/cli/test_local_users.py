@@ -126,7 +126,7 @@ def test_another_user_reaches_nothing(
         assert mode(tree / "bin/suid") == 0o4755 and mode(planted) == 0o4755
         assert stat.S_ISCHR((tree / "dev/evil").lstat().st_mode)
         assert any((roots.images / "blobs" / "sha256").iterdir())
-        vmdir = roots.run / vm / "oci" / vm
+        vmdir = roots.run / vm / "oci" / "vm"
         logs = [
             roots.containers / planter / "log.jsonl",
             roots.run / planter / "monitor.log",

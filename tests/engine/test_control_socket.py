@@ -18,9 +18,9 @@ import pytest
 
 from bareboat.engine import protocol as P
 from bareboat.engine.engine import Engine
-from bareboat.engine.state import State
 from bareboat.errors import BareboatError
 from bareboat.proc import alive
+from bareboat.sandbox.status import Status
 from bareboat.spec.options import Isolation, RunOptions
 
 BAD_CLIENTS = {
@@ -111,7 +111,7 @@ def test_bad_clients_are_refused_and_the_container_lives(
 
         time.sleep(0.2)
         now = engine.get(rec.id)
-        assert now.state is State.RUNNING, now.error
+        assert now.state is Status.RUNNING, now.error
         assert alive(now.monitor_pid, now.monitor_start)
 
         # A good client is served to the workload's end: its stdin in, its output and code out.

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bareboat.engine.engine import Engine
-from bareboat.engine.state import State
 from bareboat.errors import ContainerError, ContainerNotFound, NameInUse
+from bareboat.sandbox.status import Status
 from bareboat.spec.options import Isolation, RunOptions
 
 
@@ -35,12 +35,12 @@ def test_lifecycle_and_the_image_is_never_modified(engine: Engine, isolation: Is
         isolation=isolation, command=("sh", "-c", "echo x > /etc/passwd; rm /bin/ls; exit 2")
     )
     rec = engine.create("latest", opts)
-    assert rec.state is State.CREATED and len(rec.id) == 64
+    assert rec.state is Status.CREATED and len(rec.id) == 64
     lower = Path((engine.paths(rec.id).record / "lower").read_text())
     before = (lower / "etc/passwd").read_text()
     assert run_attached(engine, rec.id) == 2
     rec = engine.get(rec.id)
-    assert (rec.state, rec.exit_code) == (State.EXITED, 2)
+    assert (rec.state, rec.exit_code) == (Status.EXITED, 2)
     assert rec.started is not None and rec.finished is not None and rec.finished >= rec.started
     assert (lower / "etc/passwd").read_text() == before
     assert (lower / "bin/ls").is_symlink()
@@ -64,7 +64,7 @@ def test_names_are_unique_and_resolve(engine: Engine) -> None:
 def test_running_container_cannot_be_started_or_removed(engine: Engine) -> None:
     rec = engine.create("latest", RunOptions(isolation=Isolation.PROCESS, command=("sleep", "30")))
     engine.start(rec.id)
-    assert engine.get(rec.id).state is State.RUNNING
+    assert engine.get(rec.id).state is Status.RUNNING
     with pytest.raises(ContainerError, match="already running"):
         engine.start(rec.id)
     with pytest.raises(ContainerError, match="use -f"):

@@ -20,7 +20,7 @@ import pytest
 
 from bareboat.engine import protocol as P
 from bareboat.engine.engine import Engine
-from bareboat.engine.state import State
+from bareboat.sandbox.status import Status
 from bareboat.spec.options import Isolation, RunOptions
 
 Frames = list[tuple[int, bytes]]
@@ -207,7 +207,7 @@ def test_a_client_that_hangs_up_mid_frame_sends_nothing(
         half.send(partial)
         half.close()
     time.sleep(0.3)
-    assert engine.get(cid).state is State.RUNNING
+    assert engine.get(cid).state is Status.RUNNING
     c.send(P.frame(P.STDIN, b"ok\n"))
     frames = c.rest()
     assert _stream(frames, P.STDOUT) == b"got:ok\n" and _code(frames) == 0
@@ -225,7 +225,7 @@ def test_an_attached_client_that_leaves_mid_stream(
         gone.sock.shutdown(socket.SHUT_RDWR)
     gone.close()
     time.sleep(0.3)
-    assert engine.get(cid).state is State.RUNNING
+    assert engine.get(cid).state is Status.RUNNING
     later = Client(ctl)
     later.request(op="attach")
     later.output_until(b"tick")  # the output goes on, to the clients that are there

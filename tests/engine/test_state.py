@@ -5,13 +5,9 @@ from pathlib import Path
 import pytest
 
 from bareboat.engine.names import check_name, new_id, random_name
-from bareboat.engine.state import (
-    TRANSITIONS,
-    Record,
-    RecordStore,
-    State,
-)
+from bareboat.engine.state import Record, RecordStore
 from bareboat.errors import InvalidStateTransition, UsageError
+from bareboat.sandbox.status import TRANSITIONS, Status
 from bareboat.spec.options import Isolation, Mount, PortMapping, Rlimit, RunOptions
 
 
@@ -37,17 +33,17 @@ def record(**kw: object) -> Record:
 
 def test_lifecycle_transitions_written_once() -> None:
     rec = record()
-    rec.move_to(State.RUNNING)
-    rec.move_to(State.PAUSED)
-    rec.move_to(State.RUNNING)
-    rec.move_to(State.EXITED)
-    assert State.CREATED not in TRANSITIONS[State.EXITED]
+    rec.move_to(Status.RUNNING)
+    rec.move_to(Status.PAUSED)
+    rec.move_to(Status.RUNNING)
+    rec.move_to(Status.EXITED)
+    assert Status.CREATED not in TRANSITIONS[Status.EXITED]
 
 
 def test_wrong_transition_names_both_states() -> None:
     rec = record()
     with pytest.raises(InvalidStateTransition, match="is created; cannot move it to paused"):
-        rec.move_to(State.PAUSED)
+        rec.move_to(Status.PAUSED)
 
 
 def test_record_round_trips(tmp_path: Path) -> None:

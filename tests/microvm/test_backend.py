@@ -178,7 +178,7 @@ def vm(roots: Roots, busybox_tree: Path, tmp_path: Path) -> Iterator[VM]:
     yield v
     # nothing of the VM may outlive the test
     assert qemu_processes(str(roots.state)) == []
-    assert not (roots.run / v.cid / "oci" / v.cid).exists()
+    assert not (roots.run / v.cid / "oci" / "vm").exists()
     assert not v.backend.vmdir(v.context(RunOptions(command=("true",)))).sockets.exists()
 
 

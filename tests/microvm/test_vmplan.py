@@ -43,7 +43,6 @@ TIME_NS = 1_700_000_000_000_000_000
 ENTROPY = bytes(range(64))
 WINSIZE = (24, 80)
 NINEP = "trans=virtio,version=9p2000.L,msize=262144,cache=none"
-IP = "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off"
 ENV = ["PATH=/bin", f"HOSTNAME={HOSTNAME}", "HOME=/root"]
 
 
@@ -241,15 +240,15 @@ CASES = [
     # The VM is the boundary: a guest has no pids cgroup, so the limit changes nothing in it.
     Case("--pids-limit 100", lambda tmp: {"pids_limit": 100}, NONE, NONE),
     Case("--network user", lambda tmp: {"network": "user"},
-         lambda d, tmp: {"network": "user", "own_netns": True, "cmdline": (IP,)},
+         lambda d, tmp: {"network": "user", "own_netns": True},
          _user_network, templated=False),
     Case("--network user,host-loopback", lambda tmp: {"network": "user,host-loopback"},
-         lambda d, tmp: {"network": "user", "cmdline": (IP,)},
+         lambda d, tmp: {"network": "user"},
          _user_network, templated=False),
     Case("--network user -p 8080:80 -p 0.0.0.0:5353:53/udp",
          lambda tmp: {"network": "user",
                       "publish": (PortMapping(8080, 80), PortMapping(5353, 53, "udp", "0.0.0.0"))},
-         lambda d, tmp: {"network": "user", "own_netns": True, "cmdline": (IP,),
+         lambda d, tmp: {"network": "user", "own_netns": True,
                          "port_forwards": (PortForward(8080, 80, "tcp", "127.0.0.1"),
                                            PortForward(5353, 53, "udp", "0.0.0.0"))},
          _user_network, templated=False),

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from bareboat.proc import start_time
-from bareboat.runtime import procgroup
 from bareboat.runtime.process import container_pids
+from bareboat.sandbox import procgroup
 from tests.support.imagebuild import BUSYBOX
 
 from .conftest import Runtime, make_bundle

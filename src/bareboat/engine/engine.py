@@ -26,12 +26,13 @@ from bareboat.errors import (
 from bareboat.images.model import Image
 from bareboat.paths import Roots
 from bareboat.proc import alive, parse_signal, wait_exit
+from bareboat.sandbox.status import Status
 from bareboat.spec.options import Isolation, RunOptions
 
 from .leftovers import end_rooted_in
 from .names import ID_RE, check_name, new_id, random_name
 from .overlay import Overlay, unmount_tree
-from .state import Record, RecordStore, State
+from .state import Record, RecordStore
 
 
 class ImageSource(Protocol):
@@ -183,7 +184,7 @@ class Engine:
         left running is ended first (see `_end_orphan`)."""
         cid = self.resolve(ref)
         rec = self.records.load(cid)
-        if rec.state in (State.RUNNING, State.PAUSED) and not alive(
+        if rec.state in (Status.RUNNING, Status.PAUSED) and not alive(
             rec.monitor_pid, rec.monitor_start
         ):
             rec = self._end_orphan(cid)
@@ -197,12 +198,12 @@ class Engine:
             # Re-read under the lock: the monitor may have written the end itself, or another
             # caller already ended what it left.
             rec = self.records.load(cid)
-            if rec.state not in (State.RUNNING, State.PAUSED) or alive(
+            if rec.state not in (Status.RUNNING, Status.PAUSED) or alive(
                 rec.monitor_pid, rec.monitor_start
             ):
                 return rec
             self._end_leftovers(rec)
-            rec.move_to(State.EXITED)
+            rec.move_to(Status.EXITED)
             rec.exit_code, rec.finished, rec.pid, rec.pid_start = 255, time.time(), None, None
             rec.error = "the container's monitor died; bareboat ended what it had left running"
             self.records.save(rec)
@@ -237,7 +238,7 @@ class Engine:
         for cid in self.records.ids():
             with contextlib.suppress(ContainerError):
                 rec = self.get(cid)
-                if all or rec.state in (State.RUNNING, State.PAUSED):
+                if all or rec.state in (Status.RUNNING, Status.PAUSED):
                     out.append(rec)
         return sorted(out, key=lambda r: r.created, reverse=True)
 
@@ -322,7 +323,7 @@ class Engine:
         from .monitor import spawn
 
         rec = self.get(ref)
-        if rec.state not in (State.CREATED, State.EXITED):
+        if rec.state not in (Status.CREATED, Status.EXITED):
             raise ContainerError(f"container {rec.short_id} is already {rec.state.value}")
         p = self.paths(rec.id)
         p.bundle.mkdir(parents=True, exist_ok=True)
@@ -342,7 +343,7 @@ class Engine:
 
     def kill(self, ref: str, sig: int = signal.SIGKILL) -> None:
         rec = self.get(ref)
-        if rec.state not in (State.RUNNING, State.PAUSED):
+        if rec.state not in (Status.RUNNING, Status.PAUSED):
             raise ContainerError(f"container {rec.short_id} is not running")
         self.backend(rec.isolation).kill(self.context(rec.id), rec.pid, sig)
 
@@ -351,7 +352,9 @@ class Engine:
         record is gone by then: the monitor tells every connected client the code)."""
         rec = self.get(ref)
         cid = rec.id
-        if rec.state in (State.RUNNING, State.PAUSED) and alive(rec.monitor_pid, rec.monitor_start):
+        if rec.state in (Status.RUNNING, Status.PAUSED) and alive(
+            rec.monitor_pid, rec.monitor_start
+        ):
             from .attach import AttachClient
 
             try:
@@ -381,7 +384,7 @@ class Engine:
     def stop(self, ref: str, timeout: float = 10) -> Record:
         """The image's stop signal (or SIGTERM), then SIGKILL after `timeout` seconds."""
         rec = self.get(ref)
-        if rec.state not in (State.RUNNING, State.PAUSED):
+        if rec.state not in (Status.RUNNING, Status.PAUSED):
             return rec
         sig = _stop_signal(rec)
         backend = self.backend(rec.isolation)
@@ -397,7 +400,7 @@ class Engine:
     def remove(self, ref: str, *, force: bool = False) -> None:
         """Remove a container; with `force`, kill it first. Always leaves nothing behind."""
         rec = self.get(ref)
-        if rec.state in (State.RUNNING, State.PAUSED) and not force:
+        if rec.state in (Status.RUNNING, Status.PAUSED) and not force:
             raise ContainerError(
                 f"container {rec.short_id} is {rec.state.value}: stop it or use -f"
             )
@@ -432,7 +435,7 @@ class Engine:
         from bareboat.spec.users import resolve_user
 
         rec = self.get(ref)
-        if rec.state is not State.RUNNING:
+        if rec.state is not Status.RUNNING:
             raise ContainerError(f"container {rec.short_id} is not running")
         if not args:
             raise UsageError("exec needs a command")
@@ -459,7 +462,7 @@ class Engine:
             if not paths.record.exists():
                 return True
             try:
-                return self.get(rec.id).state is State.EXITED
+                return self.get(rec.id).state is Status.EXITED
             except ContainerNotFound:
                 return True
 

@@ -1,8 +1,10 @@
-"""The per-container monitor (as conmon or containerd-shim): one process per container.
+"""The per-container monitor (as conmon or containerd-shim): one process per container, the
+sandbox's supervisor in the engine's mode (`bareboat.sandbox.supervisor`).
 
-`spawn` forks it from the calling process (no new Python start-up), detaches it (setsid +
-double fork) and waits for a one-line JSON report on a pipe: `{"ok": true}` once the rootfs
-is mounted and the control socket listens, or `{"error": ..., "code": N}` after it cleaned up.
+`spawn` forks it from the calling process (no new Python start-up), detached (setsid + double
+fork), and waits for its ready report: once the workload runs (with `wait_attach`, once the
+rootfs is mounted and the control socket listens), or its error and exit code after it
+cleaned up.
 
 The monitor then owns, for the container's whole life: the rootfs mount, the backend, the
 workload's stdio (pipes, or a pty master for `-t`), the JSON-lines log (stdout and stderr
@@ -16,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import selectors
 import shutil
@@ -27,59 +28,34 @@ import sys
 import termios
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bareboat import sandboxdir
 from bareboat.backends.base import BackendContext, Started, Stdio, set_child_subreaper
 from bareboat.errors import BareboatError, ContainerError
 from bareboat.proc import start_time
+from bareboat.sandbox.status import Status
+from bareboat.sandbox.supervisor import SupervisorPlan, spawn_detached
 from bareboat.spec.command import check_command
 
 from . import protocol as P
 from .leftovers import end_rooted_in
 from .logfile import LogWriter
-from .state import State
 
 if TYPE_CHECKING:
     from .engine import Engine
 
 
 def spawn(engine: Engine, cid: str, *, wait_attach: bool) -> None:
-    """Start the monitor of container `cid`; return once it is ready, raise if it failed."""
+    """Start the monitor of container `cid` (the sandbox's supervisor in the engine's mode:
+    `bareboat.sandbox.supervisor.spawn_detached`); return once it is ready, raise if it
+    failed, with the code it reported."""
     import gc
 
-    r, w = os.pipe()
     # Objects made so far never need collecting in the monitor: keep its GC from touching
     # (and so copying) every page it shares with the parent.
     gc.freeze()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            os.close(r)
-            os.setsid()
-            if os.fork() == 0:
-                Monitor(engine, cid, w, wait_attach).main()
-                code = 0
-            else:
-                code = 0
-        except BaseException:  # noqa: BLE001 - a forked child must never return to the caller
-            with contextlib.suppress(Exception):
-                import traceback
-
-                traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(w)
-    os.waitpid(pid, 0)
-    with os.fdopen(r, "rb") as f:
-        line = f.readline()
-    if not line:
-        raise ContainerError("the container monitor died while starting; see its monitor.log")
-    report = json.loads(line)
-    if "error" in report:
-        err = BareboatError(report["error"])
-        err.exit_code = int(report.get("code", 125))
-        raise err
+    spawn_detached(Monitor.plan(engine, cid, wait_attach=wait_attach))
 
 
 @dataclass
@@ -94,10 +70,9 @@ STDIN_HIGH = 1 << 20  # bytes of stdin that may wait for the workload before cli
 
 
 class Monitor:
-    def __init__(self, engine: Engine, cid: str, report_fd: int, wait_attach: bool) -> None:
+    def __init__(self, engine: Engine, cid: str, wait_attach: bool) -> None:
         self.engine = engine
         self.cid = cid
-        self.report_fd: int | None = report_fd
         self.wait_attach = wait_attach
         self.record = engine.records.load(cid)
         self.paths = engine.paths(cid)
@@ -120,14 +95,33 @@ class Monitor:
         self.log: LogWriter | None = None
         self.winsize = (24, 80)
 
-    # --- reporting back to `spawn` ------------------------------------------------------
-    def report(self, obj: dict[str, Any]) -> None:
-        if self.report_fd is not None:
-            os.write(self.report_fd, json.dumps(obj).encode() + b"\n")
-            os.close(self.report_fd)
-            self.report_fd = None
+    @classmethod
+    def plan(cls, engine: Engine, cid: str, *, wait_attach: bool) -> SupervisorPlan:
+        """The monitor's life as a supervisor's phases; the monitor itself is made in the
+        supervisor process, at setup."""
+        made: list[Monitor] = []
 
-    def main(self) -> None:
+        def setup() -> None:
+            made.append(cls(engine, cid, wait_attach))
+            made[0].setup()
+
+        def failed(err: BaseException) -> tuple[int, str]:
+            if not made:
+                return 125, f"monitor failed: {err!r}"
+            return made[0].failed(err)
+
+        return SupervisorPlan(
+            setup,
+            run=lambda: made[0].run(),
+            start=lambda: made[0].start(),
+            go=(lambda: made[0].await_first_client()) if wait_attach else None,
+            failed=failed,
+            what="the container monitor",
+        )
+
+    def setup(self) -> None:
+        """Before the workload starts: the monitor's own process, then the rootfs mount, the
+        backend's create, the control socket, the log and the workload's stdio."""
         self.paths.run.mkdir(parents=True, exist_ok=True)
         # Who we are, before anything can fail: `rm -f` of a container whose start was
         # interrupted finds its monitor here (the record only learns it once running).
@@ -154,17 +148,6 @@ class Monitor:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, lambda *_: self.kill(signal.SIGTERM))
         self.wake_r = wake_r
-        try:
-            self.run()
-        except BaseException as err:  # noqa: BLE001 - the monitor must always clean up
-            import traceback
-
-            traceback.print_exc()
-            code = err.exit_code if isinstance(err, BareboatError) else 125
-            msg = str(err) if isinstance(err, BareboatError) else f"monitor failed: {err!r}"
-            self.finish(code, msg)
-
-    def run(self) -> None:
         rec = self.record
         self.engine.overlay(self.cid).mount()
         spec = self.ctx.spec
@@ -174,17 +157,17 @@ class Monitor:
                 self.ctx.rootfs, list(proc["args"]), list(proc.get("env", [])), proc.get("cwd", "/")
             )
         self.backend.create(self.ctx)
-        listener = P.listen(self.paths.socket)
-        listener.setblocking(False)
-        self.sel.register(listener, selectors.EVENT_READ, "listen")
+        self.listener = P.listen(self.paths.socket)
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, "listen")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         opts = rec.options.log
         self.log = LogWriter(self.paths.log, max_size=opts.max_size, max_file=opts.max_file)
         # stdio exists before the first client attaches, so stdin it sends early is kept
-        stdio = self.make_stdio()
-        if self.wait_attach:
-            self.report({"ok": True})
-            self.await_first_client(listener)
+        self.stdio = self.make_stdio()
+
+    def start(self) -> None:
+        stdio = self.stdio
         started = self.backend.start(self.ctx, stdio)
         if isinstance(started, int):  # a backend still on the older protocol: just a pid
             started = Started(started)
@@ -194,18 +177,31 @@ class Monitor:
         if started.console is not None and self.pty_master is not None:
             self.use_console(started.console)
         rec = self.engine.records.load(self.cid)
-        rec.move_to(State.RUNNING)
+        rec.move_to(Status.RUNNING)
         rec.pid, rec.started, rec.exit_code, rec.finished = self.pid, time.time(), None, None
         rec.pid_start = start_time(self.pid)
         rec.monitor_pid = os.getpid()
         rec.monitor_start = start_time(os.getpid())
         self.record = rec
-        self.engine.records.save(rec)
-        self.report({"ok": True})  # (a detached start returns once the record says running)
+        self.engine.records.save(rec)  # (a detached start returns once the record says running)
+
+    def run(self) -> int:
         self.broadcast(P.frame(P.STARTED))
         self.loop()
+        return 0
 
-    def await_first_client(self, listener: socket.socket) -> None:
+    def failed(self, err: BaseException) -> tuple[int, str]:
+        """After an error in any phase: the end recorded and everything cleaned up (`finish`);
+        the code and message the supervisor reports."""
+        import traceback
+
+        traceback.print_exc()
+        code = err.exit_code if isinstance(err, BareboatError) else 125
+        msg = str(err) if isinstance(err, BareboatError) else f"monitor failed: {err!r}"
+        self.finish(code, msg)
+        return code, msg or "start failed"
+
+    def await_first_client(self) -> None:
         deadline = time.monotonic() + 30
         while not any(c.attached for c in self.clients):
             left = deadline - time.monotonic()
@@ -457,7 +453,9 @@ class Monitor:
                 self.backend.kill(self.ctx, self.pid, signal.SIGKILL)
                 os.waitpid(self.pid, 0)
         with contextlib.suppress(Exception):
-            if (self.ctx.state_dir / self.cid).exists():
+            # The runtime's record of the container (container isolation) or a VM's files.
+            left = (self.ctx.state_dir / self.cid, self.ctx.state_dir / sandboxdir.VM)
+            if any(p.exists() for p in left):
                 self.backend.delete(self.ctx, force=True)
         with contextlib.suppress(Exception):
             # What the workload started and left behind (a `process` container's daemons)
@@ -471,8 +469,8 @@ class Monitor:
         if rec.auto_remove:
             shutil.rmtree(self.paths.record, ignore_errors=True)
         else:
-            if rec.state is not State.EXITED:
-                rec.move_to(State.EXITED)
+            if rec.state is not Status.EXITED:
+                rec.move_to(Status.EXITED)
             rec.exit_code, rec.finished, rec.error, rec.pid = code, time.time(), error, None
             rec.pid_start = None
             self.engine.records.save(rec)
@@ -480,8 +478,6 @@ class Monitor:
             self.paths.socket.unlink()
         if rec.auto_remove:
             shutil.rmtree(self.paths.run, ignore_errors=True)
-        if self.report_fd is not None:
-            self.report({"error": error or "start failed", "code": code})
         if error:
             self.broadcast(P.jframe(P.ERROR, {"message": error, "code": code}), attached=False)
         else:

@@ -1,4 +1,4 @@
-"""Container records: lifecycle states, their allowed transitions, and atomic persistence.
+"""Container records, with their status (`bareboat.sandbox.status`), and atomic persistence.
 
 A record is the engine's whole knowledge of one container. It is plain data, written as JSON
 under `roots.containers/<id>/record.json` with `fsutil.atomic_write`, so a crash leaves the old
@@ -12,35 +12,13 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from bareboat.errors import ContainerError, InvalidStateTransition
+from bareboat.errors import ContainerError
 from bareboat.fsutil import atomic_write, atomic_write_text
+from bareboat.sandbox.status import Status, check_transition
 from bareboat.spec.options import Isolation, LogOptions, Mount, PortMapping, Rlimit, RunOptions
-
-
-class State(StrEnum):
-    CREATED = "created"
-    RUNNING = "running"
-    PAUSED = "paused"
-    EXITED = "exited"
-
-
-# The one place the lifecycle is written down. A created container that fails to start goes
-# straight to exited (docker does the same and keeps the 126/127 code on it).
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.CREATED: frozenset({State.RUNNING, State.EXITED}),
-    State.RUNNING: frozenset({State.PAUSED, State.EXITED}),
-    State.PAUSED: frozenset({State.RUNNING, State.EXITED}),
-    State.EXITED: frozenset({State.RUNNING}),  # `start` again, as docker allows
-}
-
-
-def check_transition(container: str, current: State, wanted: State) -> None:
-    if wanted not in TRANSITIONS[current]:
-        raise InvalidStateTransition(container, current.value, wanted.value)
 
 
 @dataclass
@@ -51,7 +29,7 @@ class Record:
     image_id: str
     isolation: Isolation
     options: RunOptions
-    state: State = State.CREATED
+    state: Status = Status.CREATED
     exit_code: int | None = None
     error: str = ""  # why it ended, when bareboat (not the workload) ended it
     created: float = field(default_factory=time.time)
@@ -68,7 +46,7 @@ class Record:
     def short_id(self) -> str:
         return self.id[:12]
 
-    def move_to(self, wanted: State) -> None:
+    def move_to(self, wanted: Status) -> None:
         check_transition(self.short_id, self.state, wanted)
         self.state = wanted
 
@@ -84,7 +62,7 @@ class Record:
     def from_json(cls, data: dict[str, Any]) -> Record:
         data = dict(data)
         data["isolation"] = Isolation(data["isolation"])
-        data["state"] = State(data["state"])
+        data["state"] = Status(data["state"])
         data["options"] = options_from_json(data["options"])
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})

@@ -8,8 +8,10 @@ the error to report. The gate lives exactly as long as the workload and ends wit
 (for `process` isolation it *is* the workload after exec; for microvm and wasm it is a shim
 that relays the workload's stdio and exit).
 
-Under the runtime root, `bareboat/ID/` holds `state.json` (the gate's pid and start time,
-creation time, annotations), `exec.fifo` while created, and `paused` while paused.
+Under the runtime root, `bareboat/ID/` is the sandbox's directory (`bareboat.sandboxdir`):
+`state.json` (the gate's pid and start time, creation time, annotations), `exec.fifo` while
+created, and `paused` while paused. Its status is `bareboat.sandbox.status.Status`, worked out
+from those files and reported in the OCI spec's words.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from bareboat import proc
 from bareboat.errors import BackendError, ContainerError, UsageError
 from bareboat.proc import start_time
+from bareboat.sandbox.status import Status
+from bareboat.sandboxdir import SandboxDir
 
 from .records import Record, RuntimeRoot
 
@@ -37,7 +41,6 @@ if TYPE_CHECKING:
 OCI_VERSION = "1.0.2-dev"
 HOOK_TIMEOUT = 30.0
 START_TIMEOUT = 120.0  # a microVM under TCG on a loaded host may take this long to START
-GATE_OK = b"0"
 
 
 # --- config.json as plain data ---------------------------------------------------------------
@@ -101,7 +104,7 @@ def state_dir(root: RuntimeRoot, cid: str) -> str:
 
 def read_state(root: RuntimeRoot, cid: str) -> dict[str, Any]:
     try:
-        with open(os.path.join(state_dir(root, cid), "state.json"), "rb") as f:
+        with open(root.sandbox(cid).state, "rb") as f:
             data = json.load(f)
     except FileNotFoundError:
         return {}
@@ -111,7 +114,7 @@ def read_state(root: RuntimeRoot, cid: str) -> dict[str, Any]:
 def write_state(root: RuntimeRoot, cid: str, st: dict[str, Any]) -> None:
     from .records import write_atomic
 
-    write_atomic(os.path.join(state_dir(root, cid), "state.json"), json.dumps(st))
+    write_atomic(root.sandbox(cid).state, json.dumps(st))
 
 
 def new_state(pid: int, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -135,15 +138,15 @@ def alive(st: dict[str, Any]) -> bool:
     return proc.alive(*_process(st))
 
 
-def status_of(root: RuntimeRoot, rec: Record, st: dict[str, Any]) -> str:
+def status_of(root: RuntimeRoot, rec: Record, st: dict[str, Any]) -> Status:
     if not st or not alive(st):
-        return "stopped"
-    sdir = state_dir(root, rec.id)
-    if os.path.exists(os.path.join(sdir, "exec.fifo")):
-        return "created"
-    if os.path.exists(os.path.join(sdir, "paused")):
-        return "paused"
-    return "running"
+        return Status.EXITED
+    sandbox = root.sandbox(rec.id)
+    if os.path.exists(sandbox.fifo):
+        return Status.CREATED
+    if os.path.exists(sandbox.paused):
+        return Status.PAUSED
+    return Status.RUNNING
 
 
 def state_of(root: RuntimeRoot, rec: Record) -> dict[str, Any]:
@@ -152,8 +155,8 @@ def state_of(root: RuntimeRoot, rec: Record) -> dict[str, Any]:
     return {
         "ociVersion": OCI_VERSION,
         "id": rec.id,
-        "status": status,
-        "pid": int(st.get("pid") or 0) if status != "stopped" else 0,
+        "status": status.oci,
+        "pid": int(st.get("pid") or 0) if status is not Status.EXITED else 0,
         "bundle": rec.bundle,
         "created": st.get("created", ""),
         "annotations": st.get("annotations") or {},
@@ -161,35 +164,19 @@ def state_of(root: RuntimeRoot, rec: Record) -> dict[str, Any]:
 
 
 def enter_network(config: dict[str, Any]) -> None:
-    """In a gate or workload process: the network namespace config.json asks for, as runc
-    would make it. A path is joined; an entry without one is a new namespace (lo up), which
-    the client's prestart hooks then configure (docker's libnetwork-setkey moves the
-    container's interface into the namespace of the pid it is given: that must never be the
-    host's). No entry: the host's network."""
-    from bareboat.backends.base import CLONE_NEWNET, loopback_up, setns, unshare
+    """In a gate or workload process: the network namespace config.json asks for
+    (bareboat.sandbox.netns)."""
+    from bareboat.sandbox.netns import enter_network as enter
 
-    for ns in (config.get("linux") or {}).get("namespaces") or []:
-        if not isinstance(ns, dict) or ns.get("type") != "network":
-            continue
-        path = ns.get("path")
-        if path:
-            fd = os.open(str(path), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                setns(fd, CLONE_NEWNET)
-            finally:
-                os.close(fd)
-        else:
-            unshare(CLONE_NEWNET)
-            loopback_up()
-        return
+    enter(config)
 
 
-def require(root: RuntimeRoot, rec: Record, *wanted: str, action: str) -> dict[str, Any]:
+def require(root: RuntimeRoot, rec: Record, *wanted: Status, action: str) -> dict[str, Any]:
     """The container's state file, if its status is one of `wanted`; else a clear error."""
     st = read_state(root, rec.id)
     status = status_of(root, rec, st)
     if status not in wanted:
-        raise ContainerError(f"container {rec.id} is {status}: cannot {action}")
+        raise ContainerError(f"container {rec.id} is {status.oci}: cannot {action}")
     return st
 
 
@@ -198,13 +185,13 @@ def deletable(inv: Invocation, root: RuntimeRoot, rec: Record) -> dict[str, Any]
     --force (runc's rule)."""
     st = read_state(root, rec.id)
     status = status_of(root, rec, st)
-    if status not in ("stopped", "created") and not inv.has("--force"):
-        raise ContainerError(f"container {rec.id} is {status}: stop it or use --force")
+    if status not in (Status.EXITED, Status.CREATED) and not inv.has("--force"):
+        raise ContainerError(f"container {rec.id} is {status.oci}: stop it or use --force")
     return st
 
 
 def set_paused(root: RuntimeRoot, cid: str, paused: bool) -> None:
-    marker = os.path.join(state_dir(root, cid), "paused")
+    marker = root.sandbox(cid).paused
     if paused:
         open(marker, "w").close()
     elif os.path.exists(marker):
@@ -241,7 +228,7 @@ def run_hooks(kind: str, hooks: list[dict[str, Any]], state: dict[str, Any]) -> 
 
 def created_hooks(root: RuntimeRoot, rec: Record, config: dict[str, Any]) -> None:
     """createRuntime then prestart, with the state of a created container (runc's order)."""
-    state = {**state_of(root, rec), "status": "created"}
+    state = {**state_of(root, rec), "status": Status.CREATED.oci}
     run_hooks("createRuntime", hooks_of(config, "createRuntime"), state)
     run_hooks("prestart", hooks_of(config, "prestart"), state)
 
@@ -268,60 +255,22 @@ def write_pid_file(inv: Invocation, pid: int) -> None:
         write_atomic(os.path.abspath(inv.flag("--pid-file")), str(pid))
 
 
-# --- the start gate --------------------------------------------------------------------------
+# --- the start gate (bareboat.sandbox.supervisor) -------------------------------------------
 
 
 def make_gate(sdir: str) -> str:
-    fifo = os.path.join(sdir, "exec.fifo")
-    os.mkfifo(fifo, 0o600)
-    return fifo
+    from bareboat.sandbox.supervisor import make_fifo
 
-
-def wait_for_start(fifo: str) -> int:
-    """In the gate process: block until `start` opens the fifo; the fd to report on."""
-    return os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
-
-
-def report_start(fd: int, error: str = "") -> None:
-    """In the gate process: tell `start` the workload runs (or why it does not)."""
-    try:  # noqa: SIM105 - contextlib costs import time here
-        os.write(fd, error.encode()[:4000] if error else GATE_OK)
-    except OSError:
-        pass
-    os.close(fd)
+    return make_fifo(SandboxDir(sdir).fifo)
 
 
 def release(root: RuntimeRoot, rec: Record) -> None:
     """`start`: open the gate and wait for its report; then poststart hooks."""
-    st = require(root, rec, "created", action="start it (it is not created)")
-    fifo = os.path.join(state_dir(root, rec.id), "exec.fifo")
-    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    got = b""
-    try:
-        # Opening released the writer blocked in its open(); read until it closes its end.
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                data = os.read(fd, 4096)
-            except BlockingIOError:
-                data = None
-            if data:
-                got += data
-            elif data == b"" and got:
-                break
-            if not alive(st):
-                if got:
-                    break
-                raise ContainerError(f"container {rec.id} died before it started")
-            if time.monotonic() > deadline:
-                raise ContainerError(f"container {rec.id} did not start in {START_TIMEOUT:g}s")
-            if not data:
-                time.sleep(0.0005)
-    finally:
-        os.close(fd)
-    os.unlink(fifo)
-    if got != GATE_OK:
-        raise ContainerError(got.decode(errors="replace"))
+    from bareboat.sandbox.supervisor import open_gate
+
+    st = require(root, rec, Status.CREATED, action="start it (it is not created)")
+    fifo = root.sandbox(rec.id).fifo
+    open_gate(fifo, lambda: alive(st), f"container {rec.id}", START_TIMEOUT)
     run_hooks("poststart", hooks_of(load_config(rec), "poststart"), state_of(root, rec))
 
 
@@ -340,7 +289,7 @@ def forget(root: RuntimeRoot, rec: Record, st: dict[str, Any]) -> None:
     shutil.rmtree(state_dir(root, rec.id), ignore_errors=True)
     root.drop(rec.id)
     if st:
-        state = {**state_of(root, rec), "status": "stopped", "pid": 0}
+        state = {**state_of(root, rec), "status": Status.EXITED.oci, "pid": 0}
         try:
             run_hooks("poststop", hooks_of(config, "poststop"), state)
         except BackendError as e:  # runc warns and goes on: the container is gone already
@@ -382,18 +331,6 @@ def process_of(config: dict[str, Any]) -> dict[str, Any]:
     if not process.get("args"):
         raise UsageError("config.json: process.args is empty")
     return process
-
-
-def await_ready(pid: int, ready_r: int, master: int | None, what: str, *, prefix: str = "") -> None:
-    """In the parent of a forked gate: wait for its b"ok" (anything else before EOF is its
-    error, raised after `prefix`); on failure reap it, close the pty master and raise."""
-    with os.fdopen(ready_r, "rb") as r:
-        ready = r.read()
-    if ready != b"ok":
-        os.waitpid(pid, 0)
-        if master is not None:
-            os.close(master)
-        raise ContainerError(prefix + (ready.decode(errors="replace") or f"{what} died"))
 
 
 def hand_console(inv: Invocation, master: int | None) -> None:

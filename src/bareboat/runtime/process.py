@@ -28,9 +28,10 @@ from typing import Any
 
 from bareboat.errors import BackendUnavailable, ContainerError
 from bareboat.proc import parse_signal, wait_status_to_code
+from bareboat.sandbox import procgroup
+from bareboat.sandbox.status import Status
 
 from . import lifecycle as lc
-from . import procgroup
 from .args import Invocation
 from .records import Record, RuntimeRoot
 
@@ -41,19 +42,6 @@ def user_ids(process: dict[str, Any]) -> tuple[int, int, list[int]]:
 
 
 # --- create --------------------------------------------------------------------------------
-
-
-def _apply_mounts(config: dict[str, Any], rootfs: str) -> None:
-    """In the gate, before it waits for `start`: the spec's mounts in a mount namespace of
-    its own, each resolved inside the rootfs (an image's symlinks never reach the host)."""
-    from pathlib import Path
-
-    from bareboat.backends.base import CLONE_NEWNS, MS_PRIVATE, MS_REC, mount, unshare
-    from bareboat.backends.process.backend import mount_in_root, plan_mounts
-
-    unshare(CLONE_NEWNS)
-    mount("none", Path("/"), "", MS_REC | MS_PRIVATE)
-    mount_in_root(Path(rootfs), plan_mounts(config))
 
 
 def _enter(process: dict[str, Any], rootfs: str, slave: int | None) -> None:
@@ -117,7 +105,8 @@ def _create(
     sdir: str,
     cgroup: str | None,
 ) -> int:
-    from .gate import GatePlan, fork_gate
+    from bareboat.sandbox.process import apply_mounts
+    from bareboat.sandbox.supervisor import SupervisorPlan, fork_gate
 
     fifo = lc.make_gate(sdir)
     master, slave = lc.console_pair(inv, process)
@@ -129,7 +118,7 @@ def _create(
             for fd in (0, 1, 2):
                 os.dup2(slave, fd)
         lc.enter_network(config)
-        _apply_mounts(config, rootfs)
+        apply_mounts(config, rootfs)
 
     def run() -> int:
         _enter(process, rootfs, slave)
@@ -144,7 +133,7 @@ def _create(
         # the gate's imports and mounts instead of added to them.
         joined.append(cgroup is not None and procgroup.move(cgroup, pid))
 
-    plan = GatePlan(
+    plan = SupervisorPlan(
         setup, run, report_at_exec=True, what="the container's process",
         error_prefix="process isolation: cannot set up the container: ",
     )  # fmt: skip
@@ -234,7 +223,7 @@ def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
 
 
 def _signal_all(inv: Invocation, root: RuntimeRoot, rec: Record, sig: int, flag: bool) -> int:
-    st = lc.require(root, rec, "running", "paused", action="pause or resume it")
+    st = lc.require(root, rec, Status.RUNNING, Status.PAUSED, action="pause or resume it")
     cgroup = _cgroup(st)
     # The freezer where there is one: no member can fork past it, and a process the
     # workload stopped itself stays stopped after resume.
@@ -273,7 +262,7 @@ def _update(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
 
 
 def _exec_cmd(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    st = lc.require(root, rec, "running", action="exec in it (it is not running)")
+    st = lc.require(root, rec, Status.RUNNING, action="exec in it (it is not running)")
     process = lc.exec_process(inv)
     ctr_root = f"/proc/{int(st['pid'])}/root"
     master, slave = lc.console_pair(inv, process)

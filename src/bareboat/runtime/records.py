@@ -15,6 +15,7 @@ import os
 
 from bareboat.errors import ContainerNotFound, UsageError
 from bareboat.privdir import private_dir
+from bareboat.sandboxdir import SandboxDir
 
 # Typing names only for mypy: `typing` imports `re` and `collections.abc` (~10 ms here), and
 # with postponed annotations nothing needs them at run time. mypy treats any TYPE_CHECKING
@@ -107,6 +108,10 @@ class RuntimeRoot:
     def state_dir(self, cid: str) -> str:
         """Per-container working directory of the isolations bareboat runs itself."""
         return os.path.join(self.path, "bareboat", check_id(cid))
+
+    def sandbox(self, cid: str) -> SandboxDir:
+        """The files of the container's sandbox (bareboat.sandboxdir)."""
+        return SandboxDir(self.state_dir(cid))
 
     def record_path(self, cid: str) -> str:
         return os.path.join(self.records, f"{check_id(cid)}.rec")

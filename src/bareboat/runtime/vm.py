@@ -16,9 +16,9 @@ kernel and init, booted from the bundle's rootfs.
   forked exec gate relays it and carries its status), `pause`/`resume` stop and continue the
   vCPUs over QMP, `delete --force` kills the gate and QEMU and removes every file.
 
-This module serves the calls on an existing VM and imports nothing of the backend for
-`state`, `start`, `kill`, `delete` and `ps` (podman and the shim make them several times per
-container); `create`, the gate and `exec` live in runtime/vmgate.py.
+The VM itself is `bareboat.sandbox.microvm`'s: this module keeps the OCI contract (flags, the
+console socket, the pid file, hooks, status) and imports nothing heavy for `state`, `start`,
+`kill`, `delete` and `ps` (podman and the shim make them several times per container).
 
 The rootfs is read at `create`: the guest writes to its own tmpfs layer, not back into the
 client's rootfs (volumes, shared over 9p, are how files come back). A rootfs that is an
@@ -33,8 +33,10 @@ import contextlib
 import os
 import signal
 
-from bareboat.errors import BackendUnavailable, ContainerError
-from bareboat.proc import FORWARDED_SIGNALS, parse_signal, start_time
+from bareboat.errors import ContainerError
+from bareboat.proc import FORWARDED_SIGNALS, parse_signal
+from bareboat.sandbox import microvm
+from bareboat.sandbox.status import Status
 
 from . import lifecycle as lc
 from .records import Record, RuntimeRoot
@@ -46,51 +48,56 @@ if TYPE_CHECKING:
     from .args import Invocation
 
 
-# --- where one VM's files are ------------------------------------------------------------------
+def _files(root: RuntimeRoot, cid: str) -> microvm.VmFiles:
+    return microvm.VmFiles(lc.state_dir(root, cid))
 
 
-def sockets_dir(sdir: str) -> str:
-    """A directory for the VM's unix sockets whose paths fit a sockaddr_un (108 bytes)."""
-    if len(os.fsencode(sdir)) + len("/s/agent.sock") < 100:
-        return f"{sdir}/s"
-    import hashlib
-    import tempfile
-
-    digest = hashlib.sha256(os.fsencode(sdir)).hexdigest()[:16]
-    return f"{tempfile.gettempdir()}/bareboat-rt-{digest}"
-
-
-class VmPaths:
-    """The files of one container's VM, as plain strings: the commands that only signal or
-    clean up must not import the backend (they run several times per container)."""
-
-    __slots__ = ("path", "sockets")
-
-    def __init__(self, root: RuntimeRoot, cid: str) -> None:
-        sdir = lc.state_dir(root, cid)
-        self.path = f"{sdir}/vm"  # the backend's VmDir.path
-        self.sockets = sockets_dir(sdir)
-
-    @property
-    def ctl(self) -> str:
-        return f"{self.sockets}/hub.sock"
-
-    def qemu_pid(self) -> int:
-        """QEMU's pid as the backend recorded it (vm.json), or 0."""
-        from bareboat.backends.microvm.vmproc import recorded_pid
-
-        return recorded_pid(f"{self.path}/vm.json") or 0
-
-    def is_our_qemu(self, pid: int) -> bool:
-        from bareboat.backends.microvm.vmproc import is_vm_qemu
-
-        return is_vm_qemu(pid, self.sockets)
+# --- create ------------------------------------------------------------------------------------
 
 
 def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:
-    from . import vmgate
+    sandbox: list[microvm.VmSandbox] = []
 
-    return vmgate.create(inv, root, bundle, config)
+    def body(sdir: str) -> int:
+        lc.process_of(config)
+        vm = microvm.VmSandbox(inv.id, bundle, sdir, config, lc.rootfs_of(bundle, config))
+        sandbox.append(vm)
+        return _create(inv, root, bundle, config, vm)
+
+    def undo() -> None:  # the VM's cgroups and sockets live outside the state dir
+        if sandbox:
+            sandbox[0].drop_cgroups()
+        microvm.remove_files(_files(root, inv.id))
+
+    return lc.create_in_state_dir(inv, root, body, undo)
+
+
+def _create(
+    inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any], vm: microvm.VmSandbox
+) -> int:
+    from bareboat.sandbox.supervisor import fork_gate
+
+    vm.plan()  # every check that can fail before a VM exists
+    fifo = lc.make_gate(vm.files.sandbox)
+    master, slave = lc.console_pair(inv, config.get("process") or {})
+    # The cgroups the gate joins (the cpu one first), for update and delete to find.
+    cgroups = {"cgroups": vm.cgroups()}
+
+    def record(pid: int) -> None:
+        # Recorded at once: a `delete --force` after this `create` was killed mid-boot
+        # finds the gate (and with it QEMU) to kill.
+        lc.write_state(root, inv.id, lc.new_state(pid, config, **cgroups))
+
+    gate = vm.supervisor(slave, os.getpid(), lambda: lc.enter_network(config))
+    pid = fork_gate(gate, fifo, master, slave, after_fork=record)
+    try:
+        # Killing the gate on failure kills QEMU with it; the cgroups go after.
+        lc.finish_create(inv, root, Record(inv.id, "microvm", bundle), config, pid, master,
+                         extra=lambda: cgroups)  # fmt: skip
+    except BaseException:
+        vm.drop_cgroups()
+        raise
+    return 0
 
 
 # --- the other commands ------------------------------------------------------------------------
@@ -104,19 +111,16 @@ def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     sig = parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
     st = lc.read_state(root, rec.id)
     status = lc.status_of(root, rec, st)
-    if status == "stopped":
+    if status is Status.EXITED:
         raise ContainerError(f"cannot kill container {rec.id}: container not running")
-    if status == "created" or sig == signal.SIGKILL or sig in FORWARDED_SIGNALS:
+    if status is Status.CREATED or sig == signal.SIGKILL or sig in FORWARDED_SIGNALS:
         # No workload yet, or a kill that must not depend on the guest: end the gate, and
         # QEMU with it. A running gate passes the common signals on to the workload itself,
-        # which spares this call the agent client's imports.
+        # which spares this call the control client's imports.
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(st["pid"]), sig)
         return 0
-    from bareboat.backends.microvm.control import CtlClient
-
-    with CtlClient(VmPaths(root, rec.id).ctl) as c:
-        c.signal(sig)
+    microvm.send_signal(_files(root, rec.id), sig)
     return 0
 
 
@@ -126,55 +130,15 @@ def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(st["pid"]), signal.SIGKILL)
         lc.wait_gone(st)
-    _kill_qemu(root, rec.id)
-    from bareboat.backends.microvm.vmproc import release_vmm, remove_vmm_cgroups_under
-
-    release_vmm(VmPaths(root, rec.id).path)
-    if st.get("cgroups"):
-        from pathlib import Path
-
-        from bareboat.backends.microvm import hostcgroup
-
-        for d in st["cgroups"]:
-            # The jail's cgroups are children of the container's (QEMU may have died before
-            # its record was written): they go first.
-            remove_vmm_cgroups_under(d)
-            hostcgroup.remove(Path(d))
-    remove_files(root, rec.id)
+    microvm.destroy(_files(root, rec.id), list(st.get("cgroups") or []))
     lc.forget(root, rec, st)
     return 0
 
 
-def _kill_qemu(root: RuntimeRoot, cid: str) -> None:
-    """A QEMU that outlived its gate (PR_SET_PDEATHSIG is asynchronous): kill it."""
-    import time
-
-    d = VmPaths(root, cid)
-    pid = d.qemu_pid()
-    deadline = time.monotonic() + 10
-    while pid and d.is_our_qemu(pid) and time.monotonic() < deadline:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        time.sleep(0.01)
-
-
-def remove_files(root: RuntimeRoot, cid: str) -> None:
-    import shutil
-
-    sdir = lc.state_dir(root, cid)
-    shutil.rmtree(sockets_dir(sdir), ignore_errors=True)
-    shutil.rmtree(sdir, ignore_errors=True)
-
-
 def _control(root: RuntimeRoot, rec: Record, pause: bool) -> int:
-    from bareboat.backends.microvm.control import CtlClient
-
-    lc.require(root, rec, "running", "paused", action="pause or resume it (it is not running)")
-    with CtlClient(VmPaths(root, rec.id).ctl, timeout=30.0) as c:
-        if pause:
-            c.pause()
-        else:
-            c.resume()
+    lc.require(root, rec, Status.RUNNING, Status.PAUSED,
+               action="pause or resume it (it is not running)")  # fmt: skip
+    microvm.set_paused(_files(root, rec.id), pause)
     lc.set_paused(root, rec.id, pause)
     return 0
 
@@ -188,38 +152,19 @@ def _resume(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
 
 
 def _ps(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    """The host processes of the container: the gate and its QEMU (the guest's processes have
-    no host pids)."""
     from .process import print_pids
 
     st = lc.read_state(root, rec.id)
-    pids = [int(st["pid"])] if lc.alive(st) else []
-    qemu = VmPaths(root, rec.id).qemu_pid()
-    if pids and qemu and start_time(qemu) is not None:
-        pids.append(qemu)
-    return print_pids(inv, pids)
+    gate = int(st["pid"]) if lc.alive(st) else None
+    return print_pids(inv, microvm.host_pids(_files(root, rec.id), gate))
 
 
 def _update(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     """The VM's host CPU limits (its QEMU's cgroup); its RAM and vCPUs are fixed at boot."""
-    from pathlib import Path
-
-    from bareboat.backends.microvm import hostcgroup
-
-    st = lc.require(root, rec, "created", "running", "paused", action="update it")
-    resources = _update_resources(inv)
-    memory = (resources.get("memory") or {}).get("limit")
-    booted = ((lc.load_config(rec).get("linux") or {}).get("resources") or {}).get("memory") or {}
-    if memory not in (None, 0, -1, booted.get("limit")):
-        raise BackendUnavailable(
-            "microvm isolation: a VM's memory is fixed when it boots; only CPU can be updated"
-        )
-    limits = hostcgroup.cpu_limits(resources)
-    if not st.get("cgroups"):
-        if limits.empty:
-            return 0
-        raise BackendUnavailable(f"container {rec.id}: its VM has no cgroup to limit its CPU")
-    hostcgroup.apply(Path(st["cgroups"][0]), limits)
+    st = lc.require(root, rec, Status.CREATED, Status.RUNNING, Status.PAUSED, action="update it")
+    booted = (lc.load_config(rec).get("linux") or {}).get("resources") or {}
+    cgroups = list(st.get("cgroups") or [])
+    microvm.update_cpu(cgroups, _update_resources(inv), booted, f"container {rec.id}")
     return 0
 
 
@@ -265,9 +210,80 @@ def _size(text: str) -> int:
 
 
 def _exec(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    from . import vmgate
+    import sys
 
-    return vmgate.exec_in(inv, root, rec)
+    lc.require(root, rec, Status.RUNNING, action="exec in it (it is not running)")
+    process = lc.exec_process(inv)
+    master, slave = lc.console_pair(inv, process)
+    files = _files(root, rec.id)
+    payload = microvm.exec_payload(process, slave)
+    if not inv.has("--detach"):
+        lc.hand_console(inv, master)
+        fds = (slave, slave, slave) if slave is not None else (0, 1, 2)
+
+        def show(message: str) -> None:
+            print(f"bareboat-runtime: exec failed: {message}", file=sys.stderr, flush=True)
+
+        return microvm.run_session(files, payload, fds, show)
+    return _exec_detached(inv, files, payload, master, slave)
+
+
+def _exec_detached(
+    inv: Invocation, files: microvm.VmFiles, payload: bytes, master: int | None, slave: int | None
+) -> int:
+    """Fork an exec gate that relays the session and ends with its status; return once the
+    session has started (or report why it did not)."""
+    from bareboat.sandbox.supervisor import READY, await_ready, failure
+
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 125
+        try:
+            os.close(ready_r)
+            if master is not None:
+                os.close(master)
+            if slave is not None:
+                # The pty becomes this gate's controlling terminal: the client's resizes
+                # arrive as SIGWINCH and go to the session as RESIZE.
+                import fcntl
+                import termios
+
+                os.setsid()
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            errors: list[str] = []
+            told: list[bool] = []
+
+            def started() -> None:
+                os.write(ready_w, READY)
+                os.close(ready_w)
+                told.append(True)
+
+            fds = (slave, slave, slave) if slave is not None else (0, 1, 2)
+            code = microvm.run_session(files, payload, fds, errors.append, started, tty=slave)
+            if not told:  # the session never started: say why
+                msg = "; ".join(errors) or f"exit status {code}"
+                os.write(ready_w, failure(code, _exec_error(msg, code)))
+        except BaseException as e:  # noqa: BLE001 - the child must never return into main
+            with contextlib.suppress(OSError):
+                os.write(ready_w, failure(125, f"exec failed: {e}"))
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    if slave is not None:
+        os.close(slave)
+    await_ready(pid, ready_r, master, "the exec gate")
+    lc.hand_console(inv, master)
+    lc.write_pid_file(inv, pid)
+    return 0
+
+
+def _exec_error(msg: str, code: int) -> str:
+    if code == 127 and "no such file or directory" not in msg.lower():
+        msg += ": no such file or directory"
+    elif code == 126 and "permission denied" not in msg.lower():
+        msg += ": permission denied"
+    return f"exec failed: {msg}"
 
 
 _COMMANDS = {

@@ -22,8 +22,9 @@ import json
 import os
 import signal
 
-from bareboat.errors import BackendUnavailable, ContainerError, WasmError
+from bareboat.errors import BackendUnavailable, ContainerError
 from bareboat.proc import parse_signal
+from bareboat.sandbox.status import Status
 
 from . import lifecycle as lc
 from .records import Record, RuntimeRoot
@@ -32,71 +33,24 @@ TYPE_CHECKING = False  # typing and contextlib cost import time on every call; m
 if TYPE_CHECKING:
     from typing import Any
 
-    from bareboat.backends.wasm.cache import ModuleCache
-    from bareboat.backends.wasm.plan import WasmPlan
+    from bareboat.sandbox.wasm import ModuleCache, WasmPlan
 
     from .args import Invocation
 
 ISOLATION = "wasm"
-# Mounts a client adds to every container that a module cannot use (WASI preopens are
-# directories): podman's container marker file. /etc/{hostname,hosts,resolv.conf} and the
-# kernel filesystems are dropped by the backend's `spec_preopens` already.
-_CLIENT_FILES = frozenset({"/run/.containerenv"})
-TIMEOUT_GRACE = 0.5  # seconds the runner's own deadline gets before the gate ends itself
 
 
 # --- create --------------------------------------------------------------------------------
-
-
-def runtime_spec(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as the wasm backend should read it.
-
-    The module is the entrypoint in the rootfs, never a store blob named by an annotation:
-    under a client the annotations are the user's, and no image store stands behind them.
-    Client-added file mounts a module cannot see are left out.
-    """
-    from bareboat.backends.wasm.module import ANN_DIGEST, ANN_MODULE
-
-    annotations = {**(config.get("annotations") or {}), ANN_MODULE: "", ANN_DIGEST: ""}
-    mounts = [m for m in config.get("mounts") or [] if m.get("destination") not in _CLIENT_FILES]
-    return {**config, "annotations": annotations, "mounts": mounts}
-
-
-def compile_plan(bundle: str, config: dict[str, Any], scratch: str) -> tuple[WasmPlan, ModuleCache]:
-    """(plan, cache): the checked plan, its module compiled into the shared cache."""
-    from pathlib import Path
-
-    from bareboat.backends.wasm.backend import spec_plan
-    from bareboat.backends.wasm.cache import EngineSettings, ModuleCache
-    from bareboat.paths import Roots
-
-    rootfs = Path(lc.rootfs_of(bundle, config))
-    try:
-        plan = spec_plan(runtime_spec(config), rootfs, Path(scratch))
-        cache = ModuleCache(Roots.from_env().make_private().wasm_cache)
-        settings = EngineSettings(consume_fuel=plan.limits.fuel is not None)
-        module, _ = cache.load(settings.engine(), Path(plan.module), plan.digest, settings)
-        _check_command(module)
-    except WasmError as e:
-        raise WasmError(f"wasm isolation: {e}") from None
-    return plan, cache
-
-
-def _check_command(module: Any) -> None:
-    """A WASI command exports `_start`; say so at create rather than after `start`."""
-    import wasmtime
-
-    for export in module.exports:
-        if export.name == "_start" and isinstance(export.type, wasmtime.FuncType):
-            return
-    raise WasmError("the module has no _start function (not a WASI command)")
 
 
 def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:
     process = config.get("process") or {}
 
     def body(sdir: str) -> int:
-        plan, cache = compile_plan(bundle, config, os.path.join(sdir, "tmpfs"))
+        from bareboat.sandbox.wasm import compile_plan
+
+        rootfs = lc.rootfs_of(bundle, config)
+        plan, cache = compile_plan(config, rootfs, os.path.join(sdir, "tmpfs"))
         return _create(inv, root, bundle, config, process, sdir, plan, cache)
 
     return lc.create_in_state_dir(inv, root, body)
@@ -112,49 +66,27 @@ def _create(
     plan: WasmPlan,
     cache: ModuleCache,
 ) -> int:
-    # Loaded before the fork, so the gate has nothing left to import after `start`.
-    import bareboat.backends.wasm.runner
-    import bareboat.backends.wasm.shim  # noqa: F401
+    from bareboat.sandbox import wasm
+    from bareboat.sandbox.supervisor import SupervisorPlan, fork_gate
 
-    from .gate import GatePlan, fork_gate
+    wasm.load_runner()  # before the fork: the gate has nothing left to import after `start`
 
     fifo = lc.make_gate(sdir)
     master, slave = lc.console_pair(inv, process)
 
     def setup() -> None:
-        from bareboat.backends.wasm.shim import default_signals
-
-        default_signals()  # a signal must end the module at once, as for a native process
+        wasm.default_signals()  # a signal must end the module at once, as for a native process
         _own_stdio(slave)
 
     def run() -> int:
-        from bareboat.backends.wasm.runner import run_plan
-
         if plan.limits.timeout is not None:
-            _watchdog(plan.limits.timeout)
-        return run_plan(plan, cache).exit_code
+            wasm.watchdog(plan.limits.timeout)
+        return wasm.run(plan, cache)
 
-    gate = GatePlan(setup, run, close_inherited=True, what="the module's gate")
+    gate = SupervisorPlan(setup, run, close_inherited=True, what="the module's gate")
     pid = fork_gate(gate, fifo, master, slave)
     lc.finish_create(inv, root, Record(inv.id, ISOLATION, bundle), config, pid, master)
     return 0
-
-
-def _watchdog(timeout: float) -> None:
-    """The runner's epoch deadline stops Wasm code, not a module blocked in a host call
-    (sleeping in poll_oneoff, reading stdin). Past the deadline and a grace period the gate
-    ends itself, with the runner's timeout code and message."""
-    import threading
-
-    from bareboat.backends.wasm.runner import EXIT_TIMEOUT
-
-    def expire() -> None:
-        os.write(2, f"bareboat: timed out after {timeout:g}s\n".encode())
-        os._exit(EXIT_TIMEOUT)
-
-    timer = threading.Timer(timeout + TIMEOUT_GRACE, expire)
-    timer.daemon = True
-    timer.start()
 
 
 def _own_stdio(slave: int | None) -> None:
@@ -207,7 +139,7 @@ def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
 
 
 def _signal_gate(root: RuntimeRoot, rec: Record, sig: int, paused: bool) -> int:
-    st = lc.require(root, rec, "running", "paused", action="pause or resume it")
+    st = lc.require(root, rec, Status.RUNNING, Status.PAUSED, action="pause or resume it")
     for pid in _gate_pids(st):
         _signal(pid, sig)
     lc.set_paused(root, rec.id, paused)

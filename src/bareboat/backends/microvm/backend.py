@@ -9,7 +9,8 @@ QEMU each end the wait with the console log's tail), send START, wait for STARTE
 the channel to the `Hub` thread that relays stdio and serves the control socket. The pid the
 monitor waits on is QEMU's; `exit_code` reads what the hub recorded from the agent's EXIT.
 
-One VM's files live in `<ctx.state_dir>/<id>/` (console log, QEMU's log, exit and pid records)
+One VM's files live in `<ctx.state_dir>/vm/` (console log, QEMU's log, exit and pid records:
+the sandbox directory layout of `bareboat.sandboxdir`, the same under every front end)
 and its unix sockets in a short directory of their own (`socket_dir`: a socket's path must fit
 a sockaddr_un), both removed by `delete`; the log of a failed start is first copied beside the
 container's record, where a persistent disk lives too.
@@ -33,7 +34,6 @@ import shutil
 import signal
 import socket
 import stat
-import tempfile
 import termios
 import time
 import tty
@@ -56,6 +56,7 @@ from bareboat.errors import (
 from bareboat.fsutil import atomic_write, atomic_write_text
 from bareboat.paths import Roots
 from bareboat.privdir import private_dir
+from bareboat.sandboxdir import CONTROL_SOCKET, VM_RECORD, SandboxDir, short_socket_dir
 from bareboat.spec.defaults import NETWORK_ANNOTATION, PUBLISH_ANNOTATION
 from bareboat.spec.options import PortMapping
 
@@ -125,7 +126,7 @@ class VmDir:
 
     @property
     def ctl(self) -> Path:
-        return self.sockets / "hub.sock"
+        return self.sockets / CONTROL_SOCKET
 
     @property
     def console(self) -> Path:
@@ -141,7 +142,7 @@ class VmDir:
 
     @property
     def pidfile(self) -> Path:
-        return self.path / "vm.json"
+        return self.path / VM_RECORD
 
     @property
     def vmm_record(self) -> Path:
@@ -337,14 +338,10 @@ def socket_dir(roots: Roots, cid: str) -> Path:
     """A directory for one VM's sockets whose paths fit a sockaddr_un (108 bytes).
 
     The container's own state directory is too deep (two 64-character ids); the short name
-    under the state root serves where it fits, else one under the temporary directory.
-    Both follow from the roots and the id alone, so every process finds the same one.
+    under the state root serves where it fits (`sandboxdir.short_socket_dir`). Both follow
+    from the roots and the id alone, so every process finds the same one.
     """
-    short = roots.vm_sockets / cid[:16]
-    if len(os.fsencode(short)) + len("/agent.sock") < 100:
-        return short
-    digest = hashlib.sha256(f"{roots.state}\0{cid}".encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"bareboat-vm-{digest}"
+    return Path(short_socket_dir(str(roots.vm_sockets / cid[:16]), f"{roots.state}\0{cid}"))
 
 
 def _pid_is_ours(pid: int, vmdir: VmDir) -> bool:
@@ -384,7 +381,7 @@ class MicrovmBackend:
 
     # --- paths ---------------------------------------------------------------------------
     def vmdir(self, ctx: BackendContext) -> VmDir:
-        return VmDir(ctx.state_dir / ctx.id, socket_dir(self.roots, ctx.id))
+        return VmDir(Path(SandboxDir(str(ctx.state_dir)).vm), socket_dir(self.roots, ctx.id))
 
     def record_dir(self, ctx: BackendContext) -> Path:
         return self.roots.containers / ctx.id

@@ -1,0 +1,40 @@
+"""One status for every sandbox, and the one place its transitions are written down.
+
+The engine keeps it in a container's record; bareboat-runtime works it out from the
+sandbox's files (`layout`) and reports it in the OCI runtime spec's words, where an ended
+sandbox is "stopped" rather than docker's "exited".
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum  # `enum` is loaded already: `signal` imports it on every call
+
+
+class Status(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    EXITED = "exited"
+
+    @property
+    def oci(self) -> str:
+        """The word of the OCI runtime spec's `state` for this status."""
+        return "stopped" if self is Status.EXITED else self.value
+
+
+# A created sandbox that fails to start goes straight to exited (docker does the same and
+# keeps the 126/127 code on it). An exited one may start again, as docker allows; under the
+# OCI contract it cannot (its gate is gone), which `TRANSITIONS` leaves to the front end.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.CREATED: frozenset({Status.RUNNING, Status.EXITED}),
+    Status.RUNNING: frozenset({Status.PAUSED, Status.EXITED}),
+    Status.PAUSED: frozenset({Status.RUNNING, Status.EXITED}),
+    Status.EXITED: frozenset({Status.RUNNING}),
+}
+
+
+def check_transition(sandbox: str, current: Status, wanted: Status) -> None:
+    from bareboat.errors import InvalidStateTransition
+
+    if wanted not in TRANSITIONS[current]:
+        raise InvalidStateTransition(sandbox, current.value, wanted.value)
