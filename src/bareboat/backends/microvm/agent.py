@@ -17,8 +17,10 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from bareboat.errors import AgentProtocolError, AgentTimeout, BootTimeout, UsageError
+from bareboat.framing import split
 
 MAGIC = b"BBAG"
 VERSION = 1
@@ -144,34 +146,33 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[Frame]:
         self._buf += data
-        frames: list[Frame] = []
-        while len(self._buf) >= HEADER.size:
-            magic, version, ftype, flags, session, length = HEADER.unpack_from(self._buf)
-            if magic != MAGIC:
-                raise AgentProtocolError(f"agent sent a frame with bad magic {bytes(magic)!r}")
-            if version != VERSION:
-                raise AgentProtocolError(
-                    f"agent speaks protocol version {version}, host speaks {VERSION}"
-                )
-            if flags != 0:
-                raise AgentProtocolError(f"agent sent a frame with unknown flags {flags:#x}")
-            try:
-                kind = FrameType(ftype)
-            except ValueError:
-                raise AgentProtocolError(f"agent sent unknown frame type {ftype}") from None
-            limit = self.limits.get(kind)
-            if limit is None:
-                raise AgentProtocolError(f"agent sent a {kind.name} frame, which it must not")
-            if length > limit:
-                raise AgentProtocolError(
-                    f"agent sent a {kind.name} frame of {length} bytes (limit {limit})"
-                )
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                break
-            frames.append(Frame(kind, session, bytes(self._buf[HEADER.size : end])))
-            del self._buf[:end]
-        return frames
+        return [
+            Frame(kind, session, payload)
+            for (kind, session), payload in split(self._buf, HEADER, self._check_header)
+        ]
+
+    def _check_header(self, fields: tuple[Any, ...]) -> tuple[tuple[FrameType, int], int]:
+        magic, version, ftype, flags, session, length = fields
+        if magic != MAGIC:
+            raise AgentProtocolError(f"agent sent a frame with bad magic {bytes(magic)!r}")
+        if version != VERSION:
+            raise AgentProtocolError(
+                f"agent speaks protocol version {version}, host speaks {VERSION}"
+            )
+        if flags != 0:
+            raise AgentProtocolError(f"agent sent a frame with unknown flags {flags:#x}")
+        try:
+            kind = FrameType(ftype)
+        except ValueError:
+            raise AgentProtocolError(f"agent sent unknown frame type {ftype}") from None
+        limit = self.limits.get(kind)
+        if limit is None:
+            raise AgentProtocolError(f"agent sent a {kind.name} frame, which it must not")
+        if length > limit:
+            raise AgentProtocolError(
+                f"agent sent a {kind.name} frame of {length} bytes (limit {limit})"
+            )
+        return (kind, session), length
 
 
 # --- START / EXEC -------------------------------------------------------------------------
