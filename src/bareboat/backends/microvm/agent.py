@@ -745,15 +745,20 @@ class AgentClient:
             self._ended.add(event.session)
         return event
 
+    def _receive_by(self, deadline: float, late: str) -> None:
+        """Take in what the agent sends next, waiting until `deadline` (time.monotonic) at
+        most; AgentTimeout(`late`) once it has passed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AgentTimeout(late)
+        r, _, _ = select.select([self.sock], [], [], left)
+        if r:
+            self._receive()
+
     def next_event(self, timeout: float) -> Event:
         deadline = time.monotonic() + timeout
         while not self._queue:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AgentTimeout(f"agent sent nothing in {timeout:g}s")
-            r, _, _ = select.select([self.sock], [], [], left)
-            if r:
-                self._receive()
+            self._receive_by(deadline, f"agent sent nothing in {timeout:g}s")
         event = self._queue.popleft()
         if isinstance(event, Output):
             self._queued_bytes -= len(event.data)
@@ -780,23 +785,13 @@ class AgentClient:
                     if isinstance(event, Output):
                         self._queued_bytes -= len(event.data)
                     return event
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AgentTimeout(late)
-            r, _, _ = select.select([self.sock], [], [], left)
-            if r:
-                self._receive()
+            self._receive_by(deadline, late)
 
     def wait_ports(self, match: Callable[[tuple[int, ...]], bool], timeout: float) -> None:
         """Until the guest's reported listening ports `match`; AgentTimeout after `timeout`."""
         deadline = time.monotonic() + timeout
         while not match(self.ports):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AgentTimeout(f"the guest reported ports {self.ports} in {timeout:g}s")
-            r, _, _ = select.select([self.sock], [], [], left)
-            if r:
-                self._receive()
+            self._receive_by(deadline, f"the guest reported ports {self.ports} in {timeout:g}s")
 
     def wait_hello(self, timeout: float) -> Hello:
         """Wait for the agent's HELLO, asking again now and then (QEMU drops what the guest
