@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from bareboat.closing import Closing
 from bareboat.errors import AgentProtocolError, AgentTimeout, BootTimeout, UsageError
 from bareboat.framing import split
 
@@ -597,7 +598,7 @@ class _SessionState:
     stderr_open: bool = True
 
 
-class AgentClient:
+class AgentClient(Closing):
     """Talk to one agent over a connected stream socket (a virtio-serial unix socket).
 
     Single-threaded: sends interleave with reads, so neither side can block the other
@@ -625,12 +626,6 @@ class AgentClient:
         if not self._closed:
             self._closed = True
             self.sock.close()
-
-    def __enter__(self) -> AgentClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- sending
 
