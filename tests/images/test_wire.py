@@ -6,6 +6,7 @@ import contextlib
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -152,3 +153,27 @@ def test_200000_env_vars_fail_fast() -> None:
     with pytest.raises(ManifestError, match="Env"):
         wire.decode_config(doc)
     assert time.monotonic() - start < 0.5
+
+
+def test_documents_carry_the_spec_field_names() -> None:
+    """The JSON names the OCI image and distribution specs (and docker's config) give each
+    field: camelCase in descriptors, manifests and indexes, PascalCase in the container
+    config, `os.version` and `diff_ids` as they are."""
+    structs = (
+        wire.Platform, wire.Descriptor, wire.Manifest, wire.Index, wire.ContainerConfig,
+        wire.RootFS, wire.Config, wire.MediaTypeOnly,
+    )  # fmt: skip
+    names = {t.__name__: [f.encode_name for f in msgspec.structs.fields(t)] for t in structs}
+    assert names == {
+        "Platform": ["architecture", "os", "variant", "os.version"],
+        "Descriptor": ["mediaType", "digest", "size", "annotations", "platform"],
+        "Manifest": ["schemaVersion", "config", "layers", "mediaType", "annotations"],
+        "Index": ["schemaVersion", "manifests", "mediaType", "annotations"],
+        "ContainerConfig": [
+            "User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "WorkingDir", "Labels",
+            "StopSignal",
+        ],
+        "RootFS": ["type", "diff_ids"],
+        "Config": ["architecture", "os", "rootfs", "variant", "config"],
+        "MediaTypeOnly": ["mediaType", "schemaVersion", "manifests", "layers"],
+    }  # fmt: skip

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bareboat.backends.microvm import vmspec
-from bareboat.backends.microvm.vmspec import GuestFile, GuestMount, GuestRlimit
+from bareboat.backends.microvm.vmspec import GuestFile, GuestMount
 from bareboat.errors import UsageError
+from bareboat.spec.options import Rlimit
 
 MIB = 1 << 20
 CLIENT_CONFIGS = Path("/work/shared/fixtures/oci-client-configs")
@@ -60,7 +61,7 @@ def test_full_config() -> None:
     assert p.args == ("/bin/sh", "-c", "echo hi")
     assert p.env == ("PATH=/bin", "A=b=c")
     assert (p.cwd, p.uid, p.gid, p.additional_gids, p.umask) == ("/home/app", 1000, 1000, (50,), 18)
-    assert p.rlimits == (GuestRlimit("RLIMIT_NOFILE", 1024, 2048),)
+    assert p.rlimits == (Rlimit("RLIMIT_NOFILE", 1024, 2048),)
     assert p.terminal and p.no_new_privileges
     assert spec.hostname == "box"
     assert spec.mounts == (GuestMount("/scratch", "tmpfs", ("size=16m", "noexec")),)

@@ -182,6 +182,9 @@ def test_parsers_are_lenient() -> None:
     assert [g.name for g in groups] == ["root", "staff", "app", "wheel"]
     assert groups[1].members == ("app", "svc")
     assert parse_passwd("x:x:99999999999:0::/:\n") == []  # out of uid_t range
+    # NIS lines and nameless records are skipped in both files
+    assert parse_passwd("+:x:0:0::/:\n-bad:x:0:0::/:\n:x:0:0::/:\n") == []
+    assert parse_group("+:x:0:\n-bad:x:0:\n:x:0:\n") == []
 
 
 @given(

@@ -1,14 +1,16 @@
 """`bareboat` commands: bench.
 
 Each benchmark is a script under the repository's `bench/` directory with a
-`main(argv) -> int`; `bareboat bench NAME [ARGS...]` runs it in this process. Add one with an
-`_add_<name>` function below and a line in `register`.
+`main(argv) -> int`; `bareboat bench NAME [ARGS...]` runs it in this process. Add one with a
+row in `BENCHMARKS`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import runpy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,89 +31,63 @@ def run_script(name: str, argv: list[str]) -> int:
     return code
 
 
-def _add_pull(bench: argparse._SubParsersAction[Any]) -> None:
-    p = bench.add_parser(
-        "pull", help="pull + unpack from a local registry against skopeo copy + umoci unpack"
-    )
-    p.add_argument("--runs", type=int, default=3, help="repetitions per image (default 3)")
-    p.add_argument("--big-mb", type=float, default=100.0, help="size of the big image")
-    p.add_argument("--out", help="results directory (default bench/results)")
-
-    def run(args: argparse.Namespace) -> int:
-        argv = ["--runs", str(args.runs), "--big-mb", str(args.big_mb)]
-        if args.out:
-            argv += ["--out", args.out]
-        return run_script("pull", argv)
-
-    p.set_defaults(func=run)
-
-
-def _add_run(bench: argparse._SubParsersAction[Any]) -> None:
-    p = bench.add_parser("run", help="run --rm IMAGE true: bareboat vs podman vs bare runtimes")
-    p.add_argument("--runs", type=int, default=15, help="samples per case (default 15)")
-    p.add_argument("--out", default="bench/results", help="results directory")
-
-    def run(args: argparse.Namespace) -> int:
-        return run_script("run", ["--runs", str(args.runs), "--out", args.out])
-
-    p.set_defaults(func=run)
-
-
-def _add_wasm(bench: argparse._SubParsersAction[Any]) -> None:
-    p = bench.add_parser("wasm", help="Wasm cold/warm/raw wasmtime start and tasks per second")
-    p.add_argument("--runs", type=int, default=40, help="samples per mode (default 40)")
-    p.add_argument("--seconds", type=float, default=3.0, help="per throughput mode (default 3)")
-    p.add_argument("--out", default="bench/results", help="results directory")
-
-    def run(args: argparse.Namespace) -> int:
-        argv = ["--runs", str(args.runs), "--seconds", str(args.seconds), "--out", args.out]
-        return run_script("wasm", argv)
-
-    p.set_defaults(func=run)
-
-
-def _add_microvm(bench: argparse._SubParsersAction[Any]) -> None:
-    p = bench.add_parser("microvm", help="microVM run --rm IMAGE true vs raw QEMU; phases; PSS")
-    p.add_argument("--runs", type=int, default=7, help="samples per case (default 7)")
-    p.add_argument("--out", default="bench/results", help="results directory")
-
-    def run(args: argparse.Namespace) -> int:
-        return run_script("microvm", ["--runs", str(args.runs), "--out", args.out])
-
-    p.set_defaults(func=run)
+# name: (help, flags). Each flag is (flag, type, default, help); its value goes to the script
+# as `flag value`, in this order, unless it is None.
+Flag = tuple[str, Callable[[str], Any], Any, str]
+_OUT: Flag = ("--out", str, "bench/results", "results directory")
+BENCHMARKS: dict[str, tuple[str, tuple[Flag, ...]]] = {
+    "pull": (
+        "pull + unpack from a local registry against skopeo copy + umoci unpack",
+        (
+            ("--runs", int, 3, "repetitions per image (default 3)"),
+            ("--big-mb", float, 100.0, "size of the big image"),
+            ("--out", str, None, "results directory (default bench/results)"),
+        ),
+    ),
+    "run": (
+        "run --rm IMAGE true: bareboat vs podman vs bare runtimes",
+        (("--runs", int, 15, "samples per case (default 15)"), _OUT),
+    ),
+    "wasm": (
+        "Wasm cold/warm/raw wasmtime start and tasks per second",
+        (
+            ("--runs", int, 40, "samples per mode (default 40)"),
+            ("--seconds", float, 3.0, "per throughput mode (default 3)"),
+            _OUT,
+        ),
+    ),
+    "microvm": (
+        "microVM run --rm IMAGE true vs raw QEMU; phases; PSS",
+        (("--runs", int, 7, "samples per case (default 7)"), _OUT),
+    ),
+    "runtime": (
+        "podman run --rm IMAGE true: bareboat-runtime against plain runc",
+        (("--runs", int, 10, "samples per case (default 10)"), _OUT),
+    ),
+    "template": (
+        "microVM templates: cold vs clone start, clones/s, PSS",
+        (("--runs", int, 10, "cold/clone pairs (default 10)"), _OUT),
+    ),
+}
 
 
-def _add_runtime(bench: argparse._SubParsersAction[Any]) -> None:
-    p = bench.add_parser(
-        "runtime", help="podman run --rm IMAGE true: bareboat-runtime against plain runc"
-    )
-    p.add_argument("--runs", type=int, default=10, help="samples per case (default 10)")
-    p.add_argument("--out", default="bench/results", help="results directory")
-
-    def run(args: argparse.Namespace) -> int:
-        return run_script("runtime", ["--runs", str(args.runs), "--out", args.out])
-
-    p.set_defaults(func=run)
-
-
-def _add_template(bench: argparse._SubParsersAction[Any]) -> None:
-    p = bench.add_parser("template", help="microVM templates: cold vs clone start, clones/s, PSS")
-    p.add_argument("--runs", type=int, default=10, help="cold/clone pairs (default 10)")
-    p.add_argument("--out", default="bench/results", help="results directory")
-
-    def run(args: argparse.Namespace) -> int:
-        return run_script("template", ["--runs", str(args.runs), "--out", args.out])
-
-    p.set_defaults(func=run)
+def _run(name: str, flags: list[tuple[str, str]], args: argparse.Namespace) -> int:
+    argv: list[str] = []
+    for flag, dest in flags:
+        value = getattr(args, dest)
+        if value is not None:
+            argv += [flag, str(value)]
+    return run_script(name, argv)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this group's commands to the `bareboat` parser."""
     p = sub.add_parser("bench", help="run a benchmark (from a source checkout)")
     bench = p.add_subparsers(dest="bench", metavar="BENCHMARK")
-    _add_pull(bench)
-    _add_run(bench)
-    _add_wasm(bench)
-    _add_microvm(bench)
-    _add_runtime(bench)
-    _add_template(bench)
+    for name, (text, flags) in BENCHMARKS.items():
+        b = bench.add_parser(name, help=text)
+        dests = [
+            (flag, b.add_argument(flag, type=kind, default=default, help=help_).dest)
+            for flag, kind, default, help_ in flags
+        ]
+        b.set_defaults(func=functools.partial(_run, name, dests))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bareboat.errors import ContainerError
+from bareboat.framing import split
 
 HEADER = struct.Struct("!BI")
 MAX_FRAME = 1 << 20
@@ -56,16 +57,14 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         self.buf += data
-        out = []
-        while len(self.buf) >= HEADER.size:
-            kind, size = HEADER.unpack_from(self.buf)
-            if size > MAX_FRAME:
-                raise ContainerError("control socket: frame too large")
-            if len(self.buf) < HEADER.size + size:
-                break
-            out.append((kind, bytes(self.buf[HEADER.size : HEADER.size + size])))
-            del self.buf[: HEADER.size + size]
-        return out
+        return split(self.buf, HEADER, _check_header)
+
+
+def _check_header(fields: tuple[Any, ...]) -> tuple[int, int]:
+    kind, size = fields
+    if size > MAX_FRAME:
+        raise ContainerError("control socket: frame too large")
+    return kind, size
 
 
 # --- what a client may send, checked -------------------------------------------------------

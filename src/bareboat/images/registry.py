@@ -23,6 +23,7 @@ if "httpx" not in sys.modules:
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 import httpx
 
+from bareboat.closing import Closing
 from bareboat.errors import AuthError, DigestMismatch, ImageNotFound, RegistryError
 from bareboat.images.auth import Credentials, parse_challenge, resolve_credentials
 from bareboat.images.blobs import BlobWriter
@@ -81,7 +82,7 @@ class Manifest:
     digest: str
 
 
-class RegistryClient:
+class RegistryClient(Closing):
     """One registry, one repository; a pooled httpx client shared by the download threads."""
 
     def __init__(
@@ -115,12 +116,6 @@ class RegistryClient:
 
     def close(self) -> None:
         self.http.close()
-
-    def __enter__(self) -> RegistryClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def base(self) -> str:

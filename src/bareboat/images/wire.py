@@ -72,6 +72,9 @@ ExecList = Annotated[list[ExecString], msgspec.Meta(max_length=MAX_CONFIG_ENTRIE
 LabelKey = Annotated[str, msgspec.Meta(max_length=MAX_LABEL_KEY)]
 
 
+# The specs name the fields of descriptors, manifests and indexes in camelCase and those of
+# docker's container config in PascalCase (msgspec's `rename`); `os.version` and RootFS's
+# `diff_ids` are spelled as they are.
 class Platform(msgspec.Struct, frozen=True, rename={"os_version": "os.version"}):
     architecture: Short = ""
     os: Short = ""
@@ -79,9 +82,7 @@ class Platform(msgspec.Struct, frozen=True, rename={"os_version": "os.version"})
     os_version: Short = ""
 
 
-class Descriptor(
-    msgspec.Struct, frozen=True, omit_defaults=True, rename={"media_type": "mediaType"}
-):
+class Descriptor(msgspec.Struct, frozen=True, omit_defaults=True, rename="camel"):
     media_type: Short
     digest: Digest
     size: Size
@@ -89,12 +90,7 @@ class Descriptor(
     platform: Platform | None = None
 
 
-class Manifest(
-    msgspec.Struct,
-    frozen=True,
-    omit_defaults=True,
-    rename={"schema_version": "schemaVersion", "media_type": "mediaType"},
-):
+class Manifest(msgspec.Struct, frozen=True, omit_defaults=True, rename="camel"):
     schema_version: int
     config: Descriptor
     layers: Annotated[list[Descriptor], msgspec.Meta(max_length=MAX_LAYERS)]
@@ -102,32 +98,14 @@ class Manifest(
     annotations: dict[str, str] | None = None
 
 
-class Index(
-    msgspec.Struct,
-    frozen=True,
-    omit_defaults=True,
-    rename={"schema_version": "schemaVersion", "media_type": "mediaType"},
-):
+class Index(msgspec.Struct, frozen=True, omit_defaults=True, rename="camel"):
     schema_version: int
     manifests: Annotated[list[Descriptor], msgspec.Meta(max_length=10_000)]
     media_type: Short = ""
     annotations: dict[str, str] | None = None
 
 
-class ContainerConfig(
-    msgspec.Struct,
-    frozen=True,
-    rename={
-        "user": "User",
-        "exposed_ports": "ExposedPorts",
-        "env": "Env",
-        "entrypoint": "Entrypoint",
-        "cmd": "Cmd",
-        "working_dir": "WorkingDir",
-        "labels": "Labels",
-        "stop_signal": "StopSignal",
-    },
-):
+class ContainerConfig(msgspec.Struct, frozen=True, rename="pascal"):
     user: Short = ""
     exposed_ports: (
         Annotated[dict[Short, Any], msgspec.Meta(max_length=MAX_CONFIG_ENTRIES)] | None
@@ -171,9 +149,7 @@ class Config(msgspec.Struct, frozen=True):
     config: ContainerConfig | None = None
 
 
-class MediaTypeOnly(
-    msgspec.Struct, rename={"media_type": "mediaType", "schema_version": "schemaVersion"}
-):
+class MediaTypeOnly(msgspec.Struct, rename="camel"):
     media_type: str = ""
     schema_version: int = 0
     manifests: list[Any] | None = None

@@ -12,6 +12,7 @@ regular files, bounded size) and parsed leniently, as libc does: bad lines are s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -53,12 +54,18 @@ def _number(text: str) -> int | None:
     return None
 
 
-def parse_passwd(text: str) -> list[PasswdEntry]:
-    entries = []
+def _records(text: str, min_fields: int) -> Iterator[list[str]]:
+    """The fields of each line of a passwd or group file that is a record: named, with at
+    least `min_fields` fields, and neither a comment nor an NIS `+`/`-` line."""
     for line in text.splitlines():
         fields = line.split(":")
-        if len(fields) < 6 or not fields[0] or line.startswith(("#", "+", "-")):
-            continue
+        if len(fields) >= min_fields and fields[0] and not line.startswith(("#", "+", "-")):
+            yield fields
+
+
+def parse_passwd(text: str) -> list[PasswdEntry]:
+    entries = []
+    for fields in _records(text, 6):
         uid, gid = _number(fields[2]), _number(fields[3])
         if uid is None or gid is None:
             continue
@@ -68,10 +75,7 @@ def parse_passwd(text: str) -> list[PasswdEntry]:
 
 def parse_group(text: str) -> list[GroupEntry]:
     entries = []
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) < 3 or not fields[0] or line.startswith(("#", "+", "-")):
-            continue
+    for fields in _records(text, 3):
         gid = _number(fields[2])
         if gid is None:
             continue

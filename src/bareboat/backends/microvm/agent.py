@@ -17,8 +17,11 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from bareboat.closing import Closing
 from bareboat.errors import AgentProtocolError, AgentTimeout, BootTimeout, UsageError
+from bareboat.framing import split
 
 MAGIC = b"BBAG"
 VERSION = 1
@@ -144,34 +147,33 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[Frame]:
         self._buf += data
-        frames: list[Frame] = []
-        while len(self._buf) >= HEADER.size:
-            magic, version, ftype, flags, session, length = HEADER.unpack_from(self._buf)
-            if magic != MAGIC:
-                raise AgentProtocolError(f"agent sent a frame with bad magic {bytes(magic)!r}")
-            if version != VERSION:
-                raise AgentProtocolError(
-                    f"agent speaks protocol version {version}, host speaks {VERSION}"
-                )
-            if flags != 0:
-                raise AgentProtocolError(f"agent sent a frame with unknown flags {flags:#x}")
-            try:
-                kind = FrameType(ftype)
-            except ValueError:
-                raise AgentProtocolError(f"agent sent unknown frame type {ftype}") from None
-            limit = self.limits.get(kind)
-            if limit is None:
-                raise AgentProtocolError(f"agent sent a {kind.name} frame, which it must not")
-            if length > limit:
-                raise AgentProtocolError(
-                    f"agent sent a {kind.name} frame of {length} bytes (limit {limit})"
-                )
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                break
-            frames.append(Frame(kind, session, bytes(self._buf[HEADER.size : end])))
-            del self._buf[:end]
-        return frames
+        return [
+            Frame(kind, session, payload)
+            for (kind, session), payload in split(self._buf, HEADER, self._check_header)
+        ]
+
+    def _check_header(self, fields: tuple[Any, ...]) -> tuple[tuple[FrameType, int], int]:
+        magic, version, ftype, flags, session, length = fields
+        if magic != MAGIC:
+            raise AgentProtocolError(f"agent sent a frame with bad magic {bytes(magic)!r}")
+        if version != VERSION:
+            raise AgentProtocolError(
+                f"agent speaks protocol version {version}, host speaks {VERSION}"
+            )
+        if flags != 0:
+            raise AgentProtocolError(f"agent sent a frame with unknown flags {flags:#x}")
+        try:
+            kind = FrameType(ftype)
+        except ValueError:
+            raise AgentProtocolError(f"agent sent unknown frame type {ftype}") from None
+        limit = self.limits.get(kind)
+        if limit is None:
+            raise AgentProtocolError(f"agent sent a {kind.name} frame, which it must not")
+        if length > limit:
+            raise AgentProtocolError(
+                f"agent sent a {kind.name} frame of {length} bytes (limit {limit})"
+            )
+        return (kind, session), length
 
 
 # --- START / EXEC -------------------------------------------------------------------------
@@ -596,7 +598,7 @@ class _SessionState:
     stderr_open: bool = True
 
 
-class AgentClient:
+class AgentClient(Closing):
     """Talk to one agent over a connected stream socket (a virtio-serial unix socket).
 
     Single-threaded: sends interleave with reads, so neither side can block the other
@@ -624,12 +626,6 @@ class AgentClient:
         if not self._closed:
             self._closed = True
             self.sock.close()
-
-    def __enter__(self) -> AgentClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- sending
 
@@ -744,15 +740,20 @@ class AgentClient:
             self._ended.add(event.session)
         return event
 
+    def _receive_by(self, deadline: float, late: str) -> None:
+        """Take in what the agent sends next, waiting until `deadline` (time.monotonic) at
+        most; AgentTimeout(`late`) once it has passed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AgentTimeout(late)
+        r, _, _ = select.select([self.sock], [], [], left)
+        if r:
+            self._receive()
+
     def next_event(self, timeout: float) -> Event:
         deadline = time.monotonic() + timeout
         while not self._queue:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AgentTimeout(f"agent sent nothing in {timeout:g}s")
-            r, _, _ = select.select([self.sock], [], [], left)
-            if r:
-                self._receive()
+            self._receive_by(deadline, f"agent sent nothing in {timeout:g}s")
         event = self._queue.popleft()
         if isinstance(event, Output):
             self._queued_bytes -= len(event.data)
@@ -779,23 +780,13 @@ class AgentClient:
                     if isinstance(event, Output):
                         self._queued_bytes -= len(event.data)
                     return event
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AgentTimeout(late)
-            r, _, _ = select.select([self.sock], [], [], left)
-            if r:
-                self._receive()
+            self._receive_by(deadline, late)
 
     def wait_ports(self, match: Callable[[tuple[int, ...]], bool], timeout: float) -> None:
         """Until the guest's reported listening ports `match`; AgentTimeout after `timeout`."""
         deadline = time.monotonic() + timeout
         while not match(self.ports):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AgentTimeout(f"the guest reported ports {self.ports} in {timeout:g}s")
-            r, _, _ = select.select([self.sock], [], [], left)
-            if r:
-                self._receive()
+            self._receive_by(deadline, f"the guest reported ports {self.ports} in {timeout:g}s")
 
     def wait_hello(self, timeout: float) -> Hello:
         """Wait for the agent's HELLO, asking again now and then (QEMU drops what the guest

@@ -34,7 +34,9 @@ way, the size each type takes, and the values (a signal 1..64, EXEC's session >=
 is input to the hub like any other; the worst it can get for what it sends is REFUSED.
 
 Imported by bareboat-runtime's `kill`, `pause` and `resume`: this module imports only what
-the runtime has loaded already (the exec relay's needs are imported when it runs).
+the runtime has loaded already (the exec relay's needs are imported when it runs, and the
+frame splitter it shares with the other protocols, `bareboat.framing`, when a first frame is
+read: `kill` only sends).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     import selectors
     import threading
     from collections.abc import Callable, Iterator
+    from typing import Any
 
 MAGIC = b"BBCT"
 VERSION = 1
@@ -127,21 +130,17 @@ class Decoder:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
-        frames: list[Frame] = []
-        while len(self._buf) >= HEADER.size:
-            magic, version, kind, session, length = HEADER.unpack_from(self._buf)
-            ftype = self._check_header(bytes(magic), version, kind, length)
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                break
-            payload = bytes(self._buf[HEADER.size : end])
-            del self._buf[:end]
-            self._check_payload(ftype, session, payload)
-            frames.append((ftype, session, payload))
-        return frames
+        # Imported here, not at the top: see the module docstring.
+        from bareboat.framing import split
 
-    def _check_header(self, magic: bytes, version: int, kind: int, length: int) -> Type:
+        self._buf += data
+        frames = split(self._buf, HEADER, self._check_header)
+        for (ftype, session), payload in frames:
+            self._check_payload(ftype, session, payload)
+        return [(ftype, session, payload) for (ftype, session), payload in frames]
+
+    def _check_header(self, fields: tuple[Any, ...]) -> tuple[tuple[Type, int], int]:
+        magic, version, kind, session, length = fields
         who = self.peer
         if magic != MAGIC:
             raise BackendError(f"{who} sent a frame with bad magic {magic!r}")
@@ -158,7 +157,7 @@ class Decoder:
             raise BackendError(f"{ftype.name} takes {limit} bytes, not {length}")
         if length > limit:
             raise BackendError(f"{who} sent a {ftype.name} of {length} bytes (limit {limit})")
-        return ftype
+        return (ftype, session), length
 
     @staticmethod
     def _check_payload(ftype: Type, session: int, payload: bytes) -> None:

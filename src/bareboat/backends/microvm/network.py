@@ -36,9 +36,9 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
+from bareboat.closing import Closing
 from bareboat.errors import BackendError, BackendUnavailable, UsageError
 from bareboat.spec.options import PortMapping
 
@@ -210,7 +210,7 @@ def check_ports_free(ports: Sequence[PortMapping]) -> None:
                 ) from None
 
 
-class Slirp4netns:
+class Slirp4netns(Closing):
     """Owns the slirp4netns that connects an isolated VM's QEMU namespace outward.
 
     ```
@@ -246,17 +246,6 @@ class Slirp4netns:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
-
-    def __enter__(self) -> Slirp4netns:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def attach(self, pid: int, *, timeout: float = SLIRP4NETNS_READY_S) -> None:
         """Connect QEMU's namespace (process `pid`'s) outward and publish the plan's ports;

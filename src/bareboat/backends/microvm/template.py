@@ -42,9 +42,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from bareboat.closing import Closing
 from bareboat.errors import BackendError, BareboatError, TemplateError, UsageError
 from bareboat.fsutil import atomic_write_text, exclusive_lock
 from bareboat.paths import Roots
@@ -558,7 +558,7 @@ def create_template(
 
 
 @dataclass
-class Clone:
+class Clone(Closing):
     """A VM restored from a template, its agent connected and at READY (send START next).
 
     A context manager: leaving it stops QEMU, closes the agent and removes the clone's
@@ -571,17 +571,6 @@ class Clone:
     restore_s: float
     owns_sockets: bool = True
     timings: dict[str, float] = field(default_factory=dict)
-
-    def __enter__(self) -> Clone:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         try:

@@ -32,24 +32,20 @@ from .vmproc import VMM_CGROUP_PREFIX as CGROUP_PREFIX  # noqa: E402
 # --- ids: one uid/gid per VM, leased ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class IdRange:
-    base: int
-    count: int
-
-    @classmethod
-    def from_env(cls) -> IdRange:
-        raw = os.environ.get(ENV_IDS, "").strip()
-        if not raw:
-            return cls(*DEFAULT_IDS)
-        try:
-            base_s, _, count_s = raw.partition(":")
-            base, count = int(base_s, 0), int(count_s or "65536", 0)
-        except ValueError:
-            raise UsageError(f"{ENV_IDS}={raw!r}: expected BASE:COUNT") from None
-        if base < 1000 or count < 1 or base + count > 0xFFFF_FFFE:
-            raise UsageError(f"{ENV_IDS}={raw!r}: ids must lie in 1000..4294967294")
-        return cls(base, count)
+def ids_from_env() -> range:
+    """The ids bareboat may lease: $BAREBOAT_VMM_IDS (BASE:COUNT) or the default."""
+    raw = os.environ.get(ENV_IDS, "").strip()
+    if not raw:
+        base, count = DEFAULT_IDS
+        return range(base, base + count)
+    try:
+        base_s, _, count_s = raw.partition(":")
+        base, count = int(base_s, 0), int(count_s or "65536", 0)
+    except ValueError:
+        raise UsageError(f"{ENV_IDS}={raw!r}: expected BASE:COUNT") from None
+    if base < 1000 or count < 1 or base + count > 0xFFFF_FFFE:
+        raise UsageError(f"{ENV_IDS}={raw!r}: ids must lie in 1000..4294967294")
+    return range(base, base + count)
 
 
 class Lease:
@@ -94,22 +90,23 @@ def leases_dir() -> Path:
     return Path(os.environ.get(ENV_LEASES) or DEFAULT_LEASES)
 
 
-def lease_id(ids: IdRange | None = None, directory: Path | None = None) -> Lease:
+def lease_id(ids: range | None = None, directory: Path | None = None) -> Lease:
     """A free id of the range, leased. Starts at a random place: concurrent starts rarely
     contend for the same file."""
     import secrets
 
-    ids = ids or IdRange.from_env()
+    if ids is None:
+        ids = ids_from_env()
     directory = directory or leases_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
-    start = secrets.randbelow(ids.count)
-    for i in range(ids.count):
-        uid = ids.base + (start + i) % ids.count
+    start = secrets.randbelow(len(ids))
+    for i in range(len(ids)):
+        uid = ids[(start + i) % len(ids)]
         lease = _try_lease(directory, uid)
         if lease is not None:
             return lease
-    raise BackendError(f"every VMM id in {ids.base}..{ids.base + ids.count - 1} is in use")
+    raise BackendError(f"every VMM id in {ids[0]}..{ids[-1]} is in use")
 
 
 def _try_lease(directory: Path, uid: int) -> Lease | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bareboat.errors import UsageError
+from bareboat.spec.options import Rlimit
 
 MIB = 1 << 20
 MIN_MEMORY = 64 * MIB  # below this our kernel + init + a busybox workload do not fit
@@ -84,13 +85,6 @@ class GuestFile:
 
 
 @dataclass(frozen=True)
-class GuestRlimit:
-    type: str
-    soft: int
-    hard: int
-
-
-@dataclass(frozen=True)
 class GuestProcess:
     """The workload as the agent runs it: the fields of START (and of EXEC, minus mounts)."""
 
@@ -101,7 +95,7 @@ class GuestProcess:
     gid: int = 0
     additional_gids: tuple[int, ...] = ()
     umask: int | None = None
-    rlimits: tuple[GuestRlimit, ...] = ()
+    rlimits: tuple[Rlimit, ...] = ()
     terminal: bool = False
     no_new_privileges: bool = False
 
@@ -182,7 +176,7 @@ def parse_process(process: Mapping[str, Any], where: str = "process") -> GuestPr
         hard = _int(r.get("hard"), f"{where}.rlimits[{i}].hard")
         if soft > hard:
             raise _bad(f"{where}.rlimits[{i}]", "has soft above hard")
-        rlimits.append(GuestRlimit(kind, soft, hard))
+        rlimits.append(Rlimit(kind, soft, hard))
     return GuestProcess(
         args=args,
         env=env,

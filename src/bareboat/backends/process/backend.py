@@ -28,10 +28,9 @@ from bareboat.backends.base import (
     Started,
     Stdio,
     mount,
-    signal_pid,
 )
+from bareboat.backends.child import ChildWorkload
 from bareboat.errors import BackendError
-from bareboat.proc import wait_status_to_code
 
 MS_REMOUNT = 32
 
@@ -133,7 +132,7 @@ def _child_setup(
     return setup
 
 
-class ProcessBackend:
+class ProcessBackend(ChildWorkload):
     name = "process"
 
     def create(self, ctx: BackendContext) -> None:
@@ -164,12 +163,6 @@ class ProcessBackend:
         )
         proc.returncode = 0  # the monitor reaps it
         return Started(proc.pid)
-
-    def exit_code(self, ctx: BackendContext, status: int) -> int:
-        return wait_status_to_code(status)
-
-    def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
-        signal_pid(pid, sig)
 
     def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
         """Nothing to do: the workload holds the pty slave itself."""

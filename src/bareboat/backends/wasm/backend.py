@@ -38,11 +38,10 @@ from bareboat.backends.base import (
     BackendContext,
     Started,
     Stdio,
-    signal_pid,
 )
+from bareboat.backends.child import ChildWorkload
 from bareboat.errors import WasmError
 from bareboat.paths import Roots
-from bareboat.proc import wait_status_to_code
 
 if TYPE_CHECKING:
     from bareboat.backends.base import Backend
@@ -181,7 +180,7 @@ def shim_argv(plan_path: Path, cache: Path) -> list[str]:
     return [sys.executable, "-m", "bareboat.backends.wasm", str(plan_path), str(cache)]
 
 
-class WasmBackend:
+class WasmBackend(ChildWorkload):
     name = "wasm"
 
     def __init__(self, roots: Roots | None = None) -> None:
@@ -260,12 +259,6 @@ class WasmBackend:
                 os.write(2, f"bareboat: {err}\n".encode())
         finally:
             os._exit(code)
-
-    def exit_code(self, ctx: BackendContext, status: int) -> int:
-        return wait_status_to_code(status)
-
-    def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
-        signal_pid(pid, sig)
 
     def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
         """Nothing to do: WASI preview 1 has no terminal size."""
