@@ -20,41 +20,32 @@ import pytest
 from bareboat.backends.base import BackendContext
 from bareboat.backends.microvm import template, vmplan
 from bareboat.backends.microvm.agent import Mount, ProcessSpec, Rlimit, StartSpec
-from bareboat.backends.microvm.backend import MicrovmBackend, read_guest_file
+from bareboat.backends.microvm.backend import MicrovmBackend
 from bareboat.backends.microvm.qemu import Disk, PortForward, SerialPort, Share, VMConfig
-from bareboat.backends.microvm.rootfs import RootfsImage
 from bareboat.images.model import ImageConfig
 from bareboat.paths import Roots
 from bareboat.spec.builder import build_spec, write_bundle
 from bareboat.spec.options import Isolation, PortMapping, RunOptions
 from bareboat.spec.parse import parse_tmpfs, parse_volume
 from tests.support.imagebuild import GROUP, PASSWD
+from tests.support.vmplanning import (
+    DISK,
+    ENTROPY,
+    IMAGE,
+    INITRD,
+    KERNEL,
+    TIME_NS,
+    TSC_KHZ,
+    Planned,
+    changes,
+    plan_vm,
+)
 
 CID = "0123456789abcdef" * 4
 HOSTNAME = CID[:12]
 IMAGE_CONFIG = ImageConfig(cmd=("/bin/sh", "-c", "true"), env=("PATH=/bin",))
-# The artifacts, as the backend's build step would hand them over.
-KERNEL = Path("/guest/kernel/vmlinux")
-INITRD = Path("/guest/init/initramfs.cpio")
-IMAGE = RootfsImage(Path("/images/sha256-feed.erofs"), "erofs", "sha256-feed")
-DISK = Path("/containers/vm-disk.ext4")
-TSC_KHZ = 1_996_249
-TIME_NS = 1_700_000_000_000_000_000
-ENTROPY = bytes(range(64))
-WINSIZE = (24, 80)
 NINEP = "trans=virtio,version=9p2000.L,msize=262144,cache=none"
 ENV = ["PATH=/bin", f"HOSTNAME={HOSTNAME}", "HOME=/root"]
-
-
-@dataclass(frozen=True)
-class Planned:
-    """One VM planned from `run` options: its plan, QEMU config, START and files."""
-
-    plan: vmplan.VmPlan
-    config: VMConfig
-    start: StartSpec
-    vmdir: Any  # backend.VmDir
-    vmm_cpu_limit: tuple[int | None, int | None]
 
 
 def planned(roots: Roots, tmp_path: Path, options: RunOptions) -> Planned:
@@ -73,39 +64,7 @@ def planned(roots: Roots, tmp_path: Path, options: RunOptions) -> Planned:
     write_bundle(bundle, config, etc_dir=bundle / "etc", durable=False)
     # One container id and one state dir: every VM planned here has the same files.
     ctx = BackendContext(CID, bundle, roots.state / "microvm", config)
-    backend = MicrovmBackend(roots)
-    spec, settings, file_shares = backend.read(ctx)
-    plan = vmplan.VmPlan(
-        spec, settings, KERNEL, INITRD, IMAGE,
-        disk=DISK if settings.disk_size is not None else None,
-        accel="tcg", tsc_khz=TSC_KHZ, file_shares=file_shares,
-    )  # fmt: skip
-    start = vmplan.start_spec(
-        plan,
-        contents={f: read_guest_file(f) for f in spec.files},
-        time_ns=TIME_NS,
-        entropy=ENTROPY,
-        winsize=WINSIZE,
-    )
-    d = backend.vmdir(ctx)
-    return Planned(plan, vmplan.vm_config(plan, d), start, d, backend.vmm_cpu_limit(ctx))
-
-
-def fields(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """A dataclass's fields by name, START's process flattened into `process.<field>`."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, ProcessSpec):
-            out.update(fields(value, "process."))
-        else:
-            out[prefix + f.name] = value
-    return out
-
-
-def changes(before: Any, after: Any) -> dict[str, Any]:
-    old, new = fields(before), fields(after)
-    return {k: v for k, v in new.items() if old[k] != v}
+    return plan_vm(MicrovmBackend(roots), ctx)
 
 
 @pytest.fixture(autouse=True)
