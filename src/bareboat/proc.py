@@ -93,3 +93,12 @@ def wait_exit(pid: int | None, start: int | None, timeout: float) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def signal_each(pids: list[int], sig: int) -> None:
+    """Send `sig` to each of `pids`; one gone already is fine."""
+    for pid in pids:
+        try:  # noqa: SIM105 - contextlib costs import time here
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass

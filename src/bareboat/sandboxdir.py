@@ -26,7 +26,13 @@ PAUSED = "paused"
 VM = "vm"
 VM_RECORD = "vm.json"  # QEMU's pid and start time, written by the backend when it launches
 CONTROL_SOCKET = "hub.sock"  # the VM hub's control socket, in the socket directory
+QMP_SOCKET = "qmp.sock"
+AGENT_SOCKET = "agent.sock"
 SOCKET_ROOM = len("/agent.sock")  # the longest socket name a VM's socket directory holds
+
+TYPE_CHECKING = False  # typing costs import time on every call; mypy treats this as true
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class SandboxDir:
@@ -41,6 +47,21 @@ class SandboxDir:
         self.paused = f"{path}/{PAUSED}"
         self.vm = f"{path}/{VM}"
         self.vm_record = f"{path}/{VM}/{VM_RECORD}"
+
+
+class FileIn:
+    """A layout's file, named once: `FileIn("sockets", QMP_SOCKET)` on a class is the file of
+    that name in the directory (a Path) the instance holds in its attribute `sockets`."""
+
+    __slots__ = ("name", "where")
+
+    def __init__(self, where: str, name: str) -> None:
+        self.where = where
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Path:
+        directory: Path = getattr(obj, self.where)
+        return directory / self.name
 
 
 def short_socket_dir(preferred: str, key: str) -> str:

@@ -12,8 +12,9 @@ makes of the bundle it wrote or was handed:
 - **bareboat-runtime under podman**: real podman creates a container of the same option given as
   podman flags, with a recorder as its OCI runtime. At `create` the recorder holds the bundle,
   podman's rootfs mounted and its network namespace up, while the test plans it as
-  bareboat-runtime's isolations do (runtime/process.py's reading, `runtime.wasm.compile_plan`,
-  `OciVmBackend` and `vmplan`, the container cgroup's CPU limit), then fails the create.
+  bareboat-runtime's isolations do (runtime/process.py's reading, `sandbox.wasm.compile_plan`,
+  `sandbox.microvm.VmSandbox` and `vmplan`, the container cgroup's CPU limit), then fails the
+  create.
 
 Each row states, per isolation, everything its option changes against no option at all, or the
 one error that refuses it where that isolation cannot honour it. Under podman, what the option
@@ -407,21 +408,20 @@ class PodmanFrontEnd:
         return Path(path.read_text().strip())
 
     def _plan(self, cid: str, bundle: Path) -> dict[Isolation, Plans | Refused]:
-        from bareboat.backends.base import BackendContext
         from bareboat.backends.microvm import hostcgroup
-        from bareboat.backends.microvm.backend import VmDir
-        from bareboat.backends.microvm.ocivm import OciVmBackend
         from bareboat.runtime.lifecycle import rootfs_of
-        from bareboat.runtime.wasm import compile_plan
+        from bareboat.sandbox.microvm import VmFiles, VmSandbox
+        from bareboat.sandbox.wasm import compile_plan
 
         config = json.loads((bundle / "config.json").read_text())
         rootfs = Path(rootfs_of(str(bundle), config))
         scratch = self.base / "scratch"
-        vmdir = VmDir(self.base / "vm", self.base / "vm-sockets")
+        sandbox_dir = str(self.base / "sandbox")
+        vmfiles = VmFiles(sandbox_dir)
         userdata = self.pm.base / "runroot" / "overlay-containers" / cid / "userdata"
         paths = [(bundle, "<bundle>"), (rootfs, "<rootfs>"), (userdata, "<userdata>"),
-                 (scratch, "<scratch>"), (self.files, "<files>"), (vmdir.path, "<vm>"),
-                 (vmdir.sockets, "<vm-sockets>")]  # fmt: skip
+                 (scratch, "<scratch>"), (self.files, "<files>"), (Path(vmfiles.path), "<vm>"),
+                 (Path(vmfiles.sockets), "<vm-sockets>")]  # fmt: skip
         for ns in config["linux"]["namespaces"]:
             if ns.get("path"):
                 paths.append((Path(ns["path"]), f"<{ns['type']}-ns>"))
@@ -436,12 +436,12 @@ class PodmanFrontEnd:
                     # runtime/process.py never remounts the root read-only (see Row.bugs)
                     plan = process_view(config, reads_root_readonly=False)
                 elif isolation is Isolation.WASM:
-                    plan, _ = compile_plan(str(bundle), config, str(scratch))
+                    plan, _ = compile_plan(config, str(rootfs), str(scratch))
                 else:
-                    backend = OciVmBackend(vmdir, self.base / "record", rootfs)
-                    vm = plan_vm(backend, BackendContext(cid, bundle, self.base / "state", config))
+                    sandbox = VmSandbox(cid, str(bundle), sandbox_dir, config, str(rootfs))
+                    vm = plan_vm(sandbox.backend, sandbox.ctx)
                     # The gate applies the CPU limit to the container's cgroup, QEMU's parent
-                    # (runtime/vmgate.join_cgroups), not to the VMM's own.
+                    # (sandbox/microvm.VmSandbox's gate setup), not to the VMM's own.
                     cpu = hostcgroup.cpu_limits(config["linux"].get("resources"))
                     plan = vm_view(vm, container_cpu_limit=(cpu.quota, cpu.period))
             except BareboatError as e:

@@ -45,4 +45,6 @@ def _delete(inv: Invocation, root: RuntimeRoot, module: Any) -> None:
     delete.command = "delete"
     delete.flags = {"--force": ""}
     delete.positionals = [rec.id]
-    module.command(delete, root, rec)
+    from .commands import run
+
+    run(delete, root, rec, module)

@@ -23,18 +23,19 @@ import socket
 import sys
 import time
 
-from bareboat import proc
 from bareboat.errors import BackendError, ContainerError, UsageError
 from bareboat.proc import start_time
-from bareboat.sandbox.status import Status
+from bareboat.sandbox.status import Status, alive
 from bareboat.sandboxdir import SandboxDir
 
 from .records import Record, RuntimeRoot
 
 TYPE_CHECKING = False  # typing costs import time on every call; mypy treats this as true
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable
     from typing import Any
+
+    from bareboat.sandbox.supervisor import SupervisorPlan
 
     from .args import Invocation
 
@@ -126,16 +127,6 @@ def new_state(pid: int, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
         "annotations": config.get("annotations") or {},
         **extra,
     }
-
-
-def _process(st: dict[str, Any]) -> tuple[int | None, int | None]:
-    """The state's process: its pid and start time (None, None when it has none)."""
-    pid, start = int(st.get("pid") or 0), str(st.get("start_time") or "")
-    return (pid, int(start)) if pid > 0 and start.isdigit() else (None, None)
-
-
-def alive(st: dict[str, Any]) -> bool:
-    return proc.alive(*_process(st))
 
 
 def status_of(root: RuntimeRoot, rec: Record, st: dict[str, Any]) -> Status:
@@ -274,10 +265,6 @@ def release(root: RuntimeRoot, rec: Record) -> None:
     run_hooks("poststart", hooks_of(load_config(rec), "poststart"), state_of(root, rec))
 
 
-def wait_gone(st: dict[str, Any], timeout: float = 10.0) -> bool:
-    return proc.wait_exit(*_process(st), timeout)
-
-
 def forget(root: RuntimeRoot, rec: Record, st: dict[str, Any]) -> None:
     """The tail of `delete`: remove the state and record, then run poststop hooks."""
     import shutil
@@ -362,22 +349,22 @@ def finish_create(
         raise
 
 
-def dispatch(
+def create_gate(
     inv: Invocation,
     root: RuntimeRoot,
-    rec: Record,
-    handlers: Mapping[str, Callable[[Invocation, RuntimeRoot, Record], int]],
     isolation: str,
-) -> int:
-    """`state` and `start` are the same for every gate isolation; the rest is theirs."""
-    from bareboat.errors import BackendUnavailable
+    bundle: str,
+    config: dict[str, Any],
+    plan_for: Callable[[int | None], SupervisorPlan],
+    *,
+    after_fork: Callable[[int], None] | None = None,
+    extra: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """The tail of every gate isolation's `create`: the fifo and the console, the gate
+    (`plan_for(pty slave)`) forked and set up, then `finish_create`."""
+    from bareboat.sandbox.supervisor import fork_gate
 
-    if inv.command == "state":
-        return print_state(root, rec)
-    if inv.command == "start":
-        release(root, rec)
-        return 0
-    handler = handlers.get(inv.command)
-    if handler is None:
-        raise BackendUnavailable(f"{inv.command} is not supported for {isolation} isolation")
-    return handler(inv, root, rec)
+    fifo = make_gate(state_dir(root, inv.id))
+    master, slave = console_pair(inv, config.get("process") or {})
+    pid = fork_gate(plan_for(slave), fifo, master, slave, after_fork=after_fork)
+    finish_create(inv, root, Record(inv.id, isolation, bundle), config, pid, master, extra=extra)

@@ -28,7 +28,8 @@ VERSION = "0.1.0"
 SPEC_VERSION = "1.0.2-dev"
 
 # Isolations bareboat runs itself under the OCI contract, each a module of this package with
-# `create(inv, root, bundle, config)` and `command(inv, root, rec)`; `container` goes to runc.
+# `create(inv, root, bundle, config)` and `exec_in(inv, root, rec)` (its other calls are
+# runtime/commands.py's, over its sandbox's operations); `container` goes to runc.
 OWN = {"process": "process", "microvm": "vm", "wasm": "wasm"}
 SUPPORTED = ("container", *OWN)
 
@@ -88,7 +89,9 @@ def dispatch(inv: args.Invocation, argv0: str) -> int:
         return _delegate(inv, root)
     if iso in OWN:
         assert rec is not None
-        return int(_module(iso).command(inv, root, rec))
+        from .commands import run
+
+        return run(inv, root, rec, _module(iso))
     raise BackendUnavailable(f"container {cid}: isolation {iso} cannot be driven here")
 
 

@@ -20,20 +20,21 @@ merely share something with the gate: before `start` the gate's root is the host
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 from typing import Any
 
-from bareboat.errors import BackendUnavailable, ContainerError
-from bareboat.proc import parse_signal, wait_status_to_code
+from bareboat.proc import wait_status_to_code
 from bareboat.sandbox import procgroup
 from bareboat.sandbox.status import Status
 
 from . import lifecycle as lc
 from .args import Invocation
 from .records import Record, RuntimeRoot
+
+TYPE_CHECKING = False  # typing costs import time on every call; mypy treats this as true
+if TYPE_CHECKING:
+    from bareboat.sandbox.supervisor import SupervisorPlan
 
 
 def user_ids(process: dict[str, Any]) -> tuple[int, int, list[int]]:
@@ -84,32 +85,37 @@ def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, An
     def body(sdir: str) -> int:
         process = lc.process_of(config)
         rootfs = lc.rootfs_of(bundle, config)
-        cgroup = procgroup.create(inv.id)
+        cgroup = [procgroup.create(inv.id)]
+
+        def move(pid: int) -> None:
+            # The gate forks nothing before `start`, so it can be moved into its cgroup now,
+            # while it sets itself up: a move took 5-30 ms here (median 13 ms), hidden behind
+            # the gate's imports and mounts instead of added to them.
+            if cgroup[0] is not None and not procgroup.move(cgroup[0], pid):
+                procgroup.remove(cgroup[0])  # the fallback of sandbox.process.pids serves
+                cgroup[0] = None
+
         try:
-            return _create(inv, root, bundle, config, process, rootfs, sdir, cgroup)
+            lc.create_gate(
+                inv, root, "process", bundle, config,
+                lambda slave: _gate(config, process, rootfs, slave), after_fork=move,
+                extra=lambda: {"cgroup": cgroup[0]} if cgroup[0] is not None else {},
+            )  # fmt: skip
         except BaseException:
-            if cgroup is not None:
-                procgroup.remove(cgroup)  # the gate, if any, is dead and reaped by now
+            if cgroup[0] is not None:
+                procgroup.remove(cgroup[0])  # the gate, if any, is dead and reaped by now
             raise
+        return 0
 
     return lc.create_in_state_dir(inv, root, body)
 
 
-def _create(
-    inv: Invocation,
-    root: RuntimeRoot,
-    bundle: str,
-    config: dict[str, Any],
-    process: dict[str, Any],
-    rootfs: str,
-    sdir: str,
-    cgroup: str | None,
-) -> int:
+def _gate(
+    config: dict[str, Any], process: dict[str, Any], rootfs: str, slave: int | None
+) -> SupervisorPlan:
+    """The gate sets up the mounts and network, then becomes the workload at `start`."""
     from bareboat.sandbox.process import apply_mounts
-    from bareboat.sandbox.supervisor import SupervisorPlan, fork_gate
-
-    fifo = lc.make_gate(sdir)
-    master, slave = lc.console_pair(inv, process)
+    from bareboat.sandbox.supervisor import SupervisorPlan
 
     def setup() -> None:
         if slave is not None:
@@ -125,148 +131,21 @@ def _create(
         _exec(process)  # the gate becomes the workload
         return 126
 
-    joined = []
-
-    def move(pid: int) -> None:
-        # The gate forks nothing before `start`, so it can be moved into its cgroup now,
-        # while it sets itself up: a move took 5-30 ms here (median 13 ms), hidden behind
-        # the gate's imports and mounts instead of added to them.
-        joined.append(cgroup is not None and procgroup.move(cgroup, pid))
-
-    plan = SupervisorPlan(
+    return SupervisorPlan(
         setup, run, report_at_exec=True, what="the container's process",
         error_prefix="process isolation: cannot set up the container: ",
     )  # fmt: skip
-    pid = fork_gate(plan, fifo, master, slave, after_fork=move)
-    if cgroup is not None and not joined[0]:
-        procgroup.remove(cgroup)  # the fallback of container_pids serves
-        cgroup = None
-    extra = {"cgroup": cgroup} if cgroup is not None else {}
-    rec = Record(inv.id, "process", bundle)
-    lc.finish_create(inv, root, rec, config, pid, master, extra=lambda: extra)
-    return 0
 
 
-# --- the other commands ----------------------------------------------------------------------
+# --- exec --------------------------------------------------------------------------------------
 
 
-def command(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return lc.dispatch(inv, root, rec, _COMMANDS, "process")
-
-
-def _cgroup(st: dict[str, Any]) -> str | None:
-    return procgroup.owned(st.get("cgroup"))
-
-
-def container_pids(st: dict[str, Any]) -> list[int]:
-    """The container's processes: its cgroup's members (the workload, its execs, whatever
-    they started). Without a cgroup: the gate and, once it has chrooted, the processes whose
-    root is its root, never one whose root is ours (before `start` the gate's root is the
-    host's, which nearly every process on the host shares)."""
-    cgroup = _cgroup(st)
-    if cgroup is not None:
-        return procgroup.members(cgroup)
-    if not lc.alive(st):
-        return []
-    pid = int(st["pid"])
-    try:
-        ref = os.stat(f"/proc/{pid}/root")
-        own = os.stat("/proc/self/root")
-    except OSError:
-        return [pid]
-    if (ref.st_dev, ref.st_ino) == (own.st_dev, own.st_ino):
-        return [pid]  # not chrooted yet: it alone is the container
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                s = os.stat(f"/proc/{name}/root")
-            except OSError:
-                continue
-            if (s.st_dev, s.st_ino) == (ref.st_dev, ref.st_ino):
-                pids.append(int(name))
-    return sorted(pids)
-
-
-def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    sig = parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
-    st = lc.read_state(root, rec.id)
-    cgroup = _cgroup(st)
-    if inv.has("--all") and cgroup is not None and procgroup.members(cgroup):
-        # Also what outlived the workload of a stopped container, as runc's kill --all.
-        procgroup.signal_all(cgroup, sig)
-        return 0
-    if not lc.alive(st):
-        raise ContainerError(f"cannot kill container {rec.id}: container not running")
-    targets = container_pids(st) if inv.has("--all") else [int(st["pid"])]
-    for pid in targets:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-    return 0
-
-
-def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    st = lc.deletable(inv, root, rec)
-    cgroup = _cgroup(st)
-    if cgroup is not None:
-        # Everything of the container, also what a stopped workload left running.
-        procgroup.signal_all(cgroup, signal.SIGKILL)
-    elif lc.alive(st):
-        for pid in container_pids(st):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    lc.wait_gone(st)
-    if cgroup is not None:
-        procgroup.remove(cgroup)
-    lc.forget(root, rec, st)
-    return 0
-
-
-def _signal_all(inv: Invocation, root: RuntimeRoot, rec: Record, sig: int, flag: bool) -> int:
-    st = lc.require(root, rec, Status.RUNNING, Status.PAUSED, action="pause or resume it")
-    cgroup = _cgroup(st)
-    # The freezer where there is one: no member can fork past it, and a process the
-    # workload stopped itself stays stopped after resume.
-    if cgroup is None or not procgroup.freeze(cgroup, flag):
-        for pid in container_pids(st):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-    lc.set_paused(root, rec.id, flag)
-    return 0
-
-
-def _pause(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return _signal_all(inv, root, rec, signal.SIGSTOP, True)
-
-
-def _resume(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return _signal_all(inv, root, rec, signal.SIGCONT, False)
-
-
-def print_pids(inv: Invocation, pids: list[int]) -> int:
-    if inv.flag("--format") == "json":
-        print(json.dumps(pids))
-    else:
-        print("PID")
-        for pid in pids:
-            print(pid)
-    return 0
-
-
-def _ps(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return print_pids(inv, container_pids(lc.read_state(root, rec.id)))
-
-
-def _update(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    raise BackendUnavailable("process isolation has no cgroups: nothing can be updated")
-
-
-def _exec_cmd(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
+def exec_in(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     st = lc.require(root, rec, Status.RUNNING, action="exec in it (it is not running)")
     process = lc.exec_process(inv)
     ctr_root = f"/proc/{int(st['pid'])}/root"
     master, slave = lc.console_pair(inv, process)
-    cgroup = _cgroup(st)
+    cgroup = procgroup.owned(st.get("cgroup"))
     pid = os.fork()
     if pid == 0:
         try:
@@ -329,14 +208,3 @@ def _tie_to_workload(main: int, child: int) -> None:
     os.waitpid(watcher, 0)
     os.close(main_fd)
     os.close(child_fd)
-
-
-_COMMANDS = {
-    "kill": _kill,
-    "delete": _delete,
-    "pause": _pause,
-    "resume": _resume,
-    "ps": _ps,
-    "update": _update,
-    "exec": _exec_cmd,
-}

@@ -16,9 +16,10 @@ kernel and init, booted from the bundle's rootfs.
   forked exec gate relays it and carries its status), `pause`/`resume` stop and continue the
   vCPUs over QMP, `delete --force` kills the gate and QEMU and removes every file.
 
-The VM itself is `bareboat.sandbox.microvm`'s: this module keeps the OCI contract (flags, the
-console socket, the pid file, hooks, status) and imports nothing heavy for `state`, `start`,
-`kill`, `delete` and `ps` (podman and the shim make them several times per container).
+The VM itself is `bareboat.sandbox.microvm`'s: this module keeps `create` and `exec` under
+the OCI contract (flags, the console socket, the pid file, hooks); `kill`, `delete`, `pause`,
+`resume`, `ps` and `update` are runtime/commands.py's, over the sandbox's operations, and
+import nothing heavy (podman and the shim make them several times per container).
 
 The rootfs is read at `create`: the guest writes to its own tmpfs layer, not back into the
 client's rootfs (volumes, shared over 9p, are how files come back). A rootfs that is an
@@ -31,10 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 
-from bareboat.errors import ContainerError
-from bareboat.proc import FORWARDED_SIGNALS, parse_signal
 from bareboat.sandbox import microvm
 from bareboat.sandbox.status import Status
 
@@ -44,6 +42,8 @@ from .records import Record, RuntimeRoot
 TYPE_CHECKING = False  # typing costs import time on every call; mypy treats this as true
 if TYPE_CHECKING:
     from typing import Any
+
+    from bareboat.sandbox.supervisor import SupervisorPlan
 
     from .args import Invocation
 
@@ -62,7 +62,22 @@ def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, An
         lc.process_of(config)
         vm = microvm.VmSandbox(inv.id, bundle, sdir, config, lc.rootfs_of(bundle, config))
         sandbox.append(vm)
-        return _create(inv, root, bundle, config, vm)
+        vm.plan()  # every check that can fail before a VM exists
+        # The cgroups the gate joins (the cpu one first), for update and delete to find.
+        cgroups = {"cgroups": vm.cgroups()}
+
+        def record(pid: int) -> None:
+            # Recorded at once: a `delete --force` after this `create` was killed mid-boot
+            # finds the gate (and with it QEMU) to kill.
+            lc.write_state(root, inv.id, lc.new_state(pid, config, **cgroups))
+
+        def gate(slave: int | None) -> SupervisorPlan:
+            return vm.supervisor(slave, os.getpid(), lambda: lc.enter_network(config))
+
+        # On a failure the gate is killed, and QEMU with it; `undo` removes the cgroups after.
+        lc.create_gate(inv, root, "microvm", bundle, config, gate, after_fork=record,
+                       extra=lambda: cgroups)  # fmt: skip
+        return 0
 
     def undo() -> None:  # the VM's cgroups and sockets live outside the state dir
         if sandbox:
@@ -72,144 +87,10 @@ def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, An
     return lc.create_in_state_dir(inv, root, body, undo)
 
 
-def _create(
-    inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any], vm: microvm.VmSandbox
-) -> int:
-    from bareboat.sandbox.supervisor import fork_gate
-
-    vm.plan()  # every check that can fail before a VM exists
-    fifo = lc.make_gate(vm.files.sandbox)
-    master, slave = lc.console_pair(inv, config.get("process") or {})
-    # The cgroups the gate joins (the cpu one first), for update and delete to find.
-    cgroups = {"cgroups": vm.cgroups()}
-
-    def record(pid: int) -> None:
-        # Recorded at once: a `delete --force` after this `create` was killed mid-boot
-        # finds the gate (and with it QEMU) to kill.
-        lc.write_state(root, inv.id, lc.new_state(pid, config, **cgroups))
-
-    gate = vm.supervisor(slave, os.getpid(), lambda: lc.enter_network(config))
-    pid = fork_gate(gate, fifo, master, slave, after_fork=record)
-    try:
-        # Killing the gate on failure kills QEMU with it; the cgroups go after.
-        lc.finish_create(inv, root, Record(inv.id, "microvm", bundle), config, pid, master,
-                         extra=lambda: cgroups)  # fmt: skip
-    except BaseException:
-        vm.drop_cgroups()
-        raise
-    return 0
+# --- exec --------------------------------------------------------------------------------------
 
 
-# --- the other commands ------------------------------------------------------------------------
-
-
-def command(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return lc.dispatch(inv, root, rec, _COMMANDS, "microvm")
-
-
-def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    sig = parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
-    st = lc.read_state(root, rec.id)
-    status = lc.status_of(root, rec, st)
-    if status is Status.EXITED:
-        raise ContainerError(f"cannot kill container {rec.id}: container not running")
-    if status is Status.CREATED or sig == signal.SIGKILL or sig in FORWARDED_SIGNALS:
-        # No workload yet, or a kill that must not depend on the guest: end the gate, and
-        # QEMU with it. A running gate passes the common signals on to the workload itself,
-        # which spares this call the control client's imports.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(st["pid"]), sig)
-        return 0
-    microvm.send_signal(_files(root, rec.id), sig)
-    return 0
-
-
-def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    st = lc.deletable(inv, root, rec)
-    if lc.alive(st):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(st["pid"]), signal.SIGKILL)
-        lc.wait_gone(st)
-    microvm.destroy(_files(root, rec.id), list(st.get("cgroups") or []))
-    lc.forget(root, rec, st)
-    return 0
-
-
-def _control(root: RuntimeRoot, rec: Record, pause: bool) -> int:
-    lc.require(root, rec, Status.RUNNING, Status.PAUSED,
-               action="pause or resume it (it is not running)")  # fmt: skip
-    microvm.set_paused(_files(root, rec.id), pause)
-    lc.set_paused(root, rec.id, pause)
-    return 0
-
-
-def _pause(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return _control(root, rec, True)
-
-
-def _resume(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return _control(root, rec, False)
-
-
-def _ps(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    from .process import print_pids
-
-    st = lc.read_state(root, rec.id)
-    gate = int(st["pid"]) if lc.alive(st) else None
-    return print_pids(inv, microvm.host_pids(_files(root, rec.id), gate))
-
-
-def _update(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    """The VM's host CPU limits (its QEMU's cgroup); its RAM and vCPUs are fixed at boot."""
-    st = lc.require(root, rec, Status.CREATED, Status.RUNNING, Status.PAUSED, action="update it")
-    booted = (lc.load_config(rec).get("linux") or {}).get("resources") or {}
-    cgroups = list(st.get("cgroups") or [])
-    microvm.update_cpu(cgroups, _update_resources(inv), booted, f"container {rec.id}")
-    return 0
-
-
-def _update_resources(inv: Invocation) -> dict[str, Any]:
-    """LinuxResources from `--resources FILE|-`, else from runc's flags."""
-    import json
-    import sys
-
-    from bareboat.errors import UsageError
-
-    source = inv.flag("--resources")
-    if source:
-        try:
-            if source == "-":
-                data = json.load(sys.stdin)
-            else:
-                with open(source, "rb") as f:
-                    data = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"update: cannot read resources from {source}: {e}") from None
-        if not isinstance(data, dict):
-            raise UsageError("update: resources must be a JSON object")
-        return data
-    cpu: dict[str, int] = {}
-    for flag, key in (
-        ("--cpu-quota", "quota"),
-        ("--cpu-period", "period"),
-        ("--cpu-share", "shares"),
-    ):
-        if inv.flag(flag):
-            try:
-                cpu[key] = int(inv.flag(flag))
-            except ValueError:
-                raise UsageError(f"update: {flag} must be an integer") from None
-    memory = {"limit": _size(inv.flag("--memory"))} if inv.flag("--memory") else {}
-    return {"cpu": cpu, "memory": memory}
-
-
-def _size(text: str) -> int:
-    from bareboat.spec.parse import parse_memory
-
-    return parse_memory(text)
-
-
-def _exec(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
+def exec_in(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     import sys
 
     lc.require(root, rec, Status.RUNNING, action="exec in it (it is not running)")
@@ -284,14 +165,3 @@ def _exec_error(msg: str, code: int) -> str:
     elif code == 126 and "permission denied" not in msg.lower():
         msg += ": permission denied"
     return f"exec failed: {msg}"
-
-
-_COMMANDS = {
-    "kill": _kill,
-    "delete": _delete,
-    "pause": _pause,
-    "resume": _resume,
-    "ps": _ps,
-    "update": _update,
-    "exec": _exec,
-}

@@ -18,13 +18,9 @@ in its rootfs, run by wasmtime in the gate process.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 
-from bareboat.errors import BackendUnavailable, ContainerError
-from bareboat.proc import parse_signal
-from bareboat.sandbox.status import Status
+from bareboat.errors import BackendUnavailable
 
 from . import lifecycle as lc
 from .records import Record, RuntimeRoot
@@ -33,6 +29,7 @@ TYPE_CHECKING = False  # typing and contextlib cost import time on every call; m
 if TYPE_CHECKING:
     from typing import Any
 
+    from bareboat.sandbox.supervisor import SupervisorPlan
     from bareboat.sandbox.wasm import ModuleCache, WasmPlan
 
     from .args import Invocation
@@ -44,35 +41,24 @@ ISOLATION = "wasm"
 
 
 def create(inv: Invocation, root: RuntimeRoot, bundle: str, config: dict[str, Any]) -> int:
-    process = config.get("process") or {}
+    from bareboat.sandbox import wasm
 
     def body(sdir: str) -> int:
-        from bareboat.sandbox.wasm import compile_plan
-
         rootfs = lc.rootfs_of(bundle, config)
-        plan, cache = compile_plan(config, rootfs, os.path.join(sdir, "tmpfs"))
-        return _create(inv, root, bundle, config, process, sdir, plan, cache)
+        plan, cache = wasm.compile_plan(config, rootfs, os.path.join(sdir, "tmpfs"))
+        wasm.load_runner()  # before the fork: the gate has nothing left to import after `start`
+        lc.create_gate(
+            inv, root, ISOLATION, bundle, config, lambda slave: _gate(plan, cache, slave)
+        )
+        return 0
 
     return lc.create_in_state_dir(inv, root, body)
 
 
-def _create(
-    inv: Invocation,
-    root: RuntimeRoot,
-    bundle: str,
-    config: dict[str, Any],
-    process: dict[str, Any],
-    sdir: str,
-    plan: WasmPlan,
-    cache: ModuleCache,
-) -> int:
+def _gate(plan: WasmPlan, cache: ModuleCache, slave: int | None) -> SupervisorPlan:
+    """The gate runs the module itself, with the pty as stdio when there is one."""
     from bareboat.sandbox import wasm
-    from bareboat.sandbox.supervisor import SupervisorPlan, fork_gate
-
-    wasm.load_runner()  # before the fork: the gate has nothing left to import after `start`
-
-    fifo = lc.make_gate(sdir)
-    master, slave = lc.console_pair(inv, process)
+    from bareboat.sandbox.supervisor import SupervisorPlan
 
     def setup() -> None:
         wasm.default_signals()  # a signal must end the module at once, as for a native process
@@ -83,10 +69,7 @@ def _create(
             wasm.watchdog(plan.limits.timeout)
         return wasm.run(plan, cache)
 
-    gate = SupervisorPlan(setup, run, close_inherited=True, what="the module's gate")
-    pid = fork_gate(gate, fifo, master, slave)
-    lc.finish_create(inv, root, Record(inv.id, ISOLATION, bundle), config, pid, master)
-    return 0
+    return SupervisorPlan(setup, run, close_inherited=True, what="the module's gate")
 
 
 def _own_stdio(slave: int | None) -> None:
@@ -101,86 +84,10 @@ def _own_stdio(slave: int | None) -> None:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-# --- the other commands ----------------------------------------------------------------------
+# --- exec --------------------------------------------------------------------------------------
 
 
-def command(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return lc.dispatch(inv, root, rec, _COMMANDS, ISOLATION)
-
-
-def _gate_pids(st: dict[str, Any]) -> list[int]:
-    """The container's processes: the gate alone (a module cannot start others)."""
-    return [int(st["pid"])] if lc.alive(st) else []
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:  # noqa: SIM105 - contextlib costs import time here
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass  # gone between the liveness check and now: nothing left to signal
-
-
-def _kill(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    sig = parse_signal(inv.positionals[1] if len(inv.positionals) > 1 else "SIGTERM")
-    st = lc.read_state(root, rec.id)
-    if not lc.alive(st):
-        raise ContainerError(f"cannot kill container {rec.id}: container not running")
-    _signal(int(st["pid"]), sig)
-    return 0
-
-
-def _delete(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    st = lc.deletable(inv, root, rec)
-    for pid in _gate_pids(st):
-        _signal(pid, signal.SIGKILL)
-    lc.wait_gone(st)
-    lc.forget(root, rec, st)
-    return 0
-
-
-def _signal_gate(root: RuntimeRoot, rec: Record, sig: int, paused: bool) -> int:
-    st = lc.require(root, rec, Status.RUNNING, Status.PAUSED, action="pause or resume it")
-    for pid in _gate_pids(st):
-        _signal(pid, sig)
-    lc.set_paused(root, rec.id, paused)
-    return 0
-
-
-def _pause(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return _signal_gate(root, rec, signal.SIGSTOP, True)
-
-
-def _resume(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    return _signal_gate(root, rec, signal.SIGCONT, False)
-
-
-def _ps(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    pids = _gate_pids(lc.read_state(root, rec.id))
-    if inv.flag("--format") == "json":
-        print(json.dumps(pids))
-    else:
-        print("PID")
-        for pid in pids:
-            print(pid)
-    return 0
-
-
-def _update(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
-    raise BackendUnavailable("wasm isolation has no cgroups: nothing can be updated")
-
-
-def _exec(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
+def exec_in(inv: Invocation, root: RuntimeRoot, rec: Record) -> int:
     raise BackendUnavailable(
         "exec is not possible with wasm isolation: a Wasm sandbox runs one module, no processes"
     )
-
-
-_COMMANDS = {
-    "kill": _kill,
-    "delete": _delete,
-    "pause": _pause,
-    "resume": _resume,
-    "ps": _ps,
-    "update": _update,
-    "exec": _exec,
-}

@@ -1,7 +1,7 @@
 """A microVM sandbox under the OCI contract, over the microVM backend's public API: the VM
 planned from a client's bundle, its supervisor (the gate: boot to HELLO at `create`, START at
-`start`, relay until the VM is off), and the calls on a running one (signal, pause, exec,
-CPU update, destroy).
+`start`, relay until the VM is off), its operations (`sandbox.oci`: signal, pause, host pids,
+CPU update, destroy) and exec sessions.
 
 The calls that podman and the containerd shim make several times per container (`kill`,
 `pause`, `resume`, `ps`, `delete`) import only `os` and the backend's small modules (the
@@ -13,7 +13,10 @@ from __future__ import annotations
 import os
 import signal
 
+from bareboat.proc import signal_each
 from bareboat.sandboxdir import CONTROL_SOCKET, SandboxDir, short_socket_dir
+
+from .status import Status, alive, wait_gone
 
 TYPE_CHECKING = False  # typing costs import time on every call; mypy treats this as true
 if TYPE_CHECKING:
@@ -60,46 +63,57 @@ class VmFiles:
         return VmDir(Path(self.path), Path(self.sockets))
 
 
-# --- a running VM ---------------------------------------------------------------------------
+# --- operations (sandbox.oci) -------------------------------------------------------------------
 
 
-def send_signal(files: VmFiles, sig: int) -> None:
-    """`sig` to the workload, through the hub's control socket."""
+def pids(sandbox: str, st: dict[str, Any]) -> list[int]:
+    """The sandbox's host processes: its gate and the gate's QEMU (a guest's processes have no
+    host pids)."""
+    from bareboat.proc import start_time
+
+    if not alive(st):
+        return []
+    found = [int(st["pid"])]
+    qemu = VmFiles(sandbox).qemu_pid()
+    if qemu and start_time(qemu) is not None:
+        found.append(qemu)
+    return found
+
+
+def kill(sandbox: str, st: dict[str, Any], status: Status, sig: int, everything: bool) -> bool:
+    from bareboat.proc import FORWARDED_SIGNALS
+
+    if status is Status.EXITED:
+        return False
+    if status is Status.CREATED or sig == signal.SIGKILL or sig in FORWARDED_SIGNALS:
+        # No workload yet, or a kill that must not depend on the guest: end the gate, and
+        # QEMU with it. A running gate passes the common signals on to the workload itself,
+        # which spares this call the control client's imports.
+        signal_each([int(st["pid"])], sig)
+        return True
     from bareboat.backends.microvm.control import CtlClient
 
-    with CtlClient(files.ctl) as c:
+    with CtlClient(VmFiles(sandbox).ctl) as c:
         c.signal(sig)
+    return True
 
 
-def set_paused(files: VmFiles, paused: bool) -> None:
+def set_paused(sandbox: str, st: dict[str, Any], paused: bool) -> None:
     """Stop or continue the VM's vCPUs (the guest never hears of it)."""
     from bareboat.backends.microvm.control import CtlClient
 
-    with CtlClient(files.ctl, timeout=30.0) as c:
+    with CtlClient(VmFiles(sandbox).ctl, timeout=30.0) as c:
         if paused:
             c.pause()
         else:
             c.resume()
 
 
-def host_pids(files: VmFiles, gate: int | None) -> list[int]:
-    """The sandbox's host processes: its gate and the gate's QEMU (a guest's processes have no
-    host pids)."""
-    from bareboat.proc import start_time
-
-    pids = [gate] if gate else []
-    qemu = files.qemu_pid()
-    if pids and qemu and start_time(qemu) is not None:
-        pids.append(qemu)
-    return pids
-
-
-def update_cpu(
-    cgroups: list[str], resources: dict[str, Any], booted: dict[str, Any], name: str
+def update(
+    sandbox: str, st: dict[str, Any], resources: dict[str, Any], booted: dict[str, Any], name: str
 ) -> None:
-    """The VM's host CPU limits (its QEMU's cgroup, the first of `cgroups`) from OCI
-    `resources`; its RAM and vCPUs are fixed at boot (`booted`: the bundle's resources).
-    `name` names the sandbox in an error."""
+    """The VM's host CPU limits (its QEMU's cgroup, the first of the state's cgroups); its RAM
+    and vCPUs are fixed at boot (`booted`: the bundle's resources)."""
     from pathlib import Path
 
     from bareboat.backends.microvm import hostcgroup
@@ -111,6 +125,7 @@ def update_cpu(
             "microvm isolation: a VM's memory is fixed when it boots; only CPU can be updated"
         )
     limits = hostcgroup.cpu_limits(resources)
+    cgroups = list(st.get("cgroups") or [])
     if not cgroups:
         if limits.empty:
             return
@@ -118,22 +133,25 @@ def update_cpu(
     hostcgroup.apply(Path(cgroups[0]), limits)
 
 
-def destroy(files: VmFiles, cgroups: list[str]) -> None:
-    """After the gate is dead: a QEMU that outlived it (PR_SET_PDEATHSIG is asynchronous), the
-    VMM's uid lease and jail cgroups, the container's cgroups, and every file of the VM."""
+def destroy(sandbox: str, st: dict[str, Any]) -> None:
+    """The gate (QEMU dies with it), a QEMU that outlived it (PR_SET_PDEATHSIG is
+    asynchronous), the VMM's uid lease and jail cgroups, the container's cgroups, and every
+    file of the VM."""
     import time
 
+    if alive(st):
+        signal_each([int(st["pid"])], signal.SIGKILL)
+        wait_gone(st)
+    files = VmFiles(sandbox)
     pid = files.qemu_pid()
     deadline = time.monotonic() + 10
     while pid and files.is_our_qemu(pid) and time.monotonic() < deadline:
-        try:  # noqa: SIM105 - contextlib costs import time here
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        signal_each([pid], signal.SIGKILL)
         time.sleep(0.01)
     from bareboat.backends.microvm.vmproc import release_vmm, remove_vmm_cgroups_under
 
     release_vmm(files.path)
+    cgroups = list(st.get("cgroups") or [])
     if cgroups:
         from pathlib import Path
 

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from enum import StrEnum  # `enum` is loaded already: `signal` imports it on every call
 
+from bareboat import proc
+
+TYPE_CHECKING = False  # typing costs import time on every call; mypy treats this as true
+if TYPE_CHECKING:
+    from typing import Any
+
 
 class Status(StrEnum):
     CREATED = "created"
@@ -38,3 +44,20 @@ def check_transition(sandbox: str, current: Status, wanted: Status) -> None:
 
     if wanted not in TRANSITIONS[current]:
         raise InvalidStateTransition(sandbox, current.value, wanted.value)
+
+
+# --- whether a sandbox's supervisor lives, from its state record (`state.json`) ---------------
+
+
+def supervisor(st: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The state record's supervisor: its pid and start time (None, None when it has none)."""
+    pid, start = int(st.get("pid") or 0), str(st.get("start_time") or "")
+    return (pid, int(start)) if pid > 0 and start.isdigit() else (None, None)
+
+
+def alive(st: dict[str, Any]) -> bool:
+    return proc.alive(*supervisor(st))
+
+
+def wait_gone(st: dict[str, Any], timeout: float = 10.0) -> bool:
+    return proc.wait_exit(*supervisor(st), timeout)

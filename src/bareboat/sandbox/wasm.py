@@ -1,12 +1,17 @@
 """A `wasm` sandbox under the OCI contract: the bundle's entrypoint, a WASI preview 1 module in
 its rootfs, planned and compiled at `create` and run by wasmtime in the gate (over the wasm
-backend's public API)."""
+backend's public API). The gate is the sandbox's one process: a module cannot start others.
+Its operations (`sandbox.oci`) never import wasmtime."""
 
 from __future__ import annotations
 
 import os
+import signal
 
 from bareboat.errors import WasmError
+from bareboat.proc import signal_each
+
+from .status import alive, wait_gone
 
 TYPE_CHECKING = False  # typing costs import time on every call; mypy treats this as true
 if TYPE_CHECKING:
@@ -14,6 +19,8 @@ if TYPE_CHECKING:
 
     from bareboat.backends.wasm.cache import ModuleCache as ModuleCache  # for front ends
     from bareboat.backends.wasm.plan import WasmPlan as WasmPlan
+
+    from .status import Status
 
 # Mounts a client adds to every container that a module cannot use (WASI preopens are
 # directories): podman's container marker file. /etc/{hostname,hosts,resolv.conf} and the
@@ -100,3 +107,33 @@ def watchdog(timeout: float) -> None:
     timer = threading.Timer(timeout + TIMEOUT_GRACE, expire)
     timer.daemon = True
     timer.start()
+
+
+# --- operations (sandbox.oci) -------------------------------------------------------------------
+
+
+def pids(sandbox: str, st: dict[str, Any]) -> list[int]:
+    return [int(st["pid"])] if alive(st) else []
+
+
+def kill(sandbox: str, st: dict[str, Any], status: Status, sig: int, everything: bool) -> bool:
+    gate = pids(sandbox, st)
+    signal_each(gate, sig)
+    return bool(gate)
+
+
+def set_paused(sandbox: str, st: dict[str, Any], paused: bool) -> None:
+    signal_each(pids(sandbox, st), signal.SIGSTOP if paused else signal.SIGCONT)
+
+
+def destroy(sandbox: str, st: dict[str, Any]) -> None:
+    signal_each(pids(sandbox, st), signal.SIGKILL)
+    wait_gone(st)
+
+
+def update(
+    sandbox: str, st: dict[str, Any], resources: dict[str, Any], booted: dict[str, Any], name: str
+) -> None:
+    from bareboat.errors import BackendUnavailable
+
+    raise BackendUnavailable("wasm isolation has no cgroups: nothing can be updated")

@@ -56,7 +56,15 @@ from bareboat.errors import (
 from bareboat.fsutil import atomic_write, atomic_write_text
 from bareboat.paths import Roots
 from bareboat.privdir import private_dir
-from bareboat.sandboxdir import CONTROL_SOCKET, VM_RECORD, SandboxDir, short_socket_dir
+from bareboat.sandboxdir import (
+    AGENT_SOCKET,
+    CONTROL_SOCKET,
+    QMP_SOCKET,
+    VM_RECORD,
+    FileIn,
+    SandboxDir,
+    short_socket_dir,
+)
 from bareboat.spec.defaults import NETWORK_ANNOTATION, PUBLISH_ANNOTATION
 from bareboat.spec.options import PortMapping
 
@@ -116,41 +124,15 @@ class VmDir:
     path: Path
     sockets: Path
 
-    @property
-    def qmp(self) -> Path:
-        return self.sockets / "qmp.sock"
-
-    @property
-    def agent(self) -> Path:
-        return self.sockets / "agent.sock"
-
-    @property
-    def ctl(self) -> Path:
-        return self.sockets / CONTROL_SOCKET
-
-    @property
-    def console(self) -> Path:
-        return self.path / "console.log"
-
-    @property
-    def qemu_log(self) -> Path:
-        return self.path / "qemu.log"
-
-    @property
-    def exit(self) -> Path:
-        return self.path / "exit.json"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.path / VM_RECORD
-
-    @property
-    def vmm_record(self) -> Path:
-        return self.path / VMM_RECORD
-
-    @property
-    def shared_files(self) -> Path:
-        return self.path / "files"  # one directory per one-file share (vmplan.shares)
+    qmp = FileIn("sockets", QMP_SOCKET)
+    agent = FileIn("sockets", AGENT_SOCKET)
+    ctl = FileIn("sockets", CONTROL_SOCKET)
+    console = FileIn("path", "console.log")
+    qemu_log = FileIn("path", "qemu.log")
+    exit = FileIn("path", "exit.json")
+    pidfile = FileIn("path", VM_RECORD)
+    vmm_record = FileIn("path", VMM_RECORD)
+    shared_files = FileIn("path", "files")  # one directory per one-file share (vmplan.shares)
 
 
 def check_shares(spec: vmspec.VmSpec) -> frozenset[str]:

@@ -49,6 +49,7 @@ from bareboat.errors import BackendError, BareboatError, TemplateError, UsageErr
 from bareboat.fsutil import atomic_write_text, exclusive_lock
 from bareboat.paths import Roots
 from bareboat.privdir import private_dir
+from bareboat.sandboxdir import AGENT_SOCKET, QMP_SOCKET, FileIn
 
 from . import vmplan
 from .vmplan import TemplateInputs as TemplateInputs  # where callers have always found it
@@ -204,13 +205,8 @@ class Template:
     def key(self) -> str:
         return self.manifest.key
 
-    @property
-    def ram(self) -> Path:
-        return self.path / RAM
-
-    @property
-    def state(self) -> Path:
-        return self.path / STATE
+    ram = FileIn("path", RAM)
+    state = FileIn("path", STATE)
 
     @property
     def memory_mib(self) -> int:
@@ -387,13 +383,8 @@ class VmFiles:
     qemu_log: Path | None = None  # QEMU's stdout/stderr (default: an anonymous temp file)
     vmm_record: Path | None = None  # where the jail notes what QEMU holds (QemuProcess)
 
-    @property
-    def qmp(self) -> Path:
-        return self.sockets / "qmp.sock"
-
-    @property
-    def agent(self) -> Path:
-        return self.sockets / "agent.sock"
+    qmp = FileIn("sockets", QMP_SOCKET)
+    agent = FileIn("sockets", AGENT_SOCKET)
 
     @property
     def console(self) -> Path:
