@@ -93,14 +93,14 @@ class ProcessView:
     mounts: tuple[tuple[str, str, str, int, str], ...]  # plan_mounts: what is mounted where
 
 
-def process_view(config: dict[str, Any], *, reads_root_readonly: bool = True) -> ProcessView:
+def process_view(config: dict[str, Any]) -> ProcessView:
     from bareboat.backends.process.backend import plan_mounts
     from bareboat.runtime.lifecycle import process_env
     from bareboat.runtime.process import user_ids
 
     process = config["process"]
     uid, gid, groups = user_ids(process)
-    readonly = bool((config.get("root") or {}).get("readonly")) and reads_root_readonly
+    readonly = bool((config.get("root") or {}).get("readonly"))
     return ProcessView(
         args=tuple(process["args"]),
         env=tuple(f"{k}={v}" for k, v in process_env(process).items()),
@@ -433,8 +433,7 @@ class PodmanFrontEnd:
                 if isolation is Isolation.CONTAINER:
                     plan: Any = config  # runc gets it as it is
                 elif isolation is Isolation.PROCESS:
-                    # runtime/process.py never remounts the root read-only (see Row.bugs)
-                    plan = process_view(config, reads_root_readonly=False)
+                    plan = process_view(config)
                 elif isolation is Isolation.WASM:
                     plan, _ = compile_plan(config, str(rootfs), str(scratch))
                 else:
@@ -573,11 +572,6 @@ USER_NET_WHY = (
     "runtime), where bareboat's VM has slirp in a namespace of its own; bareboat refuses "
     "--network user for container and process"
 )
-PROCESS_TMPFS_BUG = (
-    "plan_mounts mounts every tmpfs with no flags (both front ends' process isolation): ro, "
-    "nosuid, nodev and noexec are dropped, so --tmpfs /x:ro is writable"
-)
-
 ROWS = [
     Row("-e FOO=bar", lambda f: {"env": ("FOO=bar",)},
         {"process.env[FOO]": "bar"}, {"env[FOO]": "bar"}, {"env[FOO]": "bar"},
@@ -646,7 +640,7 @@ ROWS = [
                 "/scratch", "size=1m,mode=1777,rw,nosuid,nodev")},
         }, why="podman's --tmpfs is rw,nosuid,nodev and tmpcopyup, without docker's noexec; "
                "a VM drops tmpcopyup where the image has nothing to copy"),
-        bugs={"bareboat/process": PROCESS_TMPFS_BUG}),
+),
     Row("--tmpfs /ro:ro,exec", lambda f: {"mounts": (parse_tmpfs("/ro:ro,exec"),)},
         {"mounts[/ro]": _tmpfs("/ro", "nosuid", "nodev", "exec", "ro")},
         {"mounts[/ro]": ("tmpfs", "/ro", "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "")},
@@ -656,7 +650,7 @@ ROWS = [
                 "/ro", "ro", "exec", "rprivate", "nosuid", "nodev", "tmpcopyup")},
             Isolation.MICROVM: {"start.mounts[/ro]": _vm_tmpfs("/ro", "ro,exec,nosuid,nodev")},
         }, why="podman's --tmpfs options, in podman's order, and tmpcopyup"),
-        bugs={"bareboat/process": PROCESS_TMPFS_BUG}),
+),
     # A module's root is read-only whatever the flag says.
     Row("--read-only", lambda f: {"read_only": True},
         {"root.readonly": True}, {"readonly_root": True}, {},
@@ -680,8 +674,6 @@ ROWS = [
                                 for d in ("/run", "/tmp", "/var/tmp")},
         }, why="podman --read-only mounts a tmpfs on /run, /tmp and /var/tmp (its "
                "--read-only-tmpfs) and binds its /etc files read-only"),
-        bugs={"podman/process": "runtime/process.py never remounts the root read-only: under "
-                                "podman --read-only a process container writes to its root"}),
     # Process isolation has no cgroups: --memory, --cpus and --pids-limit reach no limit.
     Row("--memory 100m", lambda f: {"memory": 100 << 20},
         {"linux.resources.memory.limit": 100 << 20, "linux.resources.memory.swap": 100 << 20},

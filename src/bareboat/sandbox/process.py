@@ -24,15 +24,16 @@ if TYPE_CHECKING:
 
 def apply_mounts(config: dict[str, Any], rootfs: str) -> None:
     """In the gate, before it waits for `start`: the spec's mounts in a mount namespace of
-    its own, each resolved inside the rootfs (an image's symlinks never reach the host)."""
+    its own, each resolved inside the rootfs (an image's symlinks never reach the host), and
+    the root read-only if the spec asks."""
     from pathlib import Path
 
     from bareboat.backends.base import CLONE_NEWNS, MS_PRIVATE, MS_REC, mount, unshare
-    from bareboat.backends.process.backend import mount_in_root, plan_mounts
+    from bareboat.backends.process.backend import make_root
 
     unshare(CLONE_NEWNS)
     mount("none", Path("/"), "", MS_REC | MS_PRIVATE)
-    mount_in_root(Path(rootfs), plan_mounts(config))
+    make_root(Path(rootfs), config, own_mount=True)
 
 
 def _cgroup(st: dict[str, Any]) -> str | None:

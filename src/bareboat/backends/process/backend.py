@@ -22,8 +22,12 @@ from typing import Any
 
 from bareboat.backends.base import (
     MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
     MS_RDONLY,
     MS_REC,
+    MS_REMOUNT,
     BackendContext,
     Started,
     Stdio,
@@ -32,12 +36,21 @@ from bareboat.backends.base import (
 from bareboat.backends.child import ChildWorkload
 from bareboat.errors import BackendError
 
-MS_REMOUNT = 32
-
 # Kernel filesystems in the spec are replaced by binds of the host's own: this backend shares
 # the host's namespaces, so a fresh instance would show the same thing anyway.
 _HOST_BINDS = {"/proc": "/proc", "/dev": "/dev", "/sys": "/sys"}
 _SKIP = {"devpts", "mqueue", "cgroup", "cgroup2"}
+# A mount's per-mount flags, from its options (the last of `ro`/`rw` and the like wins).
+_SETS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+_CLEARS = {"rw": MS_RDONLY, "suid": MS_NOSUID, "dev": MS_NODEV, "exec": MS_NOEXEC}
+_PER_MOUNT = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+
+def mount_flags(options: list[str]) -> int:
+    flags = 0
+    for o in options:
+        flags = (flags | _SETS.get(o, 0)) & ~_CLEARS.get(o, 0)
+    return flags
 
 
 def plan_mounts(spec: dict[str, Any]) -> list[tuple[str, str, str, int, str]]:
@@ -51,11 +64,10 @@ def plan_mounts(spec: dict[str, Any]) -> list[tuple[str, str, str, int, str]]:
         elif kind in _SKIP or dest.startswith(("/dev/", "/sys/", "/proc/")):
             continue
         elif kind == "bind" or "bind" in opts or "rbind" in opts:
-            ro = MS_RDONLY if "ro" in opts else 0
-            plan.append((m["source"], dest, "", MS_BIND | MS_REC | ro, ""))
+            plan.append((m["source"], dest, "", MS_BIND | MS_REC | mount_flags(opts), ""))
         elif kind == "tmpfs":
             data = ",".join(o for o in opts if "=" in o)
-            plan.append(("tmpfs", dest, "tmpfs", 0, data))
+            plan.append(("tmpfs", dest, "tmpfs", mount_flags(opts), data))
     return plan
 
 
@@ -77,15 +89,17 @@ def mount_in_root(rootfs: Path, plan: list[tuple[str, str, str, int, str]]) -> N
                 raise BackendError(
                     f"cannot make the mount point {dest} in the container's root: {err.strerror}"
                 ) from None
+            bind = bool(flags & MS_BIND)
             try:
-                _mount_at(source, fd, dest, fstype, flags & ~MS_RDONLY, data)
+                _mount_at(source, fd, dest, fstype, flags & ~_PER_MOUNT if bind else flags, data)
             finally:
                 os.close(fd)
-            if flags & MS_RDONLY:  # a bind only becomes read-only on a remount
+            if bind and flags & _PER_MOUNT:  # a bind takes its ro, nosuid... on a remount only
                 # Looked up again: the fd above names what the bind now covers, not the bind.
                 top = openat2(rootfd, dest.lstrip("/") or ".", os.O_PATH)
                 try:
-                    _mount_at("none", top, dest, "", MS_REMOUNT | MS_BIND | MS_RDONLY, "")
+                    remount = MS_REMOUNT | MS_BIND | (flags & _PER_MOUNT)
+                    _mount_at("none", top, dest, "", remount, "")
                 finally:
                     os.close(top)
     finally:
@@ -100,10 +114,16 @@ def _mount_at(source: str, fd: int, dest: str, fstype: str, flags: int, data: st
         raise BackendError(f"cannot mount {source} on {dest}: {reason}") from None
 
 
-def _apply_mounts(ctx: BackendContext) -> None:
-    mount_in_root(ctx.rootfs, plan_mounts(ctx.spec))
-    if ctx.spec.get("root", {}).get("readonly"):
-        mount("none", ctx.rootfs, "", MS_REMOUNT | MS_BIND | MS_RDONLY)
+def make_root(rootfs: Path, spec: dict[str, Any], *, own_mount: bool = False) -> None:
+    """The container's root as the spec asks: its mounts, then read-only if `root.readonly`.
+    `own_mount`: first bind the rootfs onto itself (a plain directory cannot be remounted
+    read-only; the engine's rootfs is an overlay mount already)."""
+    readonly = bool(spec.get("root", {}).get("readonly"))
+    if own_mount and readonly:
+        mount(str(rootfs), rootfs, "", MS_BIND | MS_REC)
+    mount_in_root(rootfs, plan_mounts(spec))
+    if readonly:
+        mount("none", rootfs, "", MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
 def _user(spec: dict[str, Any]) -> tuple[int, int, list[int]]:
@@ -136,7 +156,7 @@ class ProcessBackend(ChildWorkload):
     name = "process"
 
     def create(self, ctx: BackendContext) -> None:
-        _apply_mounts(ctx)
+        make_root(ctx.rootfs, ctx.spec)
 
     def _popen(
         self, ctx: BackendContext, process: dict[str, Any], **kw: Any
