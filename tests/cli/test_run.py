@@ -246,3 +246,25 @@ def test_user_network_needs_a_vm(bb: Run, image: str, roots: Roots, isolation: s
         "(user-mode networking is for microvm; use none or host)"
     )
     assert leftovers(roots) == []
+
+
+@pytest.mark.parametrize("isolation", ["container", "process"])
+def test_mount_options_reach_the_kernel(
+    bb: Run, image: str, tmp_path: Path, isolation: str
+) -> None:
+    """--tmpfs and -v options hold under every isolation that mounts them itself: a read-only
+    tmpfs cannot be written, and docker's nosuid, nodev and noexec stay on a tmpfs (process
+    isolation once mounted every tmpfs plain rw)."""
+    volume = tmp_path / "v"
+    volume.mkdir()
+    r = bb(
+        "run", "--rm", "--isolation", isolation, "--tmpfs", "/ro:ro", "--tmpfs", "/scratch",
+        "-v", f"{volume}:/v:ro", image, "sh", "-c",
+        "! touch /ro/x 2>/dev/null && ! touch /v/x 2>/dev/null && touch /scratch/x && "
+        "grep -E ' /(ro|scratch|v) ' /proc/mounts",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    options = {line.split()[1]: set(line.split()[3].split(",")) for line in r.stdout.splitlines()}
+    assert {"ro", "nosuid", "nodev", "noexec"} <= options["/ro"]
+    assert {"rw", "nosuid", "nodev", "noexec"} <= options["/scratch"]
+    assert "ro" in options["/v"]

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from bareboat.proc import start_time
-from bareboat.runtime.process import container_pids
 from bareboat.sandbox import procgroup
+from bareboat.sandbox.process import pids as container_pids
 from tests.support.imagebuild import BUSYBOX
 
 from .conftest import Runtime, make_bundle
@@ -192,7 +192,7 @@ def test_without_a_cgroup_a_gate_not_yet_chrooted_is_alone(
     procs.append(gate)
     bystander = subprocess.Popen(["sleep", "60"])
     procs.append(bystander)
-    assert container_pids(_state_of(gate.pid)) == [gate.pid]
+    assert container_pids("", _state_of(gate.pid)) == [gate.pid]
 
 
 def test_without_a_cgroup_the_chrooted_container_is_found_by_its_root(
@@ -214,7 +214,7 @@ def test_without_a_cgroup_the_chrooted_container_is_found_by_its_root(
     deadline = time.monotonic() + 10
     while os.readlink(f"/proc/{execd.pid}/root") != str(rootfs) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert container_pids(_state_of(gate.pid)) == sorted([gate.pid, execd.pid])
+    assert container_pids("", _state_of(gate.pid)) == sorted([gate.pid, execd.pid])
 
 
 @pytest.mark.parametrize(
@@ -286,3 +286,36 @@ def test_mount_points_are_resolved_inside_the_rootfs(
     assert outside("self") == []
     assert sorted(p.name for p in host_etc.iterdir()) == ["keep"]
     assert list(host_dir.iterdir()) == []
+
+
+def test_mount_flags_and_a_read_only_root_hold(runtime: Runtime, tmp_path: Path) -> None:
+    """What podman asks with --read-only and --tmpfs /x:ro: the root and the tmpfs are
+    read-only, a tmpfs keeps nosuid, nodev and noexec, and a bind keeps nosuid (they reached
+    the kernel as plain rw mounts before)."""
+    bundle = make_bundle(
+        tmp_path / "b", ["sh", "-c", "touch /x; touch /ro/x; touch /scratch/x; touch /v/x; "
+                         "grep -E ' /(ro|scratch|v) ' /proc/mounts"],
+        annotations=PROCESS,
+    )  # fmt: skip
+    for applet in ("touch", "grep"):
+        (bundle / "rootfs" / "bin" / applet).symlink_to("busybox")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    config = json.loads((bundle / "config.json").read_text())
+    config["root"]["readonly"] = True
+    config["mounts"] += [
+        {"destination": "/ro", "type": "tmpfs", "source": "tmpfs",
+         "options": ["ro", "nosuid", "nodev", "noexec"]},
+        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+         "options": ["rw", "nosuid", "nodev", "noexec", "size=1m"]},
+        {"destination": "/v", "type": "bind", "source": str(volume),
+         "options": ["rbind", "rw", "nosuid", "nodev"]},
+    ]  # fmt: skip
+    (bundle / "config.json").write_text(json.dumps(config))
+    res = runtime("run", "--bundle", str(bundle), "p11", check=False)
+    options = {line.split()[1]: set(line.split()[3].split(",")) for line in res.stdout.splitlines()}
+    assert "/x: Read-only file system" in res.stderr and "/ro/x: Read-only" in res.stderr
+    assert {"ro", "nosuid", "nodev", "noexec"} <= options["/ro"]
+    assert {"rw", "nosuid", "nodev", "noexec"} <= options["/scratch"]
+    assert {"rw", "nosuid", "nodev"} <= options["/v"]
+    assert not (bundle / "rootfs" / "x").exists() and (volume / "x").exists()

@@ -45,7 +45,7 @@ from typing import Any
 
 import pytest
 
-from bareboat.backends.base import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REC
+from bareboat.backends.base import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC
 from bareboat.backends.wasm.plan import Preopen
 from bareboat.errors import BareboatError
 from bareboat.paths import Roots
@@ -60,7 +60,6 @@ ISOLATIONS = (Isolation.CONTAINER, Isolation.PROCESS, Isolation.WASM, Isolation.
 COMPAT = ("module.wasm.image/variant", "compat")
 GONE = "(not there)"  # the value of a key the option removed
 SAME = "(unchanged)"  # in a row's podman differences: podman's plan leaves this key as it was
-MS_NOEXEC = 8  # mount(2)'s; backends.base names only the flags bareboat sets
 
 
 # --- plans as comparable data ----------------------------------------------------------------
@@ -636,11 +635,12 @@ ROWS = [
             Isolation.CONTAINER: {"mounts[/scratch]": _tmpfs(
                 "/scratch", "size=1m", "mode=1777", "rw", "rprivate", "nosuid", "nodev",
                 "tmpcopyup")},
+            Isolation.PROCESS: {"mounts[/scratch]": (
+                "tmpfs", "/scratch", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=1777")},
             Isolation.MICROVM: {"start.mounts[/scratch]": _vm_tmpfs(
                 "/scratch", "size=1m,mode=1777,rw,nosuid,nodev")},
         }, why="podman's --tmpfs is rw,nosuid,nodev and tmpcopyup, without docker's noexec; "
-               "a VM drops tmpcopyup where the image has nothing to copy"),
-),
+               "a VM drops tmpcopyup where the image has nothing to copy")),
     Row("--tmpfs /ro:ro,exec", lambda f: {"mounts": (parse_tmpfs("/ro:ro,exec"),)},
         {"mounts[/ro]": _tmpfs("/ro", "nosuid", "nodev", "exec", "ro")},
         {"mounts[/ro]": ("tmpfs", "/ro", "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "")},
@@ -649,8 +649,7 @@ ROWS = [
             Isolation.CONTAINER: {"mounts[/ro]": _tmpfs(
                 "/ro", "ro", "exec", "rprivate", "nosuid", "nodev", "tmpcopyup")},
             Isolation.MICROVM: {"start.mounts[/ro]": _vm_tmpfs("/ro", "ro,exec,nosuid,nodev")},
-        }, why="podman's --tmpfs options, in podman's order, and tmpcopyup"),
-),
+        }, why="podman's --tmpfs options, in podman's order, and tmpcopyup")),
     # A module's root is read-only whatever the flag says.
     Row("--read-only", lambda f: {"read_only": True},
         {"root.readonly": True}, {"readonly_root": True}, {},
@@ -663,9 +662,10 @@ ROWS = [
                    for n in ("hostname", "hosts")},
                 "mounts[/run/.containerenv]": GONE},
             Isolation.PROCESS: {
-                **{f"mounts[{d}]": ("tmpfs", d, "tmpfs", 0, "")
+                **{f"mounts[{d}]": ("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "")
                    for d in ("/run", "/tmp", "/var/tmp")},
-                **{f"mounts[/etc/{n}]": (f"<userdata>/{n}", f"/etc/{n}", "", BIND | MS_RDONLY, "")
+                **{f"mounts[/etc/{n}]": (f"<userdata>/{n}", f"/etc/{n}", "",
+                                         BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "")
                    for n in ("hostname", "hosts")},
                 "mounts[/run/.containerenv]": GONE},
             Isolation.WASM: {f"preopens[{d}]": Preopen("<scratch>/tmpfs<n>", d, readonly=False)
@@ -673,7 +673,7 @@ ROWS = [
             Isolation.MICROVM: {f"start.mounts[{d}]": _vm_tmpfs(d, "rw,nosuid,nodev")
                                 for d in ("/run", "/tmp", "/var/tmp")},
         }, why="podman --read-only mounts a tmpfs on /run, /tmp and /var/tmp (its "
-               "--read-only-tmpfs) and binds its /etc files read-only"),
+               "--read-only-tmpfs) and binds its /etc files read-only")),
     # Process isolation has no cgroups: --memory, --cpus and --pids-limit reach no limit.
     Row("--memory 100m", lambda f: {"memory": 100 << 20},
         {"linux.resources.memory.limit": 100 << 20, "linux.resources.memory.swap": 100 << 20},
