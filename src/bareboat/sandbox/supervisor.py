@@ -283,7 +283,10 @@ def await_ready(
         os.waitpid(pid, 0)
     if master is not None:
         os.close(master)
-    code, _, message = ready.decode(errors="replace").partition(" ")
+    text = ready.decode(errors="replace")
+    code, _, message = text.partition(" ")
+    if not code.isdigit():  # no code: the whole report is the error
+        code, message = "125", text
     err = ContainerError(prefix + (message or f"{what} died"))
-    err.exit_code = int(code) if code.isdigit() else 125
+    err.exit_code = int(code)
     raise err
