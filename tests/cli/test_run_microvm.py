@@ -77,10 +77,18 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_publish_is_the_operators_not_the_images(vm_bb: Run, roots: Roots, tmp_path: Path) -> None:
+def test_publish_is_the_operators_not_the_images(
+    vm_bb: Run, roots: Roots, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """`-p` from the command line is served at the host port; an image labelled to publish a
     port of its own (or to get a host disk) opens nothing and makes nothing on the host."""
-    ours, theirs = free_port(), free_port()
+    ours = free_port()
+    # The image's port is held bound here (not listening) for the whole test: no other
+    # process on this host can take it meanwhile, and a VM that published it would fail to.
+    held = socket.socket()
+    request.addfinalizer(held.close)
+    held.bind(("0.0.0.0", 0))
+    theirs = int(held.getsockname()[1])
     image = Image(
         labels={"io.bareboat.publish": f"0.0.0.0:{theirs}:80", "io.bareboat.vm.disk": "20g"}
     )
