@@ -141,3 +141,11 @@ class TemplateError(GuestError):
 
 class WasmError(BackendError):
     """A Wasm module failed to compile, trapped, or ran out of its budget."""
+
+
+# --- control sockets ----------------------------------------------------------------------
+
+
+class ControlError(BareboatError):
+    """A sandbox's control socket: its supervisor is not there, refused a request, or a peer
+    broke the control protocol (bareboat.control)."""

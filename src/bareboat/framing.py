@@ -1,6 +1,6 @@
-"""Length-prefixed frames on a byte stream, as bareboat's three socket protocols send them:
-the guest agent's (backends/microvm/agent.py), a VM hub's control socket (control.py) and a
-monitor's control socket (engine/protocol.py).
+"""Length-prefixed frames on a byte stream, as bareboat's two socket protocols send them:
+the guest agent's (backends/microvm/agent.py) and a sandbox's control socket (control.py,
+served by the engine's monitor or a VM's hub).
 
 Each protocol has a header of its own and checks it its own way; `split` is what they share:
 taking whole frames off the front of what a peer sent, with each header checked as soon as

@@ -25,7 +25,9 @@ FIFO = "exec.fifo"
 PAUSED = "paused"
 VM = "vm"
 VM_RECORD = "vm.json"  # QEMU's pid and start time, written by the backend when it launches
-CONTROL_SOCKET = "hub.sock"  # the VM hub's control socket, in the socket directory
+# A VM's control socket, in its socket directory, where its hub serves the sandbox's (under
+# bareboat-runtime; the engine's is the monitor's)
+CONTROL_SOCKET = "hub.sock"
 QMP_SOCKET = "qmp.sock"
 AGENT_SOCKET = "agent.sock"
 SOCKET_ROOM = len("/agent.sock")  # the longest socket name a VM's socket directory holds

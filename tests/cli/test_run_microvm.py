@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bareboat.backends.microvm.backend import socket_dir
+from bareboat.control import ControlClient
+from bareboat.engine.engine import Engine
 from bareboat.images.store import ImageStore
 from bareboat.paths import Roots
+from bareboat.sandboxdir import AGENT_SOCKET, CONTROL_SOCKET, QMP_SOCKET
 from tests.cli.conftest import Run, leftovers
 from tests.microvm.test_backend import kernel_or_skip
 from tests.support.imagebuild import Image, write_image
@@ -107,3 +112,44 @@ def test_publish_is_the_operators_not_the_images(
     assert theirs not in listening_tcp_ports()
     assert not (roots.containers / cid / "vm-disk.ext4").exists()
     assert vm_bb("rm", "-f", cid).returncode == 0
+
+
+def _sockets(*dirs: Path) -> set[str]:
+    found = set()
+    for d in dirs:
+        for path in d.rglob("*") if d.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    found.add(path.name)
+    return found
+
+
+@pytest.mark.slow
+def test_an_engine_run_vm_has_one_control_socket(vm_bb: Run, roots: Roots, image: str) -> None:
+    """The monitor's socket is the VM's one control socket: its hub listens on none, and exec
+    sessions, pause and resume, and signals for the guest all go through the monitor's."""
+    script = "trap 'echo got USR1; exit 7' USR1; echo ready; while :; do sleep 0.1; done"
+    r = vm_bb(
+        "run", "-d", "--isolation", "microvm", "--no-template", image, "sh", "-c", script,
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    engine = Engine(roots)
+    try:
+        cid = engine.resolve(cid)
+        control = engine.paths(cid).socket
+        sockets = _sockets(engine.paths(cid).run, socket_dir(roots, cid))
+        assert CONTROL_SOCKET not in sockets and control.name in sockets, sockets
+        assert sockets - {control.name} <= {QMP_SOCKET, AGENT_SOCKET, "net.sock"}, sockets
+        r = vm_bb("exec", cid, "sh", "-c", "echo in the guest; exit 3", timeout=60)
+        assert (r.returncode, r.stdout) == (3, "in the guest\n"), r.stderr
+        with ControlClient(control, timeout=30) as c:
+            c.pause()
+            c.resume()
+        assert vm_bb("kill", "-s", "USR1", cid, timeout=60).returncode == 0
+        r = vm_bb("wait", cid, timeout=60)
+        assert r.stdout.strip() == "7", r.stderr
+        assert b"got USR1" in b"".join(data for _, _, data in engine.logs(cid))
+    finally:
+        vm_bb("rm", "-f", cid, timeout=60)

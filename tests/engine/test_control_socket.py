@@ -1,14 +1,13 @@
 """A container's control socket against hostile clients: real containers, real monitors.
 
 Any root process can connect to a monitor's socket, so what a client sends is input to check.
-Garbage, oversized and truncated frames, bad JSON and requests out of range get that client
-REFUSED (with the reason) and a closed connection; the container runs on, and a good client
-is still served to the workload's end.
+Garbage, oversized, misshapen and truncated frames, frames a client may not send and values out
+of range get that client REFUSED (with the reason) and a closed connection; the container runs
+on, and a good client is still served to the workload's end.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -16,41 +15,52 @@ from pathlib import Path
 
 import pytest
 
-from bareboat.engine import protocol as P
+from bareboat import control as ctl
+from bareboat.control import Type
 from bareboat.engine.engine import Engine
 from bareboat.errors import BareboatError
 from bareboat.proc import alive
 from bareboat.sandbox.status import Status
 from bareboat.spec.options import Isolation, RunOptions
 
+
+def _header(
+    kind: int, length: int, *, version: int = ctl.VERSION, magic: bytes = ctl.MAGIC
+) -> bytes:
+    return ctl.HEADER.pack(magic, version, kind, 0, length)
+
+
+def _signal(n: int) -> bytes:
+    return ctl.encode(Type.SIGNAL, 0, n.to_bytes(4, "big"))
+
+
 BAD_CLIENTS = {
-    "garbage": (b"this is not a frame at all", "too large"),
-    "oversized": (P.HEADER.pack(P.STDIN, P.MAX_FRAME + 1), "too large"),
-    "not JSON": (P.frame(P.REQUEST, b"{op: attach"), "not valid JSON"),
-    "not UTF-8": (P.frame(P.REQUEST, b"\xff\xfe"), "not valid JSON"),
-    "deeply nested": (P.frame(P.REQUEST, b"[" * 100_000), "not valid JSON"),
-    "not an object": (P.frame(P.REQUEST, b"[1, 2]"), "JSON object"),
-    "unknown op": (P.jframe(P.REQUEST, {"op": "format-disk"}), "unknown request"),
-    "no op": (P.jframe(P.REQUEST, {}), "unknown request"),
-    "kill with a word": (P.jframe(P.REQUEST, {"op": "kill", "signal": "TERM"}), "signal"),
-    "kill 999": (P.jframe(P.REQUEST, {"op": "kill", "signal": 999}), "signal"),
-    "kill 0": (P.jframe(P.REQUEST, {"op": "kill", "signal": 0}), "signal"),
-    "kill true": (P.jframe(P.REQUEST, {"op": "kill", "signal": True}), "signal"),
-    "attach stdin 1": (P.jframe(P.REQUEST, {"op": "attach", "stdin": "yes"}), "stdin"),
-    "attach rows -1": (P.jframe(P.REQUEST, {"op": "attach", "rows": -1, "cols": 80}), "rows"),
-    "signal -9": (P.jframe(P.SIGNAL, {"signal": -9}), "signal"),
-    "signal missing": (P.jframe(P.SIGNAL, {}), "signal"),
-    "resize 1e9": (P.jframe(P.RESIZE, {"rows": 10**9, "cols": 80}), "rows"),
-    "resize text": (P.frame(P.RESIZE, b"24x80"), "not valid JSON"),
-    "eof with data": (P.frame(P.STDIN_EOF, b"x"), "no payload"),
-    "unknown frame": (P.frame(99, b""), "unknown frame type 99"),
-    "a monitor's frame": (P.jframe(P.EXIT, {"code": 0}), "unknown frame type 3"),
+    "garbage": (b"this is not a frame at all", "bad magic"),
+    "HTTP": (b"GET / HTTP/1.0\r\n\r\n", "bad magic"),
+    "another version": (_header(Type.SIGNAL, 4, version=2) + bytes(4), "version 2"),
+    "oversized": (_header(Type.STDIN, ctl.MAX_DATA + 1), "limit"),
+    "oversized exec": (_header(Type.EXEC, ctl.MAX_EXEC + 1), "limit"),
+    "unknown frame": (_header(99, 0), "unknown frame type 99"),
+    "a monitor's frame": (ctl.encode(Type.EXIT, 0, bytes(4)), "may not send"),
+    "a refusal": (ctl.message(Type.REFUSED, "no"), "may not send"),
+    "signal 999": (_header(Type.SIGNAL, 4) + (999).to_bytes(4, "big"), "no signal 999"),
+    "signal 0": (_header(Type.SIGNAL, 4) + bytes(4), "no signal 0"),
+    "signal -9": (_header(Type.SIGNAL, 4) + (-9 & 0xFFFFFFFF).to_bytes(4, "big"), "no signal"),
+    "signal as text": (_header(Type.SIGNAL, 4) + b"TERM", "no signal"),
+    "signal too long": (_header(Type.SIGNAL, 8) + bytes(8), "4 bytes, not 8"),
+    "signal missing": (_header(Type.SIGNAL, 0), "4 bytes, not 0"),
+    "resize text": (_header(Type.RESIZE, 5) + b"24x80", "4 bytes, not 5"),
+    "attach short": (_header(Type.ATTACH, 1) + b"\1", "5 bytes, not 1"),
+    "attach stdin 2": (ctl.encode(Type.ATTACH, 0, ctl.ATTACH.pack(2, 0, 0)), "0 or 1"),
+    "exec as the workload": (_header(Type.EXEC, 2) + b"{}", "session id >= 1"),
+    "exec in a process": (ctl.encode(Type.EXEC, 1, b"{}"), "serves no such request"),
+    "pause a process": (ctl.encode(Type.PAUSE), "serves no such request"),
 }
 
 
 def _send(path: Path, data: bytes, *, close_early: bool = False) -> bytes:
     """Send `data` as a client would; everything the monitor answered until it closed."""
-    with P.connect(path) as sock:
+    with ctl.connect(str(path), 5, "the monitor") as sock:
         sock.settimeout(5)
         sock.sendall(data)
         if close_early:
@@ -62,9 +72,9 @@ def _send(path: Path, data: bytes, *, close_early: bool = False) -> bytes:
 
 
 def _refusal(answer: bytes) -> str:
-    frames = P.FrameReader().feed(answer)
-    assert [k for k, _ in frames] == [P.REFUSED], answer
-    return str(json.loads(frames[0][1])["message"])
+    frames = ctl.Decoder(ctl.EVENT_LIMITS, "the monitor").feed(answer)
+    assert [k for k, _, _ in frames] == [Type.REFUSED], answer
+    return ctl.text(frames[0][2])
 
 
 @pytest.mark.parametrize("isolation", [Isolation.PROCESS, Isolation.CONTAINER])
@@ -77,18 +87,18 @@ def test_bad_clients_are_refused_and_the_container_lives(
         command=("sh", "-c", "read line; echo got:$line; exit 5"),
     )
     rec = engine.start(engine.create("latest", opts).id)
-    ctl = engine.paths(rec.id).socket
+    path = engine.paths(rec.id).socket
     try:
         for name, (data, reason) in BAD_CLIENTS.items():
-            assert reason in _refusal(_send(ctl, data)), name
+            assert reason in _refusal(_send(path, data)), name
         # Truncated: a frame whose body never comes, a header cut short, each then hung up.
-        _send(ctl, P.HEADER.pack(P.REQUEST, 100) + b'{"op":', close_early=True)
-        _send(ctl, P.jframe(P.SIGNAL, {"signal": 9})[:3], close_early=True)
+        _send(path, _header(Type.STDIN, 100) + b"some", close_early=True)
+        _send(path, _signal(9)[:3], close_early=True)
         # More connections than a monitor serves: those over the limit are refused.
         crowd: list[socket.socket] = []
         try:
-            for _ in range(P.MAX_CLIENTS + 8):
-                crowd.append(P.connect(ctl))
+            for _ in range(ctl.MAX_CLIENTS + 8):
+                crowd.append(ctl.connect(str(path), 5, "the monitor"))
             crowd[-1].settimeout(5)
             assert "too many" in _refusal(crowd[-1].recv(65536))
         finally:
@@ -99,15 +109,15 @@ def test_bad_clients_are_refused_and_the_container_lives(
         while True:
             client = engine.attach(rec.id)
             try:
-                client.request({"op": "reboot"})
+                client.sock.sendall(_header(42, 0))
                 with pytest.raises(BareboatError, match="refused the request: ") as refused:
-                    client.wait_exit(5)
+                    client.wait(5)
             finally:
                 client.close()
             if "too many" not in str(refused.value) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        assert "unknown request 'reboot'" in str(refused.value)
+        assert "unknown frame type 42" in str(refused.value)
 
         time.sleep(0.2)
         now = engine.get(rec.id)
@@ -118,7 +128,8 @@ def test_bad_clients_are_refused_and_the_container_lives(
         client = engine.attach(rec.id)
         try:
             client.attach(stdin=True)
-            client.sock.sendall(P.frame(P.STDIN, b"hello\n") + P.frame(P.STDIN_EOF))
+            client.send(Type.STDIN, 0, b"hello\n")
+            client.send(Type.STDIN)  # the end of input
             out_r, out_w = os.pipe()
             code = client.pump(stdin_fd=None, stdout_fd=out_w)
             os.close(out_w)

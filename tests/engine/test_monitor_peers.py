@@ -1,16 +1,15 @@
 """The engine's monitor against scripted control clients: each test speaks the control
-socket's frames itself (engine/protocol.py) to a real monitor of a real `process` container,
+socket's frames itself (bareboat/control.py) to a real monitor of a real `process` container,
 and checks what comes back frame by frame, and what the workload saw.
 
 Covered: the stdio relay (stdout and stderr kept apart, in the log too), stdin and its end, the
-exit every client hears, signals and kill requests, resize of a terminal, and clients that hang
-up mid-frame or mid-stream.
+exit every client hears, signals and their DONE, resize of a terminal, a VM's requests refused
+by a sandbox that is none, and clients that hang up mid-frame or mid-stream.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -18,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from bareboat.engine import protocol as P
+from bareboat import control as ctl
+from bareboat.control import Type
 from bareboat.engine.engine import Engine
 from bareboat.sandbox.status import Status
 from bareboat.spec.options import Isolation, RunOptions
 
-Frames = list[tuple[int, bytes]]
+Frames = list[tuple[Type, bytes]]
 MakeContainer = Callable[..., tuple[str, Path]]  # (*command, tty=) -> (id, control socket)
 
 
@@ -31,23 +31,33 @@ class Client:
     """One scripted connection to a monitor."""
 
     def __init__(self, path: Path) -> None:
-        self.sock = P.connect(path)
-        self.sock.settimeout(10)
-        self.reader = P.FrameReader()
+        self.sock = ctl.connect(str(path), 10, "the monitor")
+        self.decoder = ctl.Decoder(ctl.EVENT_LIMITS, "the monitor")
         self.got: Frames = []
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def request(self, **req: object) -> None:
-        self.send(P.jframe(P.REQUEST, req))
+    def frame(self, ftype: Type, payload: bytes = b"") -> None:
+        self.send(ctl.encode(ftype, 0, payload))
 
-    def until(self, kind: int) -> Frames:
+    def attach(self, *, stdin: bool = False, rows: int = 0, cols: int = 0) -> None:
+        self.send(ctl.attach_request(stdin, rows, cols))
+
+    def signal(self, sig: int) -> None:
+        self.frame(Type.SIGNAL, sig.to_bytes(4, "big"))
+
+    def feed(self, data: bytes) -> None:
+        for ftype, session, payload in self.decoder.feed(data):
+            assert session == 0, (ftype, session)
+            self.got.append((ftype, payload))
+
+    def until(self, kind: Type) -> Frames:
         """Frames up to and including the first of `kind` (the rest stay for later)."""
         while not any(k == kind for k, _ in self.got):
             data = self.sock.recv(65536)
             assert data, f"the monitor closed the connection after {self.got}"
-            self.got += self.reader.feed(data)
+            self.feed(data)
         i = next(i for i, (k, _) in enumerate(self.got) if k == kind)
         taken, self.got = self.got[: i + 1], self.got[i + 1 :]
         return taken
@@ -58,18 +68,18 @@ class Client:
         while True:
             while self.got and text not in out:
                 k, payload = self.got.pop(0)
-                assert k == P.STDOUT, (k, payload)
+                assert k is Type.STDOUT, (k, payload)
                 out += payload
             if text in out:
                 return out
             data = self.sock.recv(65536)
             assert data, f"the monitor closed the connection; output so far {out!r}"
-            self.got += self.reader.feed(data)
+            self.feed(data)
 
     def rest(self) -> Frames:
         """Everything up to the monitor's close."""
         while data := self.sock.recv(65536):
-            self.got += self.reader.feed(data)
+            self.feed(data)
         taken, self.got = self.got, []
         return taken
 
@@ -77,13 +87,13 @@ class Client:
         self.sock.close()
 
 
-def _stream(frames: Frames, kind: int) -> bytes:
-    return b"".join(p for k, p in frames if k == kind)
+def _stream(frames: Frames, kind: Type) -> bytes:
+    return b"".join(p for k, p in frames if k is kind)
 
 
 def _code(frames: Frames) -> int:
-    assert frames and frames[-1][0] == P.EXIT, frames
-    return int(json.loads(frames[-1][1])["code"])
+    assert frames and frames[-1][0] is Type.EXIT, frames
+    return ctl.u32(frames[-1][1])
 
 
 @pytest.fixture
@@ -106,19 +116,19 @@ def container(engine: Engine) -> Iterator[MakeContainer]:
 def test_stdio_is_relayed_and_every_client_hears_the_exit(
     engine: Engine, container: MakeContainer
 ) -> None:
-    cid, ctl = container("sh", "-c", "read l; echo out:$l; echo err:$l >&2; exit 3")
-    waiter = Client(ctl)
-    waiter.request(op="wait")
-    c = Client(ctl)
-    c.request(op="attach", stdin=True)
-    assert c.until(P.STARTED) == [(P.STARTED, b"")]
-    c.send(P.frame(P.STDIN, b"hi\n"))
+    cid, path = container("sh", "-c", "read l; echo out:$l; echo err:$l >&2; exit 3")
+    waiter = Client(path)  # asks for nothing
+    c = Client(path)
+    c.attach(stdin=True)
+    ((kind, pid),) = c.until(Type.STARTED)
+    assert kind is Type.STARTED and ctl.u32(pid) == engine.get(cid).pid
+    c.frame(Type.STDIN, b"hi\n")
     frames = c.rest()
-    assert _stream(frames, P.STDOUT) == b"out:hi\n"
-    assert _stream(frames, P.STDERR) == b"err:hi\n"
+    assert _stream(frames, Type.STDOUT) == b"out:hi\n"
+    assert _stream(frames, Type.STDERR) == b"err:hi\n"
     assert _code(frames) == 3
     # A client that did not attach gets the end only: no output, no STARTED.
-    assert [k for k, _ in waiter.rest()] == [P.EXIT]
+    assert [k for k, _ in waiter.rest()] == [Type.EXIT]
     # The log keeps the two streams apart.
     logged = [(stream, data) for _, stream, data in engine.logs(cid)]
     assert ("stdout", b"out:hi\n") in logged and ("stderr", b"err:hi\n") in logged
@@ -126,109 +136,133 @@ def test_stdio_is_relayed_and_every_client_hears_the_exit(
 
 
 def test_stdin_in_pieces_and_its_end(container: MakeContainer) -> None:
-    _, ctl = container("cat")
-    c = Client(ctl)
-    c.request(op="attach", stdin=True)
-    c.until(P.STARTED)
-    c.send(P.frame(P.STDIN, b"abc") + P.frame(P.STDIN, b"") + P.frame(P.STDIN, b"def"))
-    c.send(P.frame(P.STDIN_EOF))
+    _, path = container("cat")
+    c = Client(path)
+    c.attach(stdin=True)
+    c.until(Type.STARTED)
+    c.frame(Type.STDIN, b"abc")
+    c.frame(Type.STDIN, b"def")
+    c.frame(Type.STDIN)  # the end of input
+    c.frame(Type.STDIN, b"after the end")
     frames = c.rest()
-    assert _stream(frames, P.STDOUT) == b"abcdef" and _code(frames) == 0
+    assert _stream(frames, Type.STDOUT) == b"abcdef" and _code(frames) == 0
 
 
 def test_stdin_from_a_client_that_did_not_ask_for_it_is_dropped(container: MakeContainer) -> None:
-    _, ctl = container("sh", "-c", "read l; echo got:$l")
-    reader = Client(ctl)
-    reader.request(op="attach", stdin=False)
-    reader.until(P.STARTED)
-    reader.send(P.frame(P.STDIN, b"not mine\n"))
-    writer = Client(ctl)
-    writer.request(op="attach", stdin=True)
-    writer.send(P.frame(P.STDIN, b"mine\n"))
-    assert _stream(writer.rest(), P.STDOUT) == b"got:mine\n"
+    _, path = container("sh", "-c", "read l; echo got:$l")
+    reader = Client(path)
+    reader.attach(stdin=False)
+    reader.until(Type.STARTED)
+    reader.frame(Type.STDIN, b"not mine\n")
+    writer = Client(path)
+    writer.attach(stdin=True)
+    writer.frame(Type.STDIN, b"mine\n")
+    assert _stream(writer.rest(), Type.STDOUT) == b"got:mine\n"
 
 
 def test_a_signal_frame_reaches_the_workload(container: MakeContainer) -> None:
     script = 'trap "echo got USR1; exit 7" USR1; echo ready; while :; do sleep 0.05; done'
-    _, ctl = container("sh", "-c", script)
-    c = Client(ctl)
-    c.request(op="attach")
-    c.until(P.STARTED)
+    _, path = container("sh", "-c", script)
+    c = Client(path)
+    c.attach()
+    c.until(Type.STARTED)
     c.output_until(b"ready")
-    c.send(P.jframe(P.SIGNAL, {"signal": 10}))
+    c.signal(10)
     frames = c.rest()
-    assert b"got USR1" in _stream(frames, P.STDOUT) and _code(frames) == 7
+    assert b"got USR1" in _stream(frames, Type.STDOUT) and _code(frames) == 7
 
 
-def test_a_kill_request_is_acknowledged_then_the_exit_follows(container: MakeContainer) -> None:
-    _, ctl = container("sh", "-c", "echo ready; while :; do sleep 0.05; done")
-    c = Client(ctl)
-    c.request(op="attach")
-    c.until(P.STARTED)
+def test_a_signal_is_acknowledged_then_the_exit_follows(container: MakeContainer) -> None:
+    _, path = container("sh", "-c", "echo ready; while :; do sleep 0.05; done")
+    c = Client(path)
+    c.attach()
+    c.until(Type.STARTED)
     c.output_until(b"ready")
-    killer = Client(ctl)
-    killer.request(op="kill", signal=15)
-    assert killer.until(P.ACK) == [(P.ACK, b"")]
+    killer = Client(path)
+    killer.signal(15)
+    assert killer.until(Type.DONE) == [(Type.DONE, b"")]
     assert _code(killer.rest()) == 128 + 15
     assert _code(c.rest()) == 128 + 15
 
 
 def test_resize_reaches_the_terminal(container: MakeContainer) -> None:
     script = 'trap "stty size" WINCH; stty size; while :; do sleep 0.05; done'
-    _, ctl = container("sh", "-c", script, tty=True)
-    c = Client(ctl)
-    c.request(op="attach", stdin=True, rows=30, cols=100)
-    c.until(P.STARTED)
+    _, path = container("sh", "-c", script, tty=True)
+    c = Client(path)
+    c.attach(stdin=True, rows=30, cols=100)
+    c.until(Type.STARTED)
     assert b"30 100" in c.output_until(b"30 100")
-    c.send(P.jframe(P.RESIZE, {"rows": 40, "cols": 120}))
+    c.frame(Type.RESIZE, ctl.WINSIZE.pack(40, 120))
     assert b"40 120" in c.output_until(b"40 120")
     # A size past what the monitor gives a terminal is cut to it, not refused.
-    c.send(P.jframe(P.RESIZE, {"rows": 65535, "cols": 65535}))
+    c.frame(Type.RESIZE, ctl.WINSIZE.pack(65535, 65535))
     assert b"10000 10000" in c.output_until(b"10000 10000")
-    c.request(op="kill", signal=9)
+    c.signal(9)
     assert _code(c.rest()) == 128 + 9
 
 
 def test_a_client_that_hangs_up_mid_frame_sends_nothing(
     engine: Engine, container: MakeContainer
 ) -> None:
-    cid, ctl = container("sh", "-c", "read l; echo got:$l")
-    c = Client(ctl)
-    c.request(op="attach", stdin=True)
-    c.until(P.STARTED)
+    cid, path = container("sh", "-c", "read l; echo got:$l")
+    c = Client(path)
+    c.attach(stdin=True)
+    c.until(Type.STARTED)
     # Another client attaches for stdin, then hangs up in the middle of its STDIN frame, and
     # one more in the middle of a header and of a request.
     for partial in (
-        P.jframe(P.REQUEST, {"op": "attach", "stdin": True}) + P.HEADER.pack(P.STDIN, 8) + b"bad",
-        P.frame(P.STDIN, b"bad\n")[:3],
-        P.HEADER.pack(P.REQUEST, 40) + b'{"op": "kill", "sig',
+        ctl.attach_request(True) + ctl.encode(Type.STDIN, 0, b"bad\n")[:-1],
+        ctl.encode(Type.STDIN, 0, b"bad\n")[:3],
+        ctl.encode(Type.SIGNAL, 0, (9).to_bytes(4, "big"))[:-2],
     ):
-        half = Client(ctl)
+        half = Client(path)
         half.send(partial)
         half.close()
     time.sleep(0.3)
     assert engine.get(cid).state is Status.RUNNING
-    c.send(P.frame(P.STDIN, b"ok\n"))
+    c.frame(Type.STDIN, b"ok\n")
     frames = c.rest()
-    assert _stream(frames, P.STDOUT) == b"got:ok\n" and _code(frames) == 0
+    assert _stream(frames, Type.STDOUT) == b"got:ok\n" and _code(frames) == 0
 
 
 def test_an_attached_client_that_leaves_mid_stream(
     engine: Engine, container: MakeContainer
 ) -> None:
-    cid, ctl = container("sh", "-c", "while :; do echo tick; sleep 0.02; done")
-    gone = Client(ctl)
-    gone.request(op="attach", stdin=True)
-    gone.until(P.STARTED)
+    cid, path = container("sh", "-c", "while :; do echo tick; sleep 0.02; done")
+    gone = Client(path)
+    gone.attach(stdin=True)
+    gone.until(Type.STARTED)
     gone.output_until(b"tick")
     with contextlib.suppress(OSError):
         gone.sock.shutdown(socket.SHUT_RDWR)
     gone.close()
     time.sleep(0.3)
     assert engine.get(cid).state is Status.RUNNING
-    later = Client(ctl)
-    later.request(op="attach")
+    later = Client(path)
+    later.attach()
     later.output_until(b"tick")  # the output goes on, to the clients that are there
-    later.request(op="kill", signal=9)
+    later.signal(9)
     assert _code(later.rest()) == 128 + 9
     assert sum(1 for _, _, data in engine.logs(cid) if b"tick" in data) > 3
+
+
+def test_a_vm_request_to_a_sandbox_that_is_none_is_refused(container: MakeContainer) -> None:
+    """EXEC, PAUSE, RESUME and POWEROFF are a VM's (its hub's, in the monitor): a `process`
+    sandbox's monitor refuses them, and serves its workload on."""
+    _, path = container("sh", "-c", "read l; echo got:$l")
+    c = Client(path)
+    c.attach(stdin=True)
+    c.until(Type.STARTED)
+    for frame in (
+        ctl.encode(Type.EXEC, 1, b"{}"),
+        ctl.encode(Type.PAUSE),
+        ctl.encode(Type.POWEROFF),
+        ctl.encode(Type.STDIN, 2, b"x"),
+    ):
+        other = Client(path)
+        other.send(frame)
+        ((kind, why),) = other.rest()
+        assert kind is Type.REFUSED and b"a process sandbox serves no such request" in why
+    c.frame(Type.STDIN, b"ok\n")
+    frames = c.rest()
+    assert _stream(frames, Type.STDOUT) == b"got:ok\n" and _code(frames) == 0

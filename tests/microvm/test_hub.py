@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from bareboat.backends.microvm import control as ctl
+from bareboat import control as ctl
 from bareboat.backends.microvm.agent import (
     Frame,
     FrameDecoder,
@@ -34,9 +34,9 @@ from bareboat.backends.microvm.agent import (
     encode_process,
     encode_start,
 )
-from bareboat.backends.microvm.control import CtlClient
 from bareboat.backends.microvm.hub import MAX_CLIENTS, ExitRecord, Hub
 from bareboat.backends.microvm.initbuild import build_init
+from bareboat.control import ControlClient
 from bareboat.paths import Roots
 
 pytestmark = pytest.mark.skipif(shutil.which("musl-gcc") is None, reason="musl-gcc is missing")
@@ -171,7 +171,7 @@ def test_bad_control_clients_get_an_error_and_the_vm_lives(running: RunningHub) 
 
     # A good client is served: an exec session runs to its end.
     out_r, out_w = os.pipe()
-    with CtlClient(running.ctl) as c:
+    with ControlClient(running.ctl) as c:
         code = c.exec(
             encode_process(ProcessSpec(args=["/bin/echo", "still here"])),
             stdin=None,
@@ -190,7 +190,7 @@ def test_bad_control_clients_get_an_error_and_the_vm_lives(running: RunningHub) 
 
 
 def test_a_good_signal_still_reaches_the_workload(running: RunningHub) -> None:
-    with CtlClient(running.ctl) as c:
+    with ControlClient(running.ctl) as c:
         c.signal(15)
     assert running.hub.done.wait(10)
     assert ExitRecord.load(running.exit) == ExitRecord(128 + 15, "")

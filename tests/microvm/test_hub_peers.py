@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from bareboat.backends.microvm import control as ctl
+from bareboat import control as ctl
 from bareboat.backends.microvm import hub as hub_mod
 from bareboat.backends.microvm.agent import (
     MAX_PAYLOAD,
@@ -34,9 +34,9 @@ from bareboat.backends.microvm.agent import (
     FrameType,
     encode_frame,
 )
-from bareboat.backends.microvm.control import CtlClient
 from bareboat.backends.microvm.hub import ExitRecord, Hub
-from bareboat.errors import BackendError
+from bareboat.control import ControlClient
+from bareboat.errors import BackendError, ControlError
 
 # What the hub may send an agent: every type, as the agent's own decoder would bound them.
 TO_AGENT = {t: MAX_PAYLOAD for t in FrameType}
@@ -115,6 +115,7 @@ def make_peers(tmp_path: Path) -> Iterator[MakePeers]:
         resume_vm: Callable[[], None] | None = None,
         forward_ports: Callable[[tuple[int, ...]], None] | None = None,
         with_stdin: bool = True,
+        listen: bool = True,
     ) -> Peers:
         host, guest = socket.socketpair()
         qemu = subprocess.Popen(["sleep", "60"])
@@ -128,7 +129,7 @@ def make_peers(tmp_path: Path) -> Iterator[MakePeers]:
             stdin=in_r,
             stdout=out_w,
             stderr=err_w,
-            ctl_path=d / "hub.sock",
+            ctl_path=d / "hub.sock" if listen else None,
             exit_path=d / "exit.json",
             qemu_pid=qemu.pid,
             pause_vm=pause_vm,
@@ -231,7 +232,7 @@ def test_a_workload_killed_by_a_signal_and_its_errors(make_peers: MakePeers) -> 
 
 def test_signals_and_resizes_reach_the_workload(make_peers: MakePeers) -> None:
     p = make_peers()
-    with CtlClient(p.ctl) as c:
+    with ControlClient(p.ctl) as c:
         c.signal(signal.SIGUSR1)
         c.resize(50, 132)
     assert p.expect(FrameType.SIGNAL) == Frame(FrameType.SIGNAL, 0, b"\0\0\0\x0a")
@@ -246,7 +247,7 @@ def test_a_finished_workload_takes_no_more_signals(make_peers: MakePeers) -> Non
     p = make_peers()
     p.send(FrameType.EXIT, 0, _exit(0))
     p.expect(FrameType.POWEROFF)
-    with CtlClient(p.ctl) as c:
+    with ControlClient(p.ctl) as c:
         c.signal(signal.SIGTERM)
         c.resize(10, 10)
     p.quiet()
@@ -257,7 +258,7 @@ def test_sigkill_that_the_guest_ignores_ends_the_vm(
 ) -> None:
     monkeypatch.setattr(hub_mod, "KILL_GRACE_S", 0.3)
     p = make_peers()
-    with CtlClient(p.ctl) as c:
+    with ControlClient(p.ctl) as c:
         c.signal(signal.SIGKILL)
     assert p.expect(FrameType.SIGNAL).payload == (9).to_bytes(4, "big")
     # The agent never answers: the hub kills QEMU and records why.
@@ -272,7 +273,7 @@ def test_a_sigkill_answered_in_time_kills_nothing(
 ) -> None:
     monkeypatch.setattr(hub_mod, "KILL_GRACE_S", 0.5)
     p = make_peers()
-    with CtlClient(p.ctl) as c:
+    with ControlClient(p.ctl) as c:
         c.signal(signal.SIGKILL)
     p.expect(FrameType.SIGNAL)
     p.send(FrameType.EXIT, 0, b"\1" + (9).to_bytes(4, "big"))
@@ -284,7 +285,7 @@ def test_a_sigkill_answered_in_time_kills_nothing(
 
 def test_poweroff_is_passed_on(make_peers: MakePeers) -> None:
     p = make_peers()
-    with CtlClient(p.ctl) as c:
+    with ControlClient(p.ctl) as c:
         c.poweroff()
     assert p.expect(FrameType.POWEROFF) == Frame(FrameType.POWEROFF, 0)
 
@@ -294,7 +295,7 @@ def test_pause_and_resume_run_the_vms_own_and_never_reach_the_guest(
 ) -> None:
     calls: list[str] = []
     p = make_peers(pause_vm=lambda: calls.append("stop"), resume_vm=lambda: calls.append("cont"))
-    with CtlClient(p.ctl) as c:
+    with ControlClient(p.ctl) as c:
         c.pause()
         c.resume()
         c.pause()
@@ -307,10 +308,10 @@ def test_pause_that_fails_or_cannot_be_done_says_why(make_peers: MakePeers) -> N
         raise BackendError("QMP: the VM is shutting down")
 
     p = make_peers(pause_vm=broken)
-    with CtlClient(p.ctl) as c:
-        with pytest.raises(BackendError, match="shutting down"):
+    with ControlClient(p.ctl) as c:
+        with pytest.raises(ControlError, match="shutting down"):
             c.pause()
-        with pytest.raises(BackendError, match="cannot be paused"):
+        with pytest.raises(ControlError, match="cannot be paused"):
             c.resume()  # no resume_vm given
         c.signal(signal.SIGTERM)  # the connection still serves
     p.expect(FrameType.SIGNAL)
@@ -362,7 +363,7 @@ def test_exec_sessions_are_renumbered_per_client(make_peers: MakePeers) -> None:
 
 
 def test_an_exec_stdin_larger_than_the_guest_takes_is_refused(make_peers: MakePeers) -> None:
-    """STDIN frames are 64 KiB at most (guest/PROTOCOL.md; CtlClient sends no larger): the
+    """STDIN frames are 64 KiB at most (guest/PROTOCOL.md; ControlClient sends no larger): the
     hub refuses a larger one at its header, and nothing of it reaches the agent. (It passed
     frames of up to 1 MiB on, having decoded its clients with the agent's largest payload.)"""
     p = make_peers()
@@ -378,12 +379,12 @@ def test_an_exec_stdin_larger_than_the_guest_takes_is_refused(make_peers: MakePe
     assert not p.hub.done.is_set()
 
 
-def test_ctlclient_exec_through_the_hub(make_peers: MakePeers) -> None:
+def test_controlclient_exec_through_the_hub(make_peers: MakePeers) -> None:
     p = make_peers()
     out_r, out_w = os.pipe()
     result: list[int] = []
     errors: list[str] = []
-    with CtlClient(p.ctl) as c:
+    with ControlClient(p.ctl) as c:
         t = threading.Thread(
             target=lambda: result.append(
                 c.exec(b"spec", stdin=None, stdout=out_w, stderr=out_w, on_error=errors.append)
@@ -514,3 +515,60 @@ def test_a_workload_without_stdin(make_peers: MakePeers) -> None:
     p.send(FrameType.STDOUT, 0, b"x")
     assert os.read(p.stdout, 10) == b"x"
     p.quiet()
+
+
+# --- under the engine: the monitor's socket, the hub in its process ---------------------------
+
+
+def test_a_hub_under_a_monitor_listens_on_nothing_and_serves_what_it_is_handed(
+    make_peers: MakePeers,
+) -> None:
+    """The monitor serves the sandbox's one socket: the hub makes none, takes the connections
+    the monitor hands it from the request on (`adopt`), and the monitor's own requests for the
+    workload (`request`)."""
+    calls: list[str] = []
+    p = make_peers(listen=False, pause_vm=lambda: calls.append("stop"))
+    assert not p.ctl.exists()
+    mine, theirs = socket.socketpair()
+    with mine:
+        mine.settimeout(5)
+        # What the monitor read of the connection: an EXEC and half of a STDIN frame.
+        stdin = ctl.encode(ctl.Type.STDIN, 1, b"typed")
+        p.hub.adopt(theirs, ctl.encode(ctl.Type.EXEC, 1, b"spec") + stdin[:5])
+        assert p.expect(FrameType.EXEC) == Frame(FrameType.EXEC, 1, b"spec")
+        mine.sendall(stdin[5:] + ctl.encode(ctl.Type.PAUSE))
+        assert p.expect(FrameType.STDIN) == Frame(FrameType.STDIN, 1, b"typed")
+        p.send(FrameType.STDOUT, 1, b"out")
+        p.send(FrameType.EXIT, 1, _exit(0))
+        assert _events(mine, 3) == [
+            (ctl.Type.DONE, 0, b""),
+            (ctl.Type.STDOUT, 1, b"out"),
+            (ctl.Type.EXIT, 1, bytes(4)),
+        ]
+        assert calls == ["stop"]
+    p.hub.request(ctl.Type.SIGNAL, (15).to_bytes(4, "big"))
+    assert p.expect(FrameType.SIGNAL) == Frame(FrameType.SIGNAL, 0, (15).to_bytes(4, "big"))
+    p.hub.request(ctl.Type.RESIZE, ctl.WINSIZE.pack(30, 100))
+    assert p.expect(FrameType.RESIZE) == Frame(FrameType.RESIZE, 0, ctl.WINSIZE.pack(30, 100))
+    p.hub.request(ctl.Type.POWEROFF)
+    assert p.expect(FrameType.POWEROFF) == Frame(FrameType.POWEROFF, 0)
+    # A handed connection is a client like any other: a bad frame gets it REFUSED.
+    mine, theirs = socket.socketpair()
+    with mine:
+        mine.settimeout(5)
+        p.hub.adopt(theirs, ctl.encode(ctl.Type.EXEC, 0, b"spec"))
+        ((kind, _, why),) = _events(mine, 1)
+        assert kind is ctl.Type.REFUSED and b"session id >= 1" in why
+    p.quiet()
+    assert not p.hub.done.is_set()
+
+
+def test_a_hub_serves_no_attach_and_acknowledges_signals(make_peers: MakePeers) -> None:
+    p = make_peers()
+    with p.client() as s:
+        s.sendall(ctl.encode(ctl.Type.SIGNAL, 0, (10).to_bytes(4, "big")))
+        assert _events(s, 1) == [(ctl.Type.DONE, 0, b"")]
+        s.sendall(ctl.attach_request(True))
+        ((kind, _, why),) = _events(s, 1)
+        assert kind is ctl.Type.REFUSED and b"ATTACH" in why
+    assert p.expect(FrameType.SIGNAL).payload == (10).to_bytes(4, "big")

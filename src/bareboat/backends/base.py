@@ -39,6 +39,9 @@ class BackendContext:
     bundle: Path  # holds config.json; rootfs at bundle/rootfs (the overlay mount)
     state_dir: Path  # the backend's own state (e.g. the OCI runtime's --root)
     spec: dict[str, Any]
+    # The sandbox's control socket, where its supervisor serves it (the engine's monitor);
+    # None where a backend serves its own (a VM's hub under bareboat-runtime).
+    control: Path | None = None
 
     @property
     def rootfs(self) -> Path:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .common import roots
 
 if TYPE_CHECKING:
-    from bareboat.engine.attach import AttachClient
+    from bareboat.control import ControlClient
     from bareboat.engine.engine import Engine
     from bareboat.spec.options import RunOptions
 
@@ -285,7 +285,7 @@ def _run_attached(engine: Engine, cid: str, *, interactive: bool, tty: bool) -> 
         wait_exit(*monitor, 10)
 
 
-def _attached(client: AttachClient, *, interactive: bool, tty: bool) -> int:
+def _attached(client: ControlClient, *, interactive: bool, tty: bool) -> int:
     import signal
 
     from bareboat.proc import FORWARDED_SIGNALS
@@ -297,7 +297,7 @@ def _attached(client: AttachClient, *, interactive: bool, tty: bool) -> int:
     client.attach(stdin=interactive, rows=rows, cols=cols)
 
     def forward(sig: int, _frame: object) -> None:
-        client.send_signal(sig)
+        client.forward_signal(sig)
 
     def winch(_sig: int, _frame: object) -> None:
         size = os.get_terminal_size(0)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from bareboat.backends.base import Backend, BackendContext
 from bareboat.errors import (
@@ -20,6 +20,7 @@ from bareboat.errors import (
     BareboatError,
     ContainerError,
     ContainerNotFound,
+    ControlError,
     NameInUse,
     UsageError,
 )
@@ -33,6 +34,11 @@ from .leftovers import end_rooted_in
 from .names import ID_RE, check_name, new_id, random_name
 from .overlay import Overlay, unmount_tree
 from .state import Record, RecordStore
+
+if TYPE_CHECKING:
+    from bareboat.control import ControlClient
+
+MONITOR = "the container's monitor"  # who answers on a container's control socket
 
 
 class ImageSource(Protocol):
@@ -145,7 +151,9 @@ class Engine:
             spec = json.loads((p.bundle / "config.json").read_text())
         except FileNotFoundError:
             spec = {}
-        return BackendContext(id=cid, bundle=p.bundle, state_dir=p.backend_state, spec=spec)
+        return BackendContext(
+            id=cid, bundle=p.bundle, state_dir=p.backend_state, spec=spec, control=p.socket
+        )
 
     def overlay(self, cid: str) -> Overlay:
         p = self.paths(cid)
@@ -335,11 +343,12 @@ class Engine:
         first thing (the record learns them only once the workload runs)."""
         return _pid_file(self.paths(self.resolve(ref)).monitor_pid)
 
-    def attach(self, ref: str) -> Any:
-        from .attach import AttachClient
+    def attach(self, ref: str) -> ControlClient:
+        """A client of the container's control socket, served by its monitor."""
+        from bareboat.control import ControlClient
 
         rec = self.get(ref)
-        return AttachClient.connect(self.paths(rec.id).socket, tty=rec.options.tty)
+        return ControlClient(self.paths(rec.id).socket, peer=MONITOR)
 
     def kill(self, ref: str, sig: int = signal.SIGKILL) -> None:
         rec = self.get(ref)
@@ -355,16 +364,15 @@ class Engine:
         if rec.state in (Status.RUNNING, Status.PAUSED) and alive(
             rec.monitor_pid, rec.monitor_start
         ):
-            from .attach import AttachClient
+            from bareboat.control import ControlClient
 
             try:
-                client = AttachClient.connect(self.paths(cid).socket, tty=False)
-            except ContainerError:
+                client = ControlClient(self.paths(cid).socket, peer=MONITOR)
+            except ControlError:
                 client = None  # the monitor is just ending: fall through to the record
             if client is not None:
                 try:
-                    client.request({"op": "wait"})
-                    code = client.wait_exit(timeout)
+                    code = client.wait(timeout)
                 except (OSError, BareboatError):
                     code = -1  # the monitor went away: its record (if any) has the end
                 finally:

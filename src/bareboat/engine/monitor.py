@@ -8,8 +8,9 @@ cleaned up.
 
 The monitor then owns, for the container's whole life: the rootfs mount, the backend, the
 workload's stdio (pipes, or a pty master for `-t`), the JSON-lines log (stdout and stderr
-kept apart), the control socket (attach, stdin, resize, signals), reaping (it is a child
-subreaper), and the end: exit code written atomically, rootfs unmounted, and for `--rm`
+kept apart), the sandbox's one control socket (bareboat/control.py: attach, stdin, resize,
+signals; a VM's exec sessions, pause and resume go to its hub, in this process), reaping (it
+is a child subreaper), and the end: exit code written atomically, rootfs unmounted, and for `--rm`
 every trace removed — before attached clients hear the exit code.
 """
 
@@ -30,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from bareboat import control as ctl
 from bareboat import sandboxdir
 from bareboat.backends.base import BackendContext, Started, Stdio, set_child_subreaper
 from bareboat.errors import BareboatError, ContainerError
@@ -38,7 +40,6 @@ from bareboat.sandbox.status import Status
 from bareboat.sandbox.supervisor import SupervisorPlan, spawn_detached
 from bareboat.spec.command import check_command
 
-from . import protocol as P
 from .leftovers import end_rooted_in
 from .logfile import LogWriter
 
@@ -61,7 +62,9 @@ def spawn(engine: Engine, cid: str, *, wait_attach: bool) -> None:
 @dataclass
 class Client:
     sock: socket.socket
-    reader: P.FrameReader = field(default_factory=P.FrameReader)
+    decoder: ctl.Decoder = field(
+        default_factory=lambda: ctl.Decoder(ctl.REQUEST_LIMITS, "control client")
+    )
     attached: bool = False
     stdin: bool = False
 
@@ -157,8 +160,7 @@ class Monitor:
                 self.ctx.rootfs, list(proc["args"]), list(proc.get("env", [])), proc.get("cwd", "/")
             )
         self.backend.create(self.ctx)
-        self.listener = P.listen(self.paths.socket)
-        self.listener.setblocking(False)
+        self.listener = ctl.listen(self.paths.socket)
         self.sel.register(self.listener, selectors.EVENT_READ, "listen")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         opts = rec.options.log
@@ -186,7 +188,8 @@ class Monitor:
         self.engine.records.save(rec)  # (a detached start returns once the record says running)
 
     def run(self) -> int:
-        self.broadcast(P.frame(P.STARTED))
+        assert self.pid is not None
+        self.broadcast(ctl.encode(ctl.Type.STARTED, 0, self.pid.to_bytes(4, "big")))
         self.loop()
         return 0
 
@@ -308,7 +311,8 @@ class Monitor:
             return
         assert self.log is not None
         self.log.write(stream, data)
-        self.broadcast(P.frame(P.STDOUT if stream == "stdout" else P.STDERR, data), attached=True)
+        kind = ctl.Type.STDOUT if stream == "stdout" else ctl.Type.STDERR
+        self.broadcast(ctl.encode(kind, 0, data), attached=True)
 
     def broadcast(self, data: bytes, *, attached: bool = True) -> None:
         for c in list(self.clients):
@@ -337,8 +341,8 @@ class Monitor:
         client = Client(sock)
         self.clients.append(client)
         self.sel.register(sock, selectors.EVENT_READ, client)
-        if len(self.clients) > P.MAX_CLIENTS:
-            self.refuse(client, f"too many clients (at most {P.MAX_CLIENTS} at once)")
+        if len(self.clients) > ctl.MAX_CLIENTS:
+            self.refuse(client, f"too many clients (at most {ctl.MAX_CLIENTS} at once)")
 
     def send(self, c: Client, data: bytes) -> None:
         """Send to one client; one that cannot take it is dropped."""
@@ -350,7 +354,7 @@ class Monitor:
     def refuse(self, c: Client, message: str) -> None:
         """Tell a client what was wrong with what it sent, and close its connection."""
         with contextlib.suppress(OSError):
-            c.sock.send(P.jframe(P.REFUSED, {"message": message}), socket.MSG_DONTWAIT)
+            c.sock.send(ctl.message(ctl.Type.REFUSED, message), socket.MSG_DONTWAIT)
         self.drop(c)
 
     def from_client(self, c: Client) -> None:
@@ -364,8 +368,12 @@ class Monitor:
         # A client is input like any other: whatever it sends or asks for, the worst it gets
         # is REFUSED and a closed connection; the container runs on.
         try:
-            for kind, payload in c.reader.feed(data):
-                self.handle(c, P.decode(kind, payload))
+            frames = c.decoder.feed(data)
+            for i, (ftype, session, payload) in enumerate(frames):
+                if ftype not in ctl.SUPERVISOR_REQUESTS or session != 0:
+                    self.hand_over(c, ftype, frames[i:])
+                    return
+                self.handle(c, ftype, payload)
                 if c not in self.clients:
                     return
         except BareboatError as err:
@@ -376,33 +384,54 @@ class Monitor:
             traceback.print_exc()
             self.refuse(c, f"the request failed: {err!r}")
 
-    def handle(self, c: Client, msg: P.Message) -> None:
-        # Clients are local but still only get to do what the messages allow.
-        if isinstance(msg, P.Attach):
-            c.attached, c.stdin = True, msg.stdin
-            if msg.rows and msg.cols:
-                self.resize(msg.rows, msg.cols)
-        elif isinstance(msg, P.Kill):
-            self.kill(msg.signal)
-            self.send(c, P.frame(P.ACK))
-        elif isinstance(msg, P.Stdin):
-            if c.stdin and self.stdin_w is not None and not self.stdin_eof:
-                self.stdin_buf += msg.data
+    def handle(self, c: Client, ftype: ctl.Type, payload: bytes) -> None:
+        """One of the requests the monitor serves itself (ctl.SUPERVISOR_REQUESTS), checked.
+        A client that asks for nothing still hears the workload's end (EXIT or FAILED)."""
+        if ftype is ctl.Type.ATTACH:
+            stdin, rows, cols = ctl.ATTACH.unpack(payload)
+            c.attached, c.stdin = True, bool(stdin)
+            if rows and cols:
+                self.resize(rows, cols)
+        elif ftype is ctl.Type.SIGNAL:
+            self.kill(ctl.u32(payload))
+            # A client that sent the signal and hung up is still served what it sent with it.
+            with contextlib.suppress(OSError):
+                c.sock.sendall(ctl.encode(ctl.Type.DONE))
+        elif ftype is ctl.Type.STDIN:
+            if not (c.stdin and self.stdin_w is not None and not self.stdin_eof):
+                return
+            if payload:
+                self.stdin_buf += payload
                 self.flush_stdin()
                 if len(self.stdin_buf) > STDIN_HIGH and c in self.clients and c not in self.paused:
                     self.sel.unregister(c.sock)  # its next frames wait in its socket
                     self.paused.append(c)
-        elif isinstance(msg, P.StdinEof):
-            if c.stdin and self.stdin_w is not None and not self.stdin_eof:
+            else:
                 if self.pty_master is not None:
                     self.stdin_buf += b"\x04"  # a terminal's end of input
                 self.stdin_eof = True
                 self.flush_stdin()
-        elif isinstance(msg, P.Resize):
-            self.resize(msg.rows, msg.cols)
-        elif isinstance(msg, P.Signal):
-            self.kill(msg.signal)
-        # P.Wait: nothing to do; every client hears EXIT (or ERROR) at the end
+        elif ftype is ctl.Type.RESIZE:
+            self.resize(*ctl.WINSIZE.unpack(payload))
+
+    def hand_over(self, c: Client, ftype: ctl.Type, frames: list[ctl.Frame]) -> None:
+        """A request of the sandbox's own (a VM's exec session, pause, resume, power-off):
+        the connection goes to the backend's side of the socket (a VM's hub, a thread of
+        this process) with what it sent from that request on, and is the monitor's no more."""
+        take = getattr(self.backend, "take_client", None)
+        if take is None:
+            self.refuse(c, f"{ftype.name}: a {self.backend.name} sandbox serves no such request")
+            return
+        if c.attached:
+            self.refuse(c, f"{ftype.name} on an attached connection: open another")
+            return
+        unread = b"".join(ctl.encode(*f) for f in frames) + bytes(c.decoder.buf)
+        self.clients.remove(c)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(c.sock)
+        if c in self.paused:
+            self.paused.remove(c)
+        take(self.ctx, c.sock, unread)
 
     def flush_stdin(self) -> None:
         """Write what waits for the workload's stdin, as much as it takes now."""
@@ -479,9 +508,9 @@ class Monitor:
         if rec.auto_remove:
             shutil.rmtree(self.paths.run, ignore_errors=True)
         if error:
-            self.broadcast(P.jframe(P.ERROR, {"message": error, "code": code}), attached=False)
+            self.broadcast(ctl.failed(code, error), attached=False)
         else:
-            self.broadcast(P.jframe(P.EXIT, {"code": code}), attached=False)
+            self.broadcast(ctl.encode(ctl.Type.EXIT, 0, ctl.status(code)), attached=False)
         for c in list(self.clients):
             # Read what the client sent unasked before closing: closing a socket with unread
             # data resets the connection, and the client could lose the EXIT frame.

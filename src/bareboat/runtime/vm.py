@@ -11,10 +11,10 @@ kernel and init, booted from the bundle's rootfs.
   start's error. From then on the gate relays the workload's stdio (its own fds, or the pty
   slave) through the hub thread, forwards the signals it gets, and ends with the workload's
   exit status once the VM has powered off: it lives exactly as long as the workload.
-- `kill` goes to the workload through the hub's control socket (SIGKILL kills the gate, and
-  with it QEMU), `exec` runs an agent session through the same socket (with `--detach`, a
-  forked exec gate relays it and carries its status), `pause`/`resume` stop and continue the
-  vCPUs over QMP, `delete --force` kills the gate and QEMU and removes every file.
+- `kill` goes to the workload through the sandbox's control socket, the hub's (SIGKILL kills
+  the gate, and with it QEMU), `exec` runs an agent session through the same socket (with
+  `--detach`, a forked exec gate relays it and carries its status), `pause`/`resume` stop and
+  continue the vCPUs over QMP, `delete --force` kills the gate and QEMU and removes every file.
 
 The VM itself is `bareboat.sandbox.microvm`'s: this module keeps `create` and `exec` under
 the OCI contract (flags, the console socket, the pid file, hooks); `kill`, `delete`, `pause`,

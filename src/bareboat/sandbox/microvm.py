@@ -4,8 +4,8 @@ planned from a client's bundle, its supervisor (the gate: boot to HELLO at `crea
 CPU update, destroy) and exec sessions.
 
 The calls that podman and the containerd shim make several times per container (`kill`,
-`pause`, `resume`, `ps`, `delete`) import only `os` and the backend's small modules (the
-control client, the VMM records): everything heavier is imported where it is used.
+`pause`, `resume`, `ps`, `delete`) import only `os`, the control client (`bareboat.control`)
+and the backend's small modules (the VMM records): anything heavier is imported where used.
 """
 
 from __future__ import annotations
@@ -91,18 +91,18 @@ def kill(sandbox: str, st: dict[str, Any], status: Status, sig: int, everything:
         # which spares this call the control client's imports.
         signal_each([int(st["pid"])], sig)
         return True
-    from bareboat.backends.microvm.control import CtlClient
+    from bareboat.control import ControlClient
 
-    with CtlClient(VmFiles(sandbox).ctl) as c:
+    with ControlClient(VmFiles(sandbox).ctl, peer="the VM") as c:
         c.signal(sig)
     return True
 
 
 def set_paused(sandbox: str, st: dict[str, Any], paused: bool) -> None:
     """Stop or continue the VM's vCPUs (the guest never hears of it)."""
-    from bareboat.backends.microvm.control import CtlClient
+    from bareboat.control import ControlClient
 
-    with CtlClient(VmFiles(sandbox).ctl, timeout=30.0) as c:
+    with ControlClient(VmFiles(sandbox).ctl, timeout=30.0, peer="the VM") as c:
         if paused:
             c.pause()
         else:
@@ -386,10 +386,10 @@ def run_session(
     """One exec session through the hub, with `fds` as its stdio (stdin not relayed when it
     is /dev/null); its exit status."""
     from bareboat.backends.base import is_devnull
-    from bareboat.backends.microvm.control import CtlClient
+    from bareboat.control import ControlClient
 
     stdin = None if is_devnull(fds[0]) else fds[0]
-    with CtlClient(files.ctl) as c:
+    with ControlClient(files.ctl, peer="the VM") as c:
         return c.exec(
             payload, stdin=stdin, stdout=fds[1], stderr=fds[2], on_error=on_error,
             on_started=on_started, tty=tty,

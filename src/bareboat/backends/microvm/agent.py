@@ -57,7 +57,7 @@ class FrameType(enum.IntEnum):
     POWEROFF = 12
     PING = 13
     PONG = 14
-    # 15 and 16 are not used: the host's own control messages are control.py's
+    # 15 and 16 are not used: the host's own control messages are bareboat/control.py's
     PORTS = 17
 
 

@@ -6,7 +6,10 @@ or reuse the image's read-only EROFS disk, make the persistent disk if one was a
 the result is a `vmplan.VmPlan`, from which vmplan makes QEMU's config and START as data.
 start: launch QEMU (QemuProcess), wait for the agent's HELLO (a deadline, a panic or a dead
 QEMU each end the wait with the console log's tail), send START, wait for STARTED, and hand
-the channel to the `Hub` thread that relays stdio and serves the control socket. The pid the
+the channel to the `Hub` thread that relays stdio and serves the VM's side of the sandbox's
+control socket (its own socket under bareboat-runtime; under the engine the monitor's, which
+hands the VM's requests to the hub: `take_client`, and `kill`, `resize` and `delete` in the
+monitor's process go to the hub directly). The pid the
 monitor waits on is QEMU's; `exit_code` reads what the hub recorded from the agent's EXIT.
 
 One VM's files live in `<ctx.state_dir>/vm/` (console log, QEMU's log, exit and pid records:
@@ -42,14 +45,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bareboat import control as ctl
 from bareboat.backends.base import BackendContext, Stdio, is_devnull, terminal_size
+from bareboat.control import ControlClient
 from bareboat.errors import (
     AgentProtocolError,
-    BackendError,
     BareboatError,
     BootTimeout,
     CommandNotExecutable,
     CommandNotFound,
+    ControlError,
     GuestError,
     UsageError,
 )
@@ -84,7 +89,6 @@ from .agent import (
     encode_process,
     encode_start,
 )
-from .control import CtlClient
 from .hub import ExitRecord, Hub
 from .vmplan import VmPlan as VmPlan  # re-exported: bareboat-runtime names these from here
 from .vmplan import VmSettings as VmSettings
@@ -565,7 +569,7 @@ class MicrovmBackend:
                 stdin=stdin,
                 stdout=fds[0],
                 stderr=fds[1],
-                ctl_path=d.ctl,
+                ctl_path=None if ctx.control is not None else d.ctl,
                 exit_path=d.exit,
                 qemu_pid=vm.pid,
                 pending=pending,
@@ -791,13 +795,38 @@ class MicrovmBackend:
             )
         raise GuestError(self._why(vm, d, "the VM stopped before the workload exited"))
 
+    def _hub(self, ctx: BackendContext) -> Hub | None:
+        """The VM's hub, where this process is the sandbox's supervisor."""
+        running = self._running.get(ctx.id)
+        return running.hub if running is not None else None
+
+    def control(self, ctx: BackendContext, timeout: float = 5.0) -> ControlClient:
+        """A client of the sandbox's control socket (the monitor's, or the hub's own)."""
+        return ControlClient(ctx.control or self.vmdir(ctx).ctl, timeout=timeout, peer="the VM")
+
+    def take_client(self, ctx: BackendContext, sock: socket.socket, unread: bytes) -> None:
+        """Serve a connection to the sandbox's control socket that asks something of the VM
+        (`bareboat.control`), from its frames in `unread` on: the supervisor that accepted it
+        hands it over, and forgets it."""
+        hub = self._hub(ctx)
+        if hub is None:
+            with contextlib.suppress(OSError):
+                sock.send(ctl.message(ctl.Type.REFUSED, "the VM is not running"))
+            sock.close()
+            return
+        hub.adopt(sock, unread)
+
     def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
         d = self.vmdir(ctx)
+        hub = self._hub(ctx)
         try:
-            with CtlClient(d.ctl) as c:
-                c.signal(int(sig))
+            if hub is not None:
+                hub.request(ctl.Type.SIGNAL, int(sig).to_bytes(4, "big"))
+            else:
+                with self.control(ctx) as c:
+                    c.signal(int(sig))
             return
-        except BackendError:
+        except ControlError:
             pass
         # No hub (the monitor is gone): a kill must still end the VM.
         if int(sig) == signal.SIGKILL:
@@ -807,7 +836,11 @@ class MicrovmBackend:
                     os.kill(qpid, signal.SIGKILL)
 
     def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
-        with contextlib.suppress(BackendError), CtlClient(self.vmdir(ctx).ctl) as c:
+        hub = self._hub(ctx)
+        if hub is not None:
+            hub.request(ctl.Type.RESIZE, ctl.WINSIZE.pack(rows, cols))
+            return
+        with contextlib.suppress(ControlError), self.control(ctx) as c:
             c.resize(rows, cols)
 
     def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
@@ -820,7 +853,7 @@ class MicrovmBackend:
         def show(message: str) -> None:
             print(f"bareboat: exec failed: {message}", file=sys.stderr, flush=True)
 
-        with CtlClient(self.vmdir(ctx).ctl) as c:
+        with self.control(ctx) as c:
             return c.exec(
                 payload, stdin=None if detach else 0, stdout=1, stderr=2, detach=detach,
                 on_error=show, tty=0 if p.terminal and not detach else None,
@@ -830,24 +863,29 @@ class MicrovmBackend:
         d = self.vmdir(ctx)
         running = self._running.pop(ctx.id, None)
         if running is not None:
-            self._stop_vm(d, running.vm.pid)
+            self._stop_vm(ctx, d, running.vm.pid, running.hub)
             running.vm.shutdown(quit_timeout=2.0, term_timeout=2.0)
             if running.hub is not None:
                 running.hub.stop()
         else:
             pid = self._recorded_pid(d)
             if pid and _pid_is_ours(pid, d):
-                self._stop_vm(d, pid)
+                self._stop_vm(ctx, d, pid)
             release_vmm(d.path)  # its owner died without releasing the jail's cgroups
         self._plans.pop(ctx.id, None)
         self._cleanup(d)
 
-    def _stop_vm(self, d: VmDir, pid: int | None) -> None:
+    def _stop_vm(
+        self, ctx: BackendContext, d: VmDir, pid: int | None, hub: Hub | None = None
+    ) -> None:
         """POWEROFF through the hub, then SIGTERM, then SIGKILL; each waits a little."""
         if pid is None or not _pid_is_ours(pid, d):
             return
-        with contextlib.suppress(BackendError), CtlClient(d.ctl, timeout=1.0) as c:
-            c.poweroff()
+        if hub is not None:
+            hub.request(ctl.Type.POWEROFF)
+        else:
+            with contextlib.suppress(ControlError), self.control(ctx, timeout=1.0) as c:
+                c.poweroff()
         for sig, wait in ((None, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
             if sig is not None:
                 with contextlib.suppress(ProcessLookupError):

@@ -1,14 +1,17 @@
-"""The host end of a running VM's agent channel, and the control socket other processes use.
+"""The host end of a running VM's agent channel, and the VM's side of the sandbox's control
+socket.
 
 QEMU's virtio-serial socket takes one connection, so one object must own it for the VM's
-life: the `Hub`, a thread inside the container's monitor (or bareboat-runtime's gate). It
-relays the workload's streams (session 0) between the agent and the owner's stdio fds, records
-the workload's exit, and serves a unix control socket on which any bareboat process (the CLI's
-`kill`, `exec`, `rm -f`, bareboat-runtime's `kill`, `exec`, `pause`, `resume`) speaks the
-host's own control protocol (control.py): SIGNAL, RESIZE, POWEROFF, PAUSE and RESUME for the
-VM, or an EXEC session of its own, which the hub renumbers to the agent's session ids and whose
-guest events it passes back as control events. Nothing a control client sends reaches the
-guest unchecked, and no host-only message is ever a guest frame.
+life: the `Hub`, a thread inside the sandbox's supervisor (the engine's monitor, or
+bareboat-runtime's gate). It relays the workload's streams (session 0) between the agent and
+the owner's stdio fds, records the workload's exit, and serves the VM's requests of the
+sandbox's control protocol (bareboat/control.py): SIGNAL, RESIZE, POWEROFF, PAUSE and RESUME
+for the VM, or an EXEC session of its own, which the hub renumbers to the agent's session ids
+and whose guest events it passes back as control events. Under bareboat-runtime the hub
+listens on the sandbox's control socket itself; under the engine the monitor serves that
+socket and hands the hub, in-process, each connection that asks something of the VM
+(`adopt`) and its own requests for the workload (`request`). Nothing a control client sends
+reaches the guest unchecked, and no host-only message is ever a guest frame.
 
 The guest is untrusted: its frames pass the agent codec's bounds and checks, events for
 sessions it was never given are a protocol violation, and a violation ends the VM.
@@ -28,10 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bareboat.errors import AgentProtocolError, BackendError, BareboatError
+from bareboat import control as ctl
+from bareboat.control import write_all
+from bareboat.errors import AgentProtocolError, BackendError, BareboatError, ControlError
 from bareboat.fsutil import atomic_write_text
 
-from . import control as ctl
 from .agent import (
     MAX_DATA,
     AgentError,
@@ -46,7 +50,6 @@ from .agent import (
     decode_event,
     encode_frame,
 )
-from .control import write_all
 
 # A control request's agent frame, for those the hub passes on.
 _TO_AGENT = {
@@ -54,9 +57,9 @@ _TO_AGENT = {
     ctl.Type.SIGNAL: FrameType.SIGNAL,
     ctl.Type.RESIZE: FrameType.RESIZE,
 }
-# Connections served at once: each holds a descriptor and up to MAX_PAYLOAD of input, and a
-# hub out of descriptors would fail its relay, which ends the VM.
-MAX_CLIENTS = 64
+# Connections served at once: each holds a descriptor and up to a frame of input, and a hub
+# out of descriptors would fail its relay, which ends the VM.
+MAX_CLIENTS = ctl.MAX_CLIENTS
 OUTBUF_HIGH = 4 << 20  # stop reading new input while this much waits for the agent
 KILL_GRACE_S = 5.0  # after a SIGKILL the workload must be gone by then, or QEMU is killed
 
@@ -99,7 +102,7 @@ class Hub:
         stdin: int | None,
         stdout: int,
         stderr: int,
-        ctl_path: Path,
+        ctl_path: Path | None,
         exit_path: Path,
         qemu_pid: int,
         pending: list[Frame] | None = None,
@@ -129,12 +132,12 @@ class Hub:
         self.kill_deadline: float | None = None
         self.done = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        ctl_path.unlink(missing_ok=True)
-        self.listener.bind(str(ctl_path))
-        os.chmod(ctl_path, 0o600)
-        self.listener.listen(16)
-        self.listener.setblocking(False)
+        # What other threads hand the loop (`adopt`, `request`), and whether it must end.
+        self._inbox: list[Callable[[], None]] = []
+        self._inbox_lock = threading.Lock()
+        self._stopping = False
+        # The sandbox's control socket where no supervisor serves it (bareboat-runtime's gate).
+        self.listener = ctl.listen(ctl_path) if ctl_path is not None else None
         self.thread = threading.Thread(target=self.run, name="bareboat-vm-hub", daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -143,6 +146,7 @@ class Hub:
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the loop (after the VM is gone) and release everything the hub holds."""
+        self._stopping = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
@@ -153,9 +157,13 @@ class Hub:
         for c in list(self.clients.values()):
             self._drop(c)
         for s in (self.listener, self.agent):
-            with contextlib.suppress(OSError):
-                s.close()
-        self.ctl_path.unlink(missing_ok=True)
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.close()
+        if self.ctl_path is not None and self.listener is not None:
+            self.ctl_path.unlink(missing_ok=True)
+        with self._inbox_lock:
+            self._inbox.clear()
         for name in ("stdout", "stderr"):
             self._end_stream(name)
         for fd in (self.stdin, self._wake_r, self._wake_w):
@@ -181,7 +189,8 @@ class Hub:
     def _loop(self) -> None:
         self.agent.setblocking(False)
         self.sel.register(self.agent, selectors.EVENT_READ, "agent")
-        self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+        if self.listener is not None:
+            self.sel.register(self.listener, selectors.EVENT_READ, "listen")
         self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         if self.stdin is not None:
             os.set_blocking(self.stdin, False)
@@ -197,7 +206,9 @@ class Hub:
             for key, mask in self.sel.select(timeout):
                 what = key.data
                 if what == "wake":
-                    return
+                    if self._stopping:
+                        return
+                    self._take_inbox()
                 if what == "agent":
                     if mask & selectors.EVENT_WRITE:
                         self._flush()
@@ -331,18 +342,50 @@ class Hub:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.qemu_pid, signal.SIGKILL)
 
+    # --- from the supervisor's own thread ------------------------------------------------------
+    def adopt(self, sock: socket.socket, unread: bytes) -> None:
+        """Serve a control connection the supervisor accepted, from the frames in `unread`
+        on (what it has read of the connection and not served). Any thread."""
+        self._post(lambda: self._serve(sock, unread))
+
+    def request(self, ftype: ctl.Type, payload: bytes = b"") -> None:
+        """A SIGNAL, RESIZE or POWEROFF for the workload (session 0) from the supervisor
+        itself, as a client's would be. Any thread; a hub that has stopped takes nothing."""
+        self._post(lambda: self._for_workload(ftype, payload))
+
+    def _post(self, action: Callable[[], None]) -> None:
+        with self._inbox_lock:
+            self._inbox.append(action)
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _take_inbox(self) -> None:
+        with contextlib.suppress(OSError):
+            os.read(self._wake_r, 512)
+        with self._inbox_lock:
+            actions, self._inbox = self._inbox, []
+        for action in actions:
+            action()
+
     # --- control clients ---------------------------------------------------------------------
     def _accept(self) -> None:
+        assert self.listener is not None
         try:
             sock, _ = self.listener.accept()
         except OSError:  # gone before we looked, or no descriptor left: nothing to serve
             return
+        self._serve(sock, b"")
+
+    def _serve(self, sock: socket.socket, unread: bytes) -> None:
+        sock.setblocking(True)
         sock.settimeout(5)
         client = _Client(sock)
         self.clients[sock.fileno()] = client
         self.sel.register(sock, selectors.EVENT_READ, client)
         if len(self.clients) > MAX_CLIENTS:
             self._refuse(client, f"too many control clients (at most {MAX_CLIENTS} at once)")
+        elif unread:
+            self._take(client, unread)
 
     def _refuse(self, c: _Client, message: str, session: int = 0) -> None:
         """Tell a control client what was wrong with what it sent (REFUSED), and close its
@@ -366,7 +409,6 @@ class Hub:
             self._drop(c)
 
     def _read_client(self, c: _Client) -> None:
-        fd = c.sock.fileno()
         try:
             data = c.sock.recv(256 * 1024)
         except OSError:
@@ -374,6 +416,10 @@ class Hub:
         if not data:
             self._drop(c)
             return
+        self._take(c, data)
+
+    def _take(self, c: _Client, data: bytes) -> None:
+        fd = c.sock.fileno()
         # A control client is input like any other: the worst it can get for what it sends is
         # REFUSED and a closed connection. Only checked requests reach the guest, whose
         # answers to a malformed one would otherwise count as the workload's failure.
@@ -382,18 +428,25 @@ class Hub:
                 self._from_client(c, ftype, session, payload)
                 if self.clients.get(fd) is not c:
                     return  # refused or gone
-        except BackendError as err:  # the frame's shape (control.Decoder)
+        except ControlError as err:  # the frame's shape (control.Decoder)
             self._refuse(c, str(err))
         except Exception as err:  # noqa: BLE001 - a failed request must not end the VM
             self._refuse(c, f"the request failed: {err!r}")
 
     def _from_client(self, c: _Client, ftype: ctl.Type, session: int, payload: bytes) -> None:
         if ftype is ctl.Type.POWEROFF:
-            self.send(Frame(FrameType.POWEROFF, 0))
+            self._for_workload(ftype, payload)
             return
         if ftype in (ctl.Type.PAUSE, ctl.Type.RESUME):
             self._control_vm(c, ftype)
             return
+        if ftype is ctl.Type.ATTACH:
+            self._refuse(c, "ATTACH: the workload's stdio is not served here")
+            return
+        if ftype is ctl.Type.SIGNAL and session == 0:
+            # A client that sent the signal and hung up is still served what it sent with it.
+            with contextlib.suppress(OSError):
+                c.sock.sendall(ctl.encode(ctl.Type.DONE))
         if ftype is ctl.Type.EXEC:
             if session in c.sessions:
                 self._refuse(c, f"EXEC needs a session id >= 1 not in use, not {session}")
@@ -404,17 +457,23 @@ class Hub:
             self.owner[sid] = (c, session)
             self.send(Frame(FrameType.EXEC, sid, payload))
             return
-        guest_type = _TO_AGENT[ftype]
         if session == 0:
-            if ftype is ctl.Type.STDIN or self.exited is not None:
-                return  # the workload's stdin is the monitor's; a finished one takes nothing
-            if ftype is ctl.Type.SIGNAL and payload == signal.SIGKILL.to_bytes(4, "big"):
-                self.kill_deadline = time.monotonic() + KILL_GRACE_S
-            self.send(Frame(guest_type, 0, payload))
+            if ftype is not ctl.Type.STDIN:  # the workload's stdin is the supervisor's
+                self._for_workload(ftype, payload)
             return
         target = c.sessions.get(session)
         if target is not None:
-            self.send(Frame(guest_type, target, payload))
+            self.send(Frame(_TO_AGENT[ftype], target, payload))
+
+    def _for_workload(self, ftype: ctl.Type, payload: bytes) -> None:
+        if ftype is ctl.Type.POWEROFF:
+            self.send(Frame(FrameType.POWEROFF, 0))
+            return
+        if self.exited is not None:
+            return  # a finished workload takes nothing
+        if ftype is ctl.Type.SIGNAL and payload == signal.SIGKILL.to_bytes(4, "big"):
+            self.kill_deadline = time.monotonic() + KILL_GRACE_S
+        self.send(Frame(_TO_AGENT[ftype], 0, payload))
 
     def _forward(self, ports: tuple[int, ...]) -> None:
         if self.forward_ports is None:
