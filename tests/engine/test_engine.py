@@ -71,3 +71,31 @@ def test_running_container_cannot_be_started_or_removed(engine: Engine) -> None:
         engine.remove(rec.id)
     engine.remove(rec.id, force=True)
     assert engine.containers(all=True) == []
+
+
+def _overlay_options(target: Path) -> str:
+    """The superblock options of the overlay mounted at `target`, from mountinfo."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(target):
+                return fields[-1]
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
+@pytest.mark.parametrize("auto_remove", [True, False])
+def test_only_a_removed_containers_overlay_skips_the_sync(
+    engine: Engine, auto_remove: bool
+) -> None:
+    # A `--rm` container's upper layer is thrown away, so its overlay is `volatile` (no sync
+    # of the host filesystem when it is unmounted); a kept container's changes are synced.
+    opts = RunOptions(isolation=Isolation.PROCESS, command=("sleep", "30"))
+    rec = engine.create("latest", opts, auto_remove=auto_remove)
+    engine.start(rec.id)
+    try:
+        options = _overlay_options(engine.paths(rec.id).rootfs).split(",")
+        # (kernels from 6.5 show it as `fsync=volatile`)
+        assert ("volatile" in options or "fsync=volatile" in options) is auto_remove
+    finally:
+        engine.remove(rec.id, force=True)
+    assert engine.containers(all=True) == []

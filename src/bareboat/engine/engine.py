@@ -155,10 +155,10 @@ class Engine:
             id=cid, bundle=p.bundle, state_dir=p.backend_state, spec=spec, control=p.socket
         )
 
-    def overlay(self, cid: str) -> Overlay:
+    def overlay(self, cid: str, *, volatile: bool = False) -> Overlay:
         p = self.paths(cid)
         lower = Path((p.record / "lower").read_text())
-        return Overlay(lower=lower, upper=p.upper, work=p.work, target=p.rootfs)
+        return Overlay(lower=lower, upper=p.upper, work=p.work, target=p.rootfs, volatile=volatile)
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:

@@ -152,7 +152,7 @@ class Monitor:
         signal.signal(signal.SIGTERM, lambda *_: self.kill(signal.SIGTERM))
         self.wake_r = wake_r
         rec = self.record
-        self.engine.overlay(self.cid).mount()
+        self.engine.overlay(self.cid, volatile=rec.auto_remove).mount()
         spec = self.ctx.spec
         proc = spec["process"]
         if self.backend.name != "wasm":  # a module need not be executable; create checks it
