@@ -20,6 +20,8 @@ from bareboat.errors import BackendUnavailable, GuestError
 from bareboat.fsutil import atomic_write
 from bareboat.paths import Roots
 
+from . import toolmemo
+
 # guest/ lives at the top of the repository, beside src/.
 INIT_SOURCES = Path(__file__).resolve().parents[4] / "guest" / "init"
 CC = "musl-gcc"
@@ -54,22 +56,37 @@ def source_files(directory: Path = INIT_SOURCES) -> tuple[Path, ...]:
     return files
 
 
-def compiler_version(cc: str = CC) -> str:
+def compiler_version(cc: str = CC, *, memo_dir: Path | None = None) -> str:
+    """The compiler's first line of `--version`. With `memo_dir`, remembered there while the
+    compiler's file, the gcc musl-gcc calls and the package database stay the same."""
     path = shutil.which(cc)
     if path is None:
         raise BackendUnavailable(
             f"{cc} is missing: install Debian's musl-tools to build the guest init"
         )
-    out = subprocess.run(
-        [path, "--version"], capture_output=True, text=True, timeout=30, check=False
-    )
-    return out.stdout.splitlines()[0] if out.stdout else f"{cc} (unknown version)"
+
+    def ask() -> str:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+        return out.stdout.splitlines()[0] if out.stdout else f"{cc} (unknown version)"
+
+    if memo_dir is None:
+        return ask()
+    # musl-gcc runs $REALGCC or the target's gcc: that one's version is what it prints.
+    real = os.environ.get("REALGCC") or "x86_64-linux-gnu-gcc"
+    depends = [Path(path), toolmemo.DPKG_STATUS]
+    if found := shutil.which(real):
+        depends.append(Path(found))
+    return toolmemo.remembered(memo_dir, f"compiler:{path}:{real}", depends, ask)
 
 
-def plan_init(directory: Path = INIT_SOURCES, *, cc: str = CC) -> InitBuild:
+def plan_init(
+    directory: Path = INIT_SOURCES, *, cc: str = CC, memo_dir: Path | None = None
+) -> InitBuild:
     sources = source_files(directory)
     h = hashlib.sha256()
-    h.update(compiler_version(cc).encode())
+    h.update(compiler_version(cc, memo_dir=memo_dir).encode())
     h.update(b"\0".join(a.encode() for a in CFLAGS))
     for f in sources:
         h.update(f"\0{f.name}\0".encode())
@@ -84,7 +101,7 @@ def init_dir(roots: Roots) -> Path:
 
 def build_init(roots: Roots, *, directory: Path = INIT_SOURCES) -> Path:
     """Compile the init (or find it cached) and return the binary's path."""
-    plan = plan_init(directory)
+    plan = plan_init(directory, memo_dir=roots.guest)
     final = init_dir(roots) / plan.key / "init"
     if final.is_file():
         return final

@@ -38,6 +38,8 @@ from bareboat.errors import BackendError, GuestError, KernelMissing, UsageError
 from bareboat.fsutil import atomic_write_text
 from bareboat.paths import Roots
 
+from . import toolmemo
+
 SOURCE_PACKAGE = "linux-source-6.1"
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 # guest/ lives at the top of the repository, beside src/.
@@ -110,12 +112,26 @@ class KernelSource:
     version: str  # the Debian package version, e.g. "6.1.192-2"
 
 
-def find_source(tarball: Path = SOURCE_TARBALL) -> KernelSource:
-    """The installed kernel source tarball and its version; KernelMissing if there is none."""
+def find_source(tarball: Path = SOURCE_TARBALL, *, memo_dir: Path | None = None) -> KernelSource:
+    """The installed kernel source tarball and its version; KernelMissing if there is none.
+    With `memo_dir`, the version is remembered there while the package database and the
+    tarball stay the same (toolmemo.py)."""
     if not tarball.is_file():
         raise KernelMissing(
             f"{tarball} not found: install the {SOURCE_PACKAGE} package, or pass --kernel"
         )
+    if memo_dir is None:
+        return KernelSource(tarball=tarball, version=_source_version(tarball))
+    version = toolmemo.remembered(
+        memo_dir,
+        f"kernel-source:{tarball}",
+        (toolmemo.DPKG_STATUS, tarball),
+        lambda: _source_version(tarball),
+    )
+    return KernelSource(tarball=tarball, version=version)
+
+
+def _source_version(tarball: Path) -> str:
     version = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(
@@ -131,7 +147,7 @@ def find_source(tarball: Path = SOURCE_TARBALL) -> KernelSource:
         # Not from a Debian package: the file's identity stands in for a version.
         st = tarball.stat()
         version = f"{tarball.name}:{st.st_size}:{st.st_mtime_ns}"
-    return KernelSource(tarball=tarball, version=version)
+    return version
 
 
 def fragment_path() -> Path:
@@ -228,7 +244,7 @@ class KernelChoice:
 
 def built_kernel(roots: Roots) -> Path | None:
     """Our cached vmlinux for the current source and fragment, or None if not built."""
-    key = cache_key(find_source().version, read_fragment())
+    key = cache_key(find_source(memo_dir=roots.guest).version, read_fragment())
     path = kernel_dir(roots) / key / "vmlinux"
     return path if path.is_file() else None
 
@@ -249,7 +265,7 @@ def resolve_kernel(
         if path is not None:
             check_vmlinux(path)
             return KernelChoice(path=path.resolve(), origin=origin)
-    source = find_source()
+    source = find_source(memo_dir=roots.guest)
     key = cache_key(source.version, read_fragment())
     path = kernel_dir(roots) / key / "vmlinux"
     if not path.is_file():
