@@ -35,10 +35,9 @@ from bareboat.errors import BackendError, BackendUnavailable, UsageError
 from bareboat.privdir import private_file
 
 from .consolelog import CONSOLE_LOG_MAX, ConsoleLog, fifo_path, read_tail
+from .qmp import QmpClient, QmpCommandError, QmpError
 
 if TYPE_CHECKING:
-    from qemu.qmp.legacy import QEMUMonitorProtocol
-
     from .network import Slirp4netns
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -570,7 +569,7 @@ class QemuProcess:
         self._stderr_path = stderr
         self._stderr: IO[bytes] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._qmp: QEMUMonitorProtocol | None = None
+        self._qmp: QmpClient | None = None
         self._lease: Any = None  # jail.Lease of a jailed QEMU
         self._cgroups: Any = None  # jail.VmmCgroups
         self._owned: list[Path] = []  # files handed to the VMM's uid, handed back at shutdown
@@ -739,8 +738,6 @@ class QemuProcess:
         """Wait for QEMU's greeting on our end of the QMP pair (or its death), then talk."""
         import select
 
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-
         assert self._proc is not None
         deadline = time.monotonic() + self.launch_timeout
         poller = select.poll()
@@ -754,18 +751,14 @@ class QemuProcess:
             if time.monotonic() > deadline:
                 sock.close()
                 raise BackendError(f"QEMU did not speak QMP within {self.launch_timeout:g} s")
-        from qemu.qmp import QMPError
-
-        qmp = QEMUMonitorProtocol(sock)
+        qmp = QmpClient(sock, timeout=self.qmp_timeout)
         try:
-            qmp.connect()
-        except (QMPError, OSError, EOFError) as e:
-            with contextlib.suppress(QMPError, OSError):
-                qmp.close()
+            qmp.handshake()
+        except (QmpError, OSError) as e:
+            qmp.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(1.0)  # a QEMU that hung up is on its way out: let it say why
             raise BackendError(f"QEMU's QMP failed at start: {e}: {self.stderr_tail()}") from None
-        qmp.settimeout(self.qmp_timeout)
         self._qmp = qmp
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -869,17 +862,15 @@ class QemuProcess:
 
     def command(self, name: str, **args: Any) -> Any:
         """Run one QMP command and return its `return` value; QMP errors become BackendError."""
-        from qemu.qmp import ExecuteError, QMPError
-
         if self._qmp is None:
             raise BackendError("QMP is not connected")
         try:
-            return self._qmp.cmd(name, **args)
-        except ExecuteError as e:
-            raise BackendError(f"QMP {name} failed: {e.error.error.desc}") from None
+            return self._qmp.execute(name, args)
+        except QmpCommandError as e:
+            raise BackendError(f"QMP {name} failed: {e.desc}") from None
         except TimeoutError:
             raise BackendError(f"QMP {name} did not answer in {self.qmp_timeout:g} s") from None
-        except (QMPError, OSError, EOFError) as e:
+        except (QmpError, OSError) as e:
             # The connection broke: QEMU died or closed the socket (it does so on `quit`).
             if name == "quit":
                 return None
@@ -890,7 +881,7 @@ class QemuProcess:
         if self._qmp is None:
             raise BackendError("QMP is not connected")
         try:
-            self._qmp.send_fd_scm(fd)
+            self._qmp.send_fd(fd)
         except OSError as e:
             raise BackendError(f"cannot pass a descriptor to QEMU: {e}") from None
         self.command("getfd", fdname=name)
