@@ -40,8 +40,8 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
         f.write(data)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, text.encode())
+def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
+    atomic_write(path, text.encode(), durable=durable)
 
 
 @contextlib.contextmanager

@@ -640,7 +640,8 @@ class MicrovmBackend:
         """Record `vm` as this container's QEMU, for kill/delete from this and other processes."""
         running.vm = vm
         assert vm.pid is not None
-        atomic_write_text(d.pidfile, json.dumps({"pid": vm.pid}))
+        # Run state (not fsynced): a crash of the host ends the QEMU it names.
+        atomic_write_text(d.pidfile, json.dumps({"pid": vm.pid}), durable=False)
         self._running[ctx.id] = running
 
     def _boot(

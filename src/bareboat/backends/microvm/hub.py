@@ -72,7 +72,8 @@ class ExitRecord:
     error: str = ""
 
     def save(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps({"code": self.code, "error": self.error}))
+        # Run state (not fsynced): a crash of the host ends the VM it describes.
+        atomic_write_text(path, json.dumps({"code": self.code, "error": self.error}), durable=False)
 
     @classmethod
     def load(cls, path: Path) -> ExitRecord | None:

@@ -712,7 +712,8 @@ class QemuProcess:
         if self.jail_record_path is not None:
             from bareboat.fsutil import atomic_write_text
 
-            atomic_write_text(self.jail_record_path, json.dumps(self.jail_record()))
+            # Run state (not fsynced): a crash of the host ends what it names.
+            atomic_write_text(self.jail_record_path, json.dumps(self.jail_record()), durable=False)
         for b in plan.binds:
             # The VM's own writable files (its disk, a template's RAM while it is made)
             # belong to its uid while it runs; shared ones (a clone's template RAM) do not.
