@@ -153,3 +153,52 @@ def test_an_engine_run_vm_has_one_control_socket(vm_bb: Run, roots: Roots, image
         assert b"got USR1" in b"".join(data for _, _, data in engine.logs(cid))
     finally:
         vm_bb("rm", "-f", cid, timeout=60)
+
+
+def _qemu_of(engine: Engine, cid: str) -> int | None:
+    """The pid of the container's QEMU once the backend recorded it, else None."""
+    import json
+
+    pidfile = engine.paths(cid).backend_state / "vm" / "vm.json"
+    with contextlib.suppress(OSError, ValueError):
+        return int(json.loads(pidfile.read_text())["pid"])
+    return None
+
+
+@pytest.mark.slow
+def test_a_foreground_vm_boots_before_its_client_attaches(
+    vm_bb: Run, roots: Roots, image: str
+) -> None:
+    """`run` (foreground) starts the VM's QEMU as soon as the monitor is ready, so the guest
+    boots while the client attaches; the workload itself waits for the client. A container
+    removed in that window leaves no QEMU, mount or file behind."""
+    from bareboat.spec.options import Isolation, RunOptions
+
+    engine = Engine(roots)
+    opts = RunOptions(
+        isolation=Isolation.MICROVM,
+        command=("true",),
+        labels={"io.bareboat.vm.template": "off"},
+    )
+    rec = engine.create(image, opts)
+    engine.start(rec.id, wait_attach=True)
+    deadline = time.monotonic() + 60
+    while (pid := _qemu_of(engine, rec.id)) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pid is not None, "no QEMU ran before the client attached"
+    assert b"qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert engine.get(rec.id).state.value == "created"  # the workload waits for its client
+    engine.remove(rec.id, force=True)
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid), Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie has, waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

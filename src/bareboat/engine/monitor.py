@@ -70,6 +70,7 @@ class Client:
 
 
 STDIN_HIGH = 1 << 20  # bytes of stdin that may wait for the workload before clients wait
+UNHEARD_MAX = 64 << 10  # bytes of output kept for a foreground run's client yet to attach
 
 
 class Monitor:
@@ -97,6 +98,9 @@ class Monitor:
         self.paused: list[Client] = []
         self.log: LogWriter | None = None
         self.winsize = (24, 80)
+        # What the sandbox wrote before the first client of a foreground run attached (a
+        # VM's boot notes, from `prelaunch`): that client is sent it first.
+        self.unheard: list[bytes] | None = [] if wait_attach else None
 
     @classmethod
     def plan(cls, engine: Engine, cid: str, *, wait_attach: bool) -> SupervisorPlan:
@@ -160,13 +164,13 @@ class Monitor:
                 self.ctx.rootfs, list(proc["args"]), list(proc.get("env", [])), proc.get("cwd", "/")
             )
         self.backend.create(self.ctx)
+        # stdio exists before the first client attaches, so stdin it sends early is kept
+        self.stdio = self.make_stdio()
         self.listener = ctl.listen(self.paths.socket)
         self.sel.register(self.listener, selectors.EVENT_READ, "listen")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         opts = rec.options.log
         self.log = LogWriter(self.paths.log, max_size=opts.max_size, max_file=opts.max_file)
-        # stdio exists before the first client attaches, so stdin it sends early is kept
-        self.stdio = self.make_stdio()
 
     def start(self) -> None:
         stdio = self.stdio
@@ -205,6 +209,12 @@ class Monitor:
         return code, msg or "start failed"
 
     def await_first_client(self) -> None:
+        # A VM boots while its client connects and attaches (the caller was told we are
+        # ready; its connection waits in the listener's backlog); its workload still waits
+        # for `start`. Under TCG the kernel's boot hides the attaching.
+        prelaunch = getattr(self.backend, "prelaunch", None)
+        if prelaunch is not None:
+            prelaunch(self.ctx, self.stdio)
         deadline = time.monotonic() + 30
         while not any(c.attached for c in self.clients):
             left = deadline - time.monotonic()
@@ -312,7 +322,10 @@ class Monitor:
         assert self.log is not None
         self.log.write(stream, data)
         kind = ctl.Type.STDOUT if stream == "stdout" else ctl.Type.STDERR
-        self.broadcast(ctl.encode(kind, 0, data), attached=True)
+        frame = ctl.encode(kind, 0, data)
+        if self.unheard is not None and sum(map(len, self.unheard)) < UNHEARD_MAX:
+            self.unheard.append(frame)
+        self.broadcast(frame, attached=True)
 
     def broadcast(self, data: bytes, *, attached: bool = True) -> None:
         for c in list(self.clients):
@@ -390,6 +403,13 @@ class Monitor:
         if ftype is ctl.Type.ATTACH:
             stdin, rows, cols = ctl.ATTACH.unpack(payload)
             c.attached, c.stdin = True, bool(stdin)
+            unheard, self.unheard = self.unheard, None
+            if unheard:
+                try:
+                    c.sock.sendall(b"".join(unheard))
+                except OSError:
+                    self.drop(c)
+                    return
             if rows and cols:
                 self.resize(rows, cols)
         elif ftype is ctl.Type.SIGNAL:

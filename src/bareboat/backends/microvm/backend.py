@@ -74,28 +74,16 @@ from bareboat.spec.defaults import NETWORK_ANNOTATION, PUBLISH_ANNOTATION
 from bareboat.spec.options import PortMapping
 
 from . import network, rootfs, vmplan, vmspec
-from .agent import (
-    AgentError,
-    ErrorKind,
-    Exited,
-    Frame,
-    FrameDecoder,
-    FrameType,
-    Hello,
-    Output,
-    Started,
-    decode_event,
-    encode_frame,
-    encode_process,
-    encode_start,
-)
-from .hub import ExitRecord, Hub
 from .vmplan import VmPlan as VmPlan  # re-exported: bareboat-runtime names these from here
 from .vmplan import VmSettings as VmSettings
 from .vmplan import to_process_spec as to_process_spec
 from .vmproc import VMM_RECORD, is_vm_qemu, recorded_pid, release_vmm
 
 if TYPE_CHECKING:
+    # The agent's protocol and the hub are imported where a VM is booted, once its QEMU
+    # runs: under TCG their import (~45 ms here) then overlaps the guest kernel's boot.
+    from .agent import Frame, FrameDecoder
+    from .hub import Hub
     from .qemu import QemuProcess, Share, VMConfig
 
 BOOT_TIMEOUT_S = 30.0  # TCG boots in ~1 s here; a loaded CI host may need far more
@@ -112,10 +100,6 @@ ANN_PUBLISH = PUBLISH_ANNOTATION
 ANN_DISK = "io.bareboat.vm.disk"
 ANN_KERNEL = "io.bareboat.vm.kernel"
 ANN_CMDLINE = "io.bareboat.vm.cmdline"
-_ERRORS: dict[ErrorKind, type[BareboatError]] = {
-    ErrorKind.NOT_FOUND: CommandNotFound,
-    ErrorKind.NOT_EXECUTABLE: CommandNotExecutable,
-}
 
 
 # --- plain data: what one VM is -----------------------------------------------------------------
@@ -354,6 +338,16 @@ class _Running:
     hub: Hub | None = None
 
 
+@dataclass
+class _Launched:
+    """A VM whose QEMU runs (registered as the container's), its agent not yet heard."""
+
+    plan: VmPlan
+    vm: Any  # QemuProcess
+    running: _Running
+    vmdir: VmDir
+
+
 class MicrovmBackend:
     name = "microvm"
 
@@ -362,6 +356,7 @@ class MicrovmBackend:
         env_timeout = os.environ.get(ENV_BOOT_TIMEOUT)
         self.boot_timeout = boot_timeout or (float(env_timeout) if env_timeout else BOOT_TIMEOUT_S)
         self._plans: dict[str, VmPlan] = {}
+        self._launched: dict[str, _Launched] = {}
         self._running: dict[str, _Running] = {}
         self.template_used: str | None = None  # the template key the last start cloned
 
@@ -498,9 +493,15 @@ class MicrovmBackend:
     def start(self, ctx: BackendContext, stdio: Stdio) -> int:
         return self.run_workload(ctx, self.boot(ctx, stdio), stdio)
 
-    def boot(self, ctx: BackendContext, stdio: Stdio) -> Booted:
-        """Launch QEMU (or a template clone) and wait for the agent's HELLO: a VM ready to
-        START its workload. The OCI runtime does this at `create`, the engine at `start`."""
+    def prelaunch(self, ctx: BackendContext, stdio: Stdio) -> None:
+        """Launch this VM's QEMU (or its template's clone) now, ahead of `start`: the engine's
+        monitor calls it before its client attaches, so that the guest boots while the
+        client connects; the workload still waits for `start`."""
+        if ctx.id not in self._launched:
+            self._launched[ctx.id] = self._begin(ctx, stdio)
+
+    def _begin(self, ctx: BackendContext, stdio: Stdio) -> _Launched:
+        """QEMU (or a template clone) launched and registered; nothing waited for."""
         plan = self._plans.get(ctx.id) or self.plan(ctx)
         d = self.vmdir(ctx)
         d.path.mkdir(parents=True, exist_ok=True)
@@ -512,10 +513,22 @@ class MicrovmBackend:
         network.check_ports_free(plan.net.ports)
         vm = self._qemu(ctx, plan)
         running = _Running(vm)
-        sock: socket.socket | None = None
         try:
             vm = self._launch(ctx, plan, vm, d, stdio)
             self._register(ctx, running, vm, d)
+        except BaseException:
+            self._abort(ctx, vm, None, [])
+            raise
+        return _Launched(plan, vm, running, d)
+
+    def boot(self, ctx: BackendContext, stdio: Stdio) -> Booted:
+        """Launch QEMU (or a template clone), unless `prelaunch` did, and wait for the agent's
+        HELLO: a VM ready to START its workload. The OCI runtime does this at `create`, the
+        engine at `start`."""
+        launched = self._launched.pop(ctx.id, None) or self._begin(ctx, stdio)
+        plan, vm, running, d = launched.plan, launched.vm, launched.running, launched.vmdir
+        sock: socket.socket | None = None
+        try:
             if self.template_used is not None:
                 try:
                     sock, decoder, pending = self._boot(vm, d, timeout=CLONE_READY_TIMEOUT_S)
@@ -538,6 +551,9 @@ class MicrovmBackend:
 
     def run_workload(self, ctx: BackendContext, b: Booted, stdio: Stdio) -> int:
         """START the workload in a booted VM and hand its channel to the hub; QEMU's pid."""
+        from .agent import Frame, FrameType, encode_frame, encode_start
+        from .hub import Hub
+
         d = self.vmdir(ctx)
         vm = b.vm
         assert vm.pid is not None
@@ -648,6 +664,8 @@ class MicrovmBackend:
         self, vm: Any, d: VmDir, *, timeout: float | None = None
     ) -> tuple[socket.socket, FrameDecoder, list[Frame]]:
         """Connect to the agent and wait for its HELLO, or explain why it never came."""
+        from .agent import Frame, FrameDecoder, FrameType, Hello, decode_event, encode_frame
+
         deadline = time.monotonic() + (timeout or self.boot_timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -692,6 +710,12 @@ class MicrovmBackend:
         self, vm: Any, d: VmDir, sock: socket.socket, decoder: FrameDecoder
     ) -> list[Frame]:
         """Frames up to STARTED (returned for the hub to relay), or the start's failure."""
+        from .agent import AgentError, ErrorKind, Exited, Hello, Output, Started, decode_event
+
+        errors_of: dict[ErrorKind, type[BareboatError]] = {
+            ErrorKind.NOT_FOUND: CommandNotFound,
+            ErrorKind.NOT_EXECUTABLE: CommandNotExecutable,
+        }
         deadline = time.monotonic() + START_TIMEOUT_S
         pending: list[Frame] = []
         errors: list[AgentError] = []
@@ -722,7 +746,7 @@ class MicrovmBackend:
                     # START failed: ERROR (NOT_FOUND, ...) then EXIT 127/126/125.
                     kind = errors[0].kind if errors else ErrorKind.SPAWN
                     msg = errors[0].message if errors else f"exit status {event.status}"
-                    err_cls = _ERRORS.get(kind, GuestError)
+                    err_cls = errors_of.get(kind, GuestError)
                     if kind in (ErrorKind.ROOTFS, ErrorKind.INTERNAL):
                         msg = self._why(vm, d, f"the guest init failed: {msg}")
                     raise err_cls(msg)
@@ -774,6 +798,8 @@ class MicrovmBackend:
         return running.hub.done.wait(timeout)
 
     def exit_code(self, ctx: BackendContext, status: int) -> int:
+        from .hub import ExitRecord
+
         d = self.vmdir(ctx)
         running = self._running.get(ctx.id)
         if running is not None and running.hub is not None:
@@ -847,6 +873,8 @@ class MicrovmBackend:
     def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
         import sys
 
+        from .agent import encode_process
+
         p = vmspec.parse_process(process)
         winsize = terminal_size(0) if p.terminal else (0, 0)
         payload = encode_process(to_process_spec(p, winsize))
@@ -862,9 +890,13 @@ class MicrovmBackend:
 
     def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
         d = self.vmdir(ctx)
+        self._launched.pop(ctx.id, None)
         running = self._running.pop(ctx.id, None)
         if running is not None:
-            self._stop_vm(ctx, d, running.vm.pid, running.hub)
+            if running.hub is not None:
+                # A workload that ran gets a clean power-off first (its disk flushed); a VM
+                # still booting has nothing to flush and is simply quit.
+                self._stop_vm(ctx, d, running.vm.pid, running.hub)
             running.vm.shutdown(quit_timeout=2.0, term_timeout=2.0)
             if running.hub is not None:
                 running.hub.stop()
