@@ -514,17 +514,21 @@ class MicrovmBackend:
         running = _Running(vm)
         sock: socket.socket | None = None
         try:
-            vm = self._launch(ctx, plan, vm, d, stdio)
+            # a clone comes with its agent channel, connected before its state loaded
+            vm, sock = self._launch(ctx, plan, vm, d, stdio)
             self._register(ctx, running, vm, d)
             if self.template_used is not None:
                 try:
-                    sock, decoder, pending = self._boot(vm, d, timeout=CLONE_READY_TIMEOUT_S)
+                    sock, decoder, pending = self._boot(
+                        vm, d, timeout=CLONE_READY_TIMEOUT_S, sock=sock
+                    )
                 except GuestError as e:
                     # Size and checksums of a template are checked before use, but RAM damaged
                     # in place only shows when the clone never resumes: boot cold instead.
                     vm.shutdown(quit_timeout=1.0, term_timeout=1.0)
                     _tell(stdio, f"template not used, booting cold: the clone did not resume: {e}")
                     self.template_used = None
+                    sock = None  # _boot closed it
                     d.console.unlink(missing_ok=True)
                     vm = self._qemu(ctx, plan)
                     vm.launch()
@@ -603,10 +607,11 @@ class MicrovmBackend:
 
     def _launch(
         self, ctx: BackendContext, plan: VmPlan, vm: QemuProcess, d: VmDir, stdio: Stdio
-    ) -> QemuProcess:
-        """A clone of this VM's template when there is one (made first when asked), else
-        `vm` booted cold. A broken template is reported (on the run's stderr: the monitor's
-        own goes to its log) and the VM boots cold."""
+    ) -> tuple[QemuProcess, socket.socket | None]:
+        """A clone of this VM's template when there is one (made first when asked), with its
+        agent channel already connected, else `vm` booted cold (and no channel yet). A broken
+        template is reported (on the run's stderr: the monitor's own goes to its log) and the
+        VM boots cold."""
         from . import template
 
         self.template_used = None
@@ -624,17 +629,17 @@ class MicrovmBackend:
                     found = template.create_template(self.roots, inputs)
                 if found is not None:
                     files = template.VmFiles(d.sockets, d.console, d.qemu_log, d.vmm_record)
-                    clone = template.launch_clone(
+                    clone, sock = template.launch_clone(
                         found, inputs, files, cpu_limit=self.vmm_cpu_limit(ctx)
                     )
                     self.template_used = found.key
-                    return clone
+                    return clone, sock
             except GuestError as e:
                 reason = str(e)
         if reason:
             _tell(stdio, f"template not used, booting cold: {reason}")
         vm.launch()
-        return vm
+        return vm, None
 
     def _register(self, ctx: BackendContext, running: _Running, vm: QemuProcess, d: VmDir) -> None:
         """Record `vm` as this container's QEMU, for kill/delete from this and other processes."""
@@ -644,13 +649,16 @@ class MicrovmBackend:
         self._running[ctx.id] = running
 
     def _boot(
-        self, vm: Any, d: VmDir, *, timeout: float | None = None
+        self, vm: Any, d: VmDir, *, timeout: float | None = None, sock: socket.socket | None = None
     ) -> tuple[socket.socket, FrameDecoder, list[Frame]]:
-        """Connect to the agent and wait for its HELLO, or explain why it never came."""
+        """Connect to the agent (unless `sock` is connected already) and wait for its HELLO,
+        or explain why it never came."""
         deadline = time.monotonic() + (timeout or self.boot_timeout)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dialed = sock is not None
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            while True:
+            while not dialed:
                 try:
                     sock.connect(str(d.agent))
                     break
