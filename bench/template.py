@@ -42,6 +42,7 @@ from bareboat.backends.microvm import template as T  # noqa: E402
 from bareboat.backends.microvm.agent import (  # noqa: E402
     AgentClient,
     ProcessSpec,
+    SessionResult,
     Started,
     StartSpec,
 )
@@ -116,11 +117,12 @@ def cold_vm(inputs: T.TemplateInputs) -> Iterator[tuple[Any, AgentClient]]:
         shutil.rmtree(files.sockets, ignore_errors=True)
 
 
-def run_true(agent: AgentClient) -> None:
+def run_true(agent: AgentClient) -> SessionResult:
     agent.start(start_spec(["true"]))
     r = agent.wait(0, timeout=60)
     if r.exit.code != 0:
         raise RuntimeError(f"`true` exited {r.exit.code}: {r.stderr!r}")
+    return r
 
 
 def one_cold(inputs: T.TemplateInputs) -> tuple[float, float]:
@@ -132,12 +134,33 @@ def one_cold(inputs: T.TemplateInputs) -> tuple[float, float]:
     return ready, done
 
 
-def one_clone(template: T.Template, inputs: T.TemplateInputs) -> tuple[float, float]:
+# Where a clone's `run true` goes, in order (restore_clone's timings, then the guest's own
+# clock for START, then the host's): set-up before QEMU, QEMU's start to QMP, the state's
+# QMP commands, HELLO's round trip (the guest resuming), START to the root assembled, to the
+# workload's execve, then to its EXIT at the host, and QEMU's teardown.
+PHASES = ("host", "qemu", "load", "hello", "root", "spawn", "exit", "teardown")
+
+
+def one_clone(
+    template: T.Template, inputs: T.TemplateInputs, phases: dict[str, list[float]] | None = None
+) -> tuple[float, float]:
     t0 = time.perf_counter()
     with T.restore_clone(template, inputs) as clone:
         ready = time.perf_counter() - t0
-        run_true(clone.agent)
-        done = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        r = run_true(clone.agent)
+        ran = time.perf_counter()
+    done = time.perf_counter() - t0
+    if phases is not None and r.boot is not None:
+        got = {
+            **clone.timings,
+            "root": r.boot.root,
+            "spawn": r.boot.spawn,
+            "exit": max(0.0, ran - t1 - r.boot.root - r.boot.spawn),
+            "teardown": t0 + done - ran,
+        }
+        for k in PHASES:
+            phases.setdefault(k, []).append(got.get(k, 0.0))
     return ready, done
 
 
@@ -204,7 +227,8 @@ def end_to_end(work: Path, runs: int) -> dict[str, Any]:
     for _ in range(runs):
         cold.append(bb(*run, "--no-template", image, "true"))
         clone.append(bb(*run, image, "true"))
-    return {"cold": stats(cold), "clone": stats(clone)}
+    out = {"cold": stats(cold), "clone": stats(clone)}
+    return {**out, "ratio": out["clone"]["median_ms"] / out["cold"]["median_ms"]}
 
 
 def measure(
@@ -219,11 +243,12 @@ def measure(
         one_cold(inputs)  # warm the page cache for both
         one_clone(template, inputs)
         cold_ready, cold_run, clone_ready, clone_run = [], [], [], []
+        phases: dict[str, list[float]] = {}
         for _ in range(runs):
             r, d = one_cold(inputs)
             cold_ready.append(r)
             cold_run.append(d)
-            r, d = one_clone(template, inputs)
+            r, d = one_clone(template, inputs, phases)
             clone_ready.append(r)
             clone_run.append(d)
         result: dict[str, Any] = {
@@ -242,6 +267,7 @@ def measure(
             "clone_ready": stats(clone_ready),
             "cold_run_true": stats(cold_run),
             "clone_run_true": stats(clone_run),
+            "clone_phases_ms": {k: statistics.median(v) * 1000 for k, v in phases.items()},
         }
         result["ratio_ready"] = (
             result["clone_ready"]["median_ms"] / result["cold_ready"]["median_ms"]
@@ -277,6 +303,8 @@ def table(r: dict[str, Any]) -> str:
     lines += [
         f"clone/cold ready: {r['ratio_ready']:.3f}   run true: {r['ratio_run_true']:.3f}"
         "   (goal <= 0.1)",
+        "clone run true, median ms per phase: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in r.get("clone_phases_ms", {}).items()),
         "clones/s (restore + run true + teardown): "
         + ", ".join(f"{w} worker(s) {v:.1f}" for w, v in r["clones_per_s"].items()),
         "",
@@ -284,7 +312,8 @@ def table(r: dict[str, Any]) -> str:
             [
                 "bareboat run --rm --isolation microvm IMAGE true (CLI, median ms): cold "
                 f"{r['cli_run_true']['cold']['median_ms']:.0f}, template "
-                f"{r['cli_run_true']['clone']['median_ms']:.0f}",
+                f"{r['cli_run_true']['clone']['median_ms']:.0f}"
+                f" ({r['cli_run_true']['ratio']:.2f}x)",
             ]
             if "cli_run_true" in r
             else []
@@ -303,12 +332,19 @@ def plot(r: dict[str, Any], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, c, b) = plt.subplots(1, 3, figsize=(15, 4))
     names = ["cold_ready", "clone_ready", "cold_run_true", "clone_run_true"]
     a.bar(names, [r[n]["median_ms"] for n in names], color=["grey", "tab:blue"] * 2)
     a.set_ylabel("ms (median)")
     a.set_title("start: cold boot vs template clone")
     a.tick_params(axis="x", rotation=20)
+    left = 0.0
+    for name, ms in r.get("clone_phases_ms", {}).items():
+        c.barh(["clone run true"], [ms], left=left, label=name)
+        left += ms
+    c.set_xlabel("ms (median per phase)")
+    c.set_title("where a clone's run true goes")
+    c.legend(fontsize="small", ncol=2)
     ks = [p["clones"] for p in r["pss"]]
     b.plot(ks, [p["pss_mib"] for p in r["pss"]], "o-", label="PSS / clone")
     b.plot(ks, [p["rss_mib"] for p in r["pss"]], "s--", label="RSS / clone")

@@ -24,11 +24,13 @@
 #define BB_STDIN_CAP (8u << 20)
 #define BB_MAX_PORTS 1024
 #define BB_PORTS_EVERY_MS 250
+#define BB_WARM_ENTRIES 20000 /* PREPARE's WARM visits at most this many directory entries */
 
 enum frame_type {
 	T_HELLO = 1, T_START, T_STARTED, T_STDIN, T_STDOUT, T_STDERR, T_RESIZE, T_SIGNAL,
 	T_EXIT, T_EXEC, T_ERROR, T_POWEROFF, T_PING, T_PONG,
 	T_PORTS = 17, /* 15, 16 are not used */
+	T_PREPARE = 18,
 };
 
 enum error_kind {
@@ -41,6 +43,7 @@ enum tag {
 	TAG_NO_NEW_PRIVS, TAG_TERMINAL, TAG_WINSIZE,
 	TAG_HOSTNAME = 32, TAG_TIME, TAG_ENTROPY, TAG_LOWER, TAG_LOWER_FSTYPE, TAG_UPPER,
 	TAG_UPPER_FSTYPE, TAG_MOUNT, TAG_ROOT_DIR, TAG_FILE, TAG_READONLY_ROOT, TAG_WATCH_PORTS,
+	TAG_WARM,
 };
 
 struct rlim_spec { uint32_t resource; uint64_t soft, hard; };
@@ -69,6 +72,7 @@ struct start_spec {
 	struct file_spec files[BB_MAX_FILES]; int nfiles;
 	int readonly_root;
 	int watch_ports;
+	uint64_t warm; /* PREPARE: bytes of the image to read into the page cache */
 };
 
 /* main.c */
@@ -86,6 +90,9 @@ int send_hello(void);
 int parse_start(const unsigned char *p, size_t n, struct start_spec *s, int is_start,
 		char *err, size_t errlen);
 void free_start(struct start_spec *s);
+/* parse a PREPARE payload (LOWER, LOWER_FSTYPE) into s->lower, s->lower_fstype */
+int parse_prepare(const unsigned char *p, size_t n, struct start_spec *s, char *err,
+		  size_t errlen);
 uint16_t get16(const unsigned char *p);
 uint32_t get32(const unsigned char *p);
 uint64_t get64(const unsigned char *p);
@@ -126,6 +133,9 @@ int mount_options(const char *opts, unsigned long *flags, char *data, size_t len
 int open_channel(const char *name, int timeout_ms);
 /* assemble the root for START; returns the root path (or NULL for "no chroot") via *root */
 int assemble_root(const struct start_spec *s, const char **root, char *err, size_t errlen);
+/* PREPARE: assemble START's root now, for a later START with the same LOWER, LOWER_FSTYPE
+ * and no UPPER (a template, before its snapshot) */
+int prepare_root(const struct start_spec *s, char *err, size_t errlen);
 void apply_identity(const struct start_spec *s);
 
 #endif

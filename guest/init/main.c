@@ -111,6 +111,38 @@ static void handle_start(uint32_t session, const unsigned char *p, size_t n)
 	free_start(&s);
 }
 
+/* PREPARE: a template's root, assembled before its snapshot so that no clone spends its own
+ * time on it. Answered on its session like an EXEC: EXIT 0, or ERROR then EXIT 125. */
+static void handle_prepare(uint32_t session, const unsigned char *p, size_t n)
+{
+	struct start_spec s;
+	char err[512];
+	if (session == 0 || session_exists(session)) {
+		send_error(session, E_BAD_REQUEST, "PREPARE needs a new session id >= 1");
+		return;
+	}
+	if (started) {
+		send_error(session, E_BAD_REQUEST, "PREPARE after START");
+		send_exit(session, 0, 125);
+		return;
+	}
+	if (parse_prepare(p, n, &s, err, sizeof err) < 0) {
+		send_error(session, E_BAD_REQUEST, "PREPARE: %s", err);
+		send_exit(session, 0, 125);
+		return;
+	}
+	int rc = test_mode ? -1 : prepare_root(&s, err, sizeof err);
+	if (test_mode)
+		snprintf(err, sizeof err, "no root to prepare in test mode");
+	free_start(&s);
+	if (rc < 0) {
+		send_error(session, E_ROOTFS, "%s", err);
+		send_exit(session, 0, 125);
+		return;
+	}
+	send_exit(session, 0, 0);
+}
+
 static void handle_exec(uint32_t session, const unsigned char *p, size_t n)
 {
 	struct start_spec s;
@@ -139,6 +171,7 @@ static void dispatch(int type, uint32_t session, const unsigned char *p, size_t 
 	case T_HELLO: send_hello(); break;
 	case T_START: handle_start(session, p, n); break;
 	case T_EXEC: handle_exec(session, p, n); break;
+	case T_PREPARE: handle_prepare(session, p, n); break;
 	case T_STDIN:
 		if (n > 65536)
 			send_error(session, E_BAD_REQUEST, "STDIN frame over 64 KiB");

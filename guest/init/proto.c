@@ -273,6 +273,38 @@ fail:
 	return -1;
 }
 
+int parse_prepare(const unsigned char *p, size_t n, struct start_spec *s, char *err,
+		  size_t errlen)
+{
+	memset(s, 0, sizeof *s);
+	const unsigned char *end = p + n;
+	while (p < end) {
+		NEED(end - p >= 6, "truncated field header");
+		uint16_t tag = get16(p);
+		uint32_t len = get32(p + 2);
+		p += 6;
+		NEED((size_t)(end - p) >= len, "field length beyond payload");
+		const unsigned char *v = p;
+		p += len;
+		switch (tag) {
+		case TAG_LOWER: NEED(!s->lower, "LOWER twice"); STR(s->lower, "LOWER"); break;
+		case TAG_LOWER_FSTYPE:
+			NEED(!s->lower_fstype, "LOWER_FSTYPE twice");
+			STR(s->lower_fstype, "LOWER_FSTYPE");
+			break;
+		case TAG_WARM: NEED(len == 8, "WARM: bad length"); s->warm = get64(v); break;
+		default:
+			snprintf(err, errlen, "field tag %u is not one of PREPARE's", tag);
+			goto fail;
+		}
+	}
+	NEED(s->lower && s->lower[0], "no LOWER given");
+	return 0;
+fail:
+	free_start(s);
+	return -1;
+}
+
 static void free_list(char **l)
 {
 	if (!l)

@@ -204,3 +204,51 @@ def test_a_good_resize_is_taken(running: RunningHub) -> None:
         s.settimeout(0.3)
         with pytest.raises(TimeoutError):
             s.recv(100)  # accepted: no answer, the connection stays open
+
+
+@pytest.mark.parametrize("kill", [True, False])
+def test_a_vm_with_nothing_to_flush_is_killed_once_the_exit_is_recorded(
+    roots: Roots, tmp_path: Path, kill: bool
+) -> None:
+    """kill_after_exit: the exit is saved, then QEMU (here a stand-in process) is SIGKILLed
+    without waiting for the guest to power off; otherwise it is left to end by itself."""
+    init = build_init(roots)
+    host, guest = socket.socketpair()
+    proc = subprocess.Popen(
+        [str(init), "--test-fd", str(guest.fileno())], pass_fds=[guest.fileno()]
+    )
+    guest.close()
+    qemu = subprocess.Popen(["sleep", "60"])
+    decoder = FrameDecoder()
+    host.sendall(encode_frame(Frame(FrameType.HELLO, 0)))
+    _until(host, decoder, FrameType.HELLO)
+    spec = ProcessSpec(args=["/bin/sh", "-c", "exit 3"], env=["PATH=/bin"])
+    host.sendall(encode_frame(Frame(FrameType.START, 0, encode_start(StartSpec(process=spec)))))
+    _until(host, decoder, FrameType.STARTED)
+    out_r, out_w = os.pipe()
+    hub = Hub(
+        host,
+        stdin=None,
+        stdout=out_w,
+        stderr=os.dup(out_w),
+        ctl_path=tmp_path / "hub.sock",
+        exit_path=tmp_path / "exit.json",
+        qemu_pid=qemu.pid,
+        decoder=decoder,
+        kill_after_exit=kill,
+    )
+    hub.start()
+    try:
+        assert hub.done.wait(10)  # the init (test mode) ends on the POWEROFF that follows EXIT
+        assert ExitRecord.load(tmp_path / "exit.json") == ExitRecord(3)
+        if kill:
+            assert qemu.wait(5) == -9
+        else:
+            with pytest.raises(subprocess.TimeoutExpired):
+                qemu.wait(0.2)
+    finally:
+        hub.stop()
+        qemu.kill()
+        qemu.wait(5)
+        proc.wait(5)
+        os.close(out_r)

@@ -29,8 +29,11 @@ from bareboat.backends.microvm.agent import (
     FrameType,
     ProcessSpec,
     Rlimit,
+    SessionResult,
     Started,
     StartSpec,
+    encode_prepare,
+    encode_start,
 )
 from bareboat.backends.microvm.initbuild import build_init
 from bareboat.paths import Roots
@@ -278,6 +281,31 @@ def test_exec_before_start_is_refused(agent: Agent) -> None:
     s = agent.client.exec(ProcessSpec(args=["/bin/true"]))
     res = agent.client.wait(s, timeout=5)
     assert res.exit.code == 125 and res.errors[0].kind == ErrorKind.BAD_REQUEST
+
+
+def prepare_reply(agent: Agent, session: int, payload: bytes) -> SessionResult:
+    """Send a raw PREPARE on `session`: the agent's ERRORs and EXIT for it."""
+    from bareboat.backends.microvm.agent import _SessionState
+
+    agent.client._sessions[session] = _SessionState()
+    agent.client._send(Frame(FrameType.PREPARE, session, payload))
+    return agent.client.wait(session, timeout=5)
+
+
+def test_prepare_answers_on_its_session(agent: Agent) -> None:
+    # test mode has no disks: the request is well-formed, the root cannot be made (ROOTFS)
+    assert "test mode" in agent.client.prepare("/dev/vda", "erofs")
+    res = prepare_reply(agent, 7, b"")
+    assert "no LOWER" in res.errors[0].message and res.exit.code == 125
+    # only the root's fields: a process, an identity or mounts are START's
+    bad = encode_prepare("/dev/vda", "erofs") + encode_start(
+        StartSpec(process=ProcessSpec(args=["x"]))
+    )
+    res = prepare_reply(agent, 8, bad)
+    assert res.errors[0].kind == ErrorKind.BAD_REQUEST and "PREPARE" in res.errors[0].message
+    assert res.exit.code == 125
+    run(agent, ProcessSpec(args=["/bin/true"]))
+    assert "after START" in agent.client.prepare("/dev/vda", "erofs")
 
 
 def test_chroot_into_root_dir(agent: Agent, tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ def test_key_is_stable_and_changes_with_every_input(
         T.TemplateInputs(**{**inputs.__dict__, "cmdline": ("foo=1",)}),
         T.TemplateInputs(**{**inputs.__dict__, "accel": "kvm"}),
         T.TemplateInputs(**{**inputs.__dict__, "network": "user"}),
+        T.TemplateInputs(**{**inputs.__dict__, "lower_fstype": "ext4"}),
     ]
     keys = {T.template_key(c, qemu=QEMU) for c in changed}
     assert len(keys) == len(changed) and key not in keys

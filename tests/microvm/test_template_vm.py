@@ -80,6 +80,8 @@ def run_in_clone(
     *,
     env: tuple[str, ...] = (),
     hostname: str = "clone",
+    lower: str = "/dev/vda",
+    readonly_root: bool = False,
 ) -> SessionResult:
     with T.restore_clone(template, inputs) as clone:
         clone.agent.start(
@@ -88,8 +90,9 @@ def run_in_clone(
                 hostname=hostname,
                 time_ns=time.time_ns(),
                 entropy=os.urandom(64),
-                lower="/dev/vda",
+                lower=lower,
                 lower_fstype="erofs",
+                readonly_root=readonly_root,
             )
         )
         return clone.agent.wait(0, timeout=60)
@@ -161,6 +164,28 @@ def test_clones_differ_in_rng_and_hostname_and_have_the_time(
     # the template was saved seconds ago; START set each clone's clock to now
     for t in (time_a, time_b):
         assert abs(int(t) - time.time()) < 30
+
+
+def test_the_prepared_root_is_each_clones_own(
+    setup: tuple[Roots, T.TemplateInputs], template: T.Template
+) -> None:
+    """The template assembled the root before its snapshot: a clone's writes to it (the
+    overlay's upper layer, /tmp, /dev/shm) reach no other clone, and a clone whose START
+    names the image otherwise gets a root of its own making."""
+    _, inputs = setup
+    write = "echo a > /written; echo a > /tmp/written; echo a > /dev/shm/written; ls /bin/sh"
+    look = "ls /written /tmp/written /dev/shm/written; ls /bin/sh; grep -c overlay /proc/mounts"
+    r = run_in_clone(template, inputs, write)
+    assert r.exit.code == 0, r.stderr
+    r = run_in_clone(template, inputs, look)
+    assert r.exit.code == 0 and r.stderr.count(b"No such file") == 3
+    assert r.stdout.split() == [b"/bin/sh", b"1"]
+    # the same disk by its serial: not the prepared root's LOWER, so assembled afresh
+    r = run_in_clone(template, inputs, look, lower="serial=bb-lower")
+    assert r.exit.code == 0 and r.stderr.count(b"No such file") == 3
+    assert r.stdout.split() == [b"/bin/sh", b"1"]
+    r = run_in_clone(template, inputs, "touch /x", readonly_root=True)
+    assert r.exit.code == 1 and b"Read-only" in r.stderr
 
 
 def test_four_clones_in_parallel(

@@ -59,6 +59,7 @@ class FrameType(enum.IntEnum):
     PONG = 14
     # 15 and 16 are not used: the host's own control messages are bareboat/control.py's
     PORTS = 17
+    PREPARE = 18
 
 
 class ErrorKind(enum.IntEnum):
@@ -95,6 +96,7 @@ class Tag(enum.IntEnum):
     FILE = 41
     READONLY_ROOT = 42
     WATCH_PORTS = 43
+    WARM = 44
 
 
 # the largest payload the host accepts per guest→host type; other types never come from a guest
@@ -354,6 +356,18 @@ def encode_start(spec: StartSpec) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise UsageError(f"the process spec is too large ({len(payload)} bytes)")
     return payload
+
+
+def encode_prepare(lower: str, lower_fstype: str, warm: int = 0) -> bytes:
+    """PREPARE's payload: the image disk and its filesystem type, as START will name them, and
+    how many bytes of the image's files to read into the guest's page cache."""
+    if not 0 <= warm < 1 << 64:
+        raise UsageError(f"warm bytes out of range: {warm}")
+    return (
+        _tlv(Tag.LOWER, _str(lower, "lower device"))
+        + _tlv(Tag.LOWER_FSTYPE, _str(lower_fstype, "lower fstype"))
+        + (_tlv(Tag.WARM, struct.pack(">Q", warm)) if warm else b"")
+    )
 
 
 def _fields(payload: bytes) -> Iterator[tuple[Tag, bytes]]:
@@ -660,6 +674,29 @@ class AgentClient(Closing):
         self._sessions[session] = _SessionState()
         self._send(Frame(FrameType.EXEC, session, payload))
         return session
+
+    def prepare(
+        self, lower: str, lower_fstype: str, *, warm: int = 0, timeout: float = 10.0
+    ) -> str:
+        """Ask the agent to assemble START's root now (PREPARE), for a START with the same
+        `lower` and `lower_fstype` and no upper disk, and to read up to `warm` bytes of the
+        image's files into its page cache; "" when it did, else why not."""
+        session = self._next_session
+        self._next_session += 1
+        self._sessions[session] = _SessionState()
+        payload = encode_prepare(lower, lower_fstype, warm)
+        self._send(Frame(FrameType.PREPARE, session, payload))
+        errors: list[str] = []
+        while True:
+            event = self._take_session(session, timeout)
+            if isinstance(event, AgentError):
+                errors.append(event.message)
+            elif isinstance(event, Exited):
+                if event.code == 0 and not errors:
+                    return ""
+                return "; ".join(errors) or f"exit status {event.status}"
+            else:
+                raise AgentProtocolError(f"agent answered PREPARE with {type(event).__name__}")
 
     def write_stdin(self, session: int, data: bytes, *, timeout: float = 10.0) -> None:
         """Send `data` in frames; a guest that stops reading raises AgentTimeout."""

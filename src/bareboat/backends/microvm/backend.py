@@ -153,6 +153,17 @@ def stage_file_shares(shares: tuple[Share, ...]) -> None:
             (share.path / SHARED_FILE).touch()
 
 
+def nothing_to_flush(cfg: VMConfig) -> bool:
+    """Whether a VM whose workload has exited can be killed at once: nothing it holds reaches
+    the host later (no writable disk or host share, no network with data in flight); its RAM
+    and tmpfs layer die with it. Every template clone is such a VM."""
+    return (
+        cfg.network == "none"
+        and all(d.readonly for d in cfg.disks)
+        and all(sh.readonly for sh in cfg.shares)
+    )
+
+
 def _tell(stdio: Stdio, message: str) -> None:
     """A note on the run's own stderr (the monitor's stderr goes to its log)."""
     with contextlib.suppress(OSError):
@@ -346,6 +357,7 @@ class _Launched:
     vm: Any  # QemuProcess
     running: _Running
     vmdir: VmDir
+    sock: socket.socket | None  # a clone's agent channel, connected before its state loaded
 
 
 class MicrovmBackend:
@@ -513,13 +525,15 @@ class MicrovmBackend:
         network.check_ports_free(plan.net.ports)
         vm = self._qemu(ctx, plan)
         running = _Running(vm)
+        sock: socket.socket | None = None
         try:
-            vm = self._launch(ctx, plan, vm, d, stdio)
+            # a clone comes with its agent channel, connected before its state loaded
+            vm, sock = self._launch(ctx, plan, vm, d, stdio)
             self._register(ctx, running, vm, d)
         except BaseException:
-            self._abort(ctx, vm, None, [])
+            self._abort(ctx, vm, sock, [])
             raise
-        return _Launched(plan, vm, running, d)
+        return _Launched(plan, vm, running, d, sock)
 
     def boot(self, ctx: BackendContext, stdio: Stdio) -> Booted:
         """Launch QEMU (or a template clone), unless `prelaunch` did, and wait for the agent's
@@ -527,17 +541,20 @@ class MicrovmBackend:
         engine at `start`."""
         launched = self._launched.pop(ctx.id, None) or self._begin(ctx, stdio)
         plan, vm, running, d = launched.plan, launched.vm, launched.running, launched.vmdir
-        sock: socket.socket | None = None
+        sock = launched.sock
         try:
             if self.template_used is not None:
                 try:
-                    sock, decoder, pending = self._boot(vm, d, timeout=CLONE_READY_TIMEOUT_S)
+                    sock, decoder, pending = self._boot(
+                        vm, d, timeout=CLONE_READY_TIMEOUT_S, sock=sock
+                    )
                 except GuestError as e:
                     # Size and checksums of a template are checked before use, but RAM damaged
                     # in place only shows when the clone never resumes: boot cold instead.
                     vm.shutdown(quit_timeout=1.0, term_timeout=1.0)
                     _tell(stdio, f"template not used, booting cold: the clone did not resume: {e}")
                     self.template_used = None
+                    sock = None  # _boot closed it
                     d.console.unlink(missing_ok=True)
                     vm = self._qemu(ctx, plan)
                     vm.launch()
@@ -595,6 +612,7 @@ class MicrovmBackend:
                 forward_ports=(
                     network.PortForwarder(vm.hmp).update if b.plan.net.watch_ports else None
                 ),
+                kill_after_exit=nothing_to_flush(vm.cfg),
             )
             self._running[ctx.id].hub = hub
             hub.start()
@@ -619,10 +637,11 @@ class MicrovmBackend:
 
     def _launch(
         self, ctx: BackendContext, plan: VmPlan, vm: QemuProcess, d: VmDir, stdio: Stdio
-    ) -> QemuProcess:
-        """A clone of this VM's template when there is one (made first when asked), else
-        `vm` booted cold. A broken template is reported (on the run's stderr: the monitor's
-        own goes to its log) and the VM boots cold."""
+    ) -> tuple[QemuProcess, socket.socket | None]:
+        """A clone of this VM's template when there is one (made first when asked), with its
+        agent channel already connected, else `vm` booted cold (and no channel yet). A broken
+        template is reported (on the run's stderr: the monitor's own goes to its log) and the
+        VM boots cold."""
         from . import template
 
         self.template_used = None
@@ -640,17 +659,17 @@ class MicrovmBackend:
                     found = template.create_template(self.roots, inputs)
                 if found is not None:
                     files = template.VmFiles(d.sockets, d.console, d.qemu_log, d.vmm_record)
-                    clone = template.launch_clone(
+                    clone, sock = template.launch_clone(
                         found, inputs, files, cpu_limit=self.vmm_cpu_limit(ctx)
                     )
                     self.template_used = found.key
-                    return clone
+                    return clone, sock
             except GuestError as e:
                 reason = str(e)
         if reason:
             _tell(stdio, f"template not used, booting cold: {reason}")
         vm.launch()
-        return vm
+        return vm, None
 
     def _register(self, ctx: BackendContext, running: _Running, vm: QemuProcess, d: VmDir) -> None:
         """Record `vm` as this container's QEMU, for kill/delete from this and other processes."""
@@ -661,15 +680,18 @@ class MicrovmBackend:
         self._running[ctx.id] = running
 
     def _boot(
-        self, vm: Any, d: VmDir, *, timeout: float | None = None
+        self, vm: Any, d: VmDir, *, timeout: float | None = None, sock: socket.socket | None = None
     ) -> tuple[socket.socket, FrameDecoder, list[Frame]]:
-        """Connect to the agent and wait for its HELLO, or explain why it never came."""
+        """Connect to the agent (unless `sock` is connected already) and wait for its HELLO,
+        or explain why it never came."""
         from .agent import Frame, FrameDecoder, FrameType, Hello, decode_event, encode_frame
 
         deadline = time.monotonic() + (timeout or self.boot_timeout)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dialed = sock is not None
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            while True:
+            while not dialed:
                 try:
                     sock.connect(str(d.agent))
                     break

@@ -111,8 +111,13 @@ class Hub:
         pause_vm: Callable[[], None] | None = None,
         resume_vm: Callable[[], None] | None = None,
         forward_ports: Callable[[tuple[int, ...]], None] | None = None,
+        kill_after_exit: bool = False,
     ) -> None:
         self.agent = agent
+        # The VM holds nothing the host keeps (no writable disk or share, no network): once
+        # the workload's EXIT is recorded, QEMU is killed instead of waiting for the guest to
+        # power off (tens of ms under TCG) and for QEMU's own orderly exit.
+        self.kill_after_exit = kill_after_exit
         self.pause_vm = pause_vm  # PAUSE/RESUME: stop or continue the vCPUs (QMP)
         self.resume_vm = resume_vm
         self.forward_ports = forward_ports  # the guest's listening ports (PORTS frames)
@@ -312,6 +317,9 @@ class Hub:
                 self._end_stream(name)
             # Acknowledge the exit by powering off: the agent keeps serving until then.
             self.send(Frame(FrameType.POWEROFF, 0))
+            if self.kill_after_exit:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.qemu_pid, signal.SIGKILL)
 
     def _end_stream(self, name: str) -> None:
         fd = self.out.get(name)

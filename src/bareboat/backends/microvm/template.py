@@ -11,18 +11,31 @@ A template is one directory `roots.templates/<key>/` with three files:
 The directory is built under a temporary name and renamed into place with the manifest already
 inside it, so a template exists exactly when its manifest does; creation runs under a lock.
 
+Before its snapshot the template's agent assembles the root every clone's START asks for
+(PREPARE: the image disk read-only, an empty tmpfs as the writable layer, overlayfs over both,
+proc, sys, dev, /dev/shm and /tmp inside) and reads the image's files into its page cache (up to
+WARM_BYTES; it runs nothing of the image), so no clone spends its own time on either. That root is
+the same for every clone and lives in guest RAM: what a clone writes into it lands in its own
+copy-on-write pages, which no other clone sees. What makes one clone differ (its MOUNTs, FILEs,
+a read-only root) is applied by its START, after the restore. One trace of the template is
+left: the writable layer's directories carry the template's creation time until written.
+
 A clone maps the same RAM file privately (`share=off`: copy on write, so clones of one
 template share every page none of them wrote, and never write the file), starts QEMU with
 `-incoming defer` and loads the state over QMP (QEMU 7.2 cannot set `x-ignore-shared` with
-`-global` nor read a `file:` URI). The guest resumes inside the agent, which waits at READY;
-the host reconnects to the agent channel and asks for HELLO again. Everything that makes a
-guest itself (hostname, wall-clock time, RNG entropy, the workload) comes in START afterwards,
-so clones share no identity. What clones *do* share: the guest kernel's memory layout (KASLR,
-stack canaries set at boot) and every unwritten RAM page, a KSM-like side channel between
-clones of one template.
+`-global` nor read a `file:` URI). The template's host stays connected to the agent through
+the save, and a clone's host connects before the state loads, so the guest resumes blocked
+in the agent's read of its channel, connected (no reconnect for virtio-serial to announce)
+and the host's HELLO wakes it at once: HELLO's answer is also the sign that the clone runs (a
+failed load ends QEMU, which closes the channel). Everything that makes a guest itself
+(hostname, wall-clock time, RNG entropy, the workload) comes in START afterwards, so clones
+share no identity. What clones *do* share: the guest kernel's memory layout (KASLR, stack
+canaries set at boot) and every unwritten RAM page, a KSM-like side channel between clones
+of one template.
 
-The key covers every input that would change what was saved: image, kernel, init, kernel
-command line, vCPUs, memory, network mode, accelerator, QEMU version and this format's version.
+The key covers every input that would change what was saved: image (and its filesystem),
+kernel, init, kernel command line, vCPUs, memory, network mode, accelerator, QEMU version and
+this format's version.
 Any change gives a new key, so a stale template is never used, only left for `prune`.
 """
 
@@ -58,12 +71,19 @@ if TYPE_CHECKING:
     from .agent import AgentClient
     from .qemu import QemuProcess, VMConfig
 
-FORMAT_VERSION = 2  # 2: RAM file identity in the manifest (a jailed clone could write it)
+# 2: RAM file identity in the manifest (a jailed clone could write it); 3: the root is
+# assembled and the agent channel connected in the snapshot
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 RAM = "ram"
 STATE = "state"
 LOCK_TIMEOUT_S = 120.0
 MAX_STATE_BYTES = 64 << 20  # the device state is ~63 KB; anything near this is not ours
+# How much of the image the template VM reads into its page cache before the snapshot (all of
+# a busybox or alpine image): clones share those pages instead of each reading them through
+# the emulated disk, which under TCG made a clone's first `true` ~10x slower than its second.
+# Changing it changes what a template holds: bump FORMAT_VERSION.
+WARM_BYTES = 16 << 20
 
 
 def _file_identity(path: Path) -> str:
@@ -107,6 +127,7 @@ def key_material(inputs: TemplateInputs, *, qemu: str | None = None) -> dict[str
         "kernel": kernel,
         "init": initrd,
         "lower": lower,
+        "lower_fstype": inputs.lower_fstype,
         "vcpus": inputs.vcpus,
         "memory_mib": inputs.memory_mib,
         "network": inputs.network,
@@ -425,6 +446,18 @@ def _wait_migration(vm: QemuProcess, timeout: float, what: str) -> None:
         time.sleep(0.002)
 
 
+def _dial(path: Path) -> socket.socket:
+    """A connection to a server-side agent port: QemuProcess made its listening socket before
+    QEMU started, so this connects at once (QEMU accepts it from its main loop)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(str(path))
+    except OSError as e:
+        s.close()
+        raise TemplateError(f"cannot connect to the clone's agent port: {e}") from None
+    return s
+
+
 def _connect_agent(vm: QemuProcess, files: VmFiles, timeout: float) -> AgentClient:
     from .agent import AgentClient
 
@@ -485,12 +518,15 @@ def create_template(
             os.close(os.open(ram, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
             state_fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             cfg = vm_config(inputs, ram=ram, files=files, clone=False)
-            with QemuProcess(cfg) as vm:
-                client = _connect_agent(vm, files, boot_timeout)
-                # Round trip once more so the agent is idle in its READY read loop, then
-                # hang up: each clone's host connects afresh and asks for HELLO again.
+            with QemuProcess(cfg) as vm, _connect_agent(vm, files, boot_timeout) as client:
+                why = client.prepare(
+                    vmplan.LOWER_DEVICE, inputs.lower_fstype, warm=WARM_BYTES, timeout=120.0
+                )
+                if why:
+                    raise TemplateError(f"the template VM could not assemble its root: {why}")
+                # Round trip once more so the agent is idle in its READY read of the channel;
+                # the host stays connected through the save (see the module's docstring).
                 client.ping(timeout=boot_timeout)
-                client.close()
                 vm.command(
                     "migrate-set-capabilities",
                     capabilities=[{"capability": "x-ignore-shared", "state": True}],
@@ -552,7 +588,7 @@ def create_template(
 class Clone(Closing):
     """A VM restored from a template, its agent connected and at READY (send START next).
 
-    A context manager: leaving it stops QEMU, closes the agent and removes the clone's
+    A context manager: leaving it ends QEMU, closes the agent and removes the clone's
     sockets directory (the console log with it, unless `keep_console` names a place).
     """
 
@@ -568,6 +604,11 @@ class Clone(Closing):
             self.agent.close()
         finally:
             try:
+                # SIGKILL, not QMP `quit`: a clone has nothing to flush. Its RAM is a private
+                # mapping, its only disk the read-only image, and it has no writable disk and
+                # no host share (a VM with either is never a clone: vmplan.template_inputs).
+                self.vm.kill()
+                self.vm.wait(5.0)
                 self.vm.shutdown(quit_timeout=1.0, term_timeout=1.0)
             finally:
                 if self.owns_sockets:
@@ -579,14 +620,18 @@ def launch_clone(
     inputs: TemplateInputs,
     files: VmFiles,
     *,
-    timeout: float = 30.0,
     cpu_limit: tuple[int | None, int | None] = (None, None),
-) -> QemuProcess:
-    """Start QEMU on the template's RAM and state; returns it running (the guest inside the
-    agent's READY loop). On failure QEMU is stopped and TemplateError raised: boot cold.
+    timings: dict[str, float] | None = None,
+) -> tuple[QemuProcess, socket.socket]:
+    """Start QEMU on the template's RAM and state: QEMU running and loading the state, and
+    the host's end of the agent channel, connected before the guest resumes (ask HELLO on it:
+    the answer says the clone runs). On failure QEMU is stopped and TemplateError raised:
+    boot cold. `timings` gets the seconds QEMU took to start ("qemu": to its QMP greeting)
+    and to take the state's commands ("load").
     """
     from .qemu import QemuProcess
 
+    t0 = time.monotonic()
     if template.memory_mib != inputs.memory_mib:
         raise TemplateError("template memory size does not match the clone's")
     if ram_identity(template.ram) != template.manifest.ram_identity:
@@ -603,22 +648,32 @@ def launch_clone(
         cpu_limit=cpu_limit,
         jail_record=files.vmm_record,
     )
+    sock: socket.socket | None = None
     try:
         vm.launch()
+        t1 = time.monotonic()
+        # Connected before the state loads, so the restored port finds its host as the
+        # template's had it (see the module's docstring).
+        sock = _dial(files.agent)
         vm.command(
             "migrate-set-capabilities",
             capabilities=[{"capability": "x-ignore-shared", "state": True}],
         )
+        # QEMU 7.2 starts the vCPUs once the state is in (no -S) and exits if it cannot load
+        # it, so no status polling: the agent's HELLO, or the channel's end, tells which.
         vm.command("migrate-incoming", uri=f"fd:{state_fd}")
-        _wait_incoming(vm, timeout)
+        if timings is not None:
+            timings.update(qemu=t1 - t0, load=time.monotonic() - t1)
+        return vm, sock
     except BaseException as e:
+        if sock is not None:
+            sock.close()
         vm.shutdown(quit_timeout=0.5, term_timeout=1.0)
         if isinstance(e, TemplateError) or not isinstance(e, BareboatError):
             raise
         raise TemplateError(f"restoring template {template.key[:12]} failed: {e}") from None
     finally:
         os.close(state_fd)
-    return vm
 
 
 def restore_clone(
@@ -634,26 +689,33 @@ def restore_clone(
     the template by them. A failed restore raises TemplateError: boot cold instead.
     This is the in-process fast path for programs that start many sandboxes.
     """
+    from .agent import AgentClient
+
     t0 = time.monotonic()
     owns = sockets is None
     files = VmFiles(sockets if sockets is not None else _socket_dir("bb-clone-"))
     private_dir(files.sockets)
+    timings: dict[str, float] = {}
     try:
-        vm = launch_clone(template, inputs, files, timeout=timeout)
+        vm, sock = launch_clone(template, inputs, files, timings=timings)
     except BaseException:
         if owns:
             shutil.rmtree(files.sockets, ignore_errors=True)
         raise
     t_loaded = time.monotonic()
+    agent = AgentClient(sock)
     try:
-        agent = _connect_agent(vm, files, max(0.1, t0 + timeout - time.monotonic()))
+        agent.wait_hello(max(0.1, t0 + timeout - time.monotonic()))
     except BaseException as e:
+        agent.close()
+        # a channel that closed is QEMU ending (a state it could not load): say why
+        detail = f"{e}: {vm.stderr_tail()}" if vm.wait(0.5) is not None else str(e)
         vm.shutdown(quit_timeout=0.5, term_timeout=1.0)
         if owns:
             shutil.rmtree(files.sockets, ignore_errors=True)
         if isinstance(e, TemplateError) or not isinstance(e, BareboatError):
             raise
-        raise TemplateError(f"the clone's agent did not answer: {e}") from None
+        raise TemplateError(f"the clone did not resume: {detail}") from None
     now = time.monotonic()
     return Clone(
         vm,
@@ -661,29 +723,5 @@ def restore_clone(
         files,
         restore_s=now - t0,
         owns_sockets=owns,
-        timings={"restore": t_loaded - t0, "hello": now - t_loaded},
+        timings={"host": t_loaded - t0 - sum(timings.values()), **timings, "hello": now - t_loaded},
     )
-
-
-def _wait_incoming(vm: QemuProcess, timeout: float) -> None:
-    """Wait until the incoming migration is done and the vCPUs run (QEMU autostarts)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if vm.returncode is not None:
-            raise TemplateError(
-                f"QEMU exited with {vm.returncode} loading the template: {vm.stderr_tail()}"
-            )
-        status = vm.status()
-        if status == "running":
-            return
-        if status not in ("inmigrate", "prelaunch", "restore-vm", "paused"):
-            raise TemplateError(f"loading the template left the VM {status}")
-        if status == "paused":
-            info = vm.command("query-migrate") or {}
-            if info.get("status") == "failed":
-                raise TemplateError(f"loading the template failed: {info.get('error-desc')}")
-            if info.get("status") == "completed":
-                vm.cont()
-        if time.monotonic() > deadline:
-            raise TemplateError(f"loading the template did not finish in {timeout:g}s")
-        time.sleep(0.002)

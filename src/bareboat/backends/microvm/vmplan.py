@@ -96,6 +96,7 @@ class TemplateInputs:
     kernel: Path
     initrd: Path
     lower: Path  # the read-only rootfs disk, attached at the same place in every clone
+    lower_fstype: str = "erofs"  # its filesystem (a template mounts it before its snapshot)
     vcpus: int = 1
     memory_mib: int = 128
     network: str = "none"
@@ -168,6 +169,7 @@ def machine_inputs(plan: VmPlan) -> TemplateInputs:
         kernel=plan.kernel,
         initrd=plan.initrd,
         lower=plan.image.path,
+        lower_fstype=plan.image.fstype,
         vcpus=plan.spec.vcpus,
         memory_mib=plan.spec.memory >> 20,
         network=plan.net.mode,
