@@ -24,7 +24,7 @@ import fcntl
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -305,11 +305,15 @@ class ImageStore:
             disk_cap(self.root).check_blobs(
                 [(short_digest(d.digest), d.size) for d in fetch.values()]
             )
+            # Verified documents, written (each with its fsync) while the layers download.
+            writes: builtins.list[tuple[bytes, str, int]] = []
             if man.config.digest in fetch:
                 data = client.blob_bytes(man.config.digest, man.config.size)
                 wire.decode_config(data)
-                self.blobs.put(data, man.config.digest, man.config.size)
-                added.append(man.config.digest)
+                writes.append((data, man.config.digest, man.config.size))
+            if not self.blobs.has(doc.digest):
+                writes.append((doc.data, doc.digest, len(doc.data)))
+            added.extend(digest for _, digest, _ in writes)
             missing = {d.digest: d for d in man.layers if d.digest in fetch}
             added.extend(missing)
             tails: dict[str, Tail] = {}
@@ -323,6 +327,7 @@ class ImageStore:
                         make_progress(progress),
                         tails,
                         stop=(lambda: job.too_large) if job is not None else None,
+                        writes=writes,
                     )
                 if job is not None and isinstance(err := job.wait(), ImageTooLarge):
                     raise err
@@ -370,10 +375,14 @@ class ImageStore:
         tails: dict[str, Tail],
         *,
         stop: Callable[[], bool] | None = None,
+        writes: Sequence[tuple[bytes, str, int]] = (),
     ) -> None:
         """Fetch `layers` in parallel; `stop` is asked as bytes come in, and when it says so
-        every download ends with _Cancelled (the unpack following them gave up)."""
+        every download ends with _Cancelled (the unpack following them gave up). `writes`
+        ([(data, digest, size)], verified small blobs) are put into the store meanwhile."""
         if not layers:
+            for data, digest, size in writes:
+                self.blobs.put(data, digest, size)
             progress.close()
             return
         from concurrent.futures import ThreadPoolExecutor
@@ -412,6 +421,9 @@ class ImageStore:
         pool = ThreadPoolExecutor(max_workers=min(PARALLEL_DOWNLOADS, len(layers)))
         try:
             futures = [pool.submit(one, d) for d in layers]
+            # Here, not in the pool: a layer never waits for a document's fsync.
+            for data, digest, size in writes:
+                self.blobs.put(data, digest, size)
             for f in futures:
                 f.result()
         except BaseException:
