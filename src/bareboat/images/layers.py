@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import logging
 import os
 import shutil
 import stat
@@ -47,7 +46,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from bareboat.errors import ImageTooLarge, LayerError, StoreError
 from bareboat.images.diskcap import DiskCap, disk_cap, short_digest
@@ -55,7 +54,17 @@ from bareboat.images.layerstream import bounded_tarinfo, decompressed, one_line
 from bareboat.images.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2, syncfs
 from bareboat.units import show_size
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import logging
+
+
+def _log() -> logging.Logger:
+    """This module's logger; logging is imported only when there is something to say (it
+    and what it imports cost ~6 ms on every pull here)."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -429,7 +438,7 @@ class _Extractor:
         if target == parts:
             raise LayerError(f"layer entry {ti.name!r}: hard link to itself")
         if _rel(target) in self.skipped:
-            log.warning("skipping hard link %s: its target was skipped", ti.name)
+            _log().warning("skipping hard link %s: its target was skipped", ti.name)
             self.skip(ti)
             return
         try:
@@ -453,7 +462,7 @@ class _Extractor:
     def make_node(self, pfd: int, base: str, ti: tarfile.TarInfo) -> None:
         kind = stat.S_IFIFO if ti.isfifo() else stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
         if kind != stat.S_IFIFO and not self.as_root:
-            log.warning("skipping device node %s: only root can make device nodes", ti.name)
+            _log().warning("skipping device node %s: only root can make device nodes", ti.name)
             self.skip(ti)
             return
         self.remove(pfd, base)
@@ -463,7 +472,7 @@ class _Extractor:
             if kind == stat.S_IFIFO:
                 raise
             # Root in a user namespace, or a nodev policy: the image still runs without it.
-            log.warning("skipping device node %s: mknod not permitted here", ti.name)
+            _log().warning("skipping device node %s: mknod not permitted here", ti.name)
             self.skip(ti)
             return
         self.own(pfd, base, ti)
@@ -563,7 +572,7 @@ def _set_xattrs(fd: int, ti: tarfile.TarInfo) -> None:
             continue
         name = key[len(_XATTR) :]
         if not (name.startswith(("user.", "trusted.")) or name == "security.capability"):
-            log.debug("ignoring xattr %s on %s", name, ti.name)
+            _log().debug("ignoring xattr %s on %s", name, ti.name)
             continue
         try:
             # tarfile decoded the value with surrogateescape; this gives the bytes back.
@@ -571,7 +580,7 @@ def _set_xattrs(fd: int, ti: tarfile.TarInfo) -> None:
         except OSError as e:
             if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
                 raise
-            log.warning("cannot set xattr %s on %s: %s", name, ti.name, e.strerror)
+            _log().warning("cannot set xattr %s on %s: %s", name, ti.name, e.strerror)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -749,4 +758,4 @@ def remove_tree(path: Path) -> None:
                     os.chmod(full, 0o700)
     shutil.rmtree(path, ignore_errors=True)
     if path.exists():
-        log.warning("could not remove the scratch tree %s", path)
+        _log().warning("could not remove the scratch tree %s", path)
