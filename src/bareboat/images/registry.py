@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -51,8 +52,8 @@ def endpoint(registry: str) -> str:
 def tls_context(verify: bool) -> ssl.SSLContext:
     """The TLS context of https registries, made on first use: loading the CA bundle costs
     25-60 ms here, which a pull from a plain-HTTP loopback registry should not pay. The CAs
-    are certifi's (as httpx used), or $SSL_CERT_FILE / $SSL_CERT_DIR when set."""
-    import os
+    are certifi's (as httpx used; the system's without it), or $SSL_CERT_FILE / $SSL_CERT_DIR
+    when set."""
     import ssl
 
     if not verify:
@@ -64,8 +65,10 @@ def tls_context(verify: bool) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
     if os.environ.get("SSL_CERT_DIR"):
         return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
-    import certifi
-
+    try:
+        import certifi
+    except ImportError:
+        return ssl.create_default_context()
     return ssl.create_default_context(cafile=certifi.where())
 
 
