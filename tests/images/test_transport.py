@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
+from bareboat.images.registry import tls_context
 from bareboat.images.transport import Client, HTTPError, with_query
 
 
@@ -123,3 +128,42 @@ def test_query_and_bad_urls() -> None:
         for url in ("ftp://127.0.0.1/x", "http://127.0.0.1:99999/x", "http:///x"):
             with pytest.raises(HTTPError):
                 c.get(url, {})
+
+
+def test_tls_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    a = Server()
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        a.httpd.socket = ctx.wrap_socket(a.httpd.socket, server_side=True)
+        a.routes["/v2/"] = (200, {}, b"{}")
+        url = f"https://127.0.0.1:{a.httpd.server_address[1]}/v2/"
+        with (
+            Client(tls=lambda: tls_context(True), allow_http=lambda h: False) as c,
+            pytest.raises(HTTPError, match="CERTIFICATE_VERIFY_FAILED"),
+        ):
+            c.get(url, {})
+        with Client(tls=lambda: tls_context(False), allow_http=lambda h: False) as c:
+            assert read(c, url) == (200, b"{}")  # --insecure
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        with Client(tls=lambda: tls_context(True), allow_http=lambda h: False) as c:
+            assert read(c, url) == (200, b"{}")
+            assert read(c, url) == (200, b"{}")
+    finally:
+        a.close()
+    # The refused handshake never got an answer; the last client kept its connection.
+    ports = [port for _, _, port in a.seen]
+    assert len(ports) == 3 and ports[1] == ports[2] != ports[0]
