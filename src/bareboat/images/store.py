@@ -329,7 +329,8 @@ class ImageStore:
                         stop=(lambda: job.too_large) if job is not None else None,
                         writes=writes,
                     )
-                if job is not None and isinstance(err := job.wait(), ImageTooLarge):
+                # The record is written while the tree's syncfs runs.
+                if job is not None and isinstance(err := job.wait_applied(), ImageTooLarge):
                     raise err
                 name = str(r.with_digest(r.digest)) if r.digest else str(r.with_tag(r.tag))
                 image = self.commit(doc.data, [name])
