@@ -542,6 +542,45 @@ def test_type_replacement(work: Work, before: str, after: str) -> None:
         assert os.listdir(work.rootfs / "x") == []
 
 
+def test_parent_replaced_in_the_same_layer(work: Work) -> None:
+    # The entries after a replaced directory or symlink go where the path leads now (the
+    # extractor keeps the last parent's fd open across entries).
+    work.apply(
+        [
+            Entry("d", "dir", mode=0o755),
+            Entry("d/a", "file", b"a"),
+            Entry("d", "symlink", target="/e"),
+            Entry("d/b", "file", b"b"),
+            Entry("d/c", "symlink", target="x"),
+            Entry("s", "symlink", target="/d"),
+            Entry("s/f", "file", b"f"),
+            Entry("s", "dir", mode=0o755),
+            Entry("s/g", "file", b"g"),
+        ]
+    )
+    assert os.path.islink(work.rootfs / "d")
+    assert sorted(os.listdir(work.rootfs / "e")) == ["b", "c", "f"]
+    assert os.listdir(work.rootfs / "s") == ["g"]
+    work.assert_contained()
+
+
+def test_parent_through_a_replaced_child(work: Work) -> None:
+    # `a` leads to t through t's child u (a -> t/u/..): once u is a file, a/ leads nowhere,
+    # also for the entries that follow in a/, whose parent's fd the extractor had kept.
+    work.refused(
+        [
+            Entry("t", "dir", mode=0o755),
+            Entry("t/u", "dir", mode=0o755),
+            Entry("a", "symlink", target="t/u/.."),
+            Entry("a/x", "file", b"x"),
+            Entry("a/u", "file", b"u"),
+            Entry("a/y", "file", b"y"),
+        ],
+        match="Not a directory",
+    )
+    assert not (work.rootfs / "t" / "y").exists()
+
+
 def test_directory_merges_with_lower(work: Work) -> None:
     work.apply([Entry("d", "dir", mode=0o755), Entry("d/a", "file")])
     work.apply([Entry("d", "dir", mode=0o700), Entry("d/b", "file")])

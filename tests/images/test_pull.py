@@ -227,8 +227,10 @@ def test_killed_pull_leaves_no_entry(
         proc.wait(timeout=30)
     store = ImageStore(roots)
     assert store.list() == []
-    assert list((store.root / "tmp").iterdir()), "the killed download left its temp file"
-    assert store.prune().temp == 1
+    # The layer's temp file, and the config's or manifest's if one was being written.
+    left = list((store.root / "tmp").iterdir())
+    assert left, "the killed download left its temp file"
+    assert store.prune().temp == len(left)
     assert store.pull(ref, progress=False).names
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from bareboat.errors import AuthError, UsageError
 
@@ -85,10 +86,10 @@ def _keys(registry: str) -> list[str]:
 
 def from_auths_file(path: Path, registry: str) -> Credentials | None:
     try:
-        doc = json.loads(path.read_bytes())
+        doc = msgspec.json.decode(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:
+    except (OSError, msgspec.DecodeError) as err:
         raise AuthError(f"cannot read auths file {path}: {err}") from None
     auths = doc.get("auths") if isinstance(doc, dict) else None
     if not isinstance(auths, dict):

@@ -182,6 +182,10 @@ class BlobStore:
                 yield w
                 w.verify()
                 f.flush()
+                if tail is not None:
+                    # Verified: the unpacker may read to the end while the fsync below runs
+                    # (its tree is published only after this blob is in place).
+                    tail.finish(ok=True)
                 os.fsync(f.fileno())
                 os.chmod(tmp, 0o444)
                 # Same content under the same name: a concurrent writer's rename is harmless.

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import logging
 import os
 import shutil
 import stat
@@ -47,7 +46,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from bareboat.errors import ImageTooLarge, LayerError, StoreError
 from bareboat.images.diskcap import DiskCap, disk_cap, short_digest
@@ -55,7 +54,17 @@ from bareboat.images.layerstream import bounded_tarinfo, decompressed, one_line
 from bareboat.images.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2, syncfs
 from bareboat.units import show_size
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import logging
+
+
+def _log() -> logging.Logger:
+    """This module's logger; logging is imported only when there is something to say (it
+    and what it imports cost ~6 ms on every pull here)."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -155,16 +164,18 @@ def _lstat(dirfd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _remove(dirfd: int, name: str) -> None:
-    """Remove `name` in `dirfd`, whatever it is; a directory goes with all it holds."""
+def _remove(dirfd: int, name: str) -> int | None:
+    """Remove `name` in `dirfd`, whatever it is; a directory goes with all it holds. Returns
+    the mode of what was removed, None when there was nothing."""
     st = _lstat(dirfd, name)
     if st is None:
-        return
+        return None
     if stat.S_ISDIR(st.st_mode):
         # rmtree with dir_fd walks by fds and never follows a symlink.
         shutil.rmtree(name, dir_fd=dirfd)
     else:
         os.unlink(name, dir_fd=dirfd)
+    return st.st_mode
 
 
 @contextlib.contextmanager
@@ -193,6 +204,36 @@ class _Extractor:
         self.skipped: set[str] = set()  # entries not made (device nodes without root)
         self.root_path = os.readlink(f"/proc/self/fd/{rootfd}")
         self.name = ""  # the entry being applied, for a refusal
+        # The parent directory of the last entry, (parts, O_PATH fd), for the entries that
+        # follow in it (a layer lists a directory's entries together). An fd opened in-root
+        # names a directory inside the tree for good; only removing or replacing a directory
+        # or a symlink can change what a path resolves to (every other entry makes a new
+        # name, or replaces a file, which no path walks through), and then it is stale.
+        self._parent: tuple[tuple[str, ...], int] | None = None
+        self._parent_stale = False
+
+    def parent(self, parts: tuple[str, ...]) -> int:
+        """An O_PATH fd of the directory at `parts`, made if missing; kept for the next
+        entries (see `_parent`), closed by `close`."""
+        if self._parent is not None:
+            if self._parent[0] == parts and not self._parent_stale:
+                return self._parent[1]
+            os.close(self._parent[1])
+            self._parent = None
+        fd = self.open_dir(parts, create=True)
+        self._parent, self._parent_stale = (parts, fd), False
+        return fd
+
+    def remove(self, dirfd: int, name: str) -> None:
+        """`_remove`, and the kept parent fd is stale if a directory or symlink went."""
+        mode = _remove(dirfd, name)
+        if mode is not None and (stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            self._parent_stale = True
+
+    def close(self) -> None:
+        if self._parent is not None:
+            os.close(self._parent[1])
+            self._parent = None
 
     def use(self, nbytes: int) -> None:
         """Count `nbytes` more on disk, refusing the layer before they pass `max_disk`."""
@@ -300,38 +341,41 @@ class _Extractor:
         # Its name in the directory, and a block for extended attributes: small each, but a
         # layer may hold millions of entries.
         self.use(len(os.fsencode(base)) + 8)
-        if any(k.startswith(_XATTR) for k in ti.pax_headers):
+        if ti.pax_headers and any(k.startswith(_XATTR) for k in ti.pax_headers):
             self.use(_BLOCK)
-        with _fd(self.open_dir(parts[:-1], create=True)) as pfd:
-            self.touching(pfd, parts[:-1])
-            if ti.isdir():
-                self.make_dir(pfd, base, ti, parts)
-            elif ti.isreg():
-                self.make_file(pfd, base, tar, ti)
-            elif ti.issym():
-                _remove(pfd, base)
-                if len(os.fsencode(ti.linkname)) >= _INLINE_SYMLINK:
-                    self.use(_BLOCK)
+        pfd = self.parent(parts[:-1])
+        self.touching(pfd, parts[:-1])
+        if ti.isdir():
+            self.make_dir(pfd, base, ti, parts)
+        elif ti.isreg():
+            self.make_file(pfd, base, tar, ti)
+        elif ti.issym():
+            if len(os.fsencode(ti.linkname)) >= _INLINE_SYMLINK:
+                self.use(_BLOCK)
+            try:
                 os.symlink(ti.linkname, base, dir_fd=pfd)
-                self.own(pfd, base, ti)
-                os.utime(base, ns=(_ns(ti), _ns(ti)), dir_fd=pfd, follow_symlinks=False)
-            elif ti.islnk():
-                self.make_hardlink(pfd, base, ti, parts)
-            elif ti.ischr() or ti.isblk() or ti.isfifo():
-                self.make_node(pfd, base, ti)
-            else:
-                raise LayerError(f"layer entry {ti.name!r}: unsupported tar type {ti.type!r}")
+            except FileExistsError:  # an entry of a lower layer, or earlier in this one
+                self.remove(pfd, base)
+                os.symlink(ti.linkname, base, dir_fd=pfd)
+            self.own(pfd, base, ti)
+            os.utime(base, ns=(_ns(ti), _ns(ti)), dir_fd=pfd, follow_symlinks=False)
+        elif ti.islnk():
+            self.make_hardlink(pfd, base, ti, parts)
+        elif ti.ischr() or ti.isblk() or ti.isfifo():
+            self.make_node(pfd, base, ti)
+        else:
+            raise LayerError(f"layer entry {ti.name!r}: unsupported tar type {ti.type!r}")
 
     def make_dir(self, pfd: int, base: str, ti: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
         st = _lstat(pfd, base)
         if st is not None and not stat.S_ISDIR(st.st_mode):
-            _remove(pfd, base)
+            self.remove(pfd, base)
             st = None
         if st is None:
             self.use(_BLOCK)
             os.mkdir(base, 0o700, dir_fd=pfd)
         self.own(pfd, base, ti)
-        if any(k.startswith(_XATTR) for k in ti.pax_headers):
+        if ti.pax_headers and any(k.startswith(_XATTR) for k in ti.pax_headers):
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
             with _fd(os.open(base, flags, dir_fd=pfd)) as dfd:
                 _set_xattrs(dfd, ti)
@@ -339,9 +383,13 @@ class _Extractor:
 
     def make_file(self, pfd: int, base: str, tar: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
         # Always a new inode: writing into the old one would also change its hard links.
-        _remove(pfd, base)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        with _fd(os.open(base, flags, 0o600, dir_fd=pfd)) as fd:
+        try:
+            new = os.open(base, flags, 0o600, dir_fd=pfd)
+        except FileExistsError:
+            self.remove(pfd, base)
+            new = os.open(base, flags, 0o600, dir_fd=pfd)
+        with _fd(new) as fd:
             src: Any = tar.extractfile(ti)  # an ExFileObject: a BufferedReader
             if src is None:  # pragma: no cover - isreg() entries always have a file object
                 raise LayerError(f"layer entry {ti.name!r}: no contents")
@@ -390,7 +438,7 @@ class _Extractor:
         if target == parts:
             raise LayerError(f"layer entry {ti.name!r}: hard link to itself")
         if _rel(target) in self.skipped:
-            log.warning("skipping hard link %s: its target was skipped", ti.name)
+            _log().warning("skipping hard link %s: its target was skipped", ti.name)
             self.skip(ti)
             return
         try:
@@ -407,24 +455,24 @@ class _Extractor:
                 )
             if stat.S_ISDIR(tst.st_mode):
                 raise LayerError(f"layer entry {ti.name!r}: hard link to a directory")
-            _remove(pfd, base)
+            self.remove(pfd, base)
             # No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink, as tar means it.
             os.link(target[-1], base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
 
     def make_node(self, pfd: int, base: str, ti: tarfile.TarInfo) -> None:
         kind = stat.S_IFIFO if ti.isfifo() else stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
         if kind != stat.S_IFIFO and not self.as_root:
-            log.warning("skipping device node %s: only root can make device nodes", ti.name)
+            _log().warning("skipping device node %s: only root can make device nodes", ti.name)
             self.skip(ti)
             return
-        _remove(pfd, base)
+        self.remove(pfd, base)
         try:
             os.mknod(base, 0o600 | kind, os.makedev(ti.devmajor, ti.devminor), dir_fd=pfd)
         except PermissionError:
             if kind == stat.S_IFIFO:
                 raise
             # Root in a user namespace, or a nodev policy: the image still runs without it.
-            log.warning("skipping device node %s: mknod not permitted here", ti.name)
+            _log().warning("skipping device node %s: mknod not permitted here", ti.name)
             self.skip(ti)
             return
         self.own(pfd, base, ti)
@@ -465,14 +513,14 @@ class _Extractor:
         with _fd(pfd):
             if _lstat(pfd, name) is not None:
                 self.touching(pfd, parts[:-1])
-                _remove(pfd, name)
+                self.remove(pfd, name)
 
     def prune(self, dfd: int, parts: tuple[str, ...]) -> None:
         """Remove what lower layers put under the directory `dfd`, keeping this layer's."""
         for name in os.listdir(dfd):
             child = (*parts, name)
             if _rel(child) not in self.touched:
-                _remove(dfd, name)
+                self.remove(dfd, name)
                 continue
             st = _lstat(dfd, name)
             if st is not None and stat.S_ISDIR(st.st_mode):
@@ -524,7 +572,7 @@ def _set_xattrs(fd: int, ti: tarfile.TarInfo) -> None:
             continue
         name = key[len(_XATTR) :]
         if not (name.startswith(("user.", "trusted.")) or name == "security.capability"):
-            log.debug("ignoring xattr %s on %s", name, ti.name)
+            _log().debug("ignoring xattr %s on %s", name, ti.name)
             continue
         try:
             # tarfile decoded the value with surrogateescape; this gives the bytes back.
@@ -532,7 +580,7 @@ def _set_xattrs(fd: int, ti: tarfile.TarInfo) -> None:
         except OSError as e:
             if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
                 raise
-            log.warning("cannot set xattr %s on %s: %s", name, ti.name, e.strerror)
+            _log().warning("cannot set xattr %s on %s: %s", name, ti.name, e.strerror)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -614,6 +662,8 @@ def apply_layer(
                     tar.members.clear()
         except tarfile.TarError as e:
             raise LayerError(f"corrupt layer: {one_line(e)}") from e
+        finally:
+            ex.close()
         stream.drain()
         try:
             ex.finish()
@@ -708,4 +758,4 @@ def remove_tree(path: Path) -> None:
                     os.chmod(full, 0o700)
     shutil.rmtree(path, ignore_errors=True)
     if path.exists():
-        log.warning("could not remove the scratch tree %s", path)
+        _log().warning("could not remove the scratch tree %s", path)

@@ -1,36 +1,33 @@
 """A client for the OCI distribution API (v2): manifests, blobs and the auth dance.
 
-httpx is imported here, and this module is imported only by code that talks to registries.
-The spec logic is ours: ping `/v2/`, answer a `WWW-Authenticate` challenge (Bearer token from
-the realm, or Basic), fetch manifests with every manifest type accepted, and stream blobs
-through a `BlobWriter` so digest and size are checked before anything enters the store.
+The spec logic is ours: answer a `WWW-Authenticate` challenge (Bearer token from the realm, or
+Basic), fetch manifests with every manifest type accepted, and stream blobs through a
+`BlobWriter` so digest and size are checked before anything enters the store. HTTP is
+transport.py's (http.client; see there why not httpx).
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
-import sys
-import threading
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-if "httpx" not in sys.modules:
-    # httpx's package init imports its command-line client (rich, click, pygments: ~40 ms
-    # here) when those are installed; we never use it, and a blocked import makes httpx
-    # fall back to a stub.
-    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-import httpx
+import msgspec
 
 from bareboat.closing import Closing
 from bareboat.errors import AuthError, DigestMismatch, ImageNotFound, RegistryError
 from bareboat.images.auth import Credentials, parse_challenge, resolve_credentials
 from bareboat.images.blobs import BlobWriter
 from bareboat.images.reference import Reference
+from bareboat.images.transport import Client, HTTPError, Response, origin, with_query
 from bareboat.images.wire import ACCEPT, MAX_DOCUMENT
 
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+if TYPE_CHECKING:
+    import ssl
+
 CHUNK = 1 << 20
 
 
@@ -52,25 +49,27 @@ def endpoint(registry: str) -> str:
     return "registry-1.docker.io" if registry == "docker.io" else registry
 
 
-class _LazyTLS(httpx.BaseTransport):
-    """An HTTPS transport made on first use: loading the CA bundle costs 25-60 ms here,
-    which a pull from a plain-HTTP loopback registry should not pay."""
+def tls_context(verify: bool) -> ssl.SSLContext:
+    """The TLS context of https registries, made on first use: loading the CA bundle costs
+    25-60 ms here, which a pull from a plain-HTTP loopback registry should not pay. The CAs
+    are certifi's (as httpx used; the system's without it), or $SSL_CERT_FILE / $SSL_CERT_DIR
+    when set."""
+    import ssl
 
-    def __init__(self, *, verify: bool, limits: httpx.Limits) -> None:
-        self._verify = verify
-        self._limits = limits
-        self._transport: httpx.HTTPTransport | None = None
-        self._lock = threading.Lock()
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        with self._lock:
-            if self._transport is None:
-                self._transport = httpx.HTTPTransport(verify=self._verify, limits=self._limits)
-        return self._transport.handle_request(request)
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+    if not verify:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    try:
+        import certifi
+    except ImportError:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 @dataclass
@@ -83,7 +82,7 @@ class Manifest:
 
 
 class RegistryClient(Closing):
-    """One registry, one repository; a pooled httpx client shared by the download threads."""
+    """One registry, one repository; kept-alive connections shared by the download threads."""
 
     def __init__(
         self,
@@ -98,17 +97,9 @@ class RegistryClient(Closing):
         # Plain HTTP only where nothing can listen in: loopback, or when the user says so.
         self.scheme = "http" if (insecure or is_loopback(ref.registry)) else "https"
         self.credentials = resolve_credentials(ref.registry, credentials)
-        limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
-        self.http = httpx.Client(
-            timeout=TIMEOUT,
-            # Never the default transport (it would load the CA bundle now): every URL is
-            # http:// or https:// and has its mount.
-            transport=_LazyTLS(verify=not insecure, limits=limits),
-            follow_redirects=True,
-            mounts={
-                "http://": httpx.HTTPTransport(verify=False, limits=limits),
-                "https://": _LazyTLS(verify=not insecure, limits=limits),
-            },
+        self.http = Client(
+            tls=lambda: tls_context(not insecure),
+            allow_http=lambda host: insecure or is_loopback(host),
             headers={"User-Agent": "bareboat"},
         )
         self._auth: str | None = None
@@ -123,32 +114,31 @@ class RegistryClient(Closing):
 
     # --- auth ---------------------------------------------------------------------------
 
-    def _send(self, url: str, headers: dict[str, str], **kw: object) -> httpx.Response:
+    def _send(self, url: str, headers: dict[str, str]) -> Response:
         """A streamed GET: nothing is read until the caller reads, with a bound."""
-        req = self.http.build_request("GET", url, headers=headers, **kw)  # type: ignore[arg-type]
         try:
-            return self.http.send(req, stream=True)
-        except httpx.HTTPError as err:
-            raise RegistryError(f"{self.ref.registry}: {type(err).__name__}: {err}") from None
+            return self.http.get(url, headers)
+        except HTTPError as err:
+            raise RegistryError(f"{self.ref.registry}: {err}") from None
 
-    def _body(self, r: httpx.Response, limit: int, what: str) -> bytes:
+    def _body(self, r: Response, limit: int, what: str) -> bytes:
         """Read a whole (small) body, refusing more than `limit` bytes; closes `r`."""
         try:
             length = r.headers.get("content-length", "")
             if length.isdigit() and int(length) > limit:
                 raise RegistryError(f"{self.ref}: {what} is larger than {limit} bytes")
             buf = bytearray()
-            for chunk in r.iter_bytes():
+            for chunk in r.iter_raw(1 << 16):
                 buf += chunk
                 if len(buf) > limit:
                     raise RegistryError(f"{self.ref}: {what} is larger than {limit} bytes")
             return bytes(buf)
-        except httpx.HTTPError as err:
-            raise RegistryError(f"{self.ref.registry}: {type(err).__name__}: {err}") from None
+        except HTTPError as err:
+            raise RegistryError(f"{self.ref.registry}: {err}") from None
         finally:
             r.close()
 
-    def _authenticate(self, resp: httpx.Response) -> None:
+    def _authenticate(self, resp: Response) -> None:
         header = resp.headers.get("www-authenticate")
         if not header:
             raise AuthError(f"{self.ref.registry}: 401 without a WWW-Authenticate challenge")
@@ -166,31 +156,32 @@ class RegistryClient(Closing):
         realm = params.get("realm")
         if not realm:
             raise AuthError(f"{self.ref.registry}: Bearer challenge without a realm")
-        url = httpx.URL(realm)
-        if url.scheme not in ("https", "http") or (
-            url.scheme == "http" and not (self.insecure or is_loopback(url.netloc.decode()))
-        ):
+        try:
+            at = origin(realm)
+        except HTTPError:
+            raise AuthError(f"{self.ref.registry}: refusing token realm {realm!r}") from None
+        if at.scheme == "http" and not (self.insecure or is_loopback(at.host)):
             raise AuthError(f"{self.ref.registry}: refusing token realm {realm!r}")
         query = {"scope": f"repository:{self.ref.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
         headers = {"Authorization": self.credentials.basic()} if self.credentials else {}
-        r = self._send(realm, headers, params=query)
+        r = self._send(with_query(realm, query), headers)
         body = self._body(r, 1 << 20, "token response")
         if r.status_code in (401, 403):
             raise AuthError(f"{self.ref.registry}: token request refused (HTTP {r.status_code})")
         if r.status_code != 200:
             raise AuthError(f"{self.ref.registry}: token request failed (HTTP {r.status_code})")
         try:
-            doc = json.loads(body)
-        except ValueError:
+            doc = msgspec.json.decode(body)
+        except msgspec.DecodeError:
             raise AuthError(f"{self.ref.registry}: token response is not JSON") from None
         token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
         if not isinstance(token, str) or not token:
             raise AuthError(f"{self.ref.registry}: token response has no token")
         return token
 
-    def _get(self, url: str, headers: dict[str, str]) -> httpx.Response:
+    def _get(self, url: str, headers: dict[str, str]) -> Response:
         """GET with the current credentials. The first request goes out without a ping (one
         round trip less); a 401 is answered from its own challenge, then retried once."""
         for attempt in range(2):
@@ -253,7 +244,7 @@ class RegistryClient(Closing):
                 writer.write(chunk)
                 if progress:
                     progress(len(chunk))
-        except httpx.HTTPError as err:
-            raise RegistryError(f"{self.ref.registry}: {type(err).__name__}: {err}") from None
+        except HTTPError as err:
+            raise RegistryError(f"{self.ref.registry}: {err}") from None
         finally:
             r.close()

@@ -36,6 +36,7 @@ class StreamingUnpack:
         self.layers = layers
         self.tmp: Path | None = None
         self.error: BaseException | None = None
+        self._applied = threading.Event()  # every layer applied (or the unpack failed)
         self._thread = threading.Thread(target=self._run, name="bareboat-unpack", daemon=True)
 
     def start(self) -> StreamingUnpack:
@@ -64,6 +65,7 @@ class StreamingUnpack:
                 finally:
                     if not isinstance(src, Tail):
                         src.close()
+            self._applied.set()
             fd = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 syncfs(fd)  # a tree that exists after a crash is whole
@@ -71,6 +73,14 @@ class StreamingUnpack:
                 os.close(fd)
         except BaseException as err:  # noqa: BLE001 - handed to the caller by wait()
             self.error = err
+        finally:
+            self._applied.set()
+
+    def wait_applied(self) -> BaseException | None:
+        """Wait until every layer is applied, not for the flush after: the image may be
+        recorded meanwhile (its tree is published only after `wait`)."""
+        self._applied.wait()
+        return self.error
 
     def wait(self) -> BaseException | None:
         self._thread.join()
