@@ -25,10 +25,11 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
 
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
 if TYPE_CHECKING:
     import ctypes
+    from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -66,30 +67,35 @@ class Started:
     console: int | None = None
 
 
-class Backend(Protocol):
-    name: str
+if TYPE_CHECKING:  # a protocol for mypy only: the engine and the monitor never check it
 
-    def create(self, ctx: BackendContext) -> None:
-        """Check and prepare what `start` needs (runs in the monitor, after the rootfs mount)."""
+    class Backend(Protocol):
+        name: str
 
-    def start(self, ctx: BackendContext, stdio: Stdio) -> Started:
-        """Start the workload; return the pid the monitor waits on (its child)."""
+        def create(self, ctx: BackendContext) -> None:
+            """Check and prepare what `start` needs (runs in the monitor, after the rootfs
+            mount)."""
 
-    def exit_code(self, ctx: BackendContext, status: int) -> int:
-        """The workload's exit code (128+N for signal N) from the waited pid's wait status."""
+        def start(self, ctx: BackendContext, stdio: Stdio) -> Started:
+            """Start the workload; return the pid the monitor waits on (its child)."""
 
-    def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
-        """Send `sig` to the workload; `pid` is the monitor's recorded pid. From any process."""
+        def exit_code(self, ctx: BackendContext, status: int) -> int:
+            """The workload's exit code (128+N for signal N) from the waited pid's wait status."""
 
-    def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
-        """The terminal was resized (the monitor already set the pty's size)."""
+        def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
+            """Send `sig` to the workload; `pid` is the monitor's recorded pid. From any process."""
 
-    def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
-        """Run `process` (an OCI process object) in the running container with the caller's
-        stdio; return its exit code (0 when detached)."""
+        def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
+            """The terminal was resized (the monitor already set the pty's size)."""
 
-    def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
-        """Remove every trace the backend left (runtime state, cgroups). Idempotent."""
+        def exec(
+            self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False
+        ) -> int:
+            """Run `process` (an OCI process object) in the running container with the caller's
+            stdio; return its exit code (0 when detached)."""
+
+        def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
+            """Remove every trace the backend left (runtime state, cgroups). Idempotent."""
 
 
 def terminal_size(fd: int) -> tuple[int, int]:

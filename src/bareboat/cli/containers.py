@@ -9,11 +9,13 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any
 
 from .common import roots
 
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
 if TYPE_CHECKING:
+    from typing import Any
+
     from bareboat.control import ControlClient
     from bareboat.engine.engine import Engine
     from bareboat.spec.options import RunOptions

@@ -12,9 +12,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from bareboat.backends.base import Backend, BackendContext
+from bareboat.backends.base import BackendContext
 from bareboat.errors import (
     BackendUnavailable,
     BareboatError,
@@ -35,18 +34,22 @@ from .names import ID_RE, check_name, new_id, random_name
 from .overlay import Overlay, unmount_tree
 from .state import Record, RecordStore
 
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
 if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    from bareboat.backends.base import Backend
     from bareboat.control import ControlClient
 
+    class ImageSource(Protocol):
+        """What the engine needs from the image store."""
+
+        def ensure(self, ref: str) -> Image: ...
+
+        def rootfs(self, image: Image) -> Path: ...
+
+
 MONITOR = "the container's monitor"  # who answers on a container's control socket
-
-
-class ImageSource(Protocol):
-    """What the engine needs from the image store."""
-
-    def ensure(self, ref: str) -> Image: ...
-
-    def rootfs(self, image: Image) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,9 @@ def backend_for(isolation: Isolation, roots: Roots) -> Backend:
         if isolation is Isolation.MICROVM:
             from bareboat.backends.microvm.backend import MicrovmBackend
 
-            # cast: its `start` may still return a bare pid, which the monitor accepts too
-            return cast(Backend, MicrovmBackend(roots))
+            # its `start` may still return a bare pid, which the monitor accepts too
+            vm: Backend = MicrovmBackend(roots)  # type: ignore[assignment]
+            return vm
         if isolation is Isolation.WASM:
             from bareboat.backends.wasm import WasmBackend
 

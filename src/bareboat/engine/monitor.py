@@ -29,7 +29,6 @@ import sys
 import termios
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from bareboat import control as ctl
 from bareboat import sandboxdir
@@ -43,6 +42,7 @@ from bareboat.spec.command import check_command
 from .leftovers import end_rooted_in
 from .logfile import LogWriter
 
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
 if TYPE_CHECKING:
     from .engine import Engine
 
