@@ -142,10 +142,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
+    from bareboat.images.lookup import forget_views
+
     store = _store(args)
-    for ref in args.refs:
-        for event in store.remove(ref, force=args.force):
-            print(event)
+    try:
+        for ref in args.refs:
+            for event in store.remove(ref, force=args.force):
+                print(event)
+    finally:
+        forget_views(store.root)
     return 0
 
 
@@ -166,7 +171,11 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    r = _store(args).prune()
+    from bareboat.images.lookup import forget_views
+
+    store = _store(args)
+    r = store.prune()
+    forget_views(store.root)
     print(
         f"Removed {r.images} images, {r.blobs} blobs ({human_size(r.bytes)}), "
         f"{r.rootfs} root filesystems, {r.temp} temporary files"

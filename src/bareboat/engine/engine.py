@@ -97,10 +97,11 @@ class ContainerPaths:
 
 
 def default_images(roots: Roots) -> ImageSource:
-    from bareboat.images.store import ImageStore  # type: ignore[import-not-found,unused-ignore]
+    """The store, through the lookup that finds a named image without its decoders."""
+    from bareboat.images.lookup import Images
 
-    store: ImageSource = ImageStore(roots)
-    return store
+    images: ImageSource = Images(roots)
+    return images
 
 
 def backend_for(isolation: Isolation, roots: Roots) -> Backend:
