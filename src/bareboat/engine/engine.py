@@ -178,9 +178,11 @@ class Engine:
     # --- lookup ------------------------------------------------------------------------
     def resolve(self, ref: str) -> str:
         """A full id from an id, a unique id prefix or a name."""
-        ids = self.records.ids()
-        if ID_RE.match(ref) and ref in ids:
+        # A full id is looked up alone: `run` resolves its own id several times, and listing
+        # every container for it cost each `run` a look at every record on the host.
+        if ID_RE.match(ref) and (self.records.dir(ref) / RecordStore.FILE).is_file():
             return ref
+        ids = self.records.ids()
         for cid in ids:
             with contextlib.suppress(ContainerError, ValueError, KeyError):
                 if self.records.load(cid).name == ref:
