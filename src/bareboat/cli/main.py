@@ -1,10 +1,12 @@
 """Entry point of `bareboat`.
 
-Each command group lives in its own module with a `register(subparsers)` function that adds
-its commands and sets `func` on them. Handlers import the engine and other heavy modules
-inside their bodies, so `bareboat --help` and the hot paths stay cheap to start. A call that
-names its command builds (and imports) only the group that has it: argparse's tree of every
-command cost a `run` milliseconds it never used.
+Each command group lives in its own module with a `register(subparsers, only)` function that
+adds its commands (or only the one named) and sets `func` on them. Handlers import the engine
+and other heavy modules inside their bodies, so `bareboat --help` and the hot paths stay cheap
+to start. A call that
+names its command imports only the group that has it and builds only that command's parser:
+argparse's tree of every command (each subparser with its gettext lookups) cost a `run`
+milliseconds it never used.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def command_of(argv: Sequence[str]) -> str | None:
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser for `argv`: with the groups of the command it names (`command_of`), or
-    every group when it names none or `argv` is None."""
+    """The parser for `argv`: with only the command it names (`command_of`), or with every
+    command when it names none or `argv` is None."""
     from importlib import import_module
 
     parser = Parser(
@@ -81,7 +83,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     names = COMMANDS[command] if command else GROUPS
     for name in names:
         group: ModuleType = import_module(f"bareboat.cli.{name}")
-        group.register(sub)
+        group.register(sub, only=command)
     return parser
 
 
