@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from bareboat.backends.base import MNT_DETACH, mount, mounts_under, umount
 from bareboat.errors import ContainerError
 
 
-@dataclass(frozen=True)
 class Overlay:
-    lower: Path  # the image rootfs: read-only, shared, never written
-    upper: Path
-    work: Path
-    target: Path
+    """One container's root mount.
+
+    A plain class, not a dataclass: creating one costs 1-2 ms at import here, on the
+    path of every `run`."""
+
+    __slots__ = ("lower", "target", "upper", "work")
+
+    def __init__(self, lower: Path, upper: Path, work: Path, target: Path) -> None:
+        self.lower = lower  # the image rootfs: read-only, shared, never written
+        self.upper = upper
+        self.work = work
+        self.target = target
 
     def options(self) -> str:
         for p in (self.lower, self.upper, self.work):
