@@ -86,3 +86,15 @@ def argv_command(argv: list[str]) -> str:
     command = command_of(argv)
     assert command is not None
     return command
+
+
+def test_version_builds_no_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from bareboat import __version__
+
+    for argv in (["--version"], ["--root", "/r", "--version"]):
+        parser = build_parser(argv)
+        assert _subparsers(parser) == {}
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args(argv)
+        assert done.value.code == 0
+        assert capsys.readouterr().out == f"bareboat {__version__}\n"

@@ -49,23 +49,28 @@ class Parser(argparse.ArgumentParser):
         self.exit(125, f"{self.prog}: error: {message}\n")
 
 
-def command_of(argv: Sequence[str]) -> str | None:
-    """The command `argv` names after the global options; None for none (or `--help`,
-    `--version`, or anything not understood: then every group is built)."""
+def _first_word(argv: Sequence[str]) -> str | None:
+    """What `argv` has first after the global options that take a value, and --debug."""
     args = iter(argv)
     for arg in args:
         if arg in _VALUED:
             next(args, None)
-        elif arg == "--debug" or arg.startswith(tuple(f"{v}=" for v in _VALUED)):
-            continue
-        else:
-            return arg if arg in COMMANDS else None
+        elif arg != "--debug" and not arg.startswith(tuple(f"{v}=" for v in _VALUED)):
+            return arg
     return None
 
 
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command `argv` names after the global options; None for none (or `--help`,
+    `--version`, or anything not understood: then every group is built)."""
+    word = _first_word(argv)
+    return word if word in COMMANDS else None
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser for `argv`: with only the command it names (`command_of`), or with every
-    command when it names none or `argv` is None."""
+    """The parser for `argv`: with only the command it names (`command_of`), none for
+    `--version` (which ends the parse before any command), or every command when it names
+    none or `argv` is None."""
     from importlib import import_module
 
     parser = Parser(
@@ -80,7 +85,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     command = command_of(argv) if argv is not None else None
-    names = COMMANDS[command] if command else GROUPS
+    if command:
+        names = COMMANDS[command]
+    elif argv is not None and _first_word(argv) == "--version":
+        names = ()
+    else:
+        names = GROUPS
     for name in names:
         group: ModuleType = import_module(f"bareboat.cli.{name}")
         group.register(sub, only=command)
