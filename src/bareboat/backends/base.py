@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
@@ -32,39 +31,54 @@ if TYPE_CHECKING:
     from typing import Any, Protocol
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: creating a dataclass costs 1-2 ms at import here (its methods
+# are compiled from source), and these are on the path of every `run` and runtime call.
+
+
 class BackendContext:
     """Where one container's things are: derived from the roots by the engine."""
 
-    id: str
-    bundle: Path  # holds config.json; rootfs at bundle/rootfs (the overlay mount)
-    state_dir: Path  # the backend's own state (e.g. the OCI runtime's --root)
-    spec: dict[str, Any]
-    # The sandbox's control socket, where its supervisor serves it (the engine's monitor);
-    # None where a backend serves its own (a VM's hub under bareboat-runtime).
-    control: Path | None = None
+    __slots__ = ("bundle", "control", "id", "spec", "state_dir")
+
+    def __init__(
+        self,
+        id: str,
+        bundle: Path,
+        state_dir: Path,
+        spec: dict[str, Any],
+        control: Path | None = None,
+    ) -> None:
+        self.id = id
+        self.bundle = bundle  # holds config.json; rootfs at bundle/rootfs (the overlay mount)
+        self.state_dir = state_dir  # the backend's own state (e.g. the OCI runtime's --root)
+        self.spec = spec
+        # The sandbox's control socket, where its supervisor serves it (the engine's
+        # monitor); None where a backend serves its own (a VM's hub under bareboat-runtime).
+        self.control = control
 
     @property
     def rootfs(self) -> Path:
         return self.bundle / "rootfs"
 
 
-@dataclass(frozen=True)
 class Stdio:
-    stdin: int
-    stdout: int
-    stderr: int
-    tty: bool = False  # stdin/stdout/stderr are one pty slave
+    __slots__ = ("stderr", "stdin", "stdout", "tty")
+
+    def __init__(self, stdin: int, stdout: int, stderr: int, tty: bool = False) -> None:
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.tty = tty  # stdin/stdout/stderr are one pty slave
 
 
-@dataclass(frozen=True)
 class Started:
     """What `start` hands back to the monitor."""
 
-    pid: int  # the monitor's child to wait for
-    # A pty master that replaces the monitor's own for `-t` (a runtime that sent its console
-    # over a console socket); the monitor then reads, writes and resizes this one.
-    console: int | None = None
+    __slots__ = ("console", "pid")
+
+    def __init__(self, pid: int, console: int | None = None) -> None:
+        self.pid = pid  # the monitor's child to wait for
+        # A pty master that replaces the monitor's own for `-t` (a runtime that sent its
+        # console over a console socket); the monitor then reads, writes and resizes this one.
+        self.console = console
 
 
 if TYPE_CHECKING:  # a protocol for mypy only: the engine and the monitor never check it
