@@ -335,11 +335,12 @@ class Monitor:
             c.sock.close()
 
     # --- control clients ---------------------------------------------------------------
-    def accept(self, listener: socket.socket) -> None:
+    def accept(self, listener: socket.socket) -> bool:
+        """Take one waiting connection in; False when none was waiting."""
         try:
             sock, _ = listener.accept()
         except OSError:  # gone before we looked, or no descriptor left: nothing to serve
-            return
+            return False
         sock.setblocking(True)
         sock.settimeout(5)
         client = Client(sock)
@@ -347,6 +348,7 @@ class Monitor:
         self.sel.register(sock, selectors.EVENT_READ, client)
         if len(self.clients) > ctl.MAX_CLIENTS:
             self.refuse(client, f"too many clients (at most {ctl.MAX_CLIENTS} at once)")
+        return True
 
     def send(self, c: Client, data: bytes) -> None:
         """Send to one client; one that cannot take it is dropped."""
@@ -511,6 +513,12 @@ class Monitor:
             self.paths.socket.unlink()
         if rec.auto_remove:
             shutil.rmtree(self.paths.run, ignore_errors=True)
+        # Who connected while we cleaned up (a `wait` that found the container running) waits
+        # in the listener's backlog: take them in, so that they too hear the end. Unserved,
+        # they saw the connection close and a `wait` of a --rm container answered 0.
+        listener = getattr(self, "listener", None)
+        while listener is not None and self.accept(listener):
+            pass
         if error:
             self.broadcast(ctl.failed(code, error), attached=False)
         else:
