@@ -23,73 +23,93 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
 
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
 if TYPE_CHECKING:
     import ctypes
+    from typing import Any, Protocol
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: creating a dataclass costs 1-2 ms at import here (its methods
+# are compiled from source), and these are on the path of every `run` and runtime call.
+
+
 class BackendContext:
     """Where one container's things are: derived from the roots by the engine."""
 
-    id: str
-    bundle: Path  # holds config.json; rootfs at bundle/rootfs (the overlay mount)
-    state_dir: Path  # the backend's own state (e.g. the OCI runtime's --root)
-    spec: dict[str, Any]
-    # The sandbox's control socket, where its supervisor serves it (the engine's monitor);
-    # None where a backend serves its own (a VM's hub under bareboat-runtime).
-    control: Path | None = None
+    __slots__ = ("bundle", "control", "id", "spec", "state_dir")
+
+    def __init__(
+        self,
+        id: str,
+        bundle: Path,
+        state_dir: Path,
+        spec: dict[str, Any],
+        control: Path | None = None,
+    ) -> None:
+        self.id = id
+        self.bundle = bundle  # holds config.json; rootfs at bundle/rootfs (the overlay mount)
+        self.state_dir = state_dir  # the backend's own state (e.g. the OCI runtime's --root)
+        self.spec = spec
+        # The sandbox's control socket, where its supervisor serves it (the engine's
+        # monitor); None where a backend serves its own (a VM's hub under bareboat-runtime).
+        self.control = control
 
     @property
     def rootfs(self) -> Path:
         return self.bundle / "rootfs"
 
 
-@dataclass(frozen=True)
 class Stdio:
-    stdin: int
-    stdout: int
-    stderr: int
-    tty: bool = False  # stdin/stdout/stderr are one pty slave
+    __slots__ = ("stderr", "stdin", "stdout", "tty")
+
+    def __init__(self, stdin: int, stdout: int, stderr: int, tty: bool = False) -> None:
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.tty = tty  # stdin/stdout/stderr are one pty slave
 
 
-@dataclass(frozen=True)
 class Started:
     """What `start` hands back to the monitor."""
 
-    pid: int  # the monitor's child to wait for
-    # A pty master that replaces the monitor's own for `-t` (a runtime that sent its console
-    # over a console socket); the monitor then reads, writes and resizes this one.
-    console: int | None = None
+    __slots__ = ("console", "pid")
+
+    def __init__(self, pid: int, console: int | None = None) -> None:
+        self.pid = pid  # the monitor's child to wait for
+        # A pty master that replaces the monitor's own for `-t` (a runtime that sent its
+        # console over a console socket); the monitor then reads, writes and resizes this one.
+        self.console = console
 
 
-class Backend(Protocol):
-    name: str
+if TYPE_CHECKING:  # a protocol for mypy only: the engine and the monitor never check it
 
-    def create(self, ctx: BackendContext) -> None:
-        """Check and prepare what `start` needs (runs in the monitor, after the rootfs mount)."""
+    class Backend(Protocol):
+        name: str
 
-    def start(self, ctx: BackendContext, stdio: Stdio) -> Started:
-        """Start the workload; return the pid the monitor waits on (its child)."""
+        def create(self, ctx: BackendContext) -> None:
+            """Check and prepare what `start` needs (runs in the monitor, after the rootfs
+            mount)."""
 
-    def exit_code(self, ctx: BackendContext, status: int) -> int:
-        """The workload's exit code (128+N for signal N) from the waited pid's wait status."""
+        def start(self, ctx: BackendContext, stdio: Stdio) -> Started:
+            """Start the workload; return the pid the monitor waits on (its child)."""
 
-    def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
-        """Send `sig` to the workload; `pid` is the monitor's recorded pid. From any process."""
+        def exit_code(self, ctx: BackendContext, status: int) -> int:
+            """The workload's exit code (128+N for signal N) from the waited pid's wait status."""
 
-    def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
-        """The terminal was resized (the monitor already set the pty's size)."""
+        def kill(self, ctx: BackendContext, pid: int | None, sig: int) -> None:
+            """Send `sig` to the workload; `pid` is the monitor's recorded pid. From any process."""
 
-    def exec(self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False) -> int:
-        """Run `process` (an OCI process object) in the running container with the caller's
-        stdio; return its exit code (0 when detached)."""
+        def resize(self, ctx: BackendContext, rows: int, cols: int) -> None:
+            """The terminal was resized (the monitor already set the pty's size)."""
 
-    def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
-        """Remove every trace the backend left (runtime state, cgroups). Idempotent."""
+        def exec(
+            self, ctx: BackendContext, process: dict[str, Any], *, detach: bool = False
+        ) -> int:
+            """Run `process` (an OCI process object) in the running container with the caller's
+            stdio; return its exit code (0 when detached)."""
+
+        def delete(self, ctx: BackendContext, *, force: bool = False) -> None:
+            """Remove every trace the backend left (runtime state, cgroups). Idempotent."""
 
 
 def terminal_size(fd: int) -> tuple[int, int]:

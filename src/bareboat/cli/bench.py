@@ -80,8 +80,8 @@ def _run(name: str, flags: list[tuple[str, str]], args: argparse.Namespace) -> i
     return run_script(name, argv)
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this group's commands to the `bareboat` parser."""
+def register(sub: argparse._SubParsersAction[Any], only: str | None = None) -> None:
+    """Add this group's one command to the `bareboat` parser (the one `only` can name)."""
     p = sub.add_parser("bench", help="run a benchmark (from a source checkout)")
     bench = p.add_subparsers(dest="bench", metavar="BENCHMARK")
     for name, (text, flags) in BENCHMARKS.items():

@@ -9,18 +9,26 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any
 
 from .common import roots
 
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
 if TYPE_CHECKING:
+    from typing import Any
+
     from bareboat.control import ControlClient
     from bareboat.engine.engine import Engine
     from bareboat.spec.options import RunOptions
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this group's commands to the `bareboat` parser."""
+def register(sub: argparse._SubParsersAction[Any], only: str | None = None) -> None:
+    """Add this group's commands, or only the command `only`, to the `bareboat` parser."""
+    for name, add in _COMMANDS.items():
+        if only is None or name == only:
+            add(sub)
+
+
+def _add_run(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("run", help="create and start a container")
     _run_flags(p)
     p.add_argument("-d", "--detach", action="store_true", help="run in the background")
@@ -28,30 +36,40 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _image_and_command(p)
     p.set_defaults(func=cmd_run)
 
+
+def _add_create(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("create", help="create a container without starting it")
     _run_flags(p)
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     _image_and_command(p)
     p.set_defaults(func=cmd_create)
 
+
+def _add_start(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("start", help="start created or exited containers")
     p.add_argument("-a", "--attach", action="store_true", help="attach stdout/stderr")
     p.add_argument("-i", "--interactive", action="store_true", help="attach stdin")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
     p.set_defaults(func=cmd_start)
 
+
+def _add_ps(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("ps", help="list containers")
     p.add_argument("-a", "--all", action="store_true", help="show exited ones too")
     p.add_argument("-q", "--quiet", action="store_true", help="ids only")
     p.add_argument("--no-trunc", action="store_true", help="full ids")
     p.set_defaults(func=cmd_ps)
 
+
+def _add_logs(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("logs", help="show a container's output")
     p.add_argument("-f", "--follow", action="store_true", help="follow new output")
     p.add_argument("-t", "--timestamps", action="store_true", help="prefix timestamps")
     p.add_argument("container", metavar="CONTAINER")
     p.set_defaults(func=cmd_logs)
 
+
+def _add_exec(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("exec", help="run a command in a running container")
     p.add_argument("-i", "--interactive", action="store_true")
     p.add_argument("-t", "--tty", action="store_true")
@@ -63,21 +81,29 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
     p.set_defaults(func=cmd_exec)
 
+
+def _add_stop(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("stop", help="stop containers (stop signal, then SIGKILL)")
     p.add_argument("-t", "--time", type=float, default=10, help="seconds before SIGKILL")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
     p.set_defaults(func=cmd_stop)
 
+
+def _add_kill(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("kill", help="send a signal to containers")
     p.add_argument("-s", "--signal", default="SIGKILL")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
     p.set_defaults(func=cmd_kill)
 
+
+def _add_rm(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("rm", help="remove containers")
     p.add_argument("-f", "--force", action="store_true", help="kill running ones first")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
     p.set_defaults(func=cmd_rm)
 
+
+def _add_inspect(sub: argparse._SubParsersAction[Any]) -> None:
     # The images group may have registered `inspect` already (it is the images' fallback):
     # take the command over, so that containers are looked up first.
     p = sub.choices.get("inspect") or sub.add_parser(
@@ -87,9 +113,26 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         p.add_argument("refs", nargs="+", metavar="CONTAINER|IMAGE")
     p.set_defaults(func=cmd_inspect)
 
+
+def _add_wait(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("wait", help="wait for containers to exit; print their exit codes")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
     p.set_defaults(func=cmd_wait)
+
+
+_COMMANDS = {
+    "run": _add_run,
+    "create": _add_create,
+    "start": _add_start,
+    "ps": _add_ps,
+    "logs": _add_logs,
+    "exec": _add_exec,
+    "stop": _add_stop,
+    "kill": _add_kill,
+    "rm": _add_rm,
+    "inspect": _add_inspect,
+    "wait": _add_wait,
+}
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:

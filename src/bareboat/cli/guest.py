@@ -147,8 +147,15 @@ def _info_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this group's commands to the `bareboat` parser."""
+def register(sub: argparse._SubParsersAction[Any], only: str | None = None) -> None:
+    """Add this group's commands, or only the command `only`, to the `bareboat` parser."""
+    if only in (None, "guest"):
+        _add_guest(sub)
+    if only in (None, "info"):
+        _add_info(sub)
+
+
+def _add_guest(sub: argparse._SubParsersAction[Any]) -> None:
     guest = sub.add_parser("guest", help="build and show the microVM guest kernel and init")
     gsub = guest.add_subparsers(dest="guest_command", metavar="COMMAND")
     guest.set_defaults(func=lambda a: (guest.print_help(sys.stderr), 125)[1])
@@ -162,6 +169,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_guest_info_cmd)
 
+
+def _add_info(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("info", help="show bareboat's set-up: roots, accelerator, guest, tools")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(

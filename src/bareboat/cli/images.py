@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from bareboat.cli.common import roots
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from bareboat.images.model import Image
     from bareboat.images.store import ImageStore
     from bareboat.paths import Roots
@@ -142,10 +144,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
+    from bareboat.images.lookup import forget_views
+
     store = _store(args)
-    for ref in args.refs:
-        for event in store.remove(ref, force=args.force):
-            print(event)
+    try:
+        for ref in args.refs:
+            for event in store.remove(ref, force=args.force):
+                print(event)
+    finally:
+        forget_views(store.root)
     return 0
 
 
@@ -166,7 +173,11 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    r = _store(args).prune()
+    from bareboat.images.lookup import forget_views
+
+    store = _store(args)
+    r = store.prune()
+    forget_views(store.root)
     print(
         f"Removed {r.images} images, {r.blobs} blobs ({human_size(r.bytes)}), "
         f"{r.rootfs} root filesystems, {r.temp} temporary files"
@@ -227,15 +238,14 @@ def _add_save(sub: argparse._SubParsersAction[Any], name: str) -> None:
     p.set_defaults(func=cmd_save)
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this group's commands to the `bareboat` parser."""
-    _add_pull(sub, "pull")
-    _add_ls(sub, "images")
-    _add_inspect(sub, "inspect")
-    _add_rm(sub, "rmi")
-    _add_tag(sub, "tag")
-    _add_load(sub, "load")
-    _add_save(sub, "save")
+def register(sub: argparse._SubParsersAction[Any], only: str | None = None) -> None:
+    """Add this group's commands, or only the command `only`, to the `bareboat` parser."""
+    for name, add in _COMMANDS.items():
+        if only is None or name == only:
+            add(sub)
+
+
+def _add_image_group(sub: argparse._SubParsersAction[Any]) -> None:
     image = sub.add_parser("image", help="manage images")
     isub = image.add_subparsers(dest="image_command", metavar="COMMAND")
     _add_pull(isub, "pull")
@@ -247,3 +257,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _add_save(isub, "save")
     p = isub.add_parser("prune", help="remove unnamed images and unreferenced blobs")
     p.set_defaults(func=cmd_prune)
+
+
+_COMMANDS: dict[str, Callable[[argparse._SubParsersAction[Any]], None]] = {
+    "pull": lambda sub: _add_pull(sub, "pull"),
+    "images": lambda sub: _add_ls(sub, "images"),
+    "inspect": lambda sub: _add_inspect(sub, "inspect"),
+    "rmi": lambda sub: _add_rm(sub, "rmi"),
+    "tag": lambda sub: _add_tag(sub, "tag"),
+    "load": lambda sub: _add_load(sub, "load"),
+    "save": lambda sub: _add_save(sub, "save"),
+    "image": _add_image_group,
+}

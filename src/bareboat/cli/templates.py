@@ -78,7 +78,8 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[Any], only: str | None = None) -> None:
+    """Add this group's one command to the `bareboat` parser (the one `only` can name)."""
     p = sub.add_parser("template", help="microVM templates (fast start from a snapshot)")
     t = p.add_subparsers(dest="template_command", metavar="COMMAND")
 

@@ -10,11 +10,9 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from bareboat.backends.base import Backend, BackendContext
+from bareboat.backends.base import BackendContext
 from bareboat.errors import (
     BackendUnavailable,
     BareboatError,
@@ -35,26 +33,35 @@ from .names import ID_RE, check_name, new_id, random_name
 from .overlay import Overlay, unmount_tree
 from .state import Record, RecordStore
 
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
 if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    from bareboat.backends.base import Backend
     from bareboat.control import ControlClient
+
+    class ImageSource(Protocol):
+        """What the engine needs from the image store."""
+
+        def ensure(self, ref: str) -> Image: ...
+
+        def rootfs(self, image: Image) -> Path: ...
+
 
 MONITOR = "the container's monitor"  # who answers on a container's control socket
 
 
-class ImageSource(Protocol):
-    """What the engine needs from the image store."""
-
-    def ensure(self, ref: str) -> Image: ...
-
-    def rootfs(self, image: Image) -> Path: ...
-
-
-@dataclass(frozen=True)
 class ContainerPaths:
-    """Every path of one container, derived from the roots."""
+    """Every path of one container, derived from the roots.
 
-    record: Path  # roots.containers/<id>: record, writable layer, log (survive reboots)
-    run: Path  # roots.run/<id>: bundle, rootfs mount, socket, runtime state
+    A plain class, not a dataclass: creating one costs 1-2 ms at import here, on the
+    path of every `run`."""
+
+    __slots__ = ("record", "run")
+
+    def __init__(self, record: Path, run: Path) -> None:
+        self.record = record  # roots.containers/<id>: record, writable layer, log (survive reboots)
+        self.run = run  # roots.run/<id>: bundle, rootfs mount, socket, runtime state
 
     @property
     def upper(self) -> Path:
@@ -94,10 +101,11 @@ class ContainerPaths:
 
 
 def default_images(roots: Roots) -> ImageSource:
-    from bareboat.images.store import ImageStore  # type: ignore[import-not-found,unused-ignore]
+    """The store, through the lookup that finds a named image without its decoders."""
+    from bareboat.images.lookup import Images
 
-    store: ImageSource = ImageStore(roots)
-    return store
+    images: ImageSource = Images(roots)
+    return images
 
 
 def backend_for(isolation: Isolation, roots: Roots) -> Backend:
@@ -114,8 +122,9 @@ def backend_for(isolation: Isolation, roots: Roots) -> Backend:
         if isolation is Isolation.MICROVM:
             from bareboat.backends.microvm.backend import MicrovmBackend
 
-            # cast: its `start` may still return a bare pid, which the monitor accepts too
-            return cast(Backend, MicrovmBackend(roots))
+            # its `start` may still return a bare pid, which the monitor accepts too
+            vm: Backend = MicrovmBackend(roots)  # type: ignore[assignment]
+            return vm
         if isolation is Isolation.WASM:
             from bareboat.backends.wasm import WasmBackend
 
@@ -173,9 +182,11 @@ class Engine:
     # --- lookup ------------------------------------------------------------------------
     def resolve(self, ref: str) -> str:
         """A full id from an id, a unique id prefix or a name."""
-        ids = self.records.ids()
-        if ID_RE.match(ref) and ref in ids:
+        # A full id is looked up alone: `run` resolves its own id several times, and listing
+        # every container for it cost each `run` a look at every record on the host.
+        if ID_RE.match(ref) and (self.records.dir(ref) / RecordStore.FILE).is_file():
             return ref
+        ids = self.records.ids()
         for cid in ids:
             with contextlib.suppress(ContainerError, ValueError, KeyError):
                 if self.records.load(cid).name == ref:

@@ -19,7 +19,10 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 Entry = tuple[float, str, bytes]
 _FOLLOW_POLL_S = 0.1

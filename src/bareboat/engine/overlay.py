@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from bareboat.backends.base import MNT_DETACH, mount, mounts_under, umount
 from bareboat.errors import ContainerError
 
 
-@dataclass(frozen=True)
 class Overlay:
-    lower: Path  # the image rootfs: read-only, shared, never written
-    upper: Path
-    work: Path
-    target: Path
-    # For a container removed when it ends (`--rm`): its upper layer is thrown away, so the
-    # overlay need not sync it. Without `volatile`, unmounting an overlay syncs the whole
-    # filesystem the upper lives on, which took 20-560 ms here while others wrote to it.
-    volatile: bool = False
+    """One container's root mount.
+
+    A plain class, not a dataclass: creating one costs 1-2 ms at import here, on the
+    path of every `run`."""
+
+    __slots__ = ("lower", "target", "upper", "volatile", "work")
+
+    def __init__(
+        self, lower: Path, upper: Path, work: Path, target: Path, *, volatile: bool = False
+    ) -> None:
+        self.lower = lower  # the image rootfs: read-only, shared, never written
+        self.upper = upper
+        self.work = work
+        self.target = target
+        # For a container removed when it ends (`--rm`): its upper layer is thrown away, so
+        # the overlay need not sync it. Without `volatile`, unmounting an overlay syncs the
+        # whole filesystem the upper lives on, which took 20-560 ms here while others wrote.
+        self.volatile = volatile
 
     def options(self) -> str:
         for p in (self.lower, self.upper, self.work):

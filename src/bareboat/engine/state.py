@@ -13,12 +13,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bareboat.errors import ContainerError
 from bareboat.fsutil import atomic_write, atomic_write_text
 from bareboat.sandbox.status import Status, check_transition
 from bareboat.spec.options import Isolation, LogOptions, Mount, PortMapping, Rlimit, RunOptions
+
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass

@@ -14,13 +14,16 @@ import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from bareboat.errors import UsageError
 from bareboat.images.model import ImageConfig
 from bareboat.spec import defaults, etcfiles, parse
 from bareboat.spec.options import Isolation, Mount, RunOptions
 from bareboat.spec.users import User, resolve_user
+
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
+if TYPE_CHECKING:
+    from typing import Any
 
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
 # Mounting over these would hide or replace the kernel filesystems the runtime sets up

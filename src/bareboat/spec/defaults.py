@@ -6,7 +6,9 @@ run by bareboat sees the same /proc, /dev, capabilities and limits as under dock
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
+if TYPE_CHECKING:
+    from typing import Any
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from bareboat.spec.defaults import NETWORK_ANNOTATION
+
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
+if TYPE_CHECKING:
+    from typing import Any
 
 # The file in `etc_dir` for each path in the container.
 ETC_FILES = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from bareboat.errors import ImageError, UsageError
 from bareboat.spec.rootread import RootReadError, read_in_root
@@ -32,19 +31,20 @@ class User:
     name: str = ""  # the passwd name, where there is one
 
 
-# NamedTuples, not dataclasses: each dataclass costs a fraction of a millisecond to create
-# at import, and this module is on the path of every `run`.
-class PasswdEntry(NamedTuple):
-    name: str
-    uid: int
-    gid: int
-    home: str
+# Plain classes: a dataclass costs a fraction of a millisecond to create at import, and a
+# NamedTuple imports typing; this module is on the path of every `run`.
+class PasswdEntry:
+    __slots__ = ("gid", "home", "name", "uid")
+
+    def __init__(self, name: str, uid: int, gid: int, home: str) -> None:
+        self.name, self.uid, self.gid, self.home = name, uid, gid, home
 
 
-class GroupEntry(NamedTuple):
-    name: str
-    gid: int
-    members: tuple[str, ...]
+class GroupEntry:
+    __slots__ = ("gid", "members", "name")
+
+    def __init__(self, name: str, gid: int, members: tuple[str, ...]) -> None:
+        self.name, self.gid, self.members = name, gid, members
 
 
 def _number(text: str) -> int | None:

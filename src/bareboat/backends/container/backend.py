@@ -18,13 +18,16 @@ import socket
 import subprocess
 import termios
 import time
-from typing import Any
 
 from bareboat.backends.base import BackendContext, Started, Stdio, terminal_size
 from bareboat.errors import BackendError
 from bareboat.proc import wait_status_to_code
 
 from .runtime import OciRuntime, select_runtime
+
+TYPE_CHECKING = False  # typing costs import time on every `run`; mypy treats this as true
+if TYPE_CHECKING:
+    from typing import Any
 
 TIMEOUT = 30.0
 
