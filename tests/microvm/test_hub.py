@@ -52,8 +52,11 @@ class RunningHub:
     exit: Path
 
 
-def _until(sock: socket.socket, decoder: FrameDecoder, want: FrameType) -> list[Frame]:
-    """Frames from the agent up to and including the first of type `want`."""
+def _until(
+    sock: socket.socket, decoder: FrameDecoder, want: FrameType, *, after: list[Frame] | None = None
+) -> list[Frame]:
+    """Frames from the agent up to and including the first of type `want`; those that came
+    in the same read after it go to `after` (a workload's EXIT can follow its STARTED)."""
     got: list[Frame] = []
     sock.settimeout(10)
     while not got or got[-1].type is not want:
@@ -62,6 +65,8 @@ def _until(sock: socket.socket, decoder: FrameDecoder, want: FrameType) -> list[
         got += decoder.feed(data)
         for i, f in enumerate(got):
             if f.type is want:
+                if after is not None:
+                    after += got[i + 1 :]
                 return got[: i + 1]
     return got
 
@@ -224,7 +229,8 @@ def test_a_vm_with_nothing_to_flush_is_killed_once_the_exit_is_recorded(
     _until(host, decoder, FrameType.HELLO)
     spec = ProcessSpec(args=["/bin/sh", "-c", "exit 3"], env=["PATH=/bin"])
     host.sendall(encode_frame(Frame(FrameType.START, 0, encode_start(StartSpec(process=spec)))))
-    _until(host, decoder, FrameType.STARTED)
+    pending: list[Frame] = []
+    _until(host, decoder, FrameType.STARTED, after=pending)
     out_r, out_w = os.pipe()
     hub = Hub(
         host,
@@ -235,6 +241,7 @@ def test_a_vm_with_nothing_to_flush_is_killed_once_the_exit_is_recorded(
         exit_path=tmp_path / "exit.json",
         qemu_pid=qemu.pid,
         decoder=decoder,
+        pending=pending,
         kill_after_exit=kill,
     )
     hub.start()
