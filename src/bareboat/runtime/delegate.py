@@ -14,12 +14,6 @@ which bareboat's container backend does for its own `run`, and runc 1.1.5 works 
 from __future__ import annotations
 
 import os
-import signal
-
-from bareboat.proc import FORWARDED_SIGNALS, wait_child
-
-from .args import Invocation
-from .records import RuntimeRoot
 
 # Typing names only for mypy: `typing` imports `re` and `collections.abc` (~10 ms here), and
 # with postponed annotations nothing needs them at run time. mypy treats any TYPE_CHECKING
@@ -27,6 +21,9 @@ from .records import RuntimeRoot
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from .args import Invocation
+    from .records import RuntimeRoot
 
 
 def find_runtime(env: Mapping[str, str]) -> str:
@@ -46,6 +43,12 @@ def exec_runc(argv: list[str]) -> None:
 
 def spawn_runc(argv: list[str], *, forward_signals: bool = False) -> int:
     """Run runc as a child with our stdio and inherited fds; return its exit code."""
+    # Here, not at the top: `signal` imports `enum` (and it functools and collections), which
+    # the calls that only exec runc (state, start, kill) never need.
+    import signal
+
+    from bareboat.proc import FORWARDED_SIGNALS, wait_child
+
     pid = os.posix_spawn(argv[0], argv, os.environ)
     # A foreground `run` passes a resize on too: runc proxies the console itself.
     forward = (*FORWARDED_SIGNALS, signal.SIGWINCH) if forward_signals else ()

@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 
 from bareboat.errors import ContainerNotFound, UsageError
-from bareboat.privdir import private_dir
-from bareboat.sandboxdir import SandboxDir
 
 # Typing names only for mypy: `typing` imports `re` and `collections.abc` (~10 ms here), and
 # with postponed annotations nothing needs them at run time. mypy treats any TYPE_CHECKING
@@ -23,6 +21,8 @@ from bareboat.sandboxdir import SandboxDir
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from bareboat.sandboxdir import SandboxDir
 
 
 DEFAULT_STATE = "/run/bareboat"
@@ -111,6 +111,9 @@ class RuntimeRoot:
 
     def sandbox(self, cid: str) -> SandboxDir:
         """The files of the container's sandbox (bareboat.sandboxdir)."""
+        # Imported by the calls that use it: container isolation's never do (nor privdir's).
+        from bareboat.sandboxdir import SandboxDir
+
         return SandboxDir(self.state_dir(cid))
 
     def record_path(self, cid: str) -> str:
@@ -131,6 +134,8 @@ class RuntimeRoot:
     def save(self, rec: Record) -> None:
         if "\n" in rec.bundle or "\n" in rec.isolation:
             raise UsageError(f"bundle path {rec.bundle!r} holds a newline")
+        from bareboat.privdir import private_dir
+
         # The root and its records 0700, an older 0755 root tightened: container state (a
         # VM's disk of the client's rootfs among it) is no other user's to read.
         private_dir(self.path)
