@@ -1,8 +1,9 @@
 """Entry point of `bareboat-runtime`, the runc-compatible OCI runtime CLI.
 
 podman (conmon), containerd's runc shim and docker call this 3–5 times per container, so the
-hot path imports only os/sys/json and bareboat's small modules; anything heavier is imported
-inside the branch that needs it. Parse → dispatch on the container's isolation → act.
+hot path imports only os, sys and bareboat's small modules (no json, re or enum: container
+isolation's calls import nothing else); anything heavier is imported inside the branch that
+needs it. Parse → dispatch on the container's isolation → act.
 """
 
 from __future__ import annotations
@@ -102,12 +103,12 @@ def _module(isolation: str) -> Any:
 
 
 def read_config(bundle: str) -> dict[str, Any]:
-    import json
+    from .jsonload import loads
 
     path = os.path.join(bundle, "config.json")
     try:
         with open(path, "rb") as f:
-            config = json.load(f)
+            config = loads(f.read())
     except FileNotFoundError:
         raise UsageError(f"no config.json in bundle {bundle}") from None
     except ValueError as e:
