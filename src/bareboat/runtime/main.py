@@ -92,7 +92,8 @@ def dispatch(inv: args.Invocation, argv0: str) -> int:
         assert rec is not None
         from .commands import run
 
-        return run(inv, root, rec, _module(iso))
+        # Only `exec` is the isolation's own; `state` and `start` need none of its imports.
+        return run(inv, root, rec, _module(iso) if cmd == "exec" else None)
     raise BackendUnavailable(f"container {cid}: isolation {iso} cannot be driven here")
 
 
