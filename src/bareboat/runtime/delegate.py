@@ -21,6 +21,7 @@ import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import NoReturn
 
     from .args import Invocation
     from .records import RuntimeRoot
@@ -37,7 +38,7 @@ def runc_argv(runtime: str, inv: Invocation, root: RuntimeRoot) -> list[str]:
     return [runtime, f"--root={root.runc}", *g, inv.command, *inv.tokens]
 
 
-def exec_runc(argv: list[str]) -> None:
+def exec_runc(argv: list[str]) -> NoReturn:
     os.execv(argv[0], argv)
 
 

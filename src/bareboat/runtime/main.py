@@ -179,10 +179,15 @@ def _create_container(inv: args.Invocation, root: RuntimeRoot) -> int:
 
 
 def delete_container(inv: args.Invocation, root: RuntimeRoot) -> int:
-    from .delegate import find_runtime, runc_argv, spawn_runc
+    from .delegate import exec_runc, find_runtime, runc_argv, spawn_runc
 
     global _left_to_runc
     argv = runc_argv(find_runtime(os.environ), inv, root)
+    if inv.has("--force"):
+        # The record goes whatever runc answers (and a container without one is runc's
+        # anyway): drop it first and hand the call over, as podman's every delete is.
+        root.drop(inv.id)
+        exec_runc(argv)
     _left_to_runc = True
     rc = spawn_runc(argv)
     if rc == 0 or inv.has("--force"):
