@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -139,6 +140,30 @@ def test_errors_go_to_log_as_json_lines(runtime: Runtime, tmp_path: Path) -> Non
     # Unknown container: runc's own error, non-zero.
     assert runtime("state", "nope", check=False).returncode != 0
     assert runtime("kill", "../x", check=False).returncode != 0
+
+
+def test_container_calls_import_little(runtime: Runtime, tmp_path: Path) -> None:
+    """podman makes create, start and delete --force for every container (and clients ask
+    state): under container isolation each is Python's start-up, a few small modules and
+    runc. What the real calls import, from `python -X importtime`, names none of the modules
+    that cost milliseconds here."""
+    heavy = {"json", "re", "enum", "signal", "typing", "dataclasses", "pathlib", "subprocess",
+             "socket", "tempfile", "msgspec"}  # fmt: skip
+    traced = Runtime(runtime.root, runtime.log, prefix=(sys.executable, "-X", "importtime"))
+    bundle = make_bundle(tmp_path / "b", ["true"])
+    runtime.ids.append("c10")
+    calls = [
+        ("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "p"), "c10"),
+        ("state", "c10"),
+        ("start", "c10"),
+        ("delete", "--force", "c10"),
+    ]
+    for call in calls:
+        err = traced(*call).stderr
+        names = {line.split("|")[-1].strip() for line in err.splitlines() if "import time:" in line}
+        assert "bareboat.runtime.main" in names, err
+        assert not names & heavy, (call, sorted(names & heavy))
+    assert not (runtime.root / "bareboat" / "c10.rec").exists()
 
 
 def test_runc_that_cannot_start_is_reported(

@@ -44,13 +44,14 @@ def exec_runc(argv: list[str]) -> NoReturn:
 
 def spawn_runc(argv: list[str], *, forward_signals: bool = False) -> int:
     """Run runc as a child with our stdio and inherited fds; return its exit code."""
-    # Here, not at the top: `signal` imports `enum` (and it functools and collections), which
-    # the calls that only exec runc (state, start, kill) never need.
-    import signal
-
     from bareboat.proc import FORWARDED_SIGNALS, wait_child
 
     pid = os.posix_spawn(argv[0], argv, os.environ)
+    if not forward_signals:
+        return wait_child(pid)
+    # Only here: `signal` imports `enum` (and it functools and collections), which create and
+    # delete, and the calls that exec runc, never need.
+    import signal
+
     # A foreground `run` passes a resize on too: runc proxies the console itself.
-    forward = (*FORWARDED_SIGNALS, signal.SIGWINCH) if forward_signals else ()
-    return wait_child(pid, forward=forward)
+    return wait_child(pid, forward=(*FORWARDED_SIGNALS, signal.SIGWINCH))
