@@ -190,7 +190,7 @@ def delete_container(inv: args.Invocation, root: RuntimeRoot) -> int:
         exec_runc(argv)
     _left_to_runc = True
     rc = spawn_runc(argv)
-    if rc == 0 or inv.has("--force"):
+    if rc == 0:
         root.drop(inv.id)
     return rc
 
