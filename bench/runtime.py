@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -108,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     from tests.support.imagebuild import write_image
 
-    base = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
+    # podman names an image pulled from oci:PATH after PATH, where a component may not end in
+    # "_" or hold "___", as mkdtemp's random names may (a run failed so): hex digits only.
+    base = Path(tempfile.gettempdir()) / f"bench-runtime-{secrets.token_hex(6)}"
+    base.mkdir(mode=0o700)
     try:
         return _run(base, args.runs, Path(args.out), write_image)
     finally:
