@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import sys
 
-from bareboat.errors import BackendUnavailable, BareboatError, UsageError
-
 from . import args
 from .records import Record, RuntimeRoot, check_id
 
@@ -63,16 +61,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         inv = args.parse(tokens)
         log, log_format = inv.globals.log, inv.globals.log_format
         return dispatch(inv, argv0)
-    except BareboatError as e:
+    except Exception as e:
+        message = _reported(e)
+        if message is None:
+            raise
         from .report import error
 
-        error(str(e), log=log, log_format=log_format)
+        error(message, log=log, log_format=log_format)
         return 1
-    except OSError as e:
-        from .report import error
 
-        error(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), log=log, log_format=log_format)
-        return 1
+
+def _reported(e: Exception) -> str | None:
+    """The one line `main` reports for `e` (bareboat's errors and OSErrors), else None.
+    bareboat.errors is loaded here and where an error is raised, not at start-up: the calls
+    that hand a container over to runc never load it (runtime/args.py `_usage`)."""
+    from bareboat.errors import BareboatError
+
+    if isinstance(e, BareboatError):
+        return str(e)
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+    return None
 
 
 def dispatch(inv: args.Invocation, argv0: str) -> int:
@@ -114,6 +123,8 @@ def dispatch(inv: args.Invocation, argv0: str) -> int:
 
         # Only `exec` is the isolation's own; `state` and `start` need none of its imports.
         return run(inv, root, rec, _module(iso) if cmd == "exec" else None)
+    from bareboat.errors import BackendUnavailable
+
     raise BackendUnavailable(f"container {cid}: isolation {iso} cannot be driven here")
 
 
@@ -124,6 +135,8 @@ def _module(isolation: str) -> Any:
 
 
 def read_config(bundle: str) -> dict[str, Any]:
+    from bareboat.errors import UsageError  # create loads it anyway (privdir, isolation)
+
     from .jsonload import loads
 
     path = os.path.join(bundle, "config.json")
@@ -147,6 +160,8 @@ def create(inv: args.Invocation, root: RuntimeRoot, argv0: str) -> int:
 
     iso = isolation.resolve(config, argv0, os.environ)
     if iso not in SUPPORTED:
+        from bareboat.errors import BackendUnavailable
+
         raise BackendUnavailable(
             f"isolation {iso} is not available under bareboat-runtime yet "
             f"(available: {', '.join(SUPPORTED)})"
