@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 
-from bareboat.errors import UsageError
-
 from .jsonload import loads
 
 TYPE_CHECKING = False  # typing costs ~3 ms of import on `create`; mypy treats this as true
@@ -39,6 +37,8 @@ _NAME_SUFFIXES = {
 
 def check(value: str, source: str) -> str:
     if value not in KNOWN:
+        from bareboat.errors import UsageError
+
         raise UsageError(
             f"{source}: unknown isolation {value!r} (expected one of {', '.join(KNOWN)})"
         )
@@ -61,6 +61,8 @@ def from_config_file(env: dict[str, str] | os._Environ[str]) -> str:
     except FileNotFoundError:
         return ""
     except (OSError, ValueError) as e:
+        from bareboat.errors import UsageError
+
         raise UsageError(f"cannot read runtime config {path}: {e}") from None
     value = data.get("isolation", "") if isinstance(data, dict) else ""
     return check(value, path) if value else ""
@@ -69,6 +71,8 @@ def from_config_file(env: dict[str, str] | os._Environ[str]) -> str:
 def resolve(config: dict[str, Any], argv0: str, env: dict[str, str] | os._Environ[str]) -> str:
     annotations = config.get("annotations") or {}
     if not isinstance(annotations, dict):
+        from bareboat.errors import UsageError
+
         raise UsageError("config.json: annotations must be an object")
     value = annotations.get(ANNOTATION)
     if value:

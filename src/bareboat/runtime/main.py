@@ -135,8 +135,6 @@ def _module(isolation: str) -> Any:
 
 
 def read_config(bundle: str) -> dict[str, Any]:
-    from bareboat.errors import UsageError  # create loads it anyway (privdir, isolation)
-
     from .jsonload import loads
 
     path = os.path.join(bundle, "config.json")
@@ -144,10 +142,16 @@ def read_config(bundle: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             config = loads(f.read())
     except FileNotFoundError:
+        from bareboat.errors import UsageError
+
         raise UsageError(f"no config.json in bundle {bundle}") from None
     except ValueError as e:
+        from bareboat.errors import UsageError
+
         raise UsageError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(config, dict):
+        from bareboat.errors import UsageError
+
         raise UsageError(f"{path}: not a JSON object")
     return config
 
