@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -108,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     from tests.support.imagebuild import write_image
 
-    base = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
+    # podman names an image pulled from oci:PATH after PATH, where a component may not end in
+    # "_" or hold "___", as mkdtemp's random names may (a run failed so): hex digits only.
+    base = Path(tempfile.gettempdir()) / f"bench-runtime-{secrets.token_hex(6)}"
+    base.mkdir(mode=0o700)
     try:
         return _run(base, args.runs, Path(args.out), write_image)
     finally:
@@ -191,12 +195,15 @@ def _run(base: Path, runs: int, out: Path, write_image: object) -> int:
         ),
         "python -c pass": startup([sys.executable, "-c", "pass"], runs * 3),
     }
+    start_ref = start["runc state (missing id)"]
     result = {
         "runs": runs,
         "median_s": med,
         "ratio_to_runc": {k: v / ref for k, v in med.items()},
         "samples_s": samples,
         "startup_median_s": start,
+        "startup_ratio_to_runc_state": {k: v / start_ref for k, v in start.items()},
+        "loadavg": os.getloadavg(),
         "import_ms_bareboat_runtime_main": import_ms(),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +212,8 @@ def _run(base: Path, runs: int, out: Path, write_image: object) -> int:
     for k, v in med.items():
         print(f"{k:<44}{v * 1000:>10.1f}{v / ref:>9.2f}")
     for k, v in start.items():
-        print(f"{k:<44}{v * 1000:>10.1f}")
+        print(f"{k:<44}{v * 1000:>10.1f}{v / start_ref:>9.2f}  (× runc state)")
+    print(f"load average after the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'import bareboat.runtime.main':<44}{result['import_ms_bareboat_runtime_main']:>10.1f}")
     _plot(samples, out / "runtime.png")
     return 0

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 
-from bareboat.errors import BackendUnavailable
-
 ENV = "BAREBOAT_OCI_RUNTIME"
 # podman and containerd may hand us a minimal PATH; runc and crun live in /usr/sbin or
 # /usr/bin on Debian.
@@ -31,6 +29,8 @@ def find(env: dict[str, str] | os._Environ[str], prefer: tuple[str, ...]) -> str
             usable = os.access(path, os.X_OK) and not os.path.isdir(path)
             if usable and os.path.realpath(path) != me:
                 return path
+    from bareboat.errors import BackendUnavailable  # only here: see runtime/args.py _usage
+
     raise BackendUnavailable(
         f"no OCI runtime found (tried {', '.join(names)}): install crun or runc, or set {ENV}"
     )

@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import stat
 
-from bareboat.errors import StoreError
+TYPE_CHECKING = False  # mypy treats this as true
+if TYPE_CHECKING:
+    from bareboat.errors import StoreError
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600  # logs and disks that hold what a workload wrote
@@ -38,19 +40,27 @@ def private_dir(path: str | os.PathLike[str]) -> None:
         _make(p)
         st = os.stat(p)
     if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"{p} is not a directory")
+        raise _refused(f"{p} is not a directory")
     if st.st_uid != os.geteuid():
-        raise StoreError(
+        raise _refused(
             f"{p} is owned by uid {st.st_uid}, not by this user ({os.geteuid()}): bareboat keeps "
             "its files only in directories of its own (chown it, or choose another path)"
         )
     mode = stat.S_IMODE(st.st_mode)
     if mode & stat.S_ISVTX:
-        raise StoreError(
+        raise _refused(
             f"{p} is a shared directory (sticky bit): give bareboat a directory of its own in it"
         )
     if mode & 0o7077:
         os.chmod(p, mode & PRIVATE_DIR_MODE)
+
+
+def _refused(message: str) -> StoreError:
+    # bareboat.errors (~1 ms of building its classes) only when a directory is refused:
+    # bareboat-runtime's create comes here for every container.
+    from bareboat.errors import StoreError
+
+    return StoreError(message)
 
 
 def _make(path: str) -> None:

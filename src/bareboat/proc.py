@@ -1,22 +1,31 @@
 """Processes as bareboat sees them: one named for good by its pid and kernel start time (a
 reused pid has a later one), its exit status, the signals passed on to a workload. Plain
-`os` and `signal`, nothing else at import: bareboat-runtime's calls use it on their hot path,
-the engine for its monitors."""
+`os` at import (`signal` where a signal is named or handled): bareboat-runtime's calls use it
+on their hot path, the engine for its monitors."""
 
 from __future__ import annotations
 
 import os
-import signal
+
+# The numbers from `_signal`, the C module under `signal` that the interpreter loads at
+# start-up: `signal` builds enums of them, importing enum, functools and collections, which
+# bareboat-runtime's `create` and `delete` (they wait on runc) need no more than these.
+# (`_signal` has no type stubs; mypy reads the same names from `signal`.)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from signal import SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2
+else:
+    from _signal import SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2
 
 # What a terminal or a supervisor sends a foreground run, a gate or a monitor, which pass
 # them on to the workload instead of dying of them.
-FORWARDED_SIGNALS = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-)  # fmt: skip
+FORWARDED_SIGNALS: tuple[int, ...] = (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2)
 
 
 def parse_signal(text: str) -> int:
     """A signal as users and clients name it: `9`, `KILL`, `sigterm`, `SIGUSR1`."""
+    import signal
+
     name = text.strip().upper()
     if name.isdigit():
         return int(name)
@@ -48,8 +57,11 @@ def wait_child(pid: int, *, forward: tuple[int, ...] = ()) -> int:
         except ProcessLookupError:
             pass
 
-    for sig in forward:
-        signal.signal(sig, pass_on)
+    if forward:
+        import signal
+
+        for sig in forward:
+            signal.signal(sig, pass_on)
     try:
         _, status = os.waitpid(pid, 0)  # retried after each handler (PEP 475)
     except ChildProcessError:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
+
+from bareboat.runtime.records import Record, RuntimeRoot
 
 from .conftest import Runtime, make_bundle
 
@@ -136,6 +140,52 @@ def test_errors_go_to_log_as_json_lines(runtime: Runtime, tmp_path: Path) -> Non
     # Unknown container: runc's own error, non-zero.
     assert runtime("state", "nope", check=False).returncode != 0
     assert runtime("kill", "../x", check=False).returncode != 0
+
+
+def test_container_calls_import_little(runtime: Runtime, tmp_path: Path) -> None:
+    """podman makes create, start and delete --force for every container (and clients ask
+    state): under container isolation each is Python's start-up, a few small modules and
+    runc. What the real calls import, from `python -X importtime`, names none of the modules
+    that cost milliseconds here."""
+    heavy = {"json", "re", "enum", "signal", "typing", "dataclasses", "pathlib", "subprocess",
+             "socket", "tempfile", "msgspec"}  # fmt: skip
+    traced = Runtime(runtime.root, runtime.log, prefix=(sys.executable, "-X", "importtime"))
+    bundle = make_bundle(tmp_path / "b", ["true"])
+    runtime.ids.append("c10")
+    calls = [
+        ("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "p"), "c10"),
+        ("state", "c10"),
+        ("start", "c10"),
+        ("delete", "--force", "c10"),
+    ]
+    for call in calls:
+        err = traced(*call).stderr
+        names = {line.split("|")[-1].strip() for line in err.splitlines() if "import time:" in line}
+        assert "bareboat.runtime.main" in names, err
+        assert not names & heavy, (call, sorted(names & heavy))
+        assert "bareboat.errors" not in names, call  # built only for an error (~1 ms)
+    assert not (runtime.root / "bareboat" / "c10.rec").exists()
+
+
+def test_runc_that_cannot_start_is_reported(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """container isolation's create and delete wait on runc and end without the interpreter's
+    finalization (runtime/main.py `entry`): what they report still reaches stderr and the log."""
+    bad = tmp_path / "runc"
+    bad.write_bytes(b"")  # executable, but no program: its exec fails with ENOEXEC
+    bad.chmod(0o755)
+    monkeypatch.setenv("BAREBOAT_OCI_RUNTIME", str(bad))
+    bundle = make_bundle(tmp_path / "b", ["true"])
+    res = runtime("create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "p"), "c8",
+                  check=False)  # fmt: skip
+    assert res.returncode == 1 and "Exec format error" in res.stderr, res.stderr
+    assert "Exec format error" in json.loads(runtime.log.read_text().splitlines()[-1])["msg"]
+    assert not (runtime.root / "bareboat" / "c8.rec").exists()
+    RuntimeRoot.of(str(runtime.root)).save(Record("c9", "container", str(bundle)))
+    res = runtime("delete", "c9", check=False)
+    assert res.returncode == 1 and "Exec format error" in res.stderr, res.stderr
+    assert (runtime.root / "bareboat" / "c9.rec").exists()  # not deleted: the record stays
 
 
 def test_unavailable_isolation_leaves_nothing(runtime: Runtime, tmp_path: Path) -> None:

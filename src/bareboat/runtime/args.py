@@ -11,7 +11,18 @@ first positional argument past the id is the command to run (runc behaves the sa
 
 from __future__ import annotations
 
-from bareboat.errors import UsageError
+TYPE_CHECKING = False  # typing costs import time on every call; mypy treats this as true
+if TYPE_CHECKING:
+    from bareboat.errors import UsageError
+
+
+def _usage(message: str) -> UsageError:
+    # bareboat.errors (some 35 classes to build, ~1 ms here) only for a command line that is
+    # wrong: the calls that hand a container over to runc never load it.
+    from bareboat.errors import UsageError
+
+    return UsageError(message)
+
 
 # Global flags: name -> takes a value.
 GLOBAL_FLAGS: dict[str, bool] = {
@@ -176,11 +187,11 @@ def _parse_globals(argv: list[str], g: Globals) -> int:
         if name.startswith("-") and not name.startswith("--") and len(name) > 2:
             name = "-" + name
         if name not in GLOBAL_FLAGS:
-            raise UsageError(f"unknown global flag {name}")
+            raise _usage(f"unknown global flag {name}")
         if GLOBAL_FLAGS[name]:
             if value is None:
                 if i + 1 >= len(argv):
-                    raise UsageError(f"flag {name} needs a value")
+                    raise _usage(f"flag {name} needs a value")
                 i += 1
                 value = argv[i]
             _set_global(g, name, value)
@@ -200,7 +211,7 @@ def _set_global(g: Globals, name: str, value: str) -> None:
         g.log = value
     elif name == "--log-format":
         if value not in ("json", "text"):
-            raise UsageError(f"--log-format must be json or text, not {value!r}")
+            raise _usage(f"--log-format must be json or text, not {value!r}")
         g.log_format = value
     elif name == "--debug":
         g.debug = on
@@ -220,18 +231,18 @@ def parse(argv: list[str]) -> Invocation:
     if i >= len(argv):
         if g.version or g.help:
             return inv
-        raise UsageError("no command given")
+        raise _usage("no command given")
     inv.command = argv[i]
     if inv.command not in COMMANDS:
-        raise UsageError(f"unknown command {inv.command!r}")
+        raise _usage(f"unknown command {inv.command!r}")
     inv.tokens = argv[i + 1 :]
     _parse_command(inv, inv.tokens)
     required, optional, trailer = POSITIONALS[inv.command]
     if len(inv.positionals) < required:
         what = "container id" if required == 1 else "argument"
-        raise UsageError(f"{inv.command}: missing {what}")
+        raise _usage(f"{inv.command}: missing {what}")
     if len(inv.positionals) > required + optional and not trailer:
-        raise UsageError(f"{inv.command}: unexpected argument {inv.positionals[-1]!r}")
+        raise _usage(f"{inv.command}: unexpected argument {inv.positionals[-1]!r}")
     return inv
 
 
@@ -263,18 +274,18 @@ def _parse_command(inv: Invocation, tokens: list[str]) -> None:
             inv.positionals.extend(rest[:need])
             inv.trailer = rest[need:]
             if inv.trailer and not trailer:
-                raise UsageError(f"{inv.command}: unexpected argument {inv.trailer[0]!r}")
+                raise _usage(f"{inv.command}: unexpected argument {inv.trailer[0]!r}")
             return
         if tok.startswith("-") and tok != "-":
             name, value = _split(tok)
             found = _lookup(table, name)
             if found is None:
-                raise UsageError(f"{inv.command}: unknown flag {name}")
+                raise _usage(f"{inv.command}: unknown flag {name}")
             long, (_aliases, takes_value, repeats) = found
             if takes_value:
                 if value is None:
                     if i + 1 >= len(tokens):
-                        raise UsageError(f"{inv.command}: flag {name} needs a value")
+                        raise _usage(f"{inv.command}: flag {name} needs a value")
                     i += 1
                     value = tokens[i]
             else:

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 def run(inv: Invocation, root: RuntimeRoot, rec: Record, module: Any) -> int:
-    """Serve `inv` on container `rec`; `module` is its isolation's runtime module."""
+    """Serve `inv` on container `rec`; `module` is its isolation's runtime module (for
+    `exec`; None for the other calls)."""
     cmd = inv.command
     if cmd == "state":
         return lc.print_state(root, rec)

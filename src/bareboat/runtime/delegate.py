@@ -14,12 +14,6 @@ which bareboat's container backend does for its own `run`, and runc 1.1.5 works 
 from __future__ import annotations
 
 import os
-import signal
-
-from bareboat.proc import FORWARDED_SIGNALS, wait_child
-
-from .args import Invocation
-from .records import RuntimeRoot
 
 # Typing names only for mypy: `typing` imports `re` and `collections.abc` (~10 ms here), and
 # with postponed annotations nothing needs them at run time. mypy treats any TYPE_CHECKING
@@ -27,6 +21,10 @@ from .records import RuntimeRoot
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import NoReturn
+
+    from .args import Invocation
+    from .records import RuntimeRoot
 
 
 def find_runtime(env: Mapping[str, str]) -> str:
@@ -40,13 +38,20 @@ def runc_argv(runtime: str, inv: Invocation, root: RuntimeRoot) -> list[str]:
     return [runtime, f"--root={root.runc}", *g, inv.command, *inv.tokens]
 
 
-def exec_runc(argv: list[str]) -> None:
+def exec_runc(argv: list[str]) -> NoReturn:
     os.execv(argv[0], argv)
 
 
 def spawn_runc(argv: list[str], *, forward_signals: bool = False) -> int:
     """Run runc as a child with our stdio and inherited fds; return its exit code."""
+    from bareboat.proc import FORWARDED_SIGNALS, wait_child
+
     pid = os.posix_spawn(argv[0], argv, os.environ)
+    if not forward_signals:
+        return wait_child(pid)
+    # Only here: `signal` imports `enum` (and it functools and collections), which create and
+    # delete, and the calls that exec runc, never need.
+    import signal
+
     # A foreground `run` passes a resize on too: runc proxies the console itself.
-    forward = (*FORWARDED_SIGNALS, signal.SIGWINCH) if forward_signals else ()
-    return wait_child(pid, forward=forward)
+    return wait_child(pid, forward=(*FORWARDED_SIGNALS, signal.SIGWINCH))

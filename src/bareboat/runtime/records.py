@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import os
 
-from bareboat.errors import ContainerNotFound, UsageError
-from bareboat.privdir import private_dir
-from bareboat.sandboxdir import SandboxDir
-
 # Typing names only for mypy: `typing` imports `re` and `collections.abc` (~10 ms here), and
 # with postponed annotations nothing needs them at run time. mypy treats any TYPE_CHECKING
 # name as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from bareboat.sandboxdir import SandboxDir
 
 
 DEFAULT_STATE = "/run/bareboat"
@@ -39,12 +37,15 @@ def default_root(env: Mapping[str, str]) -> str:
 def check_id(cid: str) -> str:
     # The id becomes a file name: no separators, no dot names, a sane length.
     if not cid or len(cid) > 1024 or "/" in cid or cid in (".", "..") or "\0" in cid:
+        from bareboat.errors import UsageError
+
         raise UsageError(f"invalid container id {cid!r}")
     return cid
 
 
 # Plain classes and str paths, not dataclasses, NamedTuples and pathlib: each costs
 # milliseconds of import on a path that podman and containerd run several times per container.
+# bareboat.errors likewise is imported where an error is raised (~1 ms of building classes).
 def write_atomic(path: str, text: str) -> None:
     """Write a temp file beside `path` and rename it over: readers see all or nothing.
 
@@ -111,6 +112,9 @@ class RuntimeRoot:
 
     def sandbox(self, cid: str) -> SandboxDir:
         """The files of the container's sandbox (bareboat.sandboxdir)."""
+        # Imported by the calls that use it: container isolation's never do (nor privdir's).
+        from bareboat.sandboxdir import SandboxDir
+
         return SandboxDir(self.state_dir(cid))
 
     def record_path(self, cid: str) -> str:
@@ -123,14 +127,22 @@ class RuntimeRoot:
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as e:
+            from bareboat.errors import ContainerNotFound
+
             raise ContainerNotFound(f"container {cid}: unreadable record: {e}") from None
         if len(lines) != 3 or lines[2] != "":
+            from bareboat.errors import ContainerNotFound
+
             raise ContainerNotFound(f"container {cid}: malformed record")
         return Record(cid, lines[0], lines[1])
 
     def save(self, rec: Record) -> None:
         if "\n" in rec.bundle or "\n" in rec.isolation:
+            from bareboat.errors import UsageError
+
             raise UsageError(f"bundle path {rec.bundle!r} holds a newline")
+        from bareboat.privdir import private_dir
+
         # The root and its records 0700, an older 0755 root tightened: container state (a
         # VM's disk of the client's rootfs among it) is no other user's to read.
         private_dir(self.path)
@@ -140,6 +152,8 @@ class RuntimeRoot:
     def claim(self, rec: Record) -> None:
         """Save a new record; an id already in use is an error (as in runc)."""
         if os.path.exists(self.record_path(rec.id)):
+            from bareboat.errors import UsageError
+
             raise UsageError(f"container with id {rec.id} already exists")
         self.save(rec)
 

@@ -7,7 +7,7 @@ sandbox is "stopped" rather than docker's "exited".
 
 from __future__ import annotations
 
-from enum import StrEnum  # `enum` is loaded already: `signal` imports it on every call
+from enum import StrEnum  # not on the runtime's container path, which reads no status
 
 from bareboat import proc
 
