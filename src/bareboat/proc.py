@@ -46,10 +46,9 @@ def wait_status_to_code(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def wait_child(pid: int, *, forward: tuple[int, ...] = ()) -> int:
-    """Wait for our child `pid` and return its exit code (shell convention), passing the
-    signals in `forward` on to it meanwhile (a foreground run: the client signals us, the
-    workload must get it). 1 if it is not ours to wait for."""
+def pass_signals_on(pid: int, signals: tuple[int, ...]) -> None:
+    """From now on, `signals` sent to this process go to `pid` instead (a foreground run:
+    the client signals us, the workload must get it)."""
 
     def pass_on(sig: int, _frame: object) -> None:
         try:  # noqa: SIM105 - contextlib is not imported on the runtime's hot path
@@ -57,11 +56,18 @@ def wait_child(pid: int, *, forward: tuple[int, ...] = ()) -> int:
         except ProcessLookupError:
             pass
 
-    if forward:
+    if signals:
         import signal
 
-        for sig in forward:
+        for sig in signals:
             signal.signal(sig, pass_on)
+
+
+def wait_child(pid: int, *, forward: tuple[int, ...] = ()) -> int:
+    """Wait for our child `pid` and return its exit code (shell convention), passing the
+    signals in `forward` on to it meanwhile (see pass_signals_on). 1 if it is not ours to
+    wait for."""
+    pass_signals_on(pid, forward)
     try:
         _, status = os.waitpid(pid, 0)  # retried after each handler (PEP 475)
     except ChildProcessError:

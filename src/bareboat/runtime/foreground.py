@@ -8,7 +8,7 @@ plain waitpid carries the code, as it does for conmon or the shim after a create
 
 from __future__ import annotations
 
-from bareboat.proc import FORWARDED_SIGNALS, wait_child
+from bareboat.proc import FORWARDED_SIGNALS, pass_signals_on, wait_child
 
 from . import lifecycle as lc
 from .args import Invocation
@@ -23,15 +23,20 @@ def run_created(inv: Invocation, root: RuntimeRoot, module: Any) -> int:
     """After a successful create: start; with `--detach` return, else wait and clean up."""
     rec = root.load(inv.id)
     assert rec is not None
+    gate = int(lc.read_state(root, rec.id)["pid"])
+    detach = inv.has("--detach")
+    if not detach:
+        # Before the workload starts: a signal the client sends once it runs must reach it
+        # (the gate passes the signals on to its workload in turn), not end this process.
+        pass_signals_on(gate, FORWARDED_SIGNALS)
     try:
         lc.release(root, rec)
     except BaseException:
         _delete(inv, root, module)
         raise
-    if inv.has("--detach"):
+    if detach:
         return 0
-    # The gate passes the signals on to its workload in turn.
-    code = wait_child(int(lc.read_state(root, rec.id)["pid"]), forward=FORWARDED_SIGNALS)
+    code = wait_child(gate)
     if not inv.has("--keep"):
         _delete(inv, root, module)
     return code
