@@ -15,6 +15,7 @@ DEFAULTS = {
     "microvm": ["--runs", "7", "--out", "bench/results"],
     "runtime": ["--runs", "10", "--out", "bench/results"],
     "template": ["--runs", "10", "--out", "bench/results"],
+    "kernel": ["--runs", "7", "--out", "bench/results"],
 }
 GIVEN = {
     "pull": (["--runs", "2", "--big-mb", "5", "--out", "o"],
@@ -25,6 +26,8 @@ GIVEN = {
     "microvm": (["--out", "o"], ["--runs", "7", "--out", "o"]),
     "runtime": (["--runs", "4"], ["--runs", "4", "--out", "bench/results"]),
     "template": (["--runs", "4", "--out", "o"], ["--runs", "4", "--out", "o"]),
+    "kernel": (["--kernel", "k", "--runs", "3"],
+               ["--runs", "3", "--kernel", "k", "--out", "bench/results"]),
 }  # fmt: skip
 
 

@@ -62,9 +62,13 @@ def test_cmdline_has_console_panic_and_tsc() -> None:
     parts = line.split()
     assert parts[:3] == ["console=ttyS0", "panic=-1", "reboot=t"]
     assert "quiet" in parts and "tsc_early_khz=2299998" in parts
+    # A 1-CPU guest keeps its lock prefixes (boot time); a known TSC frequency is the
+    # host's constant TSC, which the watchdog must not swap for jiffies.
+    assert "noreplace-smp" in parts and "tsc=reliable" in parts
     assert parts[-2:] == ["rdinit=/init", "x=1"]
     loud = kernel_cmdline(_cfg(quiet=False)).split()
     assert "quiet" not in loud and not any(p.startswith("tsc_early_khz") for p in loud)
+    assert "tsc=reliable" not in loud and "noreplace-smp" in loud
     argv = build_argv(_cfg(tsc_khz=1000))
     assert _after(argv, "-append") == [kernel_cmdline(_cfg(tsc_khz=1000))]
 
@@ -104,7 +108,8 @@ def test_disks_ports_console_network_rng() -> None:
     devices = _after(argv, "-device")
     assert "virtio-blk-device,drive=disk0,serial=bb-lower" in devices
     assert "virtio-blk-device,drive=disk1,serial=bb-upper" in devices
-    assert "virtio-serial-device,id=vser0" in devices
+    # one port in use, plus port 0 that virtio-serial keeps for a console
+    assert "virtio-serial-device,id=vser0,max_ports=2" in devices
     assert "virtserialport,bus=vser0.0,chardev=port0,name=bareboat.agent" in devices
     chardevs = _after(argv, "-chardev")
     assert "socket,id=port0,path=/s/agent.sock,server=on,wait=off" in chardevs

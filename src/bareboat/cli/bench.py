@@ -64,6 +64,14 @@ BENCHMARKS: dict[str, tuple[str, tuple[Flag, ...]]] = {
         "podman run --rm IMAGE true: bareboat-runtime against plain runc",
         (("--runs", int, 10, "samples per case (default 10)"), _OUT),
     ),
+    "kernel": (
+        "guest kernel boot to poweroff: ours vs Debian's cloud kernel; slowest initcalls",
+        (
+            ("--runs", int, 7, "samples per kernel (default 7)"),
+            ("--kernel", str, None, "our vmlinux (default: the built one)"),
+            _OUT,
+        ),
+    ),
     "template": (
         "microVM templates: cold vs clone start, clones/s, PSS",
         (("--runs", int, 10, "cold/clone pairs (default 10)"), _OUT),

@@ -160,13 +160,27 @@ class LaunchFds:
     console: int | None = None
 
 
+# What build_argv's fixed part gives a guest (its devices, their options, the kernel command
+# line): a saved VM state (a template) is only good for the same. Bump it with such a change.
+MACHINE_VERSION = 2  # 2: virtio-serial max_ports, noreplace-smp, tsc=reliable
+
+
 def kernel_cmdline(cfg: VMConfig) -> str:
-    """The kernel command line: ours first, then the caller's parts (which can override)."""
-    parts = ["console=ttyS0", "panic=-1", "reboot=t"]
+    """The kernel command line: ours first, then the caller's parts (which can override).
+
+    `noreplace-smp`: a kernel that finds one possible CPU rewrites every `lock` prefix of its
+    text (~4000 sites) one text_poke at a time, each a page-table switch and a TLB flush,
+    which under TCG also throws away the translated code of that page: ~0.1 s of a TCG boot
+    (measured here), for atomics that cost the same either way in a 1-vCPU guest.
+    `tsc=reliable` with the host's TSC frequency: the TSC is the host's constant one (TCG
+    reads the host's; KVM guests use kvm-clock), while the clocksource watchdog compares it
+    with jiffies, which run slow whenever a loaded host delays the guest's ticks; it then
+    marked the TSC unstable (seen here) and left the guest on a 10 ms jiffies clock."""
+    parts = ["console=ttyS0", "panic=-1", "reboot=t", "noreplace-smp"]
     if cfg.quiet:
         parts += ["quiet", "loglevel=1"]
     if cfg.tsc_khz:
-        parts.append(f"tsc_early_khz={cfg.tsc_khz}")
+        parts += [f"tsc_early_khz={cfg.tsc_khz}", "tsc=reliable"]
     parts += cfg.cmdline
     for p in parts:
         if not p or any(c in p for c in "\n\0"):
@@ -296,7 +310,9 @@ def build_argv(
             dev += f",serial={d.serial}"
         argv += ["-device", dev]
     if cfg.serial_ports:
-        argv += ["-device", "virtio-serial-device,id=vser0"]
+        # Only as many ports as are used (port 0 is kept for a console): the guest driver
+        # sets up two virtqueues for every possible port, 31 by default, at every boot.
+        argv += ["-device", f"virtio-serial-device,id=vser0,max_ports={len(cfg.serial_ports) + 1}"]
         for i, p in enumerate(cfg.serial_ports):
             server = "server=on,wait=off" if p.server else "server=off"
             where = f"fd={fds.serial[i]}" if fds is not None else f"path={_opt(p.socket)}"

@@ -136,7 +136,14 @@ def key_material(inputs: TemplateInputs, *, qemu: str | None = None) -> dict[str
         "tb_size_mib": inputs.tb_size_mib,
         "tsc_khz": inputs.tsc_khz,
         "qemu": qemu if qemu is not None else qemu_identity(),
+        "machine": _machine_version(),
     }
+
+
+def _machine_version() -> int:
+    from .qemu import MACHINE_VERSION
+
+    return MACHINE_VERSION
 
 
 def template_key(inputs: TemplateInputs, *, qemu: str | None = None) -> str:
