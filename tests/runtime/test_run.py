@@ -76,12 +76,16 @@ def test_detach_returns_with_the_workload_running(runtime: Runtime, tmp_path: Pa
     assert gone(runtime, "r3")
 
 
-def test_signal_to_run_reaches_the_workload(runtime: Runtime, tmp_path: Path) -> None:
-    # The workload says it is ready, then turns SIGTERM into exit 9.
+@pytest.mark.parametrize("isolation", ["process", "container"])
+def test_signal_to_run_reaches_the_workload(
+    runtime: Runtime, tmp_path: Path, isolation: str
+) -> None:
+    # The workload says it is ready, then turns SIGTERM into exit 9. Sent at once: the
+    # signal must not land between the workload's start and bareboat-runtime's handlers.
     ready = tmp_path / "b" / "rootfs" / "tmp" / "ready"
     script = "trap 'exit 9' TERM; touch /tmp/ready; while true; do sleep 0.1; done"
     bundle = make_bundle(tmp_path / "b", ["sh", "-c", script], annotations={
-        "io.bareboat.isolation": "process"})  # fmt: skip
+        "io.bareboat.isolation": isolation})  # fmt: skip
     runtime.ids.append("r4")
     proc = subprocess.Popen(
         [str(RUNTIME), "--root", str(runtime.root), "run", "--bundle", str(bundle), "r4"],

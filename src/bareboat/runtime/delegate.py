@@ -44,14 +44,22 @@ def exec_runc(argv: list[str]) -> NoReturn:
 
 def spawn_runc(argv: list[str], *, forward_signals: bool = False) -> int:
     """Run runc as a child with our stdio and inherited fds; return its exit code."""
-    from bareboat.proc import FORWARDED_SIGNALS, wait_child
+    from bareboat.proc import FORWARDED_SIGNALS, pass_signals_on, wait_child
 
-    pid = os.posix_spawn(argv[0], argv, os.environ)
     if not forward_signals:
-        return wait_child(pid)
+        return wait_child(os.posix_spawn(argv[0], argv, os.environ))
     # Only here: `signal` imports `enum` (and it functools and collections), which create and
     # delete, and the calls that exec runc, never need.
     import signal
 
-    # A foreground `run` passes a resize on too: runc proxies the console itself.
-    return wait_child(pid, forward=(*FORWARDED_SIGNALS, signal.SIGWINCH))
+    # A foreground `run` passes a resize on too: runc proxies the console itself. The signals
+    # are held from before runc starts until they are passed on, so one sent once the
+    # container runs reaches it instead of ending this process (runc starts with none held).
+    forward = (*FORWARDED_SIGNALS, signal.SIGWINCH)
+    signal.pthread_sigmask(signal.SIG_BLOCK, forward)
+    try:
+        pid = os.posix_spawn(argv[0], argv, os.environ, setsigmask=())
+        pass_signals_on(pid, forward)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, forward)
+    return wait_child(pid)
