@@ -104,7 +104,7 @@ class Monitor:
         self.winsize = (24, 80)
         # What the sandbox wrote before the first client of a foreground run attached (a
         # VM's boot notes, from `prelaunch`): that client is sent it first.
-        self.unheard: list[bytes] | None = [] if wait_attach else None
+        self.unheard: bytearray | None = bytearray() if wait_attach else None
 
     @classmethod
     def plan(cls, engine: Engine, cid: str, *, wait_attach: bool) -> SupervisorPlan:
@@ -327,8 +327,8 @@ class Monitor:
         self.log.write(stream, data)
         kind = ctl.Type.STDOUT if stream == "stdout" else ctl.Type.STDERR
         frame = ctl.encode(kind, 0, data)
-        if self.unheard is not None and sum(map(len, self.unheard)) < UNHEARD_MAX:
-            self.unheard.append(frame)
+        if self.unheard is not None and len(self.unheard) < UNHEARD_MAX:
+            self.unheard += frame
         self.broadcast(frame, attached=True)
 
     def broadcast(self, data: bytes, *, attached: bool = True) -> None:
@@ -411,11 +411,9 @@ class Monitor:
             c.attached, c.stdin = True, bool(stdin)
             unheard, self.unheard = self.unheard, None
             if unheard:
-                try:
-                    c.sock.sendall(b"".join(unheard))
-                except OSError:
-                    self.drop(c)
-                    return
+                self.send(c, bytes(unheard))
+                if c not in self.clients:
+                    return  # it could not take it
             if rows and cols:
                 self.resize(rows, cols)
         elif ftype is ctl.Type.SIGNAL:
